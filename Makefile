@@ -1,0 +1,40 @@
+# saelab: `make run` runs the main job on the embedded storyworld default; `make test` runs the tests.
+# Both create .venv and install the project first if needed.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# torch is pinned and installed first: here it is a local CPU wheel; an unpinned torch pulls CUDA.
+TORCH ?= torch==2.13.0
+
+.PHONY: install run test lint format notebooks clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+install: $(STAMP)
+
+notebooks: $(STAMP)
+	cd notebooks && ../$(BIN)/jupytext --sync *.py
+
+run: notebooks
+	$(BIN)/python -m saelab.runs main
+
+test: notebooks
+	$(BIN)/python -m pytest -q tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check lib tests notebooks benchmarks
+	$(BIN)/ruff format --check lib tests notebooks benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format lib tests notebooks benchmarks
+	$(BIN)/ruff check --fix lib tests notebooks benchmarks
+
+clean:
+	rm -rf $(VENV) notebooks/*.ipynb .pytest_cache

@@ -1,0 +1,246 @@
+"""Token datasets: storyworld, a Hugging Face dataset name, or local text/json/parquet files.
+
+Documents are tokenized, joined as `[bos] doc [bos] doc ...` (GPT-2 style: one token both opens and
+closes documents), cut into rows of `n_ctx` tokens (the ragged tail is dropped), and cached on disk
+keyed by source, split, size, tokenizer and `n_ctx`. For storyworld each row can also carry the
+per-token ground-truth labels of `saelab.storyworld` (separator tokens get all-zero labels).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from saelab import storyworld as sw
+
+_LOCAL_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+_STORY_BLOCK = 2000  # stories generated per block while filling a token budget
+
+
+def cache_dir() -> Path:
+    """Where tokenized datasets are cached: `$SAELAB_CACHE` or `~/.cache/saelab`."""
+    return Path(os.environ.get("SAELAB_CACHE", Path.home() / ".cache" / "saelab"))
+
+
+@dataclass
+class TokenDataset:
+    """Rows of token ids `tokens [n_seq, n_ctx]` and, for storyworld, `labels [n_seq, n_ctx, L]`."""
+
+    tokens: torch.Tensor
+    labels: torch.Tensor | None = None
+    source: str = ""
+    split: str = ""
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def n_ctx(self) -> int:
+        return self.tokens.shape[1]
+
+    @property
+    def n_tokens(self) -> int:
+        return self.tokens.numel()
+
+    def batches(
+        self, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = True
+    ) -> Iterator[torch.Tensor]:
+        """Yield `[batch_size, n_ctx]` token batches (one pass; seeded order if `shuffle`)."""
+        for idx in self._index_batches(batch_size, shuffle, seed, drop_last):
+            yield self.tokens[idx]
+
+    def labelled_batches(
+        self, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = True
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield `(tokens [B, n_ctx], labels [B, n_ctx, L])` pairs."""
+        if self.labels is None:
+            raise ValueError(f"dataset {self.source!r} has no labels (only storyworld has them)")
+        for idx in self._index_batches(batch_size, shuffle, seed, drop_last):
+            yield self.tokens[idx], self.labels[idx]
+
+    def _index_batches(self, batch_size: int, shuffle: bool, seed: int, drop_last: bool):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if drop_last and len(self) < batch_size:
+            raise ValueError(
+                f"dataset {self.source!r} has {len(self)} rows of {self.n_ctx} tokens, "
+                f"fewer than one batch of {batch_size}; ask for more tokens or a smaller batch"
+            )
+        n = len(self)
+        order = (
+            torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+            if shuffle
+            else torch.arange(n)
+        )
+        stop = n - n % batch_size if drop_last else n
+        for i in range(0, stop, batch_size):
+            yield order[i : i + batch_size]
+
+
+def token_dataset(
+    source: str,
+    tokenizer,
+    n_ctx: int,
+    split: str = "train",
+    n_tokens: int | None = 1_000_000,
+    labels: bool = False,
+    text_column: str = "text",
+    streaming: bool = False,
+    cache: bool = True,
+    **load_kwargs,
+) -> TokenDataset:
+    """Tokenize `source` into rows of `n_ctx` tokens (at most about `n_tokens`; None = all).
+
+    source: "storyworld"; a local file or directory of .txt/.json/.jsonl/.parquet files; or any
+    Hugging Face dataset name (extra `load_kwargs` go to `datasets.load_dataset`).
+    """
+    if n_ctx < 2:
+        raise ValueError(f"n_ctx must be >= 2, got {n_ctx}")
+    if labels and source != "storyworld":
+        raise ValueError(f"labels=True needs source='storyworld', got {source!r}")
+    key = _cache_key(source, tokenizer, n_ctx, split, n_tokens, labels, text_column, load_kwargs)
+    path = cache_dir() / "datasets" / f"{key}.pt"
+    if cache and path.exists():
+        blob = torch.load(path, weights_only=True)
+        return TokenDataset(blob["tokens"], blob.get("labels"), source, split)
+    if source == "storyworld":
+        ids, labs = _storyworld_ids(tokenizer, split, n_tokens, labels)
+    else:
+        docs = _hf_texts(source, split, text_column, streaming, load_kwargs)
+        ids, labs = _tokenize_docs(docs, tokenizer, n_tokens, source), None
+    ds = _chunk(ids, labs, n_ctx, source, split)
+    if cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        blob = {"tokens": ds.tokens} | ({"labels": ds.labels} if ds.labels is not None else {})
+        torch.save(blob, tmp)
+        os.replace(tmp, path)  # atomic: a killed run never leaves a half-written cache entry
+    return ds
+
+
+def _cache_key(source, tokenizer, n_ctx, split, n_tokens, labels, text_column, load_kwargs) -> str:
+    tok = tokenizer.backend_tokenizer.to_str() if hasattr(tokenizer, "backend_tokenizer") else ""
+    src = str(Path(source).resolve()) if Path(source).exists() else source
+    meta = [src, split, n_ctx, n_tokens, labels, text_column, sorted(map(str, load_kwargs.items()))]
+    h = hashlib.sha256((json.dumps(meta) + tok).encode()).hexdigest()[:16]
+    return f"{Path(source).name or 'data'}-{split}-{h}"
+
+
+def _bos(tokenizer) -> int:
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if bos is None:
+        raise ValueError("tokenizer has neither a BOS nor an EOS token to separate documents")
+    return bos
+
+
+def _storyworld_ids(tokenizer, split: str, n_tokens: int | None, labels: bool):
+    """Generate storyworld stories until about `n_tokens` tokens; optionally aligned labels."""
+    if n_tokens is None:
+        raise ValueError("storyworld is an endless stream: give n_tokens")
+    bos, n_lab = _bos(tokenizer), len(sw.LABELS)
+    ids: list[np.ndarray] = []
+    labs: list[np.ndarray] = []
+    total, start = 0, 0
+    while total < n_tokens:
+        if labels:
+            stories = sw.stories(split, _STORY_BLOCK, start)
+            texts = [s.text for s in stories]
+        else:
+            texts = sw.story_texts(split, _STORY_BLOCK, start)
+        enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=labels)
+        for j, seq in enumerate(enc["input_ids"]):
+            ids.append(np.asarray([bos, *seq], dtype=np.int64))
+            if labels:
+                lab = sw.token_labels(stories[j], enc["offset_mapping"][j])
+                labs.append(np.concatenate([np.zeros((1, n_lab), np.int16), lab]))
+            total += len(seq) + 1
+            if total >= n_tokens:
+                break
+        start += _STORY_BLOCK
+    return np.concatenate(ids), (np.concatenate(labs) if labels else None)
+
+
+def _hf_texts(source: str, split: str, text_column: str, streaming: bool, load_kwargs):
+    """Iterate the text column of a local file/directory or a hub dataset."""
+    import datasets
+
+    p = Path(source)
+    if p.exists():
+        files = (
+            sorted(f for f in p.rglob("*") if f.suffix in _LOCAL_BUILDERS) if p.is_dir() else [p]
+        )
+        if not files:
+            raise ValueError(
+                f"no .txt/.json/.jsonl/.parquet files in {source!r}; supported: "
+                f"{sorted(_LOCAL_BUILDERS)}"
+            )
+        builders = {_LOCAL_BUILDERS.get(f.suffix) for f in files}
+        if None in builders or len(builders) > 1:
+            raise ValueError(
+                f"{source!r}: files must share one supported type {sorted(_LOCAL_BUILDERS)}; "
+                f"found suffixes {sorted({f.suffix for f in files})}"
+            )
+        ds = datasets.load_dataset(
+            builders.pop(), data_files=[str(f) for f in files], split="train", streaming=streaming
+        )
+    else:
+        try:
+            ds = datasets.load_dataset(source, split=split, streaming=streaming, **load_kwargs)
+        except Exception as e:  # offline hub misses and typos land here
+            raise ValueError(
+                f"could not load dataset {source!r} (split {split!r}): not a local path, and the "
+                f"hub lookup failed: {type(e).__name__}: {e}"
+            ) from e
+    columns = ds.column_names
+    if columns is not None and text_column not in columns:
+        raise ValueError(
+            f"dataset {source!r} has no text column {text_column!r}; columns found: {columns}. "
+            "Pass text_column=..."
+        )
+    return (row[text_column] for row in ds)
+
+
+def _tokenize_docs(docs, tokenizer, n_tokens: int | None, source: str) -> np.ndarray:
+    bos, out, total, batch = _bos(tokenizer), [], 0, []
+
+    def flush():
+        nonlocal total
+        for seq in tokenizer(batch, add_special_tokens=False)["input_ids"]:
+            out.append(np.asarray([bos, *seq], dtype=np.int64))
+            total += len(seq) + 1
+        batch.clear()
+
+    for doc in docs:
+        if doc:
+            batch.append(doc)
+        if len(batch) >= 1000:
+            flush()
+            if n_tokens is not None and total >= n_tokens:
+                break
+    if batch:
+        flush()
+    if not out:
+        raise ValueError(f"dataset {source!r} contains no text")
+    ids = np.concatenate(out)
+    return ids[:n_tokens] if n_tokens is not None else ids
+
+
+def _chunk(ids: np.ndarray, labs, n_ctx: int, source: str, split: str) -> TokenDataset:
+    n_seq = len(ids) // n_ctx
+    if n_seq == 0:
+        raise ValueError(
+            f"dataset {source!r} ({split}) has {len(ids)} tokens, fewer than one row of "
+            f"n_ctx={n_ctx}; give more text or a smaller n_ctx"
+        )
+    tokens = torch.from_numpy(ids[: n_seq * n_ctx].reshape(n_seq, n_ctx).copy())
+    labels = None
+    if labs is not None:
+        labels = torch.from_numpy(labs[: n_seq * n_ctx].reshape(n_seq, n_ctx, -1).copy())
+    return TokenDataset(tokens, labels, source, split)

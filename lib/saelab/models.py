@@ -1,0 +1,264 @@
+"""The frozen language model: loading it through nnsight, and naming the activation sites of it.
+
+A site is where an SAE reads (and, for e2e, writes) activations: `resid_pre.L` (input of block L),
+`resid_post.L` (output of block L), `attn_out.L` and `mlp_out.L` (what attention and the MLP of
+block L add to the residual stream). TransformerLens names (`blocks.L.hook_resid_pre`) are aliases.
+
+Each supported architecture family is described by an `Arch`: where its blocks live and which
+submodule of a block produces the attention and MLP contributions. `get_site` / `set_site` read
+and write a site inside `with lm.trace(ids):`; `site_path` gives the same site as a dotted module
+path for plain torch hooks.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from nnsight import LanguageModel, NNsightDeprecationWarning
+
+ASSETS = Path(__file__).parent / "assets"
+SITE_KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out")
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def _resolve_source(name_or_path: str) -> str:
+    """Map `name_or_path` to what transformers loads: a local model directory or a hub id."""
+    if name_or_path == "storyworld":
+        path = ASSETS / "storyworld"
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"the storyworld model assets are missing (no config.json in {path}); "
+                "notebook 00 (corpus and base model) trains the model and builds them"
+            )
+        return str(path)
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"model path {name_or_path!r} exists but holds no config.json "
+                "(expected a Hugging Face model directory saved with save_pretrained)"
+            )
+        return str(path)
+    # A hub id is "name" or "org/name"; anything else that does not exist is a mistyped path.
+    if path.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") > 1:
+        raise FileNotFoundError(f"model path {name_or_path!r} does not exist")
+    return name_or_path
+
+
+def load_model(
+    name_or_path: str, device: str | None = None, dtype: torch.dtype | str | None = None
+) -> LanguageModel:
+    """Load a frozen causal LM ("storyworld", a hub id such as "gpt2", or a local HF directory).
+
+    `device` defaults to cuda when available, else cpu; `dtype` to the checkpoint's own.
+    """
+    source = _resolve_source(name_or_path)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    kwargs: dict[str, Any] = {"device": device} | ({"dtype": dtype} if dtype is not None else {})
+    try:
+        with warnings.catch_warnings():
+            # nnsight 0.8 deprecates the LanguageModel name in favour of TransformersModel
+            # (its base class); the behaviour is identical and the name is our documented type.
+            warnings.simplefilter("ignore", NNsightDeprecationWarning)
+            lm = LanguageModel(source, dispatch=True, **kwargs)  # dispatch: real weights now
+    except OSError as e:
+        where = "locally or on the Hugging Face hub" if source == name_or_path else "on disk"
+        raise FileNotFoundError(f"model {name_or_path!r} could not be loaded {where}: {e}") from e
+    tok = lm.tokenizer
+    # transformers 5 silently builds an empty tokenizer for a directory that has none
+    if tok is None or tok.vocab_size == 0:
+        raise ValueError(
+            f"model {name_or_path!r} has no tokenizer files; save one next to the weights "
+            "with tokenizer.save_pretrained(dir)"
+        )
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    lm.eval()
+    lm.requires_grad_(False)  # frozen: only SAEs train, and no grads pile up on the weights
+    return lm
+
+
+def model_info(lm: Any) -> dict[str, Any]:
+    """Shape facts of a loaded model: family, model_type, n_layers, d_model, n_ctx, d_vocab."""
+    cfg = lm.config
+    return {
+        "family": get_arch(lm).family,
+        "model_type": cfg.model_type,
+        "n_layers": len(block_list(lm)),
+        "d_model": cfg.hidden_size,
+        "n_ctx": cfg.max_position_embeddings,
+        "d_vocab": cfg.vocab_size,
+    }
+
+
+# --- architectures -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Arch:
+    """Where one architecture family keeps its blocks and residual-stream contributions."""
+
+    family: str
+    blocks: str  # dotted path of the ModuleList of blocks
+    attn: str  # block submodule whose output (element 0 if a tuple) is added to the residual
+    mlp: str  # likewise for the MLP
+    final_norm: str
+    block_tuple: bool = False  # the block returns (hidden, attn_weights), not a tensor
+
+
+_LLAMA = Arch("llama", "model.layers", "self_attn", "mlp", "model.norm")
+# Gemma 2/3 normalise each branch before adding it, so the contribution is the post-norm's output
+# (TransformerLens' hook_attn_out sits there too).
+_GEMMA2 = Arch(
+    "gemma2", "model.layers", "post_attention_layernorm", "post_feedforward_layernorm", "model.norm"
+)
+ARCHS: dict[str, Arch] = {
+    "gpt2": Arch("gpt2", "transformer.h", "attn", "mlp", "transformer.ln_f"),
+    # transformers 5 GPTNeoBlock still returns (hidden, attn_weights); the others a tensor.
+    "gpt_neo": Arch("gpt_neo", "transformer.h", "attn", "mlp", "transformer.ln_f", True),
+    # Pythia's parallel residual adds attn and mlp to the same block input; both still sum
+    # with resid_pre to resid_post, so the sites keep their meaning.
+    "gpt_neox": Arch(
+        "gpt_neox", "gpt_neox.layers", "attention", "mlp", "gpt_neox.final_layer_norm"
+    ),
+    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "gemma"), _LLAMA),
+    **dict.fromkeys(("gemma2", "gemma3_text"), _GEMMA2),
+}
+
+
+def get_arch(lm: Any) -> Arch:
+    """The `Arch` of an nnsight model or a plain HF model, from `config.model_type`."""
+    model_type = lm.config.model_type
+    if model_type not in ARCHS:
+        raise ValueError(
+            f"unsupported model_type {model_type!r}; supported: {', '.join(sorted(ARCHS))}"
+        )
+    return ARCHS[model_type]
+
+
+def _get(root: Any, path: str) -> Any:
+    """Follow a dotted attribute path (works on nnsight envoys and torch modules alike)."""
+    for part in path.split("."):
+        root = getattr(root, part)
+    return root
+
+
+def block_list(lm: Any) -> Any:
+    """The blocks in order: an envoy list (nnsight model) or an nn.ModuleList (plain model)."""
+    return _get(lm, get_arch(lm).blocks)
+
+
+# --- sites ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Site:
+    """An activation site, e.g. Site("resid_pre", 3) == parse_site("resid_pre.3")."""
+
+    kind: str
+    layer: int
+
+    def __post_init__(self):
+        if self.kind not in SITE_KINDS or not isinstance(self.layer, int) or self.layer < 0:
+            raise ValueError(f"bad site {self.kind!r}, layer {self.layer!r}; {_valid_msg(None)}")
+
+    def __str__(self) -> str:
+        return f"{self.kind}.{self.layer}"
+
+    @property
+    def hook_name(self) -> str:
+        """The TransformerLens hook name, e.g. "blocks.3.hook_resid_pre"."""
+        return f"blocks.{self.layer}.hook_{self.kind}"
+
+
+_KINDS_RE = "|".join(SITE_KINDS)
+_SITE_RE = re.compile(rf"(?P<kind>{_KINDS_RE})\.(?P<layer>\d+)")
+_TL_RE = re.compile(rf"blocks\.(?P<layer>\d+)\.hook_(?P<kind>{_KINDS_RE})")
+
+
+def valid_sites(n_layers: int) -> list[str]:
+    """Every site name of an `n_layers` model, e.g. ["resid_pre.0", ..., "mlp_out.5"]."""
+    return [f"{kind}.{layer}" for kind in SITE_KINDS for layer in range(n_layers)]
+
+
+def sort_sites(sites: list[str | Site]) -> list[Site]:
+    """Sites in execution order (by layer: resid_pre, attn_out, mlp_out, resid_post)."""
+    order = {"resid_pre": 0, "attn_out": 1, "mlp_out": 2, "resid_post": 3}
+    return sorted(map(parse_site, sites), key=lambda s: (s.layer, order[s.kind]))
+
+
+def _valid_msg(n_layers: int | None) -> str:
+    if n_layers is None:
+        sites = ", ".join(f"{kind}.L" for kind in SITE_KINDS)
+    else:
+        last = "" if n_layers == 1 else f"..{n_layers - 1}"
+        sites = ", ".join(f"{kind}.0{last}" for kind in SITE_KINDS)
+    return f"valid sites: {sites} (TransformerLens aliases such as blocks.0.hook_resid_pre too)"
+
+
+def parse_site(site: str | Site, n_layers: int | None = None) -> Site:
+    """Parse "resid_pre.3" or "blocks.3.hook_resid_pre" into a Site, checking the layer range."""
+    if not isinstance(site, Site):
+        match = _SITE_RE.fullmatch(str(site)) or _TL_RE.fullmatch(str(site))
+        if match is None:
+            raise ValueError(f"unknown site {site!r}; {_valid_msg(n_layers)}")
+        site = Site(match["kind"], int(match["layer"]))
+    if n_layers is not None and site.layer >= n_layers:
+        raise ValueError(
+            f"site {str(site)!r} is past the last layer of a {n_layers}-layer model; "
+            f"{_valid_msg(n_layers)}"
+        )
+    return site
+
+
+def site_path(lm: Any, site: str | Site) -> tuple[str, str]:
+    """(dotted module path, "input" | "output") of `site`, e.g. ("transformer.h.3", "input").
+
+    "input" is the module's first positional argument; "output" is its output, or element 0
+    when the module returns a tuple. Resolve the path with `model.get_submodule(path)`.
+    """
+    arch = get_arch(lm)
+    site = parse_site(site, len(block_list(lm)))
+    block = f"{arch.blocks}.{site.layer}"
+    return {
+        "resid_pre": (block, "input"),
+        "resid_post": (block, "output"),
+        "attn_out": (f"{block}.{arch.attn}", "output"),
+        "mlp_out": (f"{block}.{arch.mlp}", "output"),
+    }[site.kind]
+
+
+def get_site(lm: LanguageModel, site: str | Site) -> torch.Tensor:
+    """Inside `lm.trace(...)`: the activation at `site`, [batch, pos, d_model].
+
+    Read several sites in execution order (`sort_sites`); nnsight raises OutOfOrderError otherwise.
+    """
+    path, side = site_path(lm, site)
+    value = getattr(lm.get(path), side)
+    return value[0] if isinstance(value, tuple) else value
+
+
+def set_site(lm: LanguageModel, site: str | Site, value: torch.Tensor) -> None:
+    """Inside `lm.trace(...)`: replace the activation at `site` by `value` [batch, pos, d_model]."""
+    path, side = site_path(lm, site)
+    module = lm.get(path)
+    if side == "input":
+        module.input = value  # nnsight repacks it as the first positional argument
+        return
+    out = module.output
+    # Tuple outputs (attention, GPT-Neo blocks) keep their other elements (attn weights, ...).
+    module.output = (value, *out[1:]) if isinstance(out, tuple) else value
+
+
+def skip_block(lm: LanguageModel, layer: int, resid: torch.Tensor) -> None:
+    """Inside `lm.trace(...)`: skip block `layer`, using `resid` [batch, pos, d_model] as output."""
+    # A GPT-Neo block's output is a tuple; a bare tensor there would be read as `output[0]`,
+    # i.e. silently as batch row 0.
+    block_list(lm)[layer].skip((resid, None) if get_arch(lm).block_tuple else resid)
