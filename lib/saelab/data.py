@@ -181,6 +181,9 @@ def _hf_texts(source: str, split: str, text_column: str, streaming: bool, load_k
                 f"no .txt/.json/.jsonl/.parquet files in {source!r}; supported: "
                 f"{sorted(_LOCAL_BUILDERS)}"
             )
+        files = [f for f in files if f.stat().st_size > 0]
+        if not files:
+            raise ValueError(f"dataset {source!r} is empty (every file has 0 bytes)")
         builders = {_LOCAL_BUILDERS.get(f.suffix) for f in files}
         if None in builders or len(builders) > 1:
             raise ValueError(

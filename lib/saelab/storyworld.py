@@ -70,9 +70,7 @@ from saelab import storyworld_words as W
 EOS = "<|endoftext|>"
 SPLITS = {"train": 0, "validation": 1, "test": 2}
 GENDERS = ("none", "female", "male", "plural")
-WORD_CLASSES = (
-    "other noun verb adj adv pronoun name det prep conj punct number".split()
-)  # fmt: skip
+WORD_CLASSES = tuple("other noun verb adj adv pronoun name det prep conj punct number".split())
 EMOTION_NAMES = tuple(e[0] for e in W.EMOTIONS)
 
 
@@ -599,15 +597,13 @@ class _StoryGen:
                 out.w("I", "pronoun", is_pronoun=1)
                 out.w(r.choice(W.OBJ_VERBS)[1], "verb", is_verb=1)
                 out.w("your", "pronoun", is_pronoun=1)
-                out.w(o.sing, "noun", is_object=1, object_slot=o.slot,
+                out.w(o.sing, "noun", is_object=1, is_repeat_mention=1, object_slot=o.slot,
                       referent_colour=o.colour + 1, referent_size=o.size + 1)  # fmt: skip
             elif v == 0:
                 out.w("where", "other")
                 out.w("is", "verb", is_verb=1)
                 out.w("my", "pronoun", is_pronoun=1)
-                self.obj(o, describe=False, det=None) if o.mentioned else out.w(
-                    o.sing, "noun", is_object=1
-                )
+                self.obj(o, describe=False, det=None)
             elif v == 1:
                 out.w("can", "verb", is_verb=1)
                 out.w("we", "pronoun", is_pronoun=1)
@@ -629,7 +625,7 @@ class _StoryGen:
             out.w("your", "pronoun", is_pronoun=1)
             out.w(W.COLOURS[o.colour], "adj", is_colour=1, object_slot=o.slot,
                   referent_colour=o.colour + 1, referent_size=o.size + 1)  # fmt: skip
-            out.w(o.sing, "noun", is_object=1, object_slot=o.slot,
+            out.w(o.sing, "noun", is_object=1, is_repeat_mention=1, object_slot=o.slot,
                   referent_colour=o.colour + 1, referent_size=o.size + 1)  # fmt: skip
             out.p("!")
         elif v == 1:

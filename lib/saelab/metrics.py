@@ -1,0 +1,108 @@
+"""Evaluation of SAEs spliced into the frozen model, with the definitions of DESIGN §4.
+
+Per site: `l0` (mean nonzero latents per token), `alive` / `dead_frac` (latents that fired at least
+once in the window), `mse`, `explained_var` (1 - SSE / total sum of squares about the mean
+activation), `l2_ratio` (mean ||x_hat|| / ||x||). Global, with every SAE spliced in at once:
+`ce_clean`, `ce_sae`, `ce_increase`, `kl` (KL(P_clean || P_sae) per token), `ce_zero_abl` (sites
+zeroed) and `ce_loss_score = (ce_zero_abl - ce_sae) / (ce_zero_abl - ce_clean)`; downstream, for
+every later layer L: `ds_mse/resid_post.L` and `ds_ev/resid_post.L` between spliced and clean
+residuals. With several sites, per-site keys are prefixed `<site>/`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from saelab import losses
+from saelab.passes import as_sites, clean_pass, later_sites, next_token_ce, spliced_pass
+
+
+class _EV:
+    """Streaming explained variance: accumulates SSE, sum and sum of squares per feature."""
+
+    def __init__(self):
+        self.sse = 0.0
+        self.n = 0
+        self.s1 = None
+        self.s2 = 0.0
+
+    def add(self, x_hat: torch.Tensor, x: torch.Tensor) -> None:
+        x, x_hat = x.flatten(0, -2).double(), x_hat.flatten(0, -2).double()
+        self.sse += float(((x - x_hat) ** 2).sum())
+        self.s1 = x.sum(0) if self.s1 is None else self.s1 + x.sum(0)
+        self.s2 += float((x**2).sum())
+        self.n += x.shape[0]
+
+    def mse(self) -> float:
+        return self.sse / (self.n * self.s1.numel())
+
+    def ev(self) -> float:
+        total = self.s2 - float((self.s1**2).sum()) / self.n  # sum (x - mean x)^2
+        return 1.0 - self.sse / total
+
+
+@torch.no_grad()
+def _sum_kl(logits_clean: torch.Tensor, logits_sae: torch.Tensor) -> float:
+    return float(losses.kl_loss(logits_clean, logits_sae)) * logits_clean[..., 0].numel()
+
+
+def evaluate(lm, saes, data, n_tokens: int = 65_536, batch_size: int = 32) -> dict:
+    """Metrics of `saes` ({site: SAE} or one SAE) on the first ~`n_tokens` of `data` (in order).
+
+    Uses `data`'s rows in their stored order, so the same data gives the same numbers.
+    """
+    saes = as_sites(saes)
+    sites = list(saes)
+    later = later_sites(lm, sites)
+    gtopk = any(s.cfg.architecture == "gtopk" for s in saes.values())
+    n_rows = max(1, min(len(data), n_tokens // data.n_ctx))
+    tokens_all = data.tokens[:n_rows]
+    tag = (lambda s: "") if len(sites) == 1 else (lambda s: f"{s}/")
+    sums = defaultdict(float)
+    ev = {s: _EV() for s in sites}
+    ds = {s: _EV() for s in later}
+    fired = {s: torch.zeros(saes[s].cfg.d_sae, dtype=torch.bool) for s in sites}
+    for i in range(0, n_rows, batch_size):
+        tokens = tokens_all[i : i + batch_size]
+        n_pred = tokens[:, 1:].numel()
+        clean = clean_pass(lm, tokens, sites, later, logits=True, grads=gtopk)
+        with torch.no_grad():
+            sp = spliced_pass(lm, tokens, saes, clean, later)
+            zero = spliced_pass(lm, tokens, None, clean, zero_sites=sites)
+        sums["ce_clean"] += float(next_token_ce(clean.logits, tokens, "sum"))
+        sums["ce_sae"] += float(next_token_ce(sp.logits, tokens, "sum"))
+        sums["ce_zero_abl"] += float(next_token_ce(zero.logits, tokens, "sum"))
+        sums["kl"] += _sum_kl(clean.logits[:, :-1], sp.logits[:, :-1])
+        sums["n_pred"] += n_pred
+        for s in sites:
+            out, x = sp.outs[s], clean.acts[s]
+            ev[s].add(out.x_hat, x)
+            active = out.c != 0
+            sums[f"{s}.l0"] += float(active.sum())
+            ratio = out.x_hat.norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-8)
+            sums[f"{s}.l2"] += float(ratio.sum())
+            fired[s] |= active.flatten(0, -2).any(0)
+        for s, a, b in zip(later, sp.later, clean.later, strict=True):
+            ds[s].add(a, b)
+    n_tok = n_rows * data.n_ctx
+    rep = {k: sums[k] / sums["n_pred"] for k in ("ce_clean", "ce_sae", "ce_zero_abl", "kl")}
+    rep["ce_increase"] = rep["ce_sae"] - rep["ce_clean"]
+    denom = rep["ce_zero_abl"] - rep["ce_clean"]
+    rep["ce_loss_score"] = (rep["ce_zero_abl"] - rep["ce_sae"]) / denom if denom else float("nan")
+    for s in sites:
+        alive = int(fired[s].sum())
+        rep |= {
+            f"{tag(s)}l0": sums[f"{s}.l0"] / n_tok,
+            f"{tag(s)}alive": alive,
+            f"{tag(s)}dead_frac": 1 - alive / saes[s].cfg.d_sae,
+            f"{tag(s)}mse": ev[s].mse(),
+            f"{tag(s)}explained_var": ev[s].ev(),
+            f"{tag(s)}l2_ratio": sums[f"{s}.l2"] / n_tok,
+        }
+    for s in later:
+        rep[f"ds_mse/{s}"] = ds[s].mse()
+        rep[f"ds_ev/{s}"] = ds[s].ev()
+    rep["n_tokens"] = n_tok
+    return rep

@@ -1,0 +1,74 @@
+"""Notebooks: paired with their .py source, parameterised, and executable through papermill."""
+
+import json
+from pathlib import Path
+
+import jupytext
+import pytest
+
+from saelab import runs
+
+NOTEBOOKS = sorted(runs.NOTEBOOKS.glob("[0-9]*.py"))
+SMOKE = {
+    "00_storyworld": dict(
+        n_train_tokens=60_000,
+        n_val_tokens=10_000,
+        tokenizer_stories=500,
+        vocab_size=512,
+        n_layer=2,
+        n_steps=6,
+        batch_size=16,
+        eval_every=3,
+        probe_stories=10,
+    ),  # fmt: skip
+}
+
+
+def _code(nb) -> list[str]:
+    return [c.source for c in nb.cells if c.cell_type == "code"]
+
+
+@pytest.mark.parametrize("py", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_has_one_tagged_parameters_cell_of_literals(py: Path):
+    nb = jupytext.read(py)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{py.name}: needs exactly one cell tagged 'parameters'"
+    for line in tagged[0].source.splitlines():
+        assert line.startswith("#") or (":" in line and "=" in line and "#" in line), (
+            f"{py.name}: parameter lines are typed and commented: {line!r}"
+        )
+    assert nb.metadata.get("kernelspec", {}).get("name") == "python3"
+
+
+@pytest.mark.parametrize("py", NOTEBOOKS, ids=lambda p: p.stem)
+def test_py_and_ipynb_agree(py: Path):
+    ipynb = py.with_suffix(".ipynb")
+    assert ipynb.exists(), f"{ipynb.name} missing: run `make notebooks` (jupytext --sync)"
+    assert _code(jupytext.read(py)) == _code(jupytext.read(ipynb)), f"{py.name} and .ipynb differ"
+
+
+def test_every_notebook_has_a_smoke_preset_in_this_file():
+    assert {p.stem for p in NOTEBOOKS} <= set(SMOKE)
+
+
+@pytest.mark.parametrize("name", sorted(SMOKE))
+def test_notebook_runs_through_papermill(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("SAELAB_CACHE", str(tmp_path / "cache"))
+    out = runs.run_notebook(name, SMOKE[name], run_id="smoke", out_root=tmp_path / "outputs")
+    assert (out / "notebook.ipynb").exists()
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["parameters"]["out_dir"] == str(out)
+    assert {"sha", "dirty"} <= set(cfg["git"]) and cfg["versions"]["torch"]
+    if name == "00_storyworld":
+        m = json.loads((out / "metrics.json").read_text())
+        assert m["train_tokens"] == 6 * 16 * 128 and m["vocab_size"] == 512
+        assert (out / "figures" / "val_ce.png").stat().st_size > 1000
+        assert (out / "model" / "model.safetensors").exists()
+
+
+def test_run_notebook_rejects_unknown_notebook_and_preset():
+    with pytest.raises(FileNotFoundError, match="have"):
+        runs.run_notebook("99_nope", run_id="x")
+    with pytest.raises(FileNotFoundError, match="no preset"):
+        runs.load_preset("00_storyworld", "nope")
+    assert runs.load_preset("00_storyworld", "full")["install_assets"] is True

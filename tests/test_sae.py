@@ -1,0 +1,251 @@
+"""SAE architectures, config validation and the cfg.json + safetensors format."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from saelab.sae import SAE, SAEConfig, load_sae, normalize_grad, save_sae
+
+D_IN, D_SAE, K = 8, 32, 4
+
+
+def make(architecture="topk", seed=0, **kw) -> SAE:
+    """A small SAE with randomised biases, so tests do not depend on zero-bias init."""
+    torch.manual_seed(seed)
+    if architecture != "relu":
+        kw.setdefault("k", K)
+    sae = SAE(SAEConfig(d_in=D_IN, d_sae=D_SAE, architecture=architecture, **kw))
+    with torch.no_grad():
+        sae.b_enc.normal_(0, 0.1)
+        sae.b_dec.normal_(0, 0.1)
+    return sae
+
+
+def hand_scores(sae, x, grad):
+    """s = z + beta z |g_unit W_dec^T|, written out with explicit loops-free algebra."""
+    z = x @ sae.W_enc + sae.b_enc
+    g = grad / grad.norm(dim=-1, keepdim=True)
+    return z + sae.cfg.beta * z * (g @ sae.W_dec.T).abs()
+
+
+@pytest.mark.parametrize("architecture", ["relu", "topk", "gtopk"])
+def test_shapes(architecture):
+    sae = make(architecture)
+    x = torch.randn(2, 5, D_IN)
+    out = sae(x, grad=torch.randn(2, 5, D_IN))
+    assert out.x_hat.shape == (2, 5, D_IN)
+    assert out.c.shape == out.pre.shape == (2, 5, D_SAE)
+    assert sae.device == torch.device("cpu") and sae.dtype == torch.float32
+
+
+def test_deterministic_under_manual_seed():
+    a, b = make("relu", seed=3), make("relu", seed=3)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_relu_normalises_decoder_inside_forward():
+    sae = make("relu")
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(D_SAE, 1) * 5 + 0.1)  # rows no longer unit norm
+    dirs = sae.decoder_directions()
+    assert torch.allclose(dirs.norm(dim=-1), torch.ones(D_SAE), atol=1e-6)
+    x = torch.randn(3, D_IN)
+    out = sae(x)
+    assert torch.allclose(out.c, F.relu(x @ sae.W_enc + sae.b_enc))
+    assert torch.allclose(out.x_hat, out.c @ dirs + sae.b_dec, atol=1e-6)
+    out.x_hat.sum().backward()  # gradients flow through the normalisation
+    assert sae.W_dec.grad is not None and sae.W_dec.grad.abs().sum() > 0
+    before = sae.W_dec.detach().clone()
+    sae.normalize_decoder_()  # relu: no-op
+    assert torch.equal(sae.W_dec, before)
+
+
+def test_topk_init_and_selection():
+    sae = make("topk")
+    assert torch.equal(sae.W_enc, sae.W_dec.T)
+    assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(D_SAE), atol=1e-6)
+    x = torch.randn(6, D_IN) + 2 * sae.W_dec[:6]  # each token strongly aligned with a latent
+    c, pre = sae.encode(x)
+    assert torch.allclose(pre, x @ sae.W_enc + sae.b_enc)
+    top = pre.topk(K, dim=-1).indices
+    expected = torch.zeros_like(pre).scatter(-1, top, F.relu(pre.gather(-1, top)))
+    assert torch.equal(c, expected)
+    assert ((c != 0).sum(-1) <= K).all()
+    assert ((pre.gather(-1, top) > 0).sum(-1) == (c != 0).sum(-1)).all()
+
+
+def test_topk_exactly_k_nonzeros_for_positive_preacts():
+    sae = make("topk")
+    with torch.no_grad():
+        sae.b_enc.fill_(10.0)  # every pre-activation positive: exactly k survive the ReLU
+    c, _ = sae.encode(torch.randn(4, 3, D_IN))
+    assert ((c != 0).sum(-1) == K).all()
+
+
+def test_pre_subtract_b_dec():
+    sae = make("topk", pre_subtract_b_dec=True)
+    x = torch.randn(3, D_IN)
+    _, pre = sae.encode(x)
+    assert torch.allclose(pre, (x - sae.b_dec) @ sae.W_enc + sae.b_enc)
+
+
+def test_gtopk_selection_matches_hand_scores():
+    sae = make("gtopk", beta=2.0)
+    x, grad = torch.randn(5, D_IN), torch.randn(5, D_IN)
+    c, pre = sae.encode(x, grad)
+    s = hand_scores(sae, x, grad)
+    assert torch.allclose(sae.scores(pre, grad), s, atol=1e-6)
+    chosen = s.topk(K, dim=-1).indices
+    expected = torch.zeros_like(pre).scatter(-1, chosen, F.relu(pre.gather(-1, chosen)))
+    assert torch.allclose(c, expected)
+    # The gradient term changes the selection for this input (beta = 2 is large).
+    assert not torch.equal(chosen.sort(-1).values, pre.topk(K, dim=-1).indices.sort(-1).values), (
+        "test input should make gtopk and topk disagree somewhere"
+    )
+
+
+def test_gtopk_beta_zero_equals_topk():
+    topk, gtopk = make("topk", seed=1), make("gtopk", seed=1, beta=0.0)
+    x = torch.randn(4, 3, D_IN)
+    assert torch.equal(gtopk.encode(x, torch.randn_like(x))[0], topk.encode(x)[0])
+
+
+def test_gtopk_value_modes():
+    plain = make("gtopk", seed=2, beta=1.5)
+    score = make("gtopk", seed=2, beta=1.5, value_mode="score")
+    x, grad = torch.randn(4, D_IN), torch.randn(4, D_IN)
+    c_plain, pre = plain.encode(x, grad)
+    c_score, _ = score.encode(x, grad)
+    s = hand_scores(plain, x, grad)
+    chosen = s.topk(K, dim=-1).indices
+    assert torch.allclose(c_plain.gather(-1, chosen), F.relu(pre.gather(-1, chosen)))
+    assert torch.allclose(c_score.gather(-1, chosen), F.relu(s.gather(-1, chosen)), atol=1e-6)
+    assert torch.equal(c_plain != 0, c_score != 0)  # same support, different values
+    assert not torch.allclose(c_plain, c_score)
+
+
+def test_gtopk_needs_grad_and_detaches_it():
+    sae = make("gtopk")
+    x = torch.randn(2, D_IN)
+    with pytest.raises(ValueError, match="needs grad"):
+        sae(x)
+    grad = torch.randn(2, D_IN, requires_grad=True)
+    sae = make("gtopk", value_mode="score")
+    sae(x, grad).x_hat.sum().backward()
+    assert grad.grad is None
+
+
+def test_grad_norm_variants():
+    sae = make("gtopk", beta=3.0)
+    x, grad = torch.randn(6, D_IN), torch.randn(6, D_IN)
+    c, _ = sae.encode(x, grad)
+    c_scaled, _ = sae.encode(x, grad * 1e4)
+    assert torch.equal(c != 0, c_scaled != 0)  # "unit": selection ignores the gradient's scale
+    unit = normalize_grad(grad, "unit")
+    assert torch.allclose(unit.norm(dim=-1), torch.ones(6))
+    rms = normalize_grad(grad, "rms")
+    assert rms.pow(2).mean().sqrt().item() == pytest.approx(1.0, rel=1e-5)
+    assert torch.equal(normalize_grad(grad, "none"), grad)
+    rms_sae = make("gtopk", beta=3.0, grad_norm="rms")
+    assert torch.equal(rms_sae.encode(x, grad)[0] != 0, rms_sae.encode(x, 7 * grad)[0] != 0)
+
+
+def test_decoder_projection_and_parallel_grad_removal():
+    sae = make("topk")
+    with torch.no_grad():
+        sae.W_dec.mul_(3.0)
+    sae.normalize_decoder_()
+    assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(D_SAE), atol=1e-6)
+    x = torch.randn(16, D_IN)
+    F.mse_loss(sae(x).x_hat, x).backward()
+    sae.W_dec.grad += 0.5 * sae.W_dec.detach()  # a large parallel component
+    sae.remove_parallel_decoder_grad_()
+    parallel = (sae.W_dec.grad * sae.W_dec).sum(-1)
+    assert torch.allclose(parallel, torch.zeros(D_SAE), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"architecture": "topk", "k": 600}, "k=600 > d_sae=32"),
+        ({"architecture": "topk"}, "k is required"),
+        ({"architecture": "gtopk", "k": 0}, "k=0"),
+        ({"architecture": "jumprelu"}, "'jumprelu'.*relu, topk, gtopk"),
+        ({"architecture": "gtopk", "k": 4, "beta": -0.5}, "beta=-0.5"),
+        ({"architecture": "gtopk", "k": 4, "value_mode": "both"}, "value_mode='both'"),
+        ({"architecture": "gtopk", "k": 4, "grad_norm": "l1"}, "grad_norm='l1'.*unit"),
+        ({"architecture": "topk", "k": 4, "k_aux": 99}, "k_aux=99"),
+        ({"architecture": "relu", "d_in": 0}, "d_in=0"),
+    ],
+)
+def test_config_validation(kwargs, message):
+    kwargs = {"d_in": D_IN, "d_sae": D_SAE, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        SAEConfig(**kwargs)
+
+
+def test_k_aux_default():
+    assert SAEConfig(d_in=8, d_sae=32, architecture="topk", k=4).n_aux == 4
+    assert SAEConfig(d_in=128, d_sae=32, architecture="topk", k=4).n_aux == 32
+    assert SAEConfig(d_in=8, d_sae=32, architecture="topk", k=4, k_aux=7).n_aux == 7
+
+
+@pytest.mark.parametrize("architecture", ["relu", "topk", "gtopk"])
+def test_save_load_round_trip(tmp_path, architecture):
+    sae = make(architecture, beta=0.7, hook_name="blocks.1.hook_resid_pre", site="resid_pre.1")
+    save_sae(sae, tmp_path / "sae", extra={"run": "abc"})
+    state = torch.random.get_rng_state()
+    loaded = load_sae(tmp_path / "sae", d_in=D_IN)
+    assert torch.equal(torch.random.get_rng_state(), state)  # loading leaves the RNG alone
+    assert loaded.cfg == sae.cfg
+    x, grad = torch.randn(3, D_IN), torch.randn(3, D_IN)
+    for a, b in zip(sae(x, grad), loaded(x, grad), strict=True):
+        assert torch.equal(a, b)
+    assert not list((tmp_path / "sae").glob("*.tmp"))  # temporary files renamed away
+
+
+def test_cfg_json_uses_saelens_names(tmp_path):
+    save_sae(make("topk", model_name="storyworld", hook_name="h"), tmp_path, extra={"a": 1})
+    meta = json.loads((tmp_path / "cfg.json").read_text())
+    for name in ("d_in", "d_sae", "hook_name", "architecture", "model_name", "dtype", "device"):
+        assert name in meta
+    assert meta["k"] == K and meta["activation_fn_kwargs"] == {"k": K}
+    assert meta["model_name"] == "storyworld" and meta["dtype"] == "float32"
+    assert meta["extra"] == {"a": 1} and "saelab_version" in meta
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="cfg.json"):
+        load_sae(tmp_path / "nowhere")
+    path = tmp_path / "sae"
+    save_sae(make("topk"), path)
+    with pytest.raises(ValueError, match=r"d_in=8 but the site has d_in=16"):
+        load_sae(path, d_in=16)
+
+    meta = json.loads((path / "cfg.json").read_text())
+    (path / "cfg.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "d_sae"}))
+    with pytest.raises(ValueError, match="'d_sae'"):
+        load_sae(path)
+    (path / "cfg.json").write_text(json.dumps({**meta, "k": 100}))
+    with pytest.raises(ValueError, match="k=100 > d_sae=32"):
+        load_sae(path)
+
+    # A config that disagrees with the tensors: the shape check names the tensor.
+    (path / "cfg.json").write_text(json.dumps({**meta, "d_sae": 16, "k": 4}))
+    with pytest.raises(ValueError, match=r"W_enc has shape \(8, 32\), expected \(8, 16\)"):
+        load_sae(path)
+
+
+def test_truncated_weights_raise_clear_error(tmp_path):
+    save_sae(make("relu"), tmp_path)
+    weights = tmp_path / "sae.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="sae.safetensors"):
+        load_sae(tmp_path)
+    weights.write_bytes(b"\x00" * 3)
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        load_sae(tmp_path)
