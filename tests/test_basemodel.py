@@ -79,5 +79,5 @@ def test_shipped_val_ce_recomputes_within_005(shipped, monkeypatch, tmp_path):
     enc = lm.tokenizer(texts, add_special_tokens=False)["input_ids"]
     ids = np.concatenate([[lm.tokenizer.bos_token_id, *e] for e in enc])
     rows = torch.from_numpy(ids[: len(ids) // n_ctx * n_ctx].reshape(-1, n_ctx))
-    ce = bm.lm_ce(lm._model, rows)
+    ce = bm.lm_ce(lm._module, rows)
     assert abs(ce - m["val_ce"]) < 0.05, (ce, m["val_ce"])

@@ -8,7 +8,6 @@ frozen object that the SAEs later study, so it is built exactly like a hub model
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from saelab import storyworld as sw
+from saelab.train import lr_at
 
 ASSETS = Path(__file__).parent / "assets" / "storyworld"
 QUOTE = '"'
@@ -90,14 +90,6 @@ class LMTrainConfig:
     min_lr_frac: float = 0.1
     eval_every: int = 200
     seed: int = 0
-
-
-def lr_at(step: int, total: int, lr: float, warmup: int, min_frac: float) -> float:
-    """Linear warmup, then cosine decay to `min_frac * lr`."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return lr * (min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0))))
 
 
 @torch.no_grad()
