@@ -103,6 +103,70 @@ def run_notebook(
     return out
 
 
+def grid(**axes) -> list[dict]:
+    """Cartesian product of parameter lists: grid(a=[1, 2], b=[3]) -> [{a:1,b:3}, {a:2,b:3}]."""
+    import itertools
+
+    keys = list(axes)
+    return [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*axes.values())]
+
+
+def run_id_of(params: dict) -> str:
+    """A readable, filesystem-safe run id from parameter values, e.g. "loss=e2e_sparsity=3.0"."""
+    parts = [f"{k}={v}" for k, v in params.items()]
+    return "_".join(parts).replace("/", "-").replace("+", "p").replace(" ", "")
+
+
+def sweep(
+    notebook: str,
+    points: list[dict],
+    preset: str | None = None,
+    out_root: str | Path = ROOT / "outputs",
+    processes: int = 1,
+    prefix: str = "",
+) -> list[Path]:
+    """Run `notebook` once per parameter dict in `points` (optionally in parallel processes).
+
+    A run whose folder already holds `summary.json` or `metrics.json` is finished and skipped,
+    so an interrupted sweep picks up where it stopped.
+    """
+    jobs = []
+    for p in points:
+        out = Path(out_root) / notebook / (prefix + run_id_of(p))
+        if not any((out / f).exists() for f in ("summary.json", "metrics.json")):
+            jobs.append((notebook, p, preset, prefix + run_id_of(p), out_root))
+    if processes > 1 and len(jobs) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(processes) as ex:
+            list(ex.map(_run_job, jobs))
+    else:
+        for job in jobs:
+            _run_job(job)
+    return [Path(out_root) / notebook / (prefix + run_id_of(p)) for p in points]
+
+
+def _run_job(job) -> Path:
+    notebook, params, preset, run_id, out_root = job
+    return run_notebook(notebook, params, preset, run_id, out_root)
+
+
+def collect(folder: str | Path, name: str = "summary.json"):
+    """One pandas DataFrame row per run under `folder`: its parameters and its `name` metrics."""
+    import pandas as pd
+
+    rows = []
+    for cfg_path in sorted(Path(folder).rglob("config.json")):
+        run = cfg_path.parent
+        metrics = run / name
+        if not metrics.exists():
+            continue
+        cfg = json.loads(cfg_path.read_text())
+        rows.append({"run_id": cfg.get("run_id", run.name), **cfg.get("parameters", {}),
+                     **json.loads(metrics.read_text())})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m saelab.runs", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -111,8 +175,25 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--preset")
     r.add_argument("--run-id")
     r.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "YAML_VALUE"))
+    sw = sub.add_parser("sweep", help="run a notebook over a parameter grid")
+    sw.add_argument("notebook")
+    sw.add_argument("--preset")
+    sw.add_argument("--processes", type=int, default=1)
+    sw.add_argument("-g", nargs=2, action="append", default=[], metavar=("NAME", "YAML_LIST"))
+    co = sub.add_parser("collect", help="print the metrics of all runs under a folder")
+    co.add_argument("folder")
     sub.add_parser("main", help="the main job on the embedded default")
     a = ap.parse_args(argv)
+    if a.cmd == "collect":
+        print(collect(a.folder).to_string())
+        return 0
+    if a.cmd == "sweep":
+        import yaml
+
+        axes = {k: yaml.safe_load(v) for k, v in a.g}
+        outs = sweep(a.notebook, grid(**axes), a.preset, processes=a.processes)
+        print("\n".join(map(str, outs)))
+        return 0
     if a.cmd == "main":
         # Until the SAE comparison notebooks exist, the main job is notebook 00's smoke run.
         out = run_notebook("00_storyworld", run_id="main")
