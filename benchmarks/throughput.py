@@ -4,13 +4,14 @@ For every `sae` x `loss` combination (relu/topk/gtopk x local/e2e/e2e+ds) this t
 training steps (loss, backward, decoder-grad projection, clipping, Adam, decoder renorm) on the
 same pre-sampled batches two ways:
 
-- nnsight: `saelab.train.train_step`, i.e. `saelab.passes.clean_pass` / `spliced_pass`;
+- nnsight: `saelab.training.train_step`, i.e. `saelab.passes.clean_pass` / `spliced_pass`;
 - torch:   the same math with forward (pre-)hooks on a separately loaded plain HF model (the
   nnsight-wrapped `lm._module` has nnsight's forward controllers installed, so it is not used).
 
-and reports tokens/s, ms/step, peak memory, nnsight's overhead (t_nnsight / t_torch - 1) and the
-absolute difference of the first step's loss (same SAE init, same batch), which shows the two
-paths compute the same thing.
+The paths take turns every step, so background load hits both alike. It reports tokens/s, ms/step,
+memory (CPU: max RSS so far; CUDA: max_memory_allocated per path), nnsight's overhead
+(t_nnsight / t_torch - 1) and the absolute difference of the first step's loss (same SAE init,
+same batch), which shows that the two paths compute the same thing.
 
     python benchmarks/throughput.py                          # storyworld, resid_pre.3, 9 combos
     python benchmarks/throughput.py --combos relu:local,gtopk:e2e --device cuda
@@ -38,7 +39,7 @@ from saelab.data import token_dataset
 from saelab.models import block_list, get_arch, load_model, model_info, parse_site, site_path
 from saelab.passes import _skippable, later_sites, next_token_ce
 from saelab.sae import SAE
-from saelab.train import LOSSES, SAE_KINDS, TrainConfig, train_step
+from saelab.training import LOSSES, SAE_KINDS, TrainConfig, train_step
 
 # --- the torch-hook training step ----------------------------------------------------------------
 
@@ -113,9 +114,9 @@ class TorchStep:
         paths = [site_path(model, s) for s in later]
         self.later = [(model.get_submodule(path), side) for path, side in paths]
 
-    def _run(self, tokens, acts: dict, after: list, fn=None):
-        """Forward `tokens`; `fn` at the site (default: record it in `acts`), later residuals to
-        `after`. Returns the logits, or None when a hook stopped the pass."""
+    def _run(self, tokens, after: list, fn=None):
+        """Forward `tokens` with the hook `fn` at the site (if any), appending the later residuals
+        to `after`. Returns the logits, or None when a hook stopped the pass."""
         with contextlib.ExitStack() as stack:
             if fn is not None:
                 stack.enter_context(hooked(self.module, self.side, fn))
@@ -141,12 +142,12 @@ class TorchStep:
                 raise _Stop
 
         if gtopk:  # clean pass with grad: dL/dx at the site
-            logits = self._run(tokens, acts, clean_after, grab)
+            logits = self._run(tokens, clean_after, grab)
             (g,) = torch.autograd.grad(next_token_ce(logits, tokens), acts["x"])
             logits, clean_after = logits.detach(), [a.detach() for a in clean_after]
         else:
             with torch.no_grad():
-                logits = self._run(tokens, acts, clean_after, grab)
+                logits = self._run(tokens, clean_after, grab)
         x = acts["x"].detach()
 
         logs, loss = {}, torch.zeros(())
@@ -156,14 +157,14 @@ class TorchStep:
             if n_skip:  # blocks before the site see no SAE: feed the cached clean activation
                 outs["x"] = sae(x, grad=g)
                 with skipping(self.blocks[:n_skip], outs["x"].x_hat, self.as_tuple):
-                    sp_logits = self._run(tokens, {}, sp_after)
+                    sp_logits = self._run(tokens, sp_after)
             else:
 
                 def splice(x_site):
                     outs["x"] = sae(x_site, grad=g)
                     return outs["x"].x_hat
 
-                sp_logits = self._run(tokens, {}, sp_after, splice)
+                sp_logits = self._run(tokens, sp_after, splice)
             out = outs["x"]
             kl = losses.kl_loss(logits, sp_logits)
             loss = loss + cfg.kl_coeff * kl
@@ -296,6 +297,7 @@ def table(rows: list[dict]) -> str:
         ("ms/step nnsight", "nnsight_ms_step", "{:.1f}"),
         ("ms/step torch", "torch_ms_step", "{:.1f}"),
         ("overhead %", "overhead_pct", "{:+.1f}"),
+        ("overhead ms", "overhead_ms", "{:+.1f}"),
     ]
     if "max_rss_mib" in rows[0]:
         cols.append(("max RSS so far MiB", "max_rss_mib", "{:.0f}"))
@@ -402,6 +404,7 @@ def main(argv=None) -> None:
             row |= {f"{name}_{k}": v for k, v in r.items() if k != "first_loss"}
         row |= dict(
             overhead_pct=(nn["ms_step"] / th["ms_step"] - 1) * 100,
+            overhead_ms=nn["ms_step"] - th["ms_step"],
             first_loss=nn["first_loss"],
             loss_abs_diff=abs(nn["first_loss"] - th["first_loss"]),
         )

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import saelab as sl
 from saelab import losses
-from saelab import train as tr
+from saelab import training as tr
 from saelab.metrics import evaluate
 from saelab.models import parse_site, site_path
 from saelab.passes import clean_pass, later_sites, spliced_pass

@@ -11,7 +11,7 @@ from saelab.data import TokenDataset, token_dataset
 from saelab.metrics import evaluate
 from saelab.models import Site, load_model, model_info, parse_site, valid_sites
 from saelab.sae import SAE, SAEConfig, load_sae, save_sae
-from saelab.train import Run, TrainConfig, train
+from saelab.training import Run, TrainConfig, train
 
 __all__ = [
     "SAE",

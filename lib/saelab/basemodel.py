@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from saelab import storyworld as sw
-from saelab.train import lr_at
+from saelab.training import lr_at
 
 ASSETS = Path(__file__).parent / "assets" / "storyworld"
 QUOTE = '"'

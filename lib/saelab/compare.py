@@ -1,0 +1,59 @@
+"""Comparing methods across a sweep: Pareto frontiers and tables at matched CE increase.
+
+Braun et al. 2024 compare SAE types at equal *performance explained* (CE loss increase when the
+SAE is spliced in): Figure 1 plots CE increase against L0 and against alive latents, and Table 2
+reads off L0 and alive latents of runs with similar CE increase. `matched` does the reading off by
+interpolating each method's sweep at one target CE increase (log-linear in L0 and alive, since
+both span orders of magnitude), and says when a method's sweep does not reach the target.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def interpolate_at(df: pd.DataFrame, x: str, y: str, target: float) -> float:
+    """`y` at `x == target`, log-linearly interpolated over `df`'s rows; NaN when out of range."""
+    d = df[[x, y]].dropna().sort_values(x)
+    if len(d) == 0 or not d[x].min() <= target <= d[x].max():
+        return float("nan")
+    if len(d) == 1:
+        return float(d[y].iloc[0])
+    logy = np.log(np.clip(d[y].to_numpy(dtype=float), 1e-9, None))
+    return float(np.exp(np.interp(target, d[x].to_numpy(dtype=float), logy)))
+
+
+def common_target(df: pd.DataFrame, methods, x: str = "ce_increase") -> float:
+    """A CE increase every method's sweep reaches: the middle of the overlap of their ranges."""
+    lo = max(df[df.method == m][x].min() for m in methods)
+    hi = min(df[df.method == m][x].max() for m in methods)
+    return float((lo + hi) / 2) if lo <= hi else float("nan")
+
+
+def matched(df: pd.DataFrame, methods, target: float, x: str = "ce_increase",
+            cols=("l0", "alive")) -> pd.DataFrame:  # fmt: skip
+    """One row per method: `cols` interpolated at `x == target` (NaN: sweep does not reach it)."""
+    rows = []
+    for m in methods:
+        sub = df[df.method == m]
+        rows.append({"method": m, x: target} | {c: interpolate_at(sub, x, c, target) for c in cols})
+    return pd.DataFrame(rows).set_index("method")
+
+
+def pareto_plot(df: pd.DataFrame, y: str = "ce_increase", xs=("l0", "alive"), path=None):
+    """Braun et al. Fig. 1: `y` against each of `xs`, one line per method (sorted by x)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    fig, axes = plt.subplots(1, len(xs), figsize=(5 * len(xs), 3.8))
+    for ax, x in zip(np.atleast_1d(axes), xs, strict=True):
+        sns.lineplot(data=df.sort_values(x), x=x, y=y, hue="method", style="method",
+                     markers=True, dashes=False, sort=False, ax=ax)  # fmt: skip
+        ax.set(xlabel={"l0": "L0 (active latents per token)", "alive": "alive latents"}.get(x, x),
+               ylabel="CE loss increase (nats)")  # fmt: skip
+        ax.set_xscale("log")
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
