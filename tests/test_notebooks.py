@@ -77,9 +77,10 @@ def test_notebook_runs_through_papermill(name, tmp_path, monkeypatch):
         assert (out / "model" / "model.safetensors").exists()
 
 
-def test_run_notebook_rejects_unknown_notebook_and_preset():
+def test_run_notebook_rejects_unknown_notebook_and_preset(tmp_path):
     with pytest.raises(FileNotFoundError, match="have"):
-        runs.run_notebook("99_nope", run_id="x")
+        runs.run_notebook("99_nope", run_id="x", out_root=tmp_path)
+    assert not (tmp_path / "99_nope").exists()
     with pytest.raises(FileNotFoundError, match="no preset"):
         runs.load_preset("00_storyworld", "nope")
     assert runs.load_preset("00_storyworld", "full")["install_assets"] is True

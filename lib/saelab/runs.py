@@ -78,21 +78,22 @@ def run_notebook(
     params: dict | None = None,
     preset: str | None = None,
     run_id: str | None = None,
-    out_root: str | Path = ROOT / "outputs",
+    out_root: str | Path | None = None,
 ) -> Path:
     """Execute `notebook` with `preset` then `params` into a fresh run folder; return it."""
     import papermill as pm
 
+    source = paired_notebook(notebook)  # fails before any folder is made for a bad name
     params = load_preset(notebook, preset) | (params or {})
     run_id = run_id or time.strftime("%Y%m%d-%H%M%S")
-    out = Path(out_root) / notebook / run_id
+    out = Path(out_root or ROOT / "outputs") / notebook / run_id
     out.mkdir(parents=True, exist_ok=True)  # papermill needs the folder to exist
     params["out_dir"] = str(out)
     config = dict(notebook=notebook, preset=preset, run_id=run_id, parameters=params)
     config |= dict(git=git_state(), versions=versions(), started=time.strftime("%FT%T"))
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     pm.execute_notebook(
-        str(paired_notebook(notebook)),
+        str(source),
         str(out / "notebook.ipynb"),
         parameters=params,
         cwd=str(ROOT),
@@ -121,7 +122,7 @@ def sweep(
     notebook: str,
     points: list[dict],
     preset: str | None = None,
-    out_root: str | Path = ROOT / "outputs",
+    out_root: str | Path | None = None,
     processes: int = 1,
     prefix: str = "",
 ) -> list[Path]:
@@ -130,6 +131,7 @@ def sweep(
     A run whose folder already holds `summary.json` or `metrics.json` is finished and skipped,
     so an interrupted sweep picks up where it stopped.
     """
+    out_root = Path(out_root or ROOT / "outputs")
     jobs = []
     for p in points:
         out = Path(out_root) / notebook / (prefix + run_id_of(p))

@@ -1,0 +1,81 @@
+"""saelab.runs on a tiny notebook: run folders, config.json, resumable sweeps, collection."""
+
+import json
+
+import pytest
+
+from saelab import runs
+
+TINY = """# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% tags=["parameters"]
+a: int = 1  # first number
+b: float = 2.0  # second number
+out_dir: str = "outputs/tiny/scratch"  # run folder
+
+# %%
+import json
+from pathlib import Path
+
+assert a >= 0, "a must be >= 0"
+Path(out_dir, "summary.json").write_text(json.dumps({"total": a + b}))
+"""
+
+
+@pytest.fixture
+def nbdir(tmp_path, monkeypatch):
+    d = tmp_path / "notebooks"
+    (d / "params").mkdir(parents=True)
+    (d / "90_tiny.py").write_text(TINY)
+    (d / "params" / "90_tiny.big.yaml").write_text("a: 100\n")
+    monkeypatch.setattr(runs, "NOTEBOOKS", d)
+    return tmp_path
+
+
+def test_run_notebook_writes_run_folder(nbdir):
+    out = runs.run_notebook("90_tiny", {"b": 0.5}, preset="big", run_id="r1",
+                            out_root=nbdir / "outputs")  # fmt: skip
+    assert out == nbdir / "outputs" / "90_tiny" / "r1"
+    assert json.loads((out / "summary.json").read_text()) == {"total": 100.5}
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["parameters"] == {"a": 100, "b": 0.5, "out_dir": str(out)} and cfg["preset"] == "big"
+    assert set(cfg["git"]) == {"sha", "dirty"} and cfg["versions"]["papermill"]
+    assert (out / "notebook.ipynb").exists()
+
+
+def test_failed_run_keeps_notebook_and_raises(nbdir):
+    import papermill
+
+    with pytest.raises(papermill.PapermillExecutionError, match="a must be >= 0"):
+        runs.run_notebook("90_tiny", {"a": -1}, run_id="bad", out_root=nbdir / "outputs")
+    assert (nbdir / "outputs" / "90_tiny" / "bad" / "notebook.ipynb").exists()
+
+
+def test_sweep_skips_finished_runs_and_collects(nbdir, monkeypatch):
+    points = runs.grid(a=[1, 2], b=[0.5, 1.5])
+    assert len(points) == 4 and {"a": 2, "b": 0.5} in points
+    outs = runs.sweep("90_tiny", points, out_root=nbdir / "outputs")
+    assert all((o / "summary.json").exists() for o in outs)
+    # an unfinished run (no summary) is redone; finished ones are skipped
+    (outs[0] / "summary.json").unlink()
+    ran = []
+    real = runs.run_notebook
+    monkeypatch.setattr(
+        runs, "run_notebook", lambda nb, p, *a, **k: ran.append(p) or real(nb, p, *a, **k)
+    )
+    runs.sweep("90_tiny", points, out_root=nbdir / "outputs")
+    assert ran == [points[0]]
+    df = runs.collect(nbdir / "outputs" / "90_tiny")
+    assert len(df) == 4 and sorted(df["total"]) == [1.5, 2.5, 2.5, 3.5]
+
+
+def test_cli_run(nbdir, capsys, monkeypatch):
+    monkeypatch.setattr(runs, "ROOT", nbdir)
+    assert runs.main(["run", "90_tiny", "--run-id", "cli", "-p", "a", "3"]) == 0
+    assert "outputs in" in capsys.readouterr().out
