@@ -27,15 +27,17 @@ model: str = "storyworld"  # frozen model: "storyworld", "gpt2", or a local HF d
 dataset: str = "storyworld"  # token source for training and evaluation
 site: str = "resid_pre.3"  # where every SAE reads and writes
 n_ctx: int = 128  # tokens per row
-dict_ratio: float = 8.0  # latents per model dimension (d_sae / d_model)
+dict_ratio: float = 8.0  # ReLU SAEs: latents per model dimension (d_sae / d_model)
 n_tokens: int = 200_000  # training tokens per SAE
-batch_size: int = 32  # rows per step
-lr: float = 0.003  # peak learning rate (Adam, warmup + cosine)
-local_sparsity: list = [1.0, 4.0]  # phi values of the local (MSE) SAEs
-e2e_sparsity: list = [1.0, 4.0]  # phi values of the e2e and e2e+ds SAEs
+batch_size: int = 16  # rows per step
+lr: float = 0.01  # peak learning rate of the ReLU SAEs (Adam, warmup + cosine)
+local_sparsity: list = [0.1, 1.0]  # phi values of the local (MSE) SAEs
+e2e_sparsity: list = [1.0, 10.0]  # phi values of the e2e and e2e+ds SAEs
 kl_coeff_ds: float = 0.5  # e2e+ds KL weight (paper, GPT-2)
 ds_coeff: float = 2.5  # e2e+ds downstream MSE weight (paper, GPT-2)
 ks: list = [8, 32]  # k values of the TopK and g-SAE runs
+topk_dict_ratio: float = 32.0  # TopK / g-SAE latents per model dimension
+topk_lr: float = 0.004  # peak learning rate of the TopK / g-SAE runs
 beta: float = 1.0  # g-SAE gradient weight
 eval_tokens: int = 16_384  # held-out validation tokens for every evaluation
 seed: int = 0  # SAE init and data order
@@ -69,22 +71,23 @@ print(f"{model}: {sl.model_info(lm)}; {train_data.n_tokens:,} training tokens pe
 # tokens (CE with the SAE spliced in vs clean, L0, alive latents, explained variance, ...).
 
 # %%
+topk = dict(dict_ratio=topk_dict_ratio, lr=topk_lr)
 runs = (
     [("local", dict(sae="relu", loss="local", sparsity=p)) for p in local_sparsity]
     + [("e2e", dict(sae="relu", loss="e2e", sparsity=p)) for p in e2e_sparsity]
     + [("e2e+ds", dict(sae="relu", loss="e2e+ds", sparsity=p, kl_coeff=kl_coeff_ds,
                        ds_coeff=ds_coeff)) for p in e2e_sparsity]
-    + [("topk", dict(sae="topk", loss="local", k=k)) for k in ks]
-    + [("gtopk", dict(sae="gtopk", loss="local", k=k, beta=beta)) for k in ks]
+    + [("topk", dict(sae="topk", loss="local", k=k, **topk)) for k in ks]
+    + [("gtopk", dict(sae="gtopk", loss="local", k=k, beta=beta, **topk)) for k in ks]
 )  # fmt: skip
 rows = []
 for method, kw in runs:
-    cfg = sl.TrainConfig(**common, **kw)
+    cfg = sl.TrainConfig(**(common | kw))
     name = f"{method}_" + "_".join(f"{k}={v}" for k, v in kw.items() if k in ("sparsity", "k"))
     t0 = time.time()
     run = sl.train(lm, train_data, cfg, out / "runs" / name, eval_data=val, progress=False)
     rep = run.log[-1]
-    rows.append(dict(method=method, run=name, **kw, **rep, train_s=time.time() - t0))
+    rows.append(dict(method=method, run=name, **kw) | rep | dict(train_s=time.time() - t0))
     print(f"{name:24s} L0 {rep['l0']:7.1f}  alive {rep['alive']:4d}  CE +{rep['ce_increase']:.4f}"
           f"  ({time.time() - t0:.0f} s)")  # fmt: skip
 df = pd.DataFrame(rows)

@@ -15,6 +15,12 @@ SMOKE = {
         n_train_tokens=60_000, n_val_tokens=10_000, tokenizer_stories=500, vocab_size=512,
         n_layer=2, n_steps=6, batch_size=16, eval_every=3, probe_stories=10,
     ),
+    "01_local_sae": dict(n_tokens=16_384, eval_tokens=4096, density_tokens=4096, batch_size=8),
+    "02_e2e_sae": dict(n_tokens=8192, eval_tokens=2048, batch_size=8),
+    "03_e2e_ds_sae": dict(n_tokens=8192, eval_tokens=2048, batch_size=8),
+    "04_gradient_sae": dict(
+        n_tokens=8192, eval_tokens=2048, batch_size=8, dict_ratio=8.0, betas=[0.0, 1.0],
+    ),
     "05_pareto": dict(
         n_tokens=16 * 128 * 4, batch_size=16, local_sparsity=[1.0], e2e_sparsity=[1.0], ks=[8],
         eval_tokens=4 * 128,

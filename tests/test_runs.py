@@ -79,3 +79,8 @@ def test_cli_run(nbdir, capsys, monkeypatch):
     monkeypatch.setattr(runs, "ROOT", nbdir)
     assert runs.main(["run", "90_tiny", "--run-id", "cli", "-p", "a", "3"]) == 0
     assert "outputs in" in capsys.readouterr().out
+
+
+def test_parse_value_reads_exponent_floats():
+    assert runs.parse_value("5e-4") == 0.0005 and runs.parse_value("3") == 3
+    assert runs.parse_value("[1, 2]") == [1, 2] and runs.parse_value("gpt2") == "gpt2"

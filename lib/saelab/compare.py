@@ -47,12 +47,15 @@ def pareto_plot(df: pd.DataFrame, y: str = "ce_increase", xs=("l0", "alive"), pa
     import seaborn as sns
 
     fig, axes = plt.subplots(1, len(xs), figsize=(5 * len(xs), 3.8))
+    order = list(dict.fromkeys(df["method"]))  # same colour and marker per method in every panel
     for ax, x in zip(np.atleast_1d(axes), xs, strict=True):
         sns.lineplot(data=df.sort_values(x), x=x, y=y, hue="method", style="method",
-                     markers=True, dashes=False, sort=False, ax=ax)  # fmt: skip
+                     hue_order=order, style_order=order, markers=True, dashes=False,
+                     sort=False, estimator=None, ax=ax)  # fmt: skip
         ax.set(xlabel={"l0": "L0 (active latents per token)", "alive": "alive latents"}.get(x, x),
                ylabel="CE loss increase (nats)")  # fmt: skip
-        ax.set_xscale("log")
+        if df[x].max() > 10 * max(df[x].min(), 1e-9):  # log scale only when x spans decades
+            ax.set_xscale("log")
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=120)

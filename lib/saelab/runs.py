@@ -47,6 +47,19 @@ def versions() -> dict:
     return out
 
 
+def parse_value(text: str):
+    """A parameter value from YAML text; `5e-4` is a float (YAML 1.1 would keep a string)."""
+    import yaml
+
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def load_preset(notebook: str, preset: str | None) -> dict:
     """Parameters of `notebooks/params/<notebook>.<preset>.yaml` ({} for no preset)."""
     if not preset:
@@ -57,7 +70,8 @@ def load_preset(notebook: str, preset: str | None) -> dict:
     if not path.exists():
         have = sorted(p.name for p in (NOTEBOOKS / "params").glob(f"{notebook}.*.yaml"))
         raise FileNotFoundError(f"no preset {preset!r} for {notebook}: {path} missing; have {have}")
-    return yaml.safe_load(path.read_text()) or {}
+    raw = yaml.safe_load(path.read_text()) or {}
+    return {k: parse_value(v) if isinstance(v, str) else v for k, v in raw.items()}
 
 
 def paired_notebook(notebook: str) -> Path:
@@ -190,19 +204,15 @@ def main(argv: list[str] | None = None) -> int:
         print(collect(a.folder).to_string())
         return 0
     if a.cmd == "sweep":
-        import yaml
-
-        axes = {k: yaml.safe_load(v) for k, v in a.g}
+        axes = {k: parse_value(v) for k, v in a.g}
         outs = sweep(a.notebook, grid(**axes), a.preset, processes=a.processes)
         print("\n".join(map(str, outs)))
         return 0
     if a.cmd == "main":
-        # Until the SAE comparison notebooks exist, the main job is notebook 00's smoke run.
-        out = run_notebook("00_storyworld", run_id="main")
+        # The main job: both papers' comparisons on the embedded default (notebook 05).
+        out = run_notebook("05_pareto", preset="default")
     else:
-        import yaml
-
-        params = {k: yaml.safe_load(v) for k, v in a.p}
+        params = {k: parse_value(v) for k, v in a.p}
         out = run_notebook(a.notebook, params, a.preset, a.run_id)
     print(f"outputs in {out}")
     return 0
