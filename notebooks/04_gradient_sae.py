@@ -66,12 +66,10 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 import saelab as sl
 from saelab import plots
 
-torch.set_num_threads(max(1, torch.get_num_threads()))
 out = Path(out_dir)
 (out / "figures").mkdir(parents=True, exist_ok=True)
 t_start = time.time()
