@@ -225,3 +225,28 @@ def test_train_rejects_site_past_last_layer_and_too_few_tokens(lm, data):
         tr.train(lm, data, _small(sites=("resid_pre.9",)), None, progress=False)
     with pytest.raises(ValueError, match="less than one batch"):
         tr.train(lm, data, _small(n_tokens=100), None, progress=False)
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(lm, data, tmp_path, monkeypatch):
+    cfg = _small(n_tokens=16 * 128 * 8, checkpoint_every=4)
+    real_mse, calls = tr.losses.mse_loss, {"n": 0}
+
+    def poisoned(x_hat, x):
+        calls["n"] += 1
+        out = real_mse(x_hat, x)
+        return out * float("nan") if calls["n"] == 6 else out
+
+    monkeypatch.setattr(tr.losses, "mse_loss", poisoned)
+    with pytest.raises(tr.NonFiniteLoss, match=r"at step 5; stopped.*step 4\)"):
+        tr.train(lm, data, cfg, tmp_path, progress=False)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 4
+    assert all(torch.isfinite(v).all() for v in state["saes"][SITE].values())
+
+
+def test_data_longer_than_model_context_is_rejected(lm):
+    class Long:
+        n_ctx = 4096
+
+    with pytest.raises(ValueError, match="exceeds the model's 128 positions"):
+        tr.train(lm, Long(), _small(), None, progress=False)
