@@ -9,6 +9,8 @@ import pytest
 from saelab import runs
 
 NOTEBOOKS = sorted(runs.NOTEBOOKS.glob("[0-9]*.py"))
+# Notebooks 06+ study the SAEs of a 05_pareto run; in the tests, of this module's smoke run.
+PARETO = "<pareto_run>"
 # Smoke-sized parameters per notebook: each run takes well under a minute on 2 CPU cores.
 SMOKE = {
     "00_storyworld": dict(
@@ -68,10 +70,27 @@ def test_every_notebook_has_a_smoke_preset_in_this_file():
     assert {p.stem for p in NOTEBOOKS} <= set(SMOKE)
 
 
+@pytest.fixture(scope="module")
+def pareto_run(tmp_path_factory):
+    """The smoke-sized 05_pareto run (5 SAEs: local, e2e, e2e+ds, topk, gtopk), made once."""
+    root = tmp_path_factory.mktemp("pareto")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SAELAB_CACHE", str(root / "cache"))
+        return runs.run_notebook("05_pareto", SMOKE["05_pareto"], run_id="smoke", out_root=root)
+
+
 @pytest.mark.parametrize("name", sorted(SMOKE))
-def test_notebook_runs_through_papermill(name, tmp_path, monkeypatch):
+def test_notebook_runs_through_papermill(name, tmp_path, monkeypatch, request):
     monkeypatch.setenv("SAELAB_CACHE", str(tmp_path / "cache"))
-    out = runs.run_notebook(name, SMOKE[name], run_id="smoke", out_root=tmp_path / "outputs")
+    if name == "05_pareto":
+        out = request.getfixturevalue("pareto_run")
+        assert len(list((out / "runs").glob("*/saes/*/sae.safetensors"))) == 5
+        return
+    params = SMOKE[name]
+    if PARETO in params.values():
+        pareto = str(request.getfixturevalue("pareto_run"))
+        params = {k: pareto if v == PARETO else v for k, v in params.items()}
+    out = runs.run_notebook(name, params, run_id="smoke", out_root=tmp_path / "outputs")
     assert (out / "notebook.ipynb").exists()
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["parameters"]["out_dir"] == str(out)

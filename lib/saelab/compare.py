@@ -9,6 +9,8 @@ both span orders of magnitude), and says when a method's sweep does not reach th
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -60,3 +62,37 @@ def pareto_plot(df: pd.DataFrame, y: str = "ce_increase", xs=("l0", "alive"), pa
     if path is not None:
         fig.savefig(path, dpi=120)
     return fig
+
+
+def load_sweep(folder: str | Path) -> pd.DataFrame:
+    """The sweep table of a `05_pareto` run folder with each SAE's path (column `sae_path`).
+
+    Reads `folder/sweep.csv`; SAEs live in `folder/runs/<run>/saes/<site>/`.
+    """
+    folder = Path(folder)
+    table = folder / "sweep.csv"
+    if not table.exists():
+        raise FileNotFoundError(
+            f"{table} not found: give the folder of a 05_pareto run (it holds sweep.csv and "
+            "runs/), e.g. outputs/reference/05_pareto/main-v2"
+        )
+    df = pd.read_csv(table)
+    paths = []
+    for run in df["run"]:
+        saes = sorted((folder / "runs" / run / "saes").glob("*/cfg.json"))
+        if not saes:
+            raise FileNotFoundError(f"no saved SAE under {folder / 'runs' / run / 'saes'}")
+        paths.append(str(saes[0].parent))
+    return df.assign(sae_path=paths)
+
+
+def closest(df: pd.DataFrame, methods, target: float, x: str = "ce_increase") -> pd.DataFrame:
+    """Per method, the row of `df` whose `x` is nearest `target` (in log space); index = method."""
+    rows = []
+    for m in methods:
+        sub = df[df.method == m]
+        if sub.empty:
+            raise ValueError(f"method {m!r} not in the sweep; it has {sorted(set(df.method))}")
+        dist = (np.log(sub[x].clip(lower=1e-9)) - np.log(max(target, 1e-9))).abs()
+        rows.append(sub.loc[dist.idxmin()])
+    return pd.DataFrame(rows).set_index("method")
