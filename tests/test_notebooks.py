@@ -27,6 +27,7 @@ SMOKE = {
         n_tokens=16 * 128 * 4, batch_size=16, local_sparsity=[1.0], e2e_sparsity=[1.0], ks=[8],
         eval_tokens=4 * 128,
     ),
+    "10_downstream": dict(sae_run=PARETO),
 }  # fmt: skip
 
 

@@ -33,6 +33,17 @@ def common_target(df: pd.DataFrame, methods, x: str = "ce_increase") -> float:
     return float((lo + hi) / 2) if lo <= hi else float("nan")
 
 
+def match_target(df: pd.DataFrame, methods, target: float = 0.0, x: str = "ce_increase") -> float:
+    """`target` if > 0, else the sweeps' `common_target`, else (no overlap) the geometric mean of
+    all their `x` values, so that `closest` still picks comparable runs."""
+    if target > 0:
+        return float(target)
+    common = common_target(df, methods, x)
+    if common == common:
+        return common
+    return float(np.exp(np.log(df[df.method.isin(methods)][x].clip(lower=1e-9)).mean()))
+
+
 def matched(df: pd.DataFrame, methods, target: float, x: str = "ce_increase",
             cols=("l0", "alive")) -> pd.DataFrame:  # fmt: skip
     """One row per method: `cols` interpolated at `x == target` (NaN: sweep does not reach it)."""

@@ -1,0 +1,127 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 10 · Downstream pathways: where do the SAE's activations go?
+#
+# An e2e SAE is trained only to keep the model's *output* distribution (Braun et al. 2024 §2.2).
+# Nothing asks the activations it writes at layer L to look like the clean ones, so they may take
+# a different route through layers L+1, ..., and the features would then describe a network that
+# is not the one we study. The e2e+ds loss (§2.3) adds the MSE of every later residual stream.
+#
+# With every SAE spliced in at its site, for each later residual site `r` (DESIGN §4):
+#
+# $$\mathrm{ds\_mse}_r = \tfrac{1}{N d} \sum \lVert r^{sae} - r^{clean} \rVert^2, \qquad
+#   \mathrm{ds\_ev}_r = 1 - \frac{\sum \lVert r^{sae} - r^{clean}\rVert^2}
+#                               {\sum \lVert r^{clean} - \bar r^{clean}\rVert^2}.$$
+#
+# Braun et al. Figure 2: e2e has far larger downstream MSE than local at every later layer, e2e+ds
+# is close to local. Table 5: e2e SAEs shrink their reconstructions,
+# `||x_hat|| / ||x||` well below 1, and e2e+ds brings the ratio back up.
+#
+# `saelab.evaluate` already measures both for every run of the `05_pareto` sweep; this notebook
+# reads them at matched CE increase (interpolating each method's sweep, as `05` does for L0, or
+# taking each method's closest run when a sweep does not reach the target).
+
+# %% tags=["parameters"]
+sae_run: str = "outputs/reference/05_pareto/main-v1"  # folder of a 05_pareto run (sweep.csv + runs/)
+target_ce: float = 0.0  # CE increase to match runs at (0 means the sweep's common target)
+out_dir: str = "outputs/10_downstream/scratch"  # run folder (set by saelab.runs)
+
+# %%
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from saelab import compare, plots
+
+out = Path(out_dir)
+(out / "figures").mkdir(parents=True, exist_ok=True)
+df = compare.load_sweep(sae_run)
+relu = ["local", "e2e", "e2e+ds"]
+target = compare.match_target(df, relu, target_ce)
+ds_cols = [c for c in df.columns if c.startswith(("ds_mse/", "ds_ev/"))]
+layers = sorted({c.split("/", 1)[1] for c in ds_cols}, key=lambda s: int(s.rsplit(".", 1)[1]))
+print(f"{len(df)} runs from {sae_run}; later residual sites {layers}; matched at CE +{target:.4f}")
+
+# %% [markdown]
+# ## 1. Downstream reconstruction, layer by layer (Figure 2)
+#
+# Each method's sweep interpolated at the same CE increase: the same damage to the output, so
+# any difference is in *how* the SAE-inserted activations get there.
+
+# %%
+cols = [*ds_cols, "l2_ratio", "l0"]
+matched = compare.matched(df, relu, target, cols=cols)
+if matched.isna().any().any():  # a sweep does not reach the target: take its closest run
+    matched = compare.closest(df, relu, target)[["ce_increase", *cols]]
+    print("not every sweep reaches the target; using each method's closest run instead")
+matched.to_csv(out / "downstream_matched.csv")
+fig = plots.downstream_plot(matched[ds_cols].to_dict(orient="index"),
+                            path=out / "figures" / "downstream.png")  # fmt: skip
+matched[[c for c in ds_cols if c.startswith("ds_mse/")]]
+
+# %% [markdown]
+# The whole sweep, not just the matched point: downstream MSE at the last layer against CE
+# increase. A method whose line sits higher reaches the same output damage along a different
+# internal route.
+
+# %%
+import seaborn as sns  # noqa: E402
+
+last = f"ds_mse/{layers[-1]}"
+ax = sns.lineplot(data=df[df.method.isin(relu)].sort_values("ce_increase"), x="ce_increase",
+                  y=last, hue="method", style="method", markers=True, dashes=False, sort=False)  # fmt: skip
+ax.set(xscale="log", yscale="log", xlabel="CE loss increase (nats)",
+       ylabel=f"downstream MSE at {layers[-1]}")  # fmt: skip
+ax.figure.tight_layout()
+ax.figure.savefig(out / "figures" / "downstream_vs_ce.png", dpi=120)
+
+# %% [markdown]
+# ## 2. How long are the reconstructions? (Table 5)
+#
+# `l2_ratio` = mean over tokens of `||x_hat|| / ||x||` at the site. Below 1 the SAE shrinks the
+# activation (the sparsity penalty pulls every latent towards 0); local SAEs pay for it in MSE,
+# e2e SAEs only if the output notices.
+
+# %%
+l2 = pd.DataFrame({"matched (interpolated)": matched["l2_ratio"]})
+l2["sweep min"] = df.groupby("method")["l2_ratio"].min()
+l2["sweep max"] = df.groupby("method")["l2_ratio"].max()
+topk = df[df.method.isin(["topk", "gtopk"])].pivot_table(index="method", columns="k",
+                                                          values="l2_ratio")  # fmt: skip
+l2.to_csv(out / "l2_ratio.csv")
+l2
+
+# %%
+topk  # TopK and g-SAE, by k (no sparsity penalty, so less shrinkage is expected)
+
+# %% [markdown]
+# **What we see.**
+
+# %%
+m = matched
+ratio_e2e = m.loc["e2e", last] / m.loc["local", last]
+ratio_ds = m.loc["e2e+ds", last] / m.loc["local", last]
+print(f"At CE +{target:.3f}, downstream MSE at {layers[-1]}: local {m.loc['local', last]:.4f}, "
+      f"e2e {m.loc['e2e', last]:.4f} ({ratio_e2e:.1f}x local), e2e+ds {m.loc['e2e+ds', last]:.4f} "
+      f"({ratio_ds:.2f}x local). Paper (Fig. 2): e2e far above local, e2e+ds near it.")
+print(f"L2 ratio at matched CE: local {m.loc['local', 'l2_ratio']:.2f}, e2e "
+      f"{m.loc['e2e', 'l2_ratio']:.2f}, e2e+ds {m.loc['e2e+ds', 'l2_ratio']:.2f} "
+      "(paper, Table 5: e2e shrinks most, e2e+ds restores).")  # fmt: skip
+summary = dict(
+    sae_run=sae_run,
+    target_ce_increase=target,
+    matched=m.reset_index().to_dict(orient="records"),
+    ds_mse_ratio_e2e_local=ratio_e2e,
+    ds_mse_ratio_e2eds_local=ratio_ds,
+    l2_ratio=l2.reset_index().to_dict(orient="records"),
+)
+(out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+print(f"outputs in {out}")
