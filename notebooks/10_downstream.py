@@ -29,7 +29,7 @@
 # taking each method's closest run when a sweep does not reach the target).
 
 # %% tags=["parameters"]
-sae_run: str = "outputs/reference/05_pareto/main-v1"  # folder of a 05_pareto run (sweep.csv + runs/)
+sae_run: str = "outputs/reference/05_pareto/main-v1"  # a 05_pareto run folder (sweep.csv, runs/)
 target_ce: float = 0.0  # CE increase to match runs at (0 means the sweep's common target)
 out_dir: str = "outputs/10_downstream/scratch"  # run folder (set by saelab.runs)
 
@@ -76,8 +76,9 @@ matched[[c for c in ds_cols if c.startswith("ds_mse/")]]
 import seaborn as sns  # noqa: E402
 
 last = f"ds_mse/{layers[-1]}"
-ax = sns.lineplot(data=df[df.method.isin(relu)].sort_values("ce_increase"), x="ce_increase",
-                  y=last, hue="method", style="method", markers=True, dashes=False, sort=False)  # fmt: skip
+sweep = df[df.method.isin(relu)].sort_values("ce_increase")
+ax = sns.lineplot(data=sweep, x="ce_increase", y=last, hue="method", style="method",
+                  markers=True, dashes=False, sort=False)  # fmt: skip
 ax.set(xscale="log", yscale="log", xlabel="CE loss increase (nats)",
        ylabel=f"downstream MSE at {layers[-1]}")  # fmt: skip
 ax.figure.tight_layout()
@@ -109,9 +110,11 @@ topk  # TopK and g-SAE, by k (no sparsity penalty, so less shrinkage is expected
 m = matched
 ratio_e2e = m.loc["e2e", last] / m.loc["local", last]
 ratio_ds = m.loc["e2e+ds", last] / m.loc["local", last]
-print(f"At CE +{target:.3f}, downstream MSE at {layers[-1]}: local {m.loc['local', last]:.4f}, "
-      f"e2e {m.loc['e2e', last]:.4f} ({ratio_e2e:.1f}x local), e2e+ds {m.loc['e2e+ds', last]:.4f} "
-      f"({ratio_ds:.2f}x local). Paper (Fig. 2): e2e far above local, e2e+ds near it.")
+print(
+    f"At CE +{target:.3f}, downstream MSE at {layers[-1]}: local {m.loc['local', last]:.4f}, "
+    f"e2e {m.loc['e2e', last]:.4f} ({ratio_e2e:.1f}x local), e2e+ds {m.loc['e2e+ds', last]:.4f} "
+    f"({ratio_ds:.2f}x local). Paper (Fig. 2): e2e far above local, e2e+ds near it."
+)
 print(f"L2 ratio at matched CE: local {m.loc['local', 'l2_ratio']:.2f}, e2e "
       f"{m.loc['e2e', 'l2_ratio']:.2f}, e2e+ds {m.loc['e2e+ds', 'l2_ratio']:.2f} "
       "(paper, Table 5: e2e shrinks most, e2e+ds restores).")  # fmt: skip
