@@ -31,6 +31,7 @@
 # %% tags=["parameters"]
 sae_run: str = "outputs/reference/05_pareto/main-v1"  # a 05_pareto run folder (sweep.csv, runs/)
 target_ce: float = 0.0  # CE increase to match runs at (0 means the sweep's common target)
+near_ce: list = [0.045]  # more CE increases at which to show each method's closest actual run
 out_dir: str = "outputs/10_downstream/scratch"  # run folder (set by saelab.runs)
 
 # %%
@@ -100,6 +101,17 @@ topk = df[df.method.isin(["topk", "gtopk"])].pivot_table(index="method", columns
 l2.to_csv(out / "l2_ratio.csv")
 l2
 
+# %% [markdown]
+# Interpolation mixes runs; at a few more CE increases, each method's *closest actual run*:
+
+# %%
+near = pd.concat(
+    [compare.closest(df, relu, t)[["run", "ce_increase", "l0", "l2_ratio", last]].assign(near=t)
+     for t in near_ce]
+)  # fmt: skip
+near.to_csv(out / "closest_runs.csv")
+near
+
 # %%
 topk  # TopK and g-SAE, by k (no sparsity penalty, so less shrinkage is expected)
 
@@ -125,6 +137,7 @@ summary = dict(
     ds_mse_ratio_e2e_local=ratio_e2e,
     ds_mse_ratio_e2eds_local=ratio_ds,
     l2_ratio=l2.reset_index().to_dict(orient="records"),
+    closest_runs=near.reset_index().to_dict(orient="records"),
 )
 (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
 print(f"outputs in {out}")
