@@ -18,16 +18,8 @@ SITE = "resid_pre.3"
 
 
 @pytest.fixture(scope="module")
-def lm():
-    return sl.load_model("storyworld", device="cpu")
-
-
-@pytest.fixture(scope="module")
-def data(lm, tmp_path_factory):
-    import os
-
-    os.environ.setdefault("SAELAB_CACHE", str(tmp_path_factory.mktemp("cache")))
-    return sl.token_dataset("storyworld", lm.tokenizer, 128, n_tokens=70_000)
+def data(storyworld_data):
+    return storyworld_data(128, n_tokens=70_000)
 
 
 @pytest.fixture(scope="module")

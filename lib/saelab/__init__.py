@@ -7,6 +7,7 @@ run = sl.train(lm, data, sl.TrainConfig(sites=("resid_pre.3",), loss="e2e"), "ou
 sl.evaluate(lm, run.sae, data)
 """
 
+from saelab.cache import ActivationCache, cache_activations, load_cache
 from saelab.data import TokenDataset, token_dataset
 from saelab.metrics import evaluate
 from saelab.models import Site, load_model, model_info, parse_site, valid_sites
@@ -15,12 +16,15 @@ from saelab.training import Run, TrainConfig, train
 
 __all__ = [
     "SAE",
+    "ActivationCache",
     "Run",
     "SAEConfig",
     "Site",
     "TokenDataset",
     "TrainConfig",
+    "cache_activations",
     "evaluate",
+    "load_cache",
     "load_model",
     "load_sae",
     "model_info",

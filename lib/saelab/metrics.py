@@ -16,6 +16,7 @@ from collections import defaultdict
 import torch
 
 from saelab import losses
+from saelab.models import model_info
 from saelab.passes import as_sites, clean_pass, later_sites, next_token_ce, spliced_pass
 
 
@@ -55,6 +56,13 @@ def evaluate(lm, saes, data, n_tokens: int = 65_536, batch_size: int = 32) -> di
     """
     saes = as_sites(saes)
     sites = list(saes)
+    d_model = model_info(lm)["d_model"]
+    for s, sae in saes.items():  # else a bare matmul shape error from inside the trace
+        if sae.cfg.d_in != d_model:
+            raise ValueError(
+                f"the SAE for {s} has d_in={sae.cfg.d_in}, but {s} of this model has width "
+                f"{d_model}; was it trained on another model ({sae.cfg.model_name!r})?"
+            )
     later = later_sites(lm, sites)
     gtopk = any(s.cfg.architecture == "gtopk" for s in saes.values())
     n_rows = max(1, min(len(data), n_tokens // data.n_ctx))
@@ -63,9 +71,10 @@ def evaluate(lm, saes, data, n_tokens: int = 65_536, batch_size: int = 32) -> di
     sums = defaultdict(float)
     ev = {s: _EV() for s in sites}
     ds = {s: _EV() for s in later}
-    fired = {s: torch.zeros(saes[s].cfg.d_sae, dtype=torch.bool) for s in sites}
+    fired = {s: torch.zeros(saes[s].cfg.d_sae, dtype=torch.bool, device=saes[s].device)
+             for s in sites}  # fmt: skip
     for i in range(0, n_rows, batch_size):
-        tokens = tokens_all[i : i + batch_size]
+        tokens = tokens_all[i : i + batch_size].to(lm.device)  # the CE targets, on the GPU too
         n_pred = tokens[:, 1:].numel()
         clean = clean_pass(lm, tokens, sites, later, logits=True, grads=gtopk)
         with torch.no_grad():

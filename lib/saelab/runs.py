@@ -10,10 +10,12 @@ flag, package versions) and whatever the notebook writes there (it gets the fold
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -98,7 +100,13 @@ def run_notebook(
     import papermill as pm
 
     source = paired_notebook(notebook)  # fails before any folder is made for a bad name
-    params = load_preset(notebook, preset) | (params or {})
+    preset_values = load_preset(notebook, preset)
+    # checked before the run folder exists: a typo or a wrong type costs nothing
+    declared = _declared_parameters(source)
+    where = NOTEBOOKS / "params" / f"{notebook}.{preset}.yaml"
+    _check_parameters(notebook, preset_values, declared, f" (from preset {where})")
+    _check_parameters(notebook, params or {}, declared, "")
+    params = preset_values | (params or {})
     run_id = run_id or time.strftime("%Y%m%d-%H%M%S")
     out = Path(out_root or ROOT / "outputs") / notebook / run_id
     out.mkdir(parents=True, exist_ok=True)  # papermill needs the folder to exist
@@ -116,6 +124,137 @@ def run_notebook(
         log_output=True,
     )
     return out
+
+
+@dataclass(frozen=True)
+class _Declared:
+    """A parameter of a notebook's `parameters` cell: its annotation, default and source line."""
+
+    name: str
+    annotation: ast.expr | None  # None: unannotated, checked against the default's type
+    default: ast.expr | None
+    line: str
+
+
+def _declared_parameters(source: Path) -> dict[str, _Declared]:
+    """The parameters declared in the `parameters`-tagged cell of the notebook at `source`."""
+    import nbformat
+
+    nb = nbformat.read(source, as_version=4)
+    cell = next((c for c in nb.cells if "parameters" in c.metadata.get("tags", [])), None)
+    if cell is None:
+        return {}
+    try:
+        tree = ast.parse(cell.source)
+    except SyntaxError:  # not plain Python (magics?): fall back to papermill's line parser
+        from papermill.translators import PythonTranslator
+
+        found = PythonTranslator.inspect(cell)
+        return {p.name: _Declared(p.name, None, None, p.name) for p in found}
+    lines = cell.source.splitlines()
+    out = {}
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            name, ann, default = node.target.id, node.annotation, node.value
+        elif (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+        ):
+            name, ann, default = node.targets[0].id, None, node.value
+        else:
+            continue
+        out[name] = _Declared(name, ann, default, lines[node.lineno - 1].strip())
+    return out
+
+
+_SIMPLE = {
+    "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),  # int is a float
+    "str": lambda v: isinstance(v, str),
+    "bool": lambda v: isinstance(v, bool),
+    "list": lambda v: isinstance(v, list | tuple),  # YAML has no tuples; papermill writes either
+    "tuple": lambda v: isinstance(v, list | tuple),
+    "dict": lambda v: isinstance(v, dict),
+    "None": lambda v: v is None,
+}
+_ALIASES = {"List": "list", "Tuple": "tuple", "Dict": "dict", "Sequence": "list",
+            "NoneType": "None"}  # fmt: skip
+
+
+def _type_ok(value, ann: ast.expr) -> bool:
+    """Whether `value` fits the annotation `ann`; unknown annotations accept anything."""
+    if isinstance(ann, ast.Constant):
+        if ann.value is None:
+            return value is None
+        if isinstance(ann.value, str):  # a string annotation: "int"
+            try:
+                return _type_ok(value, ast.parse(ann.value, mode="eval").body)
+            except SyntaxError:
+                return True
+        return True
+    if isinstance(ann, ast.BinOp) and isinstance(ann.op, ast.BitOr):  # int | None
+        return _type_ok(value, ann.left) or _type_ok(value, ann.right)
+    if isinstance(ann, ast.Name | ast.Attribute):  # int, typing.Any, ...
+        name = ann.id if isinstance(ann, ast.Name) else ann.attr
+        check = _SIMPLE.get(_ALIASES.get(name, name))
+        return check(value) if check else True
+    if isinstance(ann, ast.Subscript):
+        base = ann.value.id if isinstance(ann.value, ast.Name) else getattr(ann.value, "attr", "")
+        base = _ALIASES.get(base, base)
+        args = list(ann.slice.elts) if isinstance(ann.slice, ast.Tuple) else [ann.slice]
+        if base == "Optional":
+            return value is None or _type_ok(value, args[0])
+        if base == "Union":
+            return any(_type_ok(value, a) for a in args)
+        if base == "Literal":
+            return any(isinstance(a, ast.Constant) and a.value == value for a in args)
+        if base in ("list", "tuple") and _SIMPLE[base](value):
+            if base == "tuple" and not (len(args) == 2 and _is_ellipsis(args[1])):
+                return len(value) == len(args) and all(map(_type_ok, value, args))
+            return all(_type_ok(v, args[0]) for v in value)
+        check = _SIMPLE.get(base)
+        return check(value) if check else True
+    return True
+
+
+def _is_ellipsis(node: ast.expr) -> bool:
+    return isinstance(node, ast.Constant) and node.value is Ellipsis
+
+
+def _expected(p: _Declared) -> tuple[ast.expr | None, str]:
+    """The annotation to check against and its text; unannotated: the default literal's type."""
+    if p.annotation is not None:
+        return p.annotation, ast.unparse(p.annotation)
+    try:
+        default = ast.literal_eval(p.default) if p.default is not None else None
+    except ValueError:  # not a literal: nothing to infer a type from
+        return None, "any"
+    if default is None:
+        return None, "any"
+    name = type(default).__name__
+    return ast.Name(name), name
+
+
+def _check_parameters(notebook: str, values: dict, declared: dict, origin: str) -> None:
+    """Raise TypeError for a value that is not a declared parameter or has the wrong type."""
+    import difflib
+
+    for name, value in values.items():
+        if name == "out_dir":  # set by run_notebook itself
+            continue
+        if name not in declared:
+            close = difflib.get_close_matches(name, list(declared), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            valid = ", ".join(declared) or "none (it has no cell tagged 'parameters')"
+            raise TypeError(f"notebook {notebook!r} has no parameter {name!r}{hint}{origin}; "
+                            f"its parameters are: {valid}")  # fmt: skip
+        ann, text = _expected(declared[name])
+        if ann is not None and not _type_ok(value, ann):
+            raise TypeError(
+                f"parameter {name!r} of notebook {notebook!r} expects {text}, got {value!r} "
+                f"({type(value).__name__}){origin}; declared as `{declared[name].line}`"
+            )
 
 
 def grid(**axes) -> list[dict]:

@@ -27,8 +27,9 @@ import torch
 from tqdm.auto import tqdm
 
 from saelab import losses
-from saelab.models import Site, block_list, model_info, parse_site, sort_sites
-from saelab.passes import clean_pass, later_sites, spliced_pass
+from saelab.cache import ActivationCache, evaluate_cached
+from saelab.models import Site, model_info, parse_site, sort_sites
+from saelab.passes import Clean, clean_pass, later_sites, spliced_pass
 from saelab.sae import SAE, SAEConfig, save_sae
 
 SAE_KINDS = ("relu", "topk", "gtopk")
@@ -155,16 +156,28 @@ class NonFiniteLoss(RuntimeError):
     """Training produced a NaN/inf loss; the last good checkpoint is kept."""
 
 
-def train_step(lm, tokens: torch.Tensor, saes: dict[Site, SAE], cfg: TrainConfig, dead):
+def train_step(
+    lm,
+    tokens: torch.Tensor | None,
+    saes: dict[Site, SAE],
+    cfg: TrainConfig,
+    dead,
+    acts: dict[Site, torch.Tensor] | None = None,
+):
     """One step's loss and its parts for `tokens [B, T]`; `dead` maps site -> bool mask [d_sae].
 
-    Returns (loss, logs, outs) where outs maps site -> ForwardOutput (for dead-latent counts).
+    `acts` (site -> `[B, T, d_in]`, from an activation cache) replaces the clean pass of a local
+    loss; `tokens` and `lm` are then unused. Returns (loss, logs, outs) where outs maps
+    site -> ForwardOutput (for dead-latent counts).
     """
     sites = sort_sites(list(saes))
     gtopk = cfg.sae == "gtopk"
     later = later_sites(lm, sites) if cfg.loss == "e2e+ds" else []
     e2e = cfg.loss != "local"
-    clean = clean_pass(lm, tokens, sites, later, logits=e2e, grads=gtopk)
+    if acts is not None:
+        clean = Clean(acts, None, None, [])
+    else:
+        clean = clean_pass(lm, tokens, sites, later, logits=e2e, grads=gtopk)
     logs: dict[str, float] = {}
     loss = torch.zeros(())
     if e2e:
@@ -197,10 +210,68 @@ def train_step(lm, tokens: torch.Tensor, saes: dict[Site, SAE], cfg: TrainConfig
     return loss, logs, outs
 
 
+class CheckpointError(ValueError):
+    """A checkpoint cannot be resumed from (corrupt, truncated, or from another config)."""
+
+
+CKPT_KEYS = ("cfg", "step", "log", "saes", "opt", "since_fire")
+
+
 def _atomic_save(obj, path: Path) -> None:
+    """torch.save to a temp file beside `path`, then rename: `path` is always a whole file."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     torch.save(obj, tmp)
     os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint intact
+
+
+def load_checkpoint(path: Path, cfg: TrainConfig, sites) -> dict:
+    """Read and check a training checkpoint; a bad one is an error and stays on disk untouched.
+
+    Never starts over silently: a truncated file (a disk filled up, a copy cut short) would
+    otherwise throw away the run it belongs to. Tensors load on the CPU; `load_state_dict`
+    copies them to the SAEs' device (and keeps Adam's step counts on the CPU, where it wants them).
+    """
+    hint = "it was left in place; move it away (or pass resume=False) to start the run over"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError/EOFError/UnpicklingError by damage type
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e}); {hint}"
+        ) from e
+    missing = [k for k in CKPT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {missing}, so it is not a training "
+                              f"checkpoint or is damaged; {hint}")  # fmt: skip
+    if state["cfg"] != asdict(cfg):
+        diff = {k: (state["cfg"].get(k), v) for k, v in asdict(cfg).items()
+                if state["cfg"].get(k) != v}  # fmt: skip
+        raise CheckpointError(
+            f"{path} was written by a different TrainConfig; refusing to resume. "
+            f"Differences (checkpoint, now): {diff}"
+        )
+    names = {str(s) for s in sites}
+    if set(state["saes"]) != names or set(state["since_fire"]) != names:
+        raise CheckpointError(f"checkpoint {path} holds sites {sorted(state['saes'])}, "
+                              f"expected {sorted(names)}; {hint}")  # fmt: skip
+    return state
+
+
+def _facts(lm, data, cfg: TrainConfig) -> dict:
+    """d_in, n_layers, the model's positions, model name and device, from `lm` or a cache."""
+    cache = data if isinstance(data, ActivationCache) else None
+    if cache is not None:
+        cache.check_training(cfg, lm)
+    if lm is None:
+        if cache is None:
+            raise ValueError("lm is None: only an activation cache (saelab.cache) trains without "
+                             "the model; pass the model to train on tokens")  # fmt: skip
+        m = cache.manifest
+        return dict(d_in=m["d_in"], n_layers=m["n_layers"], n_ctx=m["model_n_ctx"],
+                    model_name=m["model"], device=torch.device("cpu"))  # fmt: skip
+    info = model_info(lm)
+    name = getattr(lm.config, "_name_or_path", "") or info["model_type"]
+    return dict(d_in=info["d_model"], n_layers=info["n_layers"], n_ctx=info["n_ctx"],
+                model_name=name, device=torch.device(lm.device))  # fmt: skip
 
 
 def train(
@@ -212,53 +283,74 @@ def train(
     eval_data=None,
     progress: bool = True,
 ) -> Run:
-    """Train one SAE per site of `cfg` on `data` (a TokenDataset) through the frozen `lm`.
+    """Train one SAE per site of `cfg` on `data` through the frozen `lm`; tokens `[B, n_ctx]`.
 
+    `data` is a TokenDataset, or an `ActivationCache` (`saelab.cache`: local relu/topk SAEs from
+    stored activations `[B, n_ctx, d_in]`, same row order, same result; `lm` may then be None
+    and the evaluation reports only the SAE's own metrics). SAEs live on the model's device.
     Writes `out_dir/{metrics.jsonl, checkpoint.pt, train_config.json, saes/<site>/}`. With
     `resume=True` it continues from `out_dir/checkpoint.pt` and ends where an uninterrupted run
-    would. Evaluations (`saelab.metrics.evaluate`) use `eval_data` (default: `data`).
+    would. Evaluations (`saelab.metrics.evaluate`) use `eval_data` (default: `data`, or a
+    cache's tokens). Under torch.distributed (`saelab.distributed`) each rank trains on its
+    slice of every global batch of `cfg.batch_size` rows and only rank 0 writes.
     """
+    # imported here, not at the top, so `python -m saelab.distributed` runs a fresh module
+    from saelab import distributed as dd
     from saelab.metrics import evaluate
 
-    info = model_info(lm)
-    n_layers = len(block_list(lm))
-    sites = sort_sites([parse_site(s, n_layers) for s in cfg.sites])
-    if data.n_ctx > info["n_ctx"]:
-        raise ValueError(f"data n_ctx={data.n_ctx} exceeds the model's {info['n_ctx']} positions")
+    w = dd.world()
+    facts = _facts(lm, data, cfg)
+    device = facts["device"]
+    cache = data if isinstance(data, ActivationCache) else None
+    sites = sort_sites([parse_site(s, facts["n_layers"]) for s in cfg.sites])
+    if data.n_ctx > facts["n_ctx"]:
+        raise ValueError(f"data n_ctx={data.n_ctx} exceeds the model's {facts['n_ctx']} positions")
     n_steps = cfg.n_tokens // (cfg.batch_size * data.n_ctx)
     if n_steps < 1:
         raise ValueError(
             f"n_tokens={cfg.n_tokens} is less than one batch ({cfg.batch_size} x {data.n_ctx})"
         )
+    if len(data) < cfg.batch_size:  # before anything is written
+        raise ValueError(
+            f"dataset {data.source!r} has {len(data)} rows of {data.n_ctx} tokens, fewer than one "
+            f"batch of {cfg.batch_size}; give more tokens or a smaller batch_size"
+        )
+    dd.check_batch(cfg.batch_size, w)
+    if eval_data is None and cache is not None and lm is not None:
+        eval_data = cache.token_dataset()  # the tokens the activations came from
     out = Path(out_dir) if out_dir is not None else None
     torch.manual_seed(cfg.seed)
-    model_name = getattr(lm.config, "_name_or_path", "") or info["model_type"]
-    saes = {s: SAE(cfg.sae_config(str(s), info["d_model"], model_name)) for s in sites}
+    # Built on the CPU from the seeded CPU generator, then moved: the same init on every device.
+    saes = {s: SAE(cfg.sae_config(str(s), facts["d_in"], facts["model_name"])).to(device)
+            for s in sites}  # fmt: skip
     params = [p for sae in saes.values() for p in sae.parameters()]
+    dd.broadcast_params(params, w)
     opt = torch.optim.Adam(params, lr=cfg.lr)
-    since_fire = {s: torch.zeros(sae.cfg.d_sae, dtype=torch.long) for s, sae in saes.items()}
+    since_fire = {s: torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=device)
+                  for s, sae in saes.items()}  # fmt: skip
     step, log = 0, []
     ckpt = out / "checkpoint.pt" if out is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-    if out is not None and not (resume and ckpt.exists()):
-        (out / "metrics.jsonl").write_text("")  # a fresh run starts a fresh log
-    if resume and ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        if state["cfg"] != asdict(cfg):
-            raise ValueError(f"{ckpt} was written by a different TrainConfig; refusing to resume")
+    resuming = resume and ckpt is not None and ckpt.exists()
+    if resuming:  # checked before anything is written, so a refused resume changes nothing
+        state = load_checkpoint(ckpt, cfg, sites)
         for s, sae in saes.items():
             sae.load_state_dict(state["saes"][str(s)])
         opt.load_state_dict(state["opt"])
-        since_fire = {s: state["since_fire"][str(s)] for s in saes}
+        since_fire = {s: state["since_fire"][str(s)].to(device) for s in saes}
         step, log = state["step"], state["log"]
-        if out is not None:  # drop log lines written after the checkpoint by the stopped run
-            lines = "".join(json.dumps(r) + "\n" for r in log)
-            (out / "metrics.jsonl").write_text(lines)
+    dd.check_same_step(step, device, w)
+    writes = out is not None and w.main
+    if writes:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+        # a fresh run starts a fresh log; a resumed one drops the lines the stopped run wrote
+        # after its checkpoint, and the temp file of a checkpoint write it was killed in
+        (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+        for tmp in out.glob(".checkpoint.pt.tmp*"):
+            tmp.unlink()
 
     def checkpoint():
-        if ckpt is None:
+        if ckpt is None or not w.main:
             return
         state = dict(
             cfg=asdict(cfg),
@@ -272,50 +364,65 @@ def train(
 
     def write_log(rec: dict):
         log.append(rec)
-        if out is not None:
+        if writes:
             with open(out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(rec) + "\n")
 
     def run_eval():
-        rep = evaluate(lm, {str(s): v for s, v in saes.items()}, eval_data or data,
-                       n_tokens=cfg.eval_tokens, batch_size=cfg.batch_size)  # fmt: skip
+        named = {str(s): v for s, v in saes.items()}
+        if lm is None:
+            rep = evaluate_cached(named, cache, cfg.eval_tokens, cfg.batch_size)
+        else:
+            rep = evaluate(lm, named, eval_data or data, n_tokens=cfg.eval_tokens,
+                           batch_size=cfg.batch_size)  # fmt: skip
         write_log({"step": step, "kind": "eval", **rep})
 
-    bar = tqdm(total=n_steps, initial=step, desc=f"{cfg.loss}/{cfg.sae}", disable=not progress)
+    bar = tqdm(total=n_steps, initial=step, desc=f"{cfg.loss}/{cfg.sae}",
+               disable=not (progress and w.main))  # fmt: skip
     batches = _batches(data, cfg, start=step)
     t0, step0 = time.time(), step
     while step < n_steps:
-        tokens = next(batches)
+        batch = next(batches)  # tokens [B, T], or activations [B, T, d_in] from a cache
+        n_tok = batch.shape[0] * batch.shape[1]  # global tokens this step
+        batch = dd.shard(batch, w).to(device)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, n_steps, cfg.lr, cfg.warmup, cfg.min_lr_frac)
         dead = {s: v >= cfg.dead_tokens for s, v in since_fire.items()}
-        loss, logs, outs = train_step(lm, tokens, saes, cfg, dead)
-        if not torch.isfinite(loss):
-            bar.close()
-            where = f"{ckpt} (step {_ckpt_step(ckpt)})" if ckpt and ckpt.exists() else "none"
-            raise NonFiniteLoss(
-                f"loss is {loss.item()} at step {step}; stopped. Last good checkpoint: {where}"
-            )
+        if cache is not None:
+            acts = {sites[0]: batch.float()}  # fp16 caches train in fp32
+            loss, logs, outs = train_step(lm, None, saes, cfg, dead, acts=acts)
+        else:
+            loss, logs, outs = train_step(lm, batch, saes, cfg, dead)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        fired = [(outs[s].c.detach() != 0).flatten(0, -2).any(0) for s in sites]
+        scalars = torch.tensor([loss.item(), *logs.values()], dtype=torch.float64)
+        scalars, fired = dd.sync_step(params, scalars, fired, w)  # one all-reduce (distributed)
+        if not math.isfinite(float(scalars[0])):  # the same decision on every rank
+            bar.close()
+            where = f"{ckpt} (step {_ckpt_step(ckpt)})" if ckpt and ckpt.exists() else "none"
+            loss_value = float(scalars[0])
+            raise NonFiniteLoss(
+                f"loss is {loss_value} at step {step}; stopped. Last good checkpoint: {where}"
+            )
         for sae in saes.values():
             sae.remove_parallel_decoder_grad_()
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
-        for s, sae in saes.items():
-            sae.normalize_decoder_()
-            fired = (outs[s].c.detach() != 0).flatten(0, -2).any(0)
-            since_fire[s] = torch.where(fired, 0, since_fire[s] + tokens.numel())
+        for s, f in zip(sites, fired, strict=True):
+            saes[s].normalize_decoder_()
+            since_fire[s] = torch.where(f, 0, since_fire[s] + n_tok)
         step += 1
         bar.update()
         if step % cfg.log_every == 0 or step == n_steps:
+            logs = dict(zip(logs, scalars[1:].tolist(), strict=True))
             rec = {
                 "step": step,
                 "kind": "train",
-                "loss": loss.item(),
+                "loss": float(scalars[0]),
                 "lr": opt.param_groups[0]["lr"],
             }
-            tps = (step - step0) * tokens.numel() / (time.time() - t0 + 1e-9)
+            tps = (step - step0) * n_tok / (time.time() - t0 + 1e-9)
             rec |= logs | {"tokens_per_s": tps}
             write_log(rec)
             bar.set_postfix(
@@ -329,9 +436,10 @@ def train(
     if not log or log[-1].get("kind") != "eval" or log[-1]["step"] != step:
         run_eval()
     checkpoint()
-    if out is not None:
+    if writes:
         for s, sae in saes.items():
             save_sae(sae, out / "saes" / str(s), extra={"train_config": asdict(cfg)})
+    dd.barrier(w)  # no rank returns (and tears the group down) before rank 0 has written
     return Run({str(s): sae for s, sae in saes.items()}, log, out, cfg)
 
 
@@ -343,7 +451,11 @@ def _ckpt_step(path: Path) -> int | str:
 
 
 def _batches(data, cfg: TrainConfig, start: int = 0):
-    """Endless shuffled batches (a new seeded order each epoch), skipping the first `start`."""
+    """Endless shuffled global batches (a new seeded order each epoch), skipping `start`.
+
+    Works on a TokenDataset (tokens `[B, T]`) and an ActivationCache (activations `[B, T, d]`),
+    which share the row order, so cached and live training see the same rows at every step.
+    """
     epoch, i = 0, 0
     while True:
         for b in data.batches(cfg.batch_size, shuffle=True, seed=cfg.seed + epoch):
