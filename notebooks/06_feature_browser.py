@@ -1,0 +1,246 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 06 · Feature browser: what does one latent do?
+#
+# An SAE gives a dictionary of directions `W_dec[i]` and, per token, sparse coefficients
+# `c_i(x) = ReLU(x W_enc + b_enc)_i` (TopK / g-SAE: the same, restricted to the k selected
+# latents). Summary metrics (L0, alive latents, CE increase; notebook 05) say nothing about
+# *what* a latent stands for. A **latent dashboard** (Bricken et al. 2023, "Towards
+# Monosemanticity") looks at one latent from both sides:
+#
+# - **input side** — when does it fire? Its top-activating contexts (tokens shaded by
+#   `c_i / max c_i`), its activation histogram, and its **density**
+#   `p_i = P(c_i(x) > 0)` over held-out tokens;
+# - **output side** — what does it write? The direct logit effect of its decoder direction
+#   through the final norm and the unembedding, `e_i = (γ ⊙ centre(W_dec[i])) W_U^T`, whose
+#   largest and smallest entries are the tokens it **promotes** and **suppresses**;
+# - **ground truth** (storyworld only) — every token carries known labels, so "latent i fires"
+#   can be scored as a classifier of each binary concept `y`:
+#   `precision = P(y | c_i > 0)`, `recall = P(c_i > 0 | y)`, `F1 = 2PR / (P + R)`.
+#
+# Braun et al. 2024 (§3.4 and the appendix; `papers/e2e-sae/`) ask whether e2e latents, which are
+# fewer and fire less often at equal CE increase, stay interpretable; they answer with automated
+# interpretability scores and qualitative feature studies (no significant loss). Here we build the
+# dashboards for one SAE per method at matched CE increase, browse them interactively
+# (`saelab.browser.Browser`, ipywidgets), and export standalone HTML dashboards.
+
+# %% tags=["parameters"]
+model: str = "storyworld"  # frozen model the SAEs were trained on
+dataset: str = "storyworld"  # held-out tokens the dashboards are computed on
+sae_run: str = "outputs/reference/05_pareto/main-v1"  # a 05_pareto run folder (sweep.csv, runs/)
+target_ce: float = 0.0  # CE increase to match runs at (0 means the sweep's common target)
+method: str = "e2e"  # the SAE the browser opens on and the dashboard.html shows
+methods: list = ["local", "e2e", "e2e+ds", "topk", "gtopk"]  # one exported dashboard per method
+n_ctx: int = 128  # tokens per row
+n_tokens: int = 32_768  # held-out tokens each report is computed on
+n_contexts: int = 8  # top contexts kept per latent (one per sequence)
+n_latents: int = 24  # latents per exported dashboard
+order: str = "f1"  # which latents to export: f1 (best label match), density, or spread
+prompt: str = "Lily was happy. She said that the red ball was big."  # text for the prompt search
+concept: str = "in_quote"  # storyworld concept for the label search
+f1_threshold: float = 0.5  # a latent matches a concept when its F1 is above this
+out_dir: str = "outputs/06_feature_browser/scratch"  # run folder (set by saelab.runs)
+
+# %%
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+from IPython.display import HTML, display
+
+import saelab as sl
+from saelab import browser as br
+from saelab import compare, plots
+
+out = Path(out_dir)
+(out / "figures").mkdir(parents=True, exist_ok=True)
+t_start = time.time()
+methods = list(dict.fromkeys([*methods, method]))
+lm = sl.load_model(model)
+labelled = dataset == "storyworld"  # ground-truth labels exist only for storyworld
+data = sl.token_dataset(dataset, lm.tokenizer, n_ctx, split="validation", n_tokens=n_tokens,
+                        labels=labelled)  # fmt: skip
+note = "" if labelled else " (no ground-truth labels: label-based parts are skipped)"
+print(f"{model}: {sl.model_info(lm)}; {data.n_tokens:,} held-out tokens{note}")
+
+# %% [markdown]
+# ## 1. One SAE per method, at matched CE increase
+#
+# From the sweep of notebook 05 we take, per method, the run whose CE increase is closest (in log
+# space) to one target: by default the middle of the range the three ReLU methods share
+# (`compare.common_target`; the median CE increase when their ranges do not overlap). TopK and
+# g-SAE runs vary k rather than a penalty, so theirs is the k nearest the same target.
+
+# %%
+sweep = compare.load_sweep(sae_run)
+relu = [m for m in ("local", "e2e", "e2e+ds") if m in set(sweep.method)]
+target = target_ce or compare.common_target(sweep, relu or methods)
+if target != target:  # NaN: the methods' CE ranges do not overlap; take the sweep's median
+    target = float(sweep[sweep.method.isin(relu or methods)].ce_increase.median())
+    print(f"the sweeps reach no common CE increase; matching at their median {target:.4f}")
+picked = compare.closest(sweep, methods, target)
+picked[["run", "ce_increase", "l0", "alive"]]
+
+# %% [markdown]
+# ## 2. Reports: everything the dashboards show, computed once
+#
+# `br.build_report` runs the model once over the held-out tokens (`features.collect`; a g-SAE
+# gets its `dL/dx` from the true next tokens) and keeps, per latent, the top contexts, the
+# histogram, the density, the promoted/suppressed tokens and the concept scores. Then the
+# density of every latent, per method.
+
+# %%
+reports = {}
+for m in methods:
+    run = picked.loc[m, "run"]
+    reports[m] = br.build_report(lm, sl.load_sae(picked.loc[m, "sae_path"]), data, n_tokens,
+                                 name=f"{m} · {run}", n_contexts=n_contexts)  # fmt: skip
+rows = {m: br.summary(r, f1_threshold=f1_threshold) for m, r in reports.items()}
+table = pd.DataFrame.from_dict(rows, orient="index")
+table.insert(0, "run", picked["run"])
+table.to_csv(out / "reports.csv")
+fig = plots.density_hist({m: r.density for m, r in reports.items()},
+                         path=out / "figures" / "density.png")  # fmt: skip
+table
+
+# %% [markdown]
+# **What we see.**
+
+# %%
+ce = picked.ce_increase.astype(float)
+span = f"+{ce.min():.3f} to +{ce.max():.3f} ({ce.max() / ce.min():.1f}x apart)"
+print(f"Matched at CE +{target:.3f}: the picked runs span CE {span}; a few-point sweep matches "
+      "only roughly.")  # fmt: skip
+for m, row in table.iterrows():
+    print(f"{m:7s} ({row.run}): {row.alive}/{row.d_sae} latents fire on these tokens; median "
+          f"density of those {row.median_density_alive:.2e} (L0 {picked.loc[m, 'l0']:.1f} in "
+          f"the sweep, CE +{picked.loc[m, 'ce_increase']:.3f})")  # fmt: skip
+
+# %% [markdown]
+# ## 3. The browser
+#
+# Pick any SAE of the sweep (dropdown; reports of the runs above are reused, others are built on
+# first use), a latent by index, the latents firing most on a typed prompt, or (storyworld) the
+# latent that best matches a label. In a live kernel the view updates on each choice; in an
+# executed notebook the widget shows as its repr, so the next cells show the same views
+# statically.
+
+# %%
+by_run = {picked.loc[m, "run"]: r for m, r in reports.items()}
+browser = br.Browser.from_sweep(
+    lm,
+    data,
+    sweep,
+    initial=picked.loc[method, "run"],
+    reports=by_run,
+    n_tokens=n_tokens,
+    n_contexts=n_contexts,
+)
+display(browser.widget)
+
+# %% [markdown]
+# ### Latents firing on a prompt
+#
+# The prompt is tokenized (with the BOS the training rows start with), run through the model, and
+# latents are ranked by their largest activation over its tokens (BOS excluded).
+
+# %%
+hits = browser.search_prompt(prompt, n=5)
+display(HTML(browser.prompt_view.value + browser.view.value))
+
+# %% [markdown]
+# ### The latent that best matches a label
+#
+# `search_label` picks the latent with the highest F1 between "fires" and the concept.
+
+# %%
+if labelled and concept in (browser.report.concept_names or []):
+    best = browser.search_label(concept)
+    display(HTML(browser.view.value))
+else:
+    best = None
+    print(f"label search skipped: no concept {concept!r} on {dataset}")
+
+# %% [markdown]
+# **What we see.**
+
+# %%
+rep = browser.report
+i0, v0, p0 = hits[0] if hits else (None, 0.0, 0)
+if hits:
+    print(f"On the prompt ({method}), latent {i0} fires most ({v0:.3g}, on token "
+          f"{browser.prompt_tokens[p0]!r}); its top dataset context peaks at "
+          f"{float(rep.ctx_acts[i0, 0, rep.before]):.3g} and it fires on "
+          f"{float(rep.density[i0]):.2%} of held-out tokens.")  # fmt: skip
+if best is not None:
+    name, f1, prec, rec = rep.best_concepts(best, 1)[0]
+    f1c = float(rep.f1[best, rep.concept_names.index(concept)])
+    print(f"The best latent for {concept!r} is {best}: F1 {f1c:.2f} for it; its own best concept "
+          f"is {name!r} (F1 {f1:.2f}, precision {prec:.2f}, recall {rec:.2f}).")  # fmt: skip
+
+# %% [markdown]
+# ## 4. How many latents match a ground-truth concept?
+#
+# For every alive latent, its best F1 over the 103 storyworld concepts; the curve gives the
+# fraction of latents whose best match is above x. A latent above the dashed line
+# (`f1_threshold`) is, to a good approximation, a detector of one known variable; many useful
+# latents will not be (storyworld labels cover only part of what the model tracks), so this is
+# a lower bound on interpretability, not a score.
+
+# %%
+if labelled:
+    fig = br.best_f1_plot(reports, f1_threshold, path=out / "figures" / "best_f1.png")
+    display(table[["alive", "latents_f1_over_threshold", "median_best_f1_alive",
+                   "concepts_covered", "n_concepts"]])  # fmt: skip
+
+# %% [markdown]
+# **What we see.**
+
+# %%
+if labelled:
+    for m, row in table.iterrows():
+        print(f"{m:7s}: {row.latents_f1_over_threshold} of {row.alive} alive latents "
+              f"({row.latents_f1_over_threshold / max(row.alive, 1):.1%}) have a concept with "
+              f"F1 > {f1_threshold}; they cover {row.concepts_covered} of {row.n_concepts} "
+              f"concepts; median best F1 {row.median_best_f1_alive:.2f}")  # fmt: skip
+
+# %% [markdown]
+# ## 5. Standalone HTML dashboards
+#
+# `br.export_html` writes one self-contained page (inline styles and SVG, no script, no network)
+# with a section `id="latent-<i>"` per latent: `dashboard.html` for `method`, and one page per
+# method under `dashboards/`, each with `n_latents` latents chosen by `order`.
+
+# %%
+exported = {}
+for m, r in reports.items():
+    latents = br.choose_latents(r, n_latents, by=order)
+    path = br.export_html(r, latents, out / "dashboards" / f"{m}.html")
+    exported[m] = dict(path=str(path), latents=latents) | br.summary(r, latents, f1_threshold)
+main_page = br.export_html(reports[method], exported[method]["latents"], out / "dashboard.html")
+display(HTML(br.render_latent_html(reports[method], exported[method]["latents"][0])))
+
+# %%
+for m, e in exported.items():
+    extra = (f"; {e['exported_f1_over_threshold']} of them match a concept with F1 > "
+             f"{f1_threshold}") if "exported_f1_over_threshold" in e else ""  # fmt: skip
+    print(f"{m:7s}: {len(e['latents'])} latents -> {e['path']}{extra}")
+
+# %%
+summary = dict(
+    sae_run=sae_run, target_ce_increase=target, method=method, order=order, n_tokens=n_tokens,
+    dashboard=str(main_page), runs=picked["run"].to_dict(),
+    methods=exported,
+    prompt_top_latent=i0, label_search={"concept": concept, "latent": best},
+    seconds=time.time() - t_start,
+)  # fmt: skip
+(out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+print(f"done in {summary['seconds']:.0f} s; outputs in {out}")
