@@ -1,0 +1,248 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 09 · Ground-truth recovery: do single latents find the concepts we know are there?
+#
+# Are an SAE's latents *interpretable*? At GPT-2 scale the standard answer is automated
+# interpretability (Bills et al. 2023): an LLM reads a latent's top activations, writes an
+# explanation, and a second LLM call scores how well the explanation predicts the activations.
+# Braun et al. 2024 use it to argue that e2e SAEs gain their efficiency "without sacrificing
+# interpretability" (`papers/e2e-sae/`). That needs a hosted LLM, which we do not have, and it
+# measures only what the explainer happens to notice.
+#
+# storyworld gives us the ground truth the explainer estimates: every token carries 40 labels
+# (`saelab.storyworld`: part of speech, the gender a pronoun refers to, inside a quote, the
+# object's colour, the protagonist's current emotion, how the story will end, ...). We turn them
+# into **103 binary concepts** `y_c` (`features.concepts`: a binary label is one concept, a
+# categorical one gives a concept per value other than "none") and ask, for each SAE:
+#
+# - **Is each concept recovered by one latent?** With latent `i`'s activation `a_i` as a score,
+#   the best latent's AUROC (threshold-free; Mann–Whitney with average ranks for ties, so a latent
+#   that never fires scores 0.5):
+#   $$\mathrm{AUROC}_{ci} = P(a_i^{+} > a_i^{-}) + \tfrac12 P(a_i^{+} = a_i^{-}),\qquad
+#     \text{best}_c = \max_i \mathrm{AUROC}_{ci},$$
+#   and the best latent's F1 when "fires" (`a_i > 0`, the latent's own threshold) predicts `y_c`.
+# - **Is each latent explained by one concept?** The fraction of alive latents whose firing has
+#   precision `P(y_c | a_i > 0) >= 0.9` for some concept `c` (and that fire at least `min_fires`
+#   times, so two lucky firings do not count).
+#
+# We compare local, e2e, e2e+ds, TopK and g-SAE at (roughly) matched CE increase. Caveats built
+# into the setup: a latent can only be as good as the concept list (a latent for "the word
+# *ball*" has no concept to match), and a frequent concept is easy to be precise about (a latent
+# firing at random has precision equal to the concept's frequency), so we also report the
+# explained fraction with only the *rare* concepts (frequency <= `rare_freq`) allowed.
+
+# %% tags=["parameters"]
+sae_run: str = "outputs/reference/05_pareto/main-v1"  # a 05_pareto run folder (sweep.csv, runs/)
+model: str = "storyworld"  # the frozen model the sweep was trained on
+dataset: str = "storyworld"  # labelled tokens need storyworld
+n_ctx: int = 128  # tokens per row
+methods: list = ["local", "e2e", "e2e+ds", "topk", "gtopk"]  # methods of the sweep to compare
+target_ce: float = 0.0  # CE increase to match runs at (0 means the sweep's common target)
+eval_tokens: int = 32_768  # labelled validation tokens
+precision_threshold: float = 0.9  # a latent is explained when one concept has this precision
+min_fires: int = 10  # ... and it fires at least this many times
+rare_freq: float = 0.5  # stricter explained fraction: concepts on at most this share of tokens
+f1_threshold: float = 0.5  # a concept counts as recovered when its best F1 exceeds this
+whole_sweep: bool = True  # also score every other run of the sweep (section 6)
+out_dir: str = "outputs/09_ground_truth/scratch"  # run folder (set by saelab.runs)
+
+# %%
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+
+import saelab as sl
+from saelab import compare, features
+from saelab import groundtruth as gt
+
+out = Path(out_dir)
+(out / "figures").mkdir(parents=True, exist_ok=True)
+t_start = time.time()
+df = compare.load_sweep(sae_run)
+target = compare.match_target(df, ["local", "e2e", "e2e+ds"], target_ce)
+lm = sl.load_model(model)
+has_labels = dataset == "storyworld"
+data = sl.token_dataset(dataset, lm.tokenizer, n_ctx, split="validation", n_tokens=eval_tokens,
+                        labels=has_labels)  # fmt: skip
+if has_labels:
+    names, y = features.concepts(data.labels[: max(1, eval_tokens // n_ctx)])
+    print(f"{len(names)} concepts on {len(y):,} validation tokens of {dataset}")
+else:
+    names, y, methods = [], None, []
+    print(f"{dataset} has no ground-truth labels: nothing to measure (use dataset='storyworld')")
+
+# %% [markdown]
+# ## 1. The labels
+#
+# One row per storyworld label: how many concepts it gives and how frequent they are. Rare
+# concepts (referent colours, number values, emotions) are the hard ones; a few are on most
+# tokens (`sentence_type=statement`, `story_ending=*`), where a precision of 0.9 says little.
+
+# %%
+freq = pd.DataFrame({"concept": names, "label": [n.split("=")[0] for n in names],
+                     "freq": y.float().mean(0).tolist() if has_labels else []})  # fmt: skip
+labels_table = freq.groupby("label", sort=False).freq.agg(["count", "min", "max"])
+labels_table.columns = ["concepts", "min freq", "max freq"]
+absent = freq.concept[freq.freq == 0].tolist()
+print(f"concepts absent from these tokens (skipped in the means): {absent or 'none'}")
+labels_table
+
+# %% [markdown]
+# ## 2. The SAEs, at matched CE increase
+#
+# Per method, the run of the sweep whose CE increase is nearest the target (in log space,
+# `compare.closest`). The sweeps are coarse (four sparsity coefficients per ReLU method), and
+# TopK and g-SAE runs differ in k only, so they sit at their own CE increase: read the rows below
+# before reading any difference as a method effect (section 6 interpolates instead). L0 and
+# alive latents are the sweep's evaluation.
+
+# %%
+runs = compare.closest(df, methods, target) if methods else df.iloc[:0]
+runs[["run", "ce_increase", "l0", "alive"]].assign(d_sae=[
+    sl.load_sae(p).cfg.d_sae for p in runs.sae_path
+])  # fmt: skip
+
+# %%
+print(f"target CE increase {target:.4f}; closest runs:")
+for m, r in runs.iterrows():
+    print(f"  {m:7s} {r.run:22s} CE +{r.ce_increase:.4f} ({r.ce_increase / target:.2f}x target)"
+          f"  L0 {r.l0:6.1f}  alive {r.alive:.0f}")  # fmt: skip
+
+# %% [markdown]
+# ## 3. Activations and scores
+#
+# `features.collect` runs the frozen model over the validation tokens and keeps each SAE's
+# latents. A g-SAE's selection uses `g = dL/dx`, which needs the true next token: its latents are
+# measured with that token in hand, as in training and in `05`'s evaluation (Olmo et al. 2024 §3).
+# `gt.recover` then computes AUROC and F1 for every (concept, latent) pair with one matmul each.
+
+# %%
+todo = df[df.method.isin(methods)] if whole_sweep else runs.reset_index()
+by_run = {}  # run name -> gt.Recovery
+for _, r in todo.iterrows():
+    t0 = time.time()
+    acts = features.collect(lm, sl.load_sae(r.sae_path), data, eval_tokens).flat
+    by_run[r.run] = gt.recover(acts, y, names, precision_threshold, min_fires, rare_freq,
+                               f1_threshold)  # fmt: skip
+    print(f"{r.run:22s} {acts.shape[1]} latents on {acts.shape[0]:,} tokens "
+          f"({time.time() - t0:.1f} s)")  # fmt: skip
+    del acts
+results = {m: by_run[r.run] for m, r in runs.iterrows()}  # the matched runs, by method
+frac_key = f"frac_f1_gt_{f1_threshold:g}"
+per_concept = pd.concat([res.table.assign(method=m) for m, res in results.items()],
+                        ignore_index=True) if results else pd.DataFrame()  # fmt: skip
+per_method = pd.DataFrame({m: res.summary for m, res in results.items()}).T.rename_axis("method")
+if results:
+    per_method = per_method.join(runs[["run", "ce_increase"]].assign(sweep_l0=runs.l0))
+    per_concept.to_csv(out / "per_concept.csv", index=False)
+    per_method.to_csv(out / "per_method.csv")
+per_method
+
+# %% [markdown]
+# ## 4. How well is each concept recovered?
+#
+# Over concepts, the best single latent's AUROC (does any latent's activation rank the concept's
+# tokens above the others?) and its F1 at the firing threshold (does any latent fire on the
+# concept's tokens and only there?). AUROC is lenient: a dense latent that fires a little more on
+# the concept scores high; F1 needs the firing pattern itself to match.
+
+# %%
+if results:
+    fig = gt.plot_best(per_concept, path=out / "figures" / "best_scores.png")
+
+# %% [markdown]
+# Per storyworld label, the mean over its concepts (its non-"none" values) of the best F1: a
+# categorical label scores high only when *every* value has its own latent.
+
+# %%
+if results:
+    per_label = gt.per_label(per_concept)
+    per_label.to_csv(out / "per_label.csv", index=False)
+    fig = gt.plot_label_heatmap(per_label, path=out / "figures" / "label_f1_heatmap.png")
+
+# %% [markdown]
+# ## 5. How many latents does one concept explain?
+#
+# The fraction of alive latents whose firing has precision >= `precision_threshold` for some
+# concept ("any"), and for some concept on at most `rare_freq` of the tokens ("rare only").
+# Latents firing fewer than `min_fires` times never count; `n_excluded` says how many that drops.
+
+# %%
+if results:
+    fig = gt.plot_explained(per_method, path=out / "figures" / "explained.png",
+                            threshold=precision_threshold)  # fmt: skip
+    for m, res in results.items():
+        print(f"{m:7s} concepts explaining most latents: {gt.explained_by(res, names)}")
+
+# %% [markdown]
+# ## 6. Along the whole sweep
+#
+# The closest runs above can sit far from the target CE increase (the sweeps are coarse), and a
+# run that damages the output more has sparser latents. Here every run of the sweep, against its
+# CE increase; for the ReLU methods we also read each aggregate off at the target itself,
+# interpolating each sweep as `05` does for L0 (`compare.matched`; NaN when a sweep does not reach
+# the target, as TopK and g-SAE may not: their runs differ in k only).
+
+# %%
+sweep = pd.DataFrame([by_run[r.run].summary | {"method": r.method, "run": r.run,
+                      "ce_increase": r.ce_increase} for _, r in todo.iterrows()])  # fmt: skip
+keys = ["mean_auroc", "mean_f1", frac_key, "explained_frac", "explained_frac_rare"]
+if whole_sweep and results:
+    sweep.to_csv(out / "sweep_recovery.csv", index=False)
+    fig = gt.plot_sweep(sweep, ["mean_auroc", "mean_f1", "explained_frac_rare"], target,
+                        path=out / "figures" / "sweep_recovery.png")  # fmt: skip
+interp = compare.matched(sweep, [m for m in methods if m in set(sweep.method)], target,
+                         cols=keys + ["l0"]) if results else pd.DataFrame()  # fmt: skip
+interp
+
+# %% [markdown]
+# **What we see.**
+
+# %%
+aggregates = {"mean_auroc": "mean best AUROC", "mean_f1": "mean best F1",
+              frac_key: f"concepts with best F1 > {f1_threshold:g}",
+              "explained_frac": f"latents explained (precision >= {precision_threshold:g})",
+              "explained_frac_rare": "latents explained by a rare concept"}  # fmt: skip
+for key, title in aggregates.items() if results else []:
+    ranked = per_method[key].astype(float).sort_values(ascending=False)
+    print(f"{title}: " + " > ".join(f"{m} {v:.3f}" for m, v in ranked.items()))
+if {"local", "e2e"} <= set(results):
+    at_target = interp.loc[["local", "e2e"], keys + ["l0"]].notna().all().all()
+    src = interp if at_target else per_method  # interpolated at the target when both reach it
+    loc, e2e = src.loc["local"], src.loc["e2e"]
+    how = f"interpolated at CE +{target:.3f}" if at_target else "closest runs (CE differs)"
+    more = [aggregates[k] for k in aggregates if e2e[k] > loc[k]]
+    verdict = "more" if len(more) > len(aggregates) / 2 else "less"
+    print(
+        f"\ne2e vs local, {how}: L0 {e2e.l0:.1f} vs {loc.l0:.1f}; e2e is ahead on {len(more)} of "
+        f"{len(aggregates)} aggregates ({', '.join(more) or 'none'}): its "
+        f"{'fewer' if e2e.l0 < loc.l0 else 'more'} active latents per token come with {verdict} "
+        "label alignment than local's."
+    )
+    print("   " + "; ".join(f"{aggregates[k]} {e2e[k]:.3f} vs {loc[k]:.3f}" for k in aggregates))
+if {"topk", "gtopk"} <= set(results):
+    tk, gk = per_method.loc["topk"], per_method.loc["gtopk"]
+    print(f"g-SAE vs TopK: mean best F1 {gk.mean_f1:.3f} vs {tk.mean_f1:.3f}, explained "
+          f"{gk.explained_frac:.3f} vs {tk.explained_frac:.3f} (alive {gk.alive:.0f} vs "
+          f"{tk.alive:.0f}).")  # fmt: skip
+
+# %%
+summary = dict(
+    sae_run=sae_run,
+    target_ce_increase=target,
+    eval_tokens=int(len(y)) if has_labels else 0,
+    per_method=per_method.reset_index().to_dict(orient="records"),
+    interpolated_at_target=interp.reset_index().to_dict(orient="records"),
+    seconds=time.time() - t_start,
+)
+(out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+print(f"done in {summary['seconds']:.0f} s; outputs in {out}")
