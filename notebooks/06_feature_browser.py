@@ -82,10 +82,7 @@ print(f"{model}: {sl.model_info(lm)}; {data.n_tokens:,} held-out tokens{note}")
 # %%
 sweep = compare.load_sweep(sae_run)
 relu = [m for m in ("local", "e2e", "e2e+ds") if m in set(sweep.method)]
-target = target_ce or compare.common_target(sweep, relu or methods)
-if target != target:  # NaN: the methods' CE ranges do not overlap; take the sweep's median
-    target = float(sweep[sweep.method.isin(relu or methods)].ce_increase.median())
-    print(f"the sweeps reach no common CE increase; matching at their median {target:.4f}")
+target = compare.match_target(sweep, relu or methods, target_ce)
 picked = compare.closest(sweep, methods, target)
 picked[["run", "ce_increase", "l0", "alive"]]
 
