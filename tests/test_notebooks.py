@@ -27,6 +27,11 @@ SMOKE = {
         n_tokens=16 * 128 * 4, batch_size=16, local_sparsity=[1.0], e2e_sparsity=[1.0], ks=[8],
         eval_tokens=4 * 128,
     ),
+    "06_feature_browser": dict(sae_run=PARETO, n_tokens=2048, n_latents=4, n_contexts=4),
+    "07_geometry": dict(n_tokens=4096, batch_size=8, eval_tokens=512, n_boot=100, run_umap=False),
+    "08_steering": dict(sae_run=PARETO, k=8, n_latents=8, alphas=[0.5, 2.0], n_contexts=2,
+                        n_ctx=16, eval_tokens=1024, n_boot=100),
+    "09_ground_truth": dict(sae_run=PARETO, eval_tokens=1024),
     "10_downstream": dict(sae_run=PARETO),
 }  # fmt: skip
 
@@ -73,11 +78,13 @@ def test_every_notebook_has_a_smoke_preset_in_this_file():
 
 @pytest.fixture(scope="module")
 def pareto_run(tmp_path_factory):
-    """The smoke-sized 05_pareto run (5 SAEs: local, e2e, e2e+ds, topk, gtopk), made once."""
+    """The smoke-sized main job (05_pareto's 5 SAEs: local, e2e, e2e+ds, topk, gtopk, and one
+    study of them), made once."""
     root = tmp_path_factory.mktemp("pareto")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SAELAB_CACHE", str(root / "cache"))
-        return runs.run_notebook("05_pareto", SMOKE["05_pareto"], run_id="smoke", out_root=root)
+        smoke = {k: SMOKE[k] for k in ("05_pareto", "10_downstream")}
+        return runs.main_job("smoke", ["10_downstream"], root, smoke)
 
 
 @pytest.mark.parametrize("name", sorted(SMOKE))
@@ -86,6 +93,10 @@ def test_notebook_runs_through_papermill(name, tmp_path, monkeypatch, request):
     if name == "05_pareto":
         out = request.getfixturevalue("pareto_run")
         assert len(list((out / "runs").glob("*/saes/*/sae.safetensors"))) == 5
+        link = "../../10_downstream/smoke/notebook.ipynb"
+        assert link in (out / "STUDIES.md").read_text() and (out / link).exists()
+        study = json.loads((out / link).with_name("config.json").read_text())
+        assert study["parameters"]["sae_run"] == str(out)
         return
     params = SMOKE[name]
     if PARETO in params.values():

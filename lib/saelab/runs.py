@@ -4,7 +4,8 @@ A run folder holds the executed `notebook.ipynb`, `config.json` (parameters, git
 flag, package versions) and whatever the notebook writes there (it gets the folder as `out_dir`).
 
     python -m saelab.runs run 00_storyworld --preset full --run-id storyworld-v1
-    python -m saelab.runs main          # the main job on the embedded default (`make run`)
+    python -m saelab.runs main          # the main job on the embedded default (`make run`):
+                                        # 05_pareto, then the studies 06-10 of its SAEs
 """
 
 from __future__ import annotations
@@ -322,6 +323,35 @@ def collect(folder: str | Path, name: str = "summary.json"):
     return pd.DataFrame(rows)
 
 
+# The feature studies of the main job, run on its 05_pareto SAEs (07 trains its own seeds).
+STUDIES = ("06_feature_browser", "07_geometry", "08_steering", "09_ground_truth", "10_downstream")
+
+
+def main_job(
+    run_id: str | None = None,
+    studies=STUDIES,
+    out_root: str | Path | None = None,
+    overrides: dict[str, dict] | None = None,
+) -> Path:
+    """The main job: `05_pareto` at its default preset, then each study notebook (default preset)
+    on that run's SAEs, under the same run id; `STUDIES.md` in the 05 folder links them all.
+
+    `overrides` maps a notebook name to parameters that replace its preset's (the tests use it
+    for smoke sizes).
+    """
+    overrides = overrides or {}
+    out = run_notebook("05_pareto", overrides.get("05_pareto"), "default", run_id, out_root)
+    lines = [f"# Studies of the SAEs of this run ({out.name})", ""]
+    for nb in studies:
+        params = dict(overrides.get(nb, {}))
+        if "sae_run" in _declared_parameters(paired_notebook(nb)):
+            params["sae_run"] = str(out)
+        study = run_notebook(nb, params, "default", out.name, out_root)
+        lines.append(f"- [{nb}](../../{nb}/{study.name}/notebook.ipynb)")
+    (out / "STUDIES.md").write_text("\n".join(lines) + "\n")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m saelab.runs", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -337,7 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     sw.add_argument("-g", nargs=2, action="append", default=[], metavar=("NAME", "YAML_LIST"))
     co = sub.add_parser("collect", help="print the metrics of all runs under a folder")
     co.add_argument("folder")
-    sub.add_parser("main", help="the main job on the embedded default")
+    mj = sub.add_parser("main", help="the main job on the embedded default (05, then 06-10)")
+    mj.add_argument("--run-id")
+    mj.add_argument("--no-studies", action="store_true", help="only notebook 05_pareto")
     a = ap.parse_args(argv)
     if a.cmd == "collect":
         print(collect(a.folder).to_string())
@@ -348,8 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(map(str, outs)))
         return 0
     if a.cmd == "main":
-        # The main job: both papers' comparisons on the embedded default (notebook 05).
-        out = run_notebook("05_pareto", preset="default")
+        # The main job: both papers' comparisons on the embedded default, then the studies.
+        out = main_job(a.run_id, () if a.no_studies else STUDIES)
     else:
         params = {k: parse_value(v) for k, v in a.p}
         out = run_notebook(a.notebook, params, a.preset, a.run_id)
