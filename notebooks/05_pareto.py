@@ -100,8 +100,9 @@ df.to_csv(out / "sweep.csv", index=False)
 # Lower-left is better: less CE loss added for fewer active (left) or alive (right) latents.
 
 # %%
-relu_methods = ["local", "e2e", "e2e+ds"]
-fig = compare.pareto_plot(df[df.method.isin(relu_methods)], path=out / "figures" / "pareto.png")
+relu_methods = [m for m in ("local", "e2e", "e2e+ds") if m in set(df.method)]  # those swept
+if relu_methods:
+    fig = compare.pareto_plot(df[df.method.isin(relu_methods)], path=out / "figures" / "pareto.png")
 
 # %% [markdown]
 # ## 3. At matched CE increase (Braun et al. Table 2)
@@ -110,16 +111,19 @@ fig = compare.pareto_plot(df[df.method.isin(relu_methods)], path=out / "figures"
 # three reach: the middle of the overlap of their ranges.
 
 # %%
-target = compare.common_target(df, relu_methods)
+both = {"local", "e2e"} <= set(relu_methods)  # Table 2 needs at least these two sweeps
+target = compare.common_target(df, relu_methods) if both else float("nan")
 table2 = compare.matched(df, relu_methods, target)
-ratio = table2.loc["e2e", "l0"] / table2.loc["local", "l0"]
+ratio = table2.loc["e2e", "l0"] / table2.loc["local", "l0"] if both else float("nan")
 table2
 
 # %% [markdown]
 # **What we see.**
 
 # %%
-if target != target:  # NaN: the sweeps' CE ranges do not overlap
+if not both:
+    verdict = "no local and e2e sweeps in this run (local_sparsity or e2e_sparsity empty)"
+elif target != target:  # NaN: the sweeps' CE ranges do not overlap
     verdict = "the three sweeps reach no common CE increase, so they cannot be matched; widen them"
 else:
     agrees = ratio < 1
@@ -139,17 +143,20 @@ print(verdict)
 # carry plain `ReLU(z)`.
 
 # %%
-gt = df[df.method.isin(["topk", "gtopk"])].pivot_table(
-    index="k", columns="method", values=["ce_increase", "nmse", "dead_frac"]
-)
+gt = pd.DataFrame()  # stays empty when ks is empty
+if ks:
+    gt = df[df.method.isin(["topk", "gtopk"])].pivot_table(
+        index="k", columns="method", values=["ce_increase", "nmse", "dead_frac"]
+    )
 gt
 
 # %%
-better = {
-    m: int((gt[(m, "gtopk")] < gt[(m, "topk")]).sum()) for m in ("ce_increase", "nmse", "dead_frac")
-}
+metrics = ("ce_increase", "nmse", "dead_frac")
+better = {m: int((gt[(m, "gtopk")] < gt[(m, "topk")]).sum()) for m in metrics} if ks else {}
 print(
-    f"Over {len(gt)} values of k, the g-SAE has lower CE increase at {better['ce_increase']}, "
+    "no TopK / g-SAE runs (ks is empty)"
+    if not ks
+    else f"Over {len(gt)} values of k, the g-SAE has lower CE increase at {better['ce_increase']}, "
     f"lower normalised MSE at {better['nmse']} and fewer dead latents at {better['dead_frac']} "
     f"(paper: lower loss added and fewer dead latents at every k)."
 )

@@ -51,7 +51,7 @@ def matched(df: pd.DataFrame, methods, target: float, x: str = "ce_increase",
     for m in methods:
         sub = df[df.method == m]
         rows.append({"method": m, x: target} | {c: interpolate_at(sub, x, c, target) for c in cols})
-    return pd.DataFrame(rows).set_index("method")
+    return pd.DataFrame(rows, columns=["method", x, *cols]).set_index("method")
 
 
 def pareto_plot(df: pd.DataFrame, y: str = "ce_increase", xs=("l0", "alive"), path=None):
