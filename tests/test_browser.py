@@ -219,7 +219,8 @@ def chromium():
     if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("apt-get"):
         pytest.skip("chromium not on PATH and we cannot apt-get install it (not root)")
     try:
-        subprocess.run("apt-get update -qq && apt-get install -y -qq chromium", shell=True,
+        subprocess.run("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install "
+                       "-y -qq chromium", shell=True,
                        check=True, timeout=180, capture_output=True)  # fmt: skip
     except (subprocess.SubprocessError, OSError) as e:
         pytest.skip(f"could not install chromium with apt-get: {e}")
