@@ -24,6 +24,8 @@ def test_matched_interpolates_log_linearly_and_marks_unreached_targets():
         math.exp((1 - w) * math.log(100) + w * math.log(10))
     )
     assert math.isnan(compare.matched(SWEEP, ["local"], 0.3).loc["local", "l0"])
+    frac = pd.DataFrame(dict(method="local", ce_increase=[0.0, 0.2], f=[0.0, 0.4]))
+    assert compare.interpolate_at(frac, "ce_increase", "f", 0.05) == pytest.approx(0.1)  # linear
     empty = compare.matched(SWEEP, [], 0.1)  # a sweep without ReLU methods: an empty table
     assert empty.empty and list(empty.columns) == ["ce_increase", "l0", "alive"]
 

@@ -16,14 +16,19 @@ import pandas as pd
 
 
 def interpolate_at(df: pd.DataFrame, x: str, y: str, target: float) -> float:
-    """`y` at `x == target`, log-linearly interpolated over `df`'s rows; NaN when out of range."""
+    """`y` at `x == target`, interpolated over `df`'s rows; NaN when out of range.
+
+    Log-linear in `y` when every value is positive (L0 and alive span decades), else linear.
+    """
     d = df[[x, y]].dropna().sort_values(x)
     if len(d) == 0 or not d[x].min() <= target <= d[x].max():
         return float("nan")
     if len(d) == 1:
         return float(d[y].iloc[0])
-    logy = np.log(np.clip(d[y].to_numpy(dtype=float), 1e-9, None))
-    return float(np.exp(np.interp(target, d[x].to_numpy(dtype=float), logy)))
+    xs, ys = d[x].to_numpy(dtype=float), d[y].to_numpy(dtype=float)
+    if (ys <= 0).any():  # zeros or negatives (a fraction, an explained variance): linear
+        return float(np.interp(target, xs, ys))
+    return float(np.exp(np.interp(target, xs, np.log(ys))))
 
 
 def common_target(df: pd.DataFrame, methods, x: str = "ce_increase") -> float:
