@@ -70,7 +70,7 @@ def test_batching_and_site_paths_agree(lm, tokens, monkeypatch):
     assert batched.shape == (2, 5, 3, 24)
     assert torch.allclose(batched, one, atol=1e-6)
     # Without skipping the first blocks (the get_site / set_site path): the same numbers.
-    monkeypatch.setattr(st, "_skippable", lambda site: 0)
+    monkeypatch.setattr(st, "skippable_blocks", lambda site: 0)
     via_set = st.steer_probs(lm, SITE, dirs, alphas, tokens, assoc)
     assert torch.allclose(batched, via_set, atol=1e-5)
 

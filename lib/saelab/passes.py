@@ -104,7 +104,7 @@ class Spliced:
     later: list[torch.Tensor]
 
 
-def _skippable(site: Site) -> int:
+def skippable_blocks(site: Site) -> int:
     """How many leading blocks the spliced pass can skip for a first site (0 = none)."""
     if site.kind == "resid_pre":
         return site.layer
@@ -140,7 +140,7 @@ def spliced_pass(
     res: dict[str, torch.Tensor] = {}
     with lm.trace(tokens):
         first, rest = sites[0], sites[1:]
-        n_skip = _skippable(first)
+        n_skip = skippable_blocks(first)
         if n_skip:
             # the blocks before the first site see no SAE: reuse the clean pass's residual
             x_hat, out = replace(first, clean.acts[first])

@@ -25,7 +25,7 @@ from torch import Tensor
 from saelab.analysis import random_directions  # noqa: F401  (re-exported: the control)
 from saelab.features import logit_effects
 from saelab.models import get_site, parse_site, set_site, skip_block
-from saelab.passes import _skippable, clean_pass
+from saelab.passes import clean_pass, skippable_blocks
 
 PAPER_RATIO = 5.0  # Olmo et al. 2024 §5: g-SAE latents add > 5x the probability of TopK latents
 
@@ -78,7 +78,7 @@ def _steered_probs(lm, site, tokens: Tensor, clean_x: Tensor | None, vectors: Te
         if clean_x is not None:
             # The blocks before the site see no change: skip them, feeding the steered residual.
             steered = clean_x.repeat(n_vec, 1, 1) + delta.to(clean_x.dtype)
-            for layer in range(_skippable(site)):
+            for layer in range(skippable_blocks(site)):
                 skip_block(lm, layer, steered)
         else:
             # nnsight: the site must be read before anything later in the model (execution order)
@@ -104,7 +104,7 @@ def steer_probs(lm, site, directions: Tensor, alphas, tokens: Tensor, assoc: Ten
     A, n, (B, T) = len(alphas), len(directions), tokens.shape
     vectors = (alphas[:, None, None] * directions[None]).flatten(0, 1)  # [A * n, d], alpha-major
     sets = assoc.repeat(A, 1)  # [A * n, m]
-    clean_x = clean_pass(lm, tokens, [site]).acts[site] if _skippable(site) else None
+    clean_x = clean_pass(lm, tokens, [site]).acts[site] if skippable_blocks(site) else None
     per = max(1, max_rows // B)
     out = []
     for j in range(0, len(vectors), per):
@@ -124,7 +124,7 @@ def prob_added(lm, site, directions: Tensor, alphas, tokens: Tensor, assoc: Tens
     the same pass with a zero vector added, so that `alpha = 0` adds exactly 0.
     """
     site = parse_site(site)
-    clean_x = clean_pass(lm, tokens, [site]).acts[site] if _skippable(site) else None
+    clean_x = clean_pass(lm, tokens, [site]).acts[site] if skippable_blocks(site) else None
     p0 = _steered_probs(lm, site, tokens, clean_x, torch.zeros(1, directions.shape[-1]))
     idx = assoc.to(p0.device)[:, None, None, :].expand(-1, *p0.shape[:2], -1)  # [n, B, T, m]
     base = p0[None].expand(len(assoc), -1, -1, -1).gather(-1, idx).sum(-1).cpu()  # [n, B, T]
