@@ -36,7 +36,7 @@ model: str = "storyworld"  # frozen model the SAEs were trained on
 dataset: str = "storyworld"  # held-out tokens the dashboards are computed on
 sae_run: str = "outputs/reference/05_pareto/main-v1"  # a 05_pareto run folder (sweep.csv, runs/)
 target_ce: float = 0.0  # CE increase to match runs at (0 means the sweep's common target)
-method: str = "e2e"  # the SAE the browser opens on and the dashboard.html shows
+method: str = "e2e"  # the SAE the browser opens on and whose dashboard is shown first
 methods: list = ["local", "e2e", "e2e+ds", "topk", "gtopk"]  # one exported dashboard per method
 n_ctx: int = 128  # tokens per row
 n_tokens: int = 32_768  # held-out tokens each report is computed on
@@ -213,8 +213,8 @@ if labelled:
 # ## 5. Standalone HTML dashboards
 #
 # `br.export_html` writes one self-contained page (inline styles and SVG, no script, no network)
-# with a section `id="latent-<i>"` per latent: `dashboard.html` for `method`, and one page per
-# method under `dashboards/`, each with `n_latents` latents chosen by `order`.
+# with a section `id="latent-<i>"` per latent: one page per method under `dashboards/`, each with
+# `n_latents` latents chosen by `order`.
 
 # %%
 exported = {}
@@ -222,7 +222,7 @@ for m, r in reports.items():
     latents = br.choose_latents(r, n_latents, by=order)
     path = br.export_html(r, latents, out / "dashboards" / f"{m}.html")
     exported[m] = dict(path=str(path), latents=latents) | br.summary(r, latents, f1_threshold)
-main_page = br.export_html(reports[method], exported[method]["latents"], out / "dashboard.html")
+main_page = exported[method]["path"]  # the page of the SAE the browser opened on
 display(HTML(br.render_latent_html(reports[method], exported[method]["latents"][0])))
 
 # %%
