@@ -50,8 +50,8 @@ import seaborn as sns
 import torch
 
 import saelab as sl
-from saelab import basemodel as bm
-from saelab import storyworld as sw
+from saelab.storyworld import basemodel as bm
+from saelab.storyworld import corpus as sw
 
 torch.set_num_threads(max(1, torch.get_num_threads()))
 out = Path(out_dir)

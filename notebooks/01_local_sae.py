@@ -21,12 +21,12 @@
 # The decoder rows are normalised to unit norm *inside* the forward pass, so the L1 penalty cannot
 # be dodged by shrinking `c` and growing `W_dec`; dividing by `d_in` is e2e_sae's convention and
 # keeps `phi` comparable across model widths. The MSE is a mean over elements and the penalty a
-# mean over tokens (`saelab.losses`).
+# mean over tokens (`saelab.core.losses`).
 #
 # Nothing in this loss mentions the model's output. Whether the latents matter to the model is
 # measured afterwards, by splicing `x_hat` in place of `x` and running the rest of the model
-# (DESIGN §4): `l0` (active latents per token), `alive` (latents that fired at least once on the
-# held-out tokens), `explained_var = 1 - SSE / SS(x - mean x)`, `ce_increase = CE(SAE) -
+# (ARCHITECTURE.md §5): `l0` (active latents per token), `alive` (latents that fired at least
+# once on the held-out tokens), `explained_var = 1 - SSE / SS(x - mean x)`, `ce_increase = CE(SAE) -
 # CE(clean)`, and `ce_loss_score = (CE_zero - CE_SAE) / (CE_zero - CE_clean)`: the fraction of the
 # loss that zero-ablating the site costs which the SAE recovers.
 
@@ -45,6 +45,7 @@ n_tokens: int = 600_000  # training tokens
 eval_tokens: int = 16_384  # held-out tokens for the metrics
 density_tokens: int = 65_536  # held-out tokens for the firing-frequency histogram
 seed: int = 0  # SAE init and data order
+sae_options: dict = {}  # any other SAEConfig field, e.g. {"pre_subtract_b_dec": True}
 out_dir: str = "outputs/01_local_sae/scratch"  # run folder (set by saelab.runs)
 
 # %%
@@ -55,16 +56,16 @@ from pathlib import Path
 import pandas as pd
 
 import saelab as sl
-from saelab import plots
+from saelab.studies import plots
 
 out = Path(out_dir)
 (out / "figures").mkdir(parents=True, exist_ok=True)
 t_start = time.time()
 log_every = max(1, n_tokens // (batch_size * n_ctx) // 40)  # about 40 points per curve
+sae_cfg = sl.SAEConfig(architecture="relu", dict_ratio=dict_ratio, sparsity=sparsity, **sae_options)
 cfg = sl.TrainConfig(
-    sites=site, sae="relu", loss="local", dict_ratio=dict_ratio, sparsity=sparsity, lr=lr,
-    warmup=warmup, batch_size=batch_size, n_tokens=n_tokens, eval_tokens=eval_tokens, seed=seed,
-    log_every=log_every,
+    sites=site, sae=sae_cfg, loss="local", lr=lr, warmup=warmup, batch_size=batch_size,
+    n_tokens=n_tokens, eval_tokens=eval_tokens, seed=seed, log_every=log_every,
 )  # fmt: skip
 
 # %% [markdown]

@@ -45,6 +45,7 @@ batch_size: int = 16  # sequences per step
 n_tokens: int = 400_000  # training tokens per SAE
 eval_tokens: int = 16_384  # held-out tokens for the metrics
 seed: int = 0  # SAE init and data order
+sae_options: dict = {}  # any other SAEConfig field, e.g. {"pre_subtract_b_dec": True}
 out_dir: str = "outputs/02_e2e_sae/scratch"  # run folder (set by saelab.runs)
 
 # %%
@@ -55,16 +56,16 @@ from pathlib import Path
 import pandas as pd
 
 import saelab as sl
-from saelab import plots
+from saelab.studies import plots
 
 out = Path(out_dir)
 (out / "figures").mkdir(parents=True, exist_ok=True)
 t_start = time.time()
 log_every = max(1, n_tokens // (batch_size * n_ctx) // 40)  # about 40 points per curve
+sae_cfg = sl.SAEConfig(architecture="relu", dict_ratio=dict_ratio, sparsity=sparsity, **sae_options)
 base = dict(
-    sites=site, sae="relu", dict_ratio=dict_ratio, sparsity=sparsity, lr=lr, warmup=warmup,
-    batch_size=batch_size, n_tokens=n_tokens, eval_tokens=eval_tokens, seed=seed,
-    log_every=log_every,
+    sites=site, sae=sae_cfg, lr=lr, warmup=warmup, batch_size=batch_size, n_tokens=n_tokens,
+    eval_tokens=eval_tokens, seed=seed, log_every=log_every,
 )  # fmt: skip
 configs = {
     "e2e": sl.TrainConfig(loss="e2e", kl_coeff=kl_coeff, **base),

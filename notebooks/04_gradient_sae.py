@@ -29,7 +29,7 @@
 #
 # and TopK picks the indices by `s`. Two choices the paper leaves open, and what we use:
 # - **scale of g**: its size depends on CE mean vs sum and on batch size, so we normalise it to
-#   unit norm per token (`grad_norm="unit"`, `saelab.sae.normalize_grad`); `beta` is then
+#   unit norm per token (`grad_norm="unit"`, `saelab.core.sae.normalize_grad`); `beta` is then
 #   comparable across models and batches.
 # - **values**: the selected latents carry the **plain `ReLU(z)`** (`value_mode="plain"`), not
 #   `ReLU(s)`; the gradient only decides *which* latents fire.
@@ -58,6 +58,7 @@ batch_size: int = 16  # sequences per step
 n_tokens: int = 300_000  # training tokens per SAE
 eval_tokens: int = 16_384  # held-out tokens for the metrics and the density histogram
 seed: int = 0  # SAE init and data order
+sae_options: dict = {}  # any other SAEConfig field, e.g. {"pre_subtract_b_dec": True}
 out_dir: str = "outputs/04_gradient_sae/scratch"  # run folder (set by saelab.runs)
 
 # %%
@@ -68,24 +69,26 @@ from pathlib import Path
 import pandas as pd
 
 import saelab as sl
-from saelab import plots
+from saelab.studies import plots
 
 out = Path(out_dir)
 (out / "figures").mkdir(parents=True, exist_ok=True)
 t_start = time.time()
 log_every = max(1, n_tokens // (batch_size * n_ctx) // 40)  # about 40 points per curve
 base = dict(
-    sites=site, loss="local", dict_ratio=dict_ratio, k=k, auxk_coeff=auxk_coeff,
-    dead_tokens=dead_tokens, lr=lr, warmup=warmup, batch_size=batch_size, n_tokens=n_tokens,
-    eval_tokens=eval_tokens, seed=seed, log_every=log_every, value_mode=value_mode,
-    grad_norm=grad_norm,
+    sites=site, loss="local", dead_tokens=dead_tokens, lr=lr, warmup=warmup,
+    batch_size=batch_size, n_tokens=n_tokens, eval_tokens=eval_tokens, seed=seed,
+    log_every=log_every,
 )  # fmt: skip
+shape = dict(dict_ratio=dict_ratio, k=k, auxk_coeff=auxk_coeff) | sae_options
 METRICS = ["ce_increase", "nmse", "dead_frac"]
 
 
 def gsae_config(b: float) -> sl.TrainConfig:
     """The g-SAE TrainConfig at gradient weight `b`."""
-    return sl.TrainConfig(sae="gtopk", beta=b, **base)
+    sae = sl.SAEConfig(architecture="gtopk", beta=b, value_mode=value_mode, grad_norm=grad_norm,
+                       **shape)  # fmt: skip
+    return sl.TrainConfig(sae=sae, **base)
 
 
 def cmp(a: float, b: float) -> str:
@@ -111,7 +114,10 @@ print(f"{model} at {site}; train {train_data.n_tokens:,} tokens, held out {eval_
 
 # %%
 runs, train_s = {}, {}
-for name, cfg in {"topk": sl.TrainConfig(sae="topk", **base), "g-sae": gsae_config(beta)}.items():
+for name, cfg in {
+    "topk": sl.TrainConfig(sae=sl.SAEConfig(architecture="topk", **shape), **base),
+    "g-sae": gsae_config(beta),
+}.items():
     t0 = time.time()
     runs[name] = sl.train(lm, train_data, cfg, out_dir=out / name, eval_data=eval_data)
     train_s[name] = time.time() - t0

@@ -29,7 +29,7 @@
 # fewer and fire less often at equal CE increase, stay interpretable; they answer with automated
 # interpretability scores and qualitative feature studies (no significant loss). Here we build the
 # dashboards for one SAE per method at matched CE increase, browse them interactively
-# (`saelab.browser.Browser`, ipywidgets), and export standalone HTML dashboards.
+# (`saelab.studies.browser.Browser`, ipywidgets), and export standalone HTML dashboards.
 
 # %% tags=["parameters"]
 model: str = "storyworld"  # frozen model the SAEs were trained on
@@ -57,8 +57,8 @@ import pandas as pd
 from IPython.display import HTML, display
 
 import saelab as sl
-from saelab import browser as br
-from saelab import compare, plots
+from saelab.studies import browser as br
+from saelab.studies import compare, plots
 
 out = Path(out_dir)
 (out / "figures").mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@
 # (3 types x 2 seeds) at sparsity coefficients that land at a similar CE increase (chosen from
 # the full-size sweep `outputs/05_pareto/main-v1`: local phi 0.3, e2e phi 1, e2e+ds phi 3 all
 # reach CE +0.04 to +0.05 there). Intervals are 95% percentile bootstraps over directions
-# (`saelab.analysis`); they do not include seed-to-seed variation, which the two seeds show.
+# (`saelab.studies.analysis`); they do not include seed-to-seed variation, which the two seeds show.
 
 # %% tags=["parameters"]
 model: str = "storyworld"  # frozen LM: "storyworld", a hub id such as "gpt2", or a local HF dir
@@ -59,7 +59,7 @@ from pathlib import Path
 import pandas as pd
 
 import saelab as sl
-from saelab import analysis, plots
+from saelab.studies import analysis, plots
 
 out = Path(out_dir)
 (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -69,7 +69,6 @@ train_data = sl.token_dataset(dataset, lm.tokenizer, n_ctx, split="train", n_tok
 val = sl.token_dataset(dataset, lm.tokenizer, n_ctx, split="validation", n_tokens=eval_tokens)
 common = dict(
     sites=(site,),
-    dict_ratio=dict_ratio,
     n_tokens=n_tokens,
     batch_size=batch_size,
     lr=lr,
@@ -77,10 +76,11 @@ common = dict(
     dead_tokens=max(n_tokens // 4, 1),
 )  # as in 05
 types = {
-    "local": dict(sae="relu", loss="local", sparsity=local_sparsity),
-    "e2e": dict(sae="relu", loss="e2e", sparsity=e2e_sparsity),
-    "e2e+ds": dict(sae="relu", loss="e2e+ds", sparsity=e2e_ds_sparsity, kl_coeff=kl_coeff_ds,
-                   ds_coeff=ds_coeff),
+    "local": dict(loss="local", sparsity=local_sparsity),
+    "e2e": dict(loss="e2e", sparsity=e2e_sparsity),
+    "e2e+ds": dict(
+        loss="e2e+ds", sparsity=e2e_ds_sparsity, kl_coeff=kl_coeff_ds, ds_coeff=ds_coeff
+    ),
 }  # fmt: skip
 print(f"{model}: {sl.model_info(lm)}; {train_data.n_tokens:,} training tokens per SAE")
 
@@ -95,8 +95,9 @@ saes, rows = {}, []
 for t, kw in types.items():
     for s in seeds:
         t0 = time.time()
-        run = sl.train(lm, train_data, sl.TrainConfig(**common, **kw, seed=s),
-                       out / "runs" / f"{t}_seed={s}", eval_data=val, progress=False)  # fmt: skip
+        cfg = sl.TrainConfig.from_dict(common | kw | dict(dict_ratio=dict_ratio, seed=s))
+        run = sl.train(lm, train_data, cfg, out / "runs" / f"{t}_seed={s}", eval_data=val,
+                       progress=False)  # fmt: skip
         saes[t, s], rep = run.sae, run.log[-1]
         rows.append(dict(method=t, seed=s, sparsity=kw["sparsity"], ce_increase=rep["ce_increase"],
                          l0=rep["l0"], alive=rep["alive"], train_s=time.time() - t0))  # fmt: skip
@@ -118,8 +119,8 @@ print("mean CE increase per type: " + ", ".join(f"{m} +{v:.4f}" for m, v in ce.i
 # %% [markdown]
 # ## 2. Alive directions, how far they moved, and chance
 #
-# A latent is alive if it fires at least once on the held-out tokens (DESIGN §4); its direction
-# is its unit-norm decoder row (`SAE.decoder_directions`). Two references for reading the
+# A latent is alive if it fires at least once on the held-out tokens (ARCHITECTURE.md §5); its
+# direction is its unit-norm decoder row (`SAE.decoder_directions`). Two references for reading the
 # similarities below:
 #
 # - **drift from init**: `cos(d_i, d_i^init)`, each direction against the one it started from

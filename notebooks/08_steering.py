@@ -58,7 +58,7 @@ import time
 from pathlib import Path
 
 import saelab as sl
-from saelab import analysis, compare, plots, steering
+from saelab.studies import analysis, compare, plots, steering
 
 out = Path(out_dir)
 (out / "figures").mkdir(parents=True, exist_ok=True)

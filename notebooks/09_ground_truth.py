@@ -61,8 +61,8 @@ from pathlib import Path
 import pandas as pd
 
 import saelab as sl
-from saelab import compare, features
-from saelab import groundtruth as gt
+from saelab.studies import compare, features
+from saelab.studies import groundtruth as gt
 
 out = Path(out_dir)
 (out / "figures").mkdir(parents=True, exist_ok=True)

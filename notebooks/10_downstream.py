@@ -14,7 +14,7 @@
 # a different route through layers L+1, ..., and the features would then describe a network that
 # is not the one we study. The e2e+ds loss (§2.3) adds the MSE of every later residual stream.
 #
-# With every SAE spliced in at its site, for each later residual site `r` (DESIGN §4):
+# With every SAE spliced in at its site, for each later residual site `r` (ARCHITECTURE.md §5):
 #
 # $$\mathrm{ds\_mse}_r = \tfrac{1}{N d} \sum \lVert r^{sae} - r^{clean} \rVert^2, \qquad
 #   \mathrm{ds\_ev}_r = 1 - \frac{\sum \lVert r^{sae} - r^{clean}\rVert^2}
@@ -40,7 +40,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from saelab import compare, plots
+from saelab.studies import compare, plots
 
 out = Path(out_dir)
 (out / "figures").mkdir(parents=True, exist_ok=True)

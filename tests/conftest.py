@@ -7,7 +7,8 @@ import os
 import pytest
 
 import saelab as sl
-from saelab import basemodel, storyworld
+from saelab.storyworld import basemodel
+from saelab.storyworld import corpus as storyworld
 
 
 @pytest.fixture(scope="session", autouse=True)

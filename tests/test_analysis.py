@@ -1,4 +1,4 @@
-"""saelab.analysis: nearest-neighbour cosine similarities, bootstrap CIs, the Figure 3 tables."""
+"""saelab.studies.analysis: nearest-neighbour cosines, bootstrap CIs, the Figure 3 tables."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from saelab import analysis as an
-from saelab.sae import SAE, SAEConfig
+from saelab.core.sae import SAE, SAEConfig
+from saelab.studies import analysis as an
 
 
 def test_max_cos_sim_known_geometry():
@@ -152,9 +152,9 @@ def test_umap_embedding_separates_two_clusters():
 
 def test_init_directions_match_sl_train_and_keep_the_global_rng():
     import saelab as sl
-    from saelab.training import TrainConfig
+    from saelab.core.training import TrainConfig
 
-    cfg = TrainConfig(d_sae=16).sae_config("resid_pre.0", 8)
+    cfg = TrainConfig(sae=sl.SAEConfig(architecture="relu", d_sae=16)).sae_config("resid_pre.0", 8)
     torch.manual_seed(5)  # what sl.train does before building the SAE
     trained = SAE(cfg)
     init = trained.decoder_directions().detach().clone()

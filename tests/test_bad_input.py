@@ -1,4 +1,4 @@
-"""Bad input is a clear error that names the bad value and loses nothing (DESIGN §8).
+"""Bad input is a clear error that names the bad value and loses nothing (ARCHITECTURE.md §6).
 
 Covered elsewhere: unknown model and site (test_models.py), SAE d_in mismatch on load and corrupt
 SAE weights (test_sae.py), empty / too short / column-less datasets (test_data.py), impossible
@@ -15,7 +15,7 @@ import torch
 
 import saelab as sl
 from saelab import runs
-from saelab import training as tr
+from saelab.core import training as tr
 
 TINY = """# ---
 # jupyter:
@@ -123,7 +123,7 @@ def data(storyworld_data):
 def _cfg(**kw) -> tr.TrainConfig:
     base = dict(sites=("resid_pre.3",), dict_ratio=4, n_tokens=8 * 64 * 4, batch_size=8,
                 warmup=1, log_every=2, eval_tokens=2 * 64, checkpoint_every=2)  # fmt: skip
-    return tr.TrainConfig(**(base | kw))
+    return tr.TrainConfig.from_dict(base | kw)
 
 
 @pytest.fixture(scope="module")

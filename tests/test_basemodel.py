@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import saelab as sl
-from saelab import basemodel as bm
-from saelab import storyworld as sw
+from saelab.storyworld import basemodel as bm
+from saelab.storyworld import corpus as sw
 
 
 def test_lr_schedule_warms_up_then_decays_to_floor():

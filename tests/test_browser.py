@@ -15,11 +15,11 @@ from html.parser import HTMLParser
 import pytest
 import torch
 
-from saelab import browser as br
-from saelab import features
-from saelab.models import parse_site
-from saelab.passes import clean_pass
-from saelab.sae import SAE, SAEConfig
+from saelab.core.models import parse_site
+from saelab.core.passes import clean_pass
+from saelab.core.sae import SAE, SAEConfig
+from saelab.studies import browser as br
+from saelab.studies import features
 
 SITE = "resid_pre.3"
 D_SAE = 16

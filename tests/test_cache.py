@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import saelab as sl
-from saelab import cache as ac
-from saelab import training as tr
+from saelab.core import cache as ac
+from saelab.core import training as tr
 
 SITE = "resid_pre.3"
 
@@ -28,7 +28,7 @@ def cache(lm, data, tmp_path_factory):
 def _cfg(**kw) -> tr.TrainConfig:
     base = dict(sites=(SITE,), dict_ratio=4, n_tokens=8 * 64 * 8, batch_size=8, lr=3e-3,
                 warmup=2, log_every=4, eval_tokens=4 * 64, dead_tokens=1024)  # fmt: skip
-    return tr.TrainConfig(**(base | kw))
+    return tr.TrainConfig.from_dict(base | kw)
 
 
 def test_manifest_shards_and_size(lm, cache, data):
@@ -43,7 +43,7 @@ def test_manifest_shards_and_size(lm, cache, data):
     assert torch.equal(cache.token_dataset().tokens, data.tokens)
     # rows in any order, across shards, equal a fresh clean pass on those token rows
     idx = torch.tensor([200, 3, 64, 63, 130])
-    from saelab.passes import clean_pass
+    from saelab.core.passes import clean_pass
 
     site = sl.parse_site(SITE)
     live = clean_pass(lm, data.tokens[idx], [site]).acts[site]

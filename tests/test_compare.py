@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from saelab import compare
+from saelab.studies import compare
 
 SWEEP = pd.DataFrame(
     dict(

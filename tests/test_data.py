@@ -1,4 +1,4 @@
-"""saelab.data: storyworld and local-file token datasets, the on-disk cache, and batching.
+"""saelab.core.data: storyworld and local-file token datasets, the on-disk cache, and batching.
 
 Nothing touches the real caches: `SAELAB_CACHE` and the `datasets` cache point into tmp_path.
 """
@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 import torch
 
-from saelab import storyworld as sw
-from saelab.data import TokenDataset, token_dataset
+from saelab.core.data import TokenDataset, token_dataset
+from saelab.storyworld import corpus as sw
 
 N_LAB = len(sw.LABELS)
 

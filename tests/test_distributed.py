@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import saelab as sl
-from saelab import distributed as dd
-from saelab import training as tr
+from saelab.core import distributed as dd
+from saelab.core import training as tr
 
 N_CTX, DATA_TOKENS = 64, 8_000
 BASE = dict(sites=["resid_pre.3"], sae="relu", dict_ratio=4, n_tokens=8 * 64 * 8, batch_size=8,
@@ -33,7 +33,7 @@ def _args(cfg_path, out, *extra) -> list[str]:
 def _torchrun(args: list[str], cache: str) -> str:
     env = os.environ | {"OMP_NUM_THREADS": "1", "SAELAB_CACHE": cache}  # 1 thread per rank
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "saelab.distributed", *args]  # fmt: skip
+           "-m", "saelab.core.distributed", *args]  # fmt: skip
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return res.stdout + res.stderr
@@ -50,7 +50,9 @@ def inputs(cache_env, tmp_path_factory):
 
 def _single(inputs, cfg: dict, out) -> tr.Run:
     lm, data, eval_data = inputs
-    return tr.train(lm, data, tr.TrainConfig(**cfg), out, eval_data=eval_data, progress=False)
+    return tr.train(
+        lm, data, tr.TrainConfig.from_dict(cfg), out, eval_data=eval_data, progress=False
+    )
 
 
 def _compare(single: tr.Run, out) -> dict:
@@ -77,7 +79,9 @@ def test_two_gloo_ranks_equal_one_process(inputs, cache_env, tmp_path):
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     single = _single(inputs, cfg, tmp_path / "single")
     log = _torchrun(_args(tmp_path / "cfg.json", tmp_path / "ddp"), cache_env)
-    assert "RuntimeWarning" not in log  # `-m saelab.distributed` runs a freshly imported module
+    assert (
+        "RuntimeWarning" not in log
+    )  # `-m saelab.core.distributed` runs a freshly imported module
     _compare(single, tmp_path / "ddp")
     assert not list((tmp_path / "ddp").glob(".*tmp*"))
 
@@ -114,7 +118,7 @@ def test_shards_cover_the_global_batch_and_bad_batches_are_refused():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_cuda_training_matches_cpu(cache_env, tmp_path):
-    cfg = tr.TrainConfig(**(BASE | {"sae": "topk", "k": 8}))
+    cfg = tr.TrainConfig.from_dict(BASE | {"sae": "topk", "k": 8})
     runs = {}
     for device in ("cpu", "cuda"):
         lm = sl.load_model("storyworld", device=device)

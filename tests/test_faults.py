@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 
-from saelab import training as tr
+from saelab.core import training as tr
 
 # Trains like tests do, but its `kill_at`-th checkpoint write stops half way: it writes half the
 # bytes to the temp file, flags the test, and hangs there until the test SIGKILLs it.
@@ -22,11 +22,11 @@ SCRIPT = """
 import io, json, os, sys, time
 import torch
 import saelab as sl
-from saelab import training as tr
+from saelab.core import training as tr
 
 out, flag, kill_at, tokens, cfg = sys.argv[1:]
 data = sl.TokenDataset(torch.load(tokens))
-cfg = tr.TrainConfig(**json.loads(cfg))
+cfg = tr.TrainConfig.from_dict(json.loads(cfg))
 lm = sl.load_model("storyworld", device="cpu")
 real_save, calls = torch.save, [0]
 
@@ -79,7 +79,7 @@ def test_sigkill_mid_checkpoint_write_then_resume_matches(lm, data, tmp_path):
     state = torch.load(out / "checkpoint.pt", weights_only=True)  # ... the checkpoint is not
     assert state["step"] == 4
 
-    cfg = tr.TrainConfig(**cfg)
+    cfg = tr.TrainConfig.from_dict(cfg)
     resumed = tr.train(lm, data, cfg, out, resume=True, progress=False)
     full = tr.train(lm, data, cfg, tmp_path / "full", progress=False)
     assert not list(out.glob(".checkpoint.pt.tmp*"))  # resume cleared the dead write

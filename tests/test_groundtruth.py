@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from saelab import groundtruth as gt
+from saelab.studies import groundtruth as gt
 
 
 def _pairwise_auroc(s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from saelab.losses import auxk_loss, downstream_mse, kl_loss, mse_loss, sparsity_loss
+from saelab.core.losses import auxk_loss, downstream_mse, kl_loss, mse_loss, sparsity_loss
 
 
 def test_sparsity_p1_and_p2():

@@ -1,4 +1,4 @@
-"""saelab.models on tiny random models of every supported family, saved to disk and loaded back.
+"""saelab.core.models on tiny random models of every family, saved to disk and loaded back.
 
 References are a separately loaded plain transformers model: `output_hidden_states` and torch
 hooks at the module paths each family is known to use.
@@ -17,8 +17,8 @@ import transformers as tf
 from nnsight import LanguageModel
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-import saelab.models as sm
-from saelab.models import (
+import saelab.storyworld
+from saelab.core.models import (
     SITE_KINDS,
     Site,
     block_list,
@@ -215,7 +215,7 @@ def test_load_model_unknown_hub_id(monkeypatch):
 
 
 def test_load_model_storyworld_missing(monkeypatch, tmp_path):
-    monkeypatch.setattr(sm, "ASSETS", tmp_path)
+    monkeypatch.setattr(saelab.storyworld, "MODEL_DIR", tmp_path)
     with pytest.raises(FileNotFoundError, match="storyworld.*missing.*notebook 00"):
         load_model("storyworld")
 

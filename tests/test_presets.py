@@ -12,12 +12,14 @@ import pytest
 from papermill.translators import PythonTranslator
 
 import saelab as sl
-from saelab import basemodel as bm
 from saelab import runs
-from saelab import storyworld as sw
+from saelab.storyworld import basemodel as bm
+from saelab.storyworld import corpus as sw
 
 PRESETS = sorted((runs.NOTEBOOKS / "params").glob("*.yaml"))
-TRAIN_FIELDS = set(sl.TrainConfig.__dataclass_fields__)
+TRAIN_FIELDS = set(sl.TrainConfig.__dataclass_fields__) | {
+    f for a in sl.architectures() for f in sl.architecture(a).cfg_class.__dataclass_fields__
+} - {"architecture", "sae"}
 
 
 def _parameters(notebook: str) -> dict:
@@ -66,7 +68,7 @@ def test_gpt2_preset_resolves_on_a_gpt2_layout(path: Path, gpt2_dir):
     extra = {"ds_coeff": p.get("ds_coeff", 2.5)} if "03_" in notebook else {}
     loss = {"03_e2e_ds_sae": "e2e+ds", "02_e2e_sae": "e2e"}.get(notebook, "local")
     sae = "gtopk" if notebook.startswith("04") else "relu"
-    cfg = sl.TrainConfig(sites=(p["site"],), loss=loss, sae=sae, **(fields | extra))
+    cfg = sl.TrainConfig.from_dict(dict(sites=(p["site"],), loss=loss, sae=sae) | fields | extra)
     sae_cfg = cfg.sae_config(p["site"], d_in=768, model_name="gpt2")
     assert sae_cfg.d_sae == int(p.get("dict_ratio", 8) * 768)
     assert sae_cfg.hook_name == "blocks.6.hook_resid_pre"

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from saelab.sae import SAE, SAEConfig, load_sae, normalize_grad, save_sae
+from saelab.core.architectures.gtopk import normalize_grad
+from saelab.core.sae import SAE, SAEConfig, load_sae, save_sae
 
 D_IN, D_SAE, K = 8, 32, 4
 
@@ -18,6 +19,8 @@ def make(architecture="topk", seed=0, **kw) -> SAE:
     torch.manual_seed(seed)
     if architecture != "relu":
         kw.setdefault("k", K)
+    if architecture != "gtopk":
+        kw.pop("beta", None)  # a g-SAE field only
     sae = SAE(SAEConfig(d_in=D_IN, d_sae=D_SAE, architecture=architecture, **kw))
     with torch.no_grad():
         sae.b_enc.normal_(0, 0.1)
@@ -174,7 +177,7 @@ def test_decoder_projection_and_parallel_grad_removal():
         ({"architecture": "topk", "k": 600}, "k=600 > d_sae=32"),
         ({"architecture": "topk"}, "k is required"),
         ({"architecture": "gtopk", "k": 0}, "k=0"),
-        ({"architecture": "jumprelu"}, "'jumprelu'.*relu, topk, gtopk"),
+        ({"architecture": "nosuch"}, "'nosuch'.*relu, topk, gtopk"),
         ({"architecture": "gtopk", "k": 4, "beta": -0.5}, "beta=-0.5"),
         ({"architecture": "gtopk", "k": 4, "value_mode": "both"}, "value_mode='both'"),
         ({"architecture": "gtopk", "k": 4, "grad_norm": "l1"}, "grad_norm='l1'.*unit"),

@@ -1,4 +1,4 @@
-"""saelab.steering on the embedded storyworld model: exact zero at alpha 0, a token's own
+"""saelab.studies.steering on the embedded storyworld model: exact zero at alpha 0, a token's own
 unembedding direction raises its probability, and batching does not change the numbers."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import saelab as sl
-from saelab import steering as st
-from saelab.features import unembed
+from saelab.studies import steering as st
+from saelab.studies.features import unembed
 
 SITE = "resid_pre.3"
 

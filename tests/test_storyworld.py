@@ -11,8 +11,8 @@ import re
 import numpy as np
 import pytest
 
-from saelab import storyworld as sw
-from saelab import storyworld_words as W
+from saelab.storyworld import corpus as sw
+from saelab.storyworld import words as W
 
 L = sw.LABEL_INDEX
 N_STORIES = 2000

@@ -1,18 +1,19 @@
 """Training and evaluation through nnsight on the storyworld model, checked against plain torch."""
 
 import json
+from dataclasses import asdict
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import saelab as sl
-from saelab import losses
-from saelab import training as tr
-from saelab.metrics import evaluate
-from saelab.models import parse_site, site_path
-from saelab.passes import clean_pass, later_sites, spliced_pass
-from saelab.sae import SAE, load_sae
+from saelab.core import losses
+from saelab.core import training as tr
+from saelab.core.metrics import evaluate
+from saelab.core.models import parse_site, site_path
+from saelab.core.passes import clean_pass, later_sites, spliced_pass
+from saelab.core.sae import SAE, load_sae
 
 SITE = "resid_pre.3"
 
@@ -27,9 +28,9 @@ def hf(lm):
     """The same weights as a plain transformers model, for hook-based reference computations."""
     from transformers import AutoModelForCausalLM
 
-    from saelab.models import ASSETS
+    from saelab.storyworld import MODEL_DIR
 
-    m = AutoModelForCausalLM.from_pretrained(ASSETS / "storyworld").eval()
+    m = AutoModelForCausalLM.from_pretrained(MODEL_DIR).eval()
     m.requires_grad_(False)
     return m
 
@@ -37,12 +38,12 @@ def hf(lm):
 def _small(**kw) -> tr.TrainConfig:
     base = dict(sites=(SITE,), dict_ratio=4, n_tokens=16 * 128 * 24, batch_size=16,
                 eval_tokens=8 * 128, lr=3e-3, warmup=2, log_every=4)  # fmt: skip
-    return tr.TrainConfig(**(base | kw))
+    return tr.TrainConfig.from_dict(base | kw)
 
 
 def _identity_sae(d: int, site: str) -> SAE:
     """A ReLU SAE that reconstructs exactly: c = [relu(x), relu(-x)], x_hat = c @ [I; -I]."""
-    sae = SAE(sl.sae.SAEConfig(d_in=d, d_sae=2 * d, architecture="relu", site=site))
+    sae = SAE(sl.SAEConfig(d_in=d, d_sae=2 * d, architecture="relu", site=site))
     eye = torch.eye(d)
     with torch.no_grad():
         sae.W_enc.copy_(torch.cat([eye, -eye], 1))
@@ -100,12 +101,12 @@ def test_gtopk_selection_equals_direct_autograd(lm, hf, data):
     (g_ref,) = torch.autograd.grad(ce, x)
     assert torch.allclose(clean.grads[site], g_ref, atol=1e-7, rtol=1e-4)
     torch.manual_seed(0)
-    sae = SAE(sl.sae.SAEConfig(d_in=64, d_sae=256, architecture="gtopk", k=8, beta=4.0))
+    sae = SAE(sl.SAEConfig(d_in=64, d_sae=256, architecture="gtopk", k=8, beta=4.0))
     c, _ = sae.encode(clean.acts[site], grad=clean.grads[site])
     c_ref, _ = sae.encode(clean.acts[site], grad=g_ref)
     assert torch.equal(c != 0, c_ref != 0)
     # and the gradient matters: beta=0 (plain TopK) picks differently somewhere
-    sae0 = SAE(sl.sae.SAEConfig(d_in=64, d_sae=256, architecture="gtopk", k=8, beta=0.0))
+    sae0 = SAE(sl.SAEConfig(d_in=64, d_sae=256, architecture="gtopk", k=8, beta=0.0))
     sae0.load_state_dict(sae.state_dict())
     c0, _ = sae0.encode(clean.acts[site], grad=g_ref)
     assert not torch.equal(c0 != 0, c != 0)
@@ -115,7 +116,7 @@ def test_downstream_mse_equals_plain_torch_hooks(lm, hf, data):
     tokens = data.tokens[:4]
     site = parse_site(SITE)
     torch.manual_seed(1)
-    sae = SAE(sl.sae.SAEConfig(d_in=64, d_sae=256, architecture="relu"))
+    sae = SAE(sl.SAEConfig(d_in=64, d_sae=256, architecture="relu"))
     later = later_sites(lm, [site])
     assert [str(s) for s in later] == ["resid_post.3", "resid_post.4", "resid_post.5"]
     clean = clean_pass(lm, tokens, [site], later, logits=True)
@@ -197,19 +198,30 @@ def test_multi_site_e2e_trains_all_saes(lm, data, tmp_path):
 @pytest.mark.parametrize(
     "kw, match",
     [
-        (dict(sae="jumprelu"), "sae='jumprelu'"),
+        (dict(sae="nosuch"), "architecture='nosuch'"),
         (dict(loss="e2e_ds"), "loss='e2e_ds'"),
-        (dict(sae="topk"), "k >= 1"),
+        (dict(sae="topk"), "k is required"),
         (dict(sae="topk", k=600, d_sae=512), "k=600 > d_sae=512"),
-        (dict(sparsity=-1.0), "sparsity must be >= 0"),
+        (dict(sparsity=-1.0), "sparsity=-1.0"),
         (dict(loss="e2e+ds"), "ds_coeff > 0"),
         (dict(sites=("resid_mid.2",)), "valid sites"),
-        (dict(lr=0), "lr must be > 0"),
+        (dict(lr=0), "lr=0 must be"),
     ],
 )
 def test_bad_train_config_is_a_clear_error(kw, match):
     with pytest.raises(ValueError, match=match.replace("+", r"\+").replace("(", r"\(")):
-        tr.TrainConfig(**kw)
+        tr.TrainConfig.from_dict(kw)
+
+
+def test_flat_sae_fields_in_the_constructor_name_the_nested_form():
+    with pytest.raises(
+        TypeError, match=r"k=\.\.\.\) is an SAE field.*SAEConfig\(architecture='topk', k"
+    ):
+        tr.TrainConfig(sae="topk", k=8)
+    flat = tr.TrainConfig.from_dict(dict(sae="topk", k=8, dict_ratio=4, beta=2.0))  # old presets
+    nested = tr.TrainConfig(sae=sl.SAEConfig(architecture="topk", k=8, dict_ratio=4))
+    assert flat == nested  # beta is not a TopK field: dropped, as the old sae_config did
+    assert tr.TrainConfig.from_dict(json.loads(json.dumps(asdict(nested)))) == nested
 
 
 def test_train_rejects_site_past_last_layer_and_too_few_tokens(lm, data):
@@ -221,14 +233,14 @@ def test_train_rejects_site_past_last_layer_and_too_few_tokens(lm, data):
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(lm, data, tmp_path, monkeypatch):
     cfg = _small(n_tokens=16 * 128 * 8, checkpoint_every=4)
-    real_mse, calls = tr.losses.mse_loss, {"n": 0}
+    real_mse, calls = losses.mse_loss, {"n": 0}
 
     def poisoned(x_hat, x):
         calls["n"] += 1
         out = real_mse(x_hat, x)
         return out * float("nan") if calls["n"] == 6 else out
 
-    monkeypatch.setattr(tr.losses, "mse_loss", poisoned)
+    monkeypatch.setattr(losses, "mse_loss", poisoned)
     with pytest.raises(tr.NonFiniteLoss, match=r"at step 5; stopped.*step 4\)"):
         tr.train(lm, data, cfg, tmp_path, progress=False)
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)

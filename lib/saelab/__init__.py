@@ -3,31 +3,44 @@
 import saelab as sl
 lm = sl.load_model("storyworld")
 data = sl.token_dataset("storyworld", lm.tokenizer, n_ctx=128)
-run = sl.train(lm, data, sl.TrainConfig(sites=("resid_pre.3",), loss="e2e"), "outputs/x")
+sae = sl.SAEConfig(architecture="topk", k=16)
+cfg = sl.TrainConfig(sites=("resid_pre.3",), sae=sae, loss="e2e")
+run = sl.train(lm, data, cfg, "outputs/x")
 sl.evaluate(lm, run.sae, data)
+
+Three layers (ARCHITECTURE.md): `saelab.core` (model access, data, SAE architectures,
+objectives, training, metrics, caches, data-parallel training), `saelab.studies` (features,
+browser, geometry, steering, ground truth, plots) and `saelab.storyworld` (the embedded corpus
+and model); `saelab.runs` executes the notebooks with papermill. The names below are the API.
 """
 
-from saelab.cache import ActivationCache, cache_activations, load_cache
-from saelab.data import TokenDataset, token_dataset
-from saelab.metrics import evaluate
-from saelab.models import Site, load_model, model_info, parse_site, valid_sites
-from saelab.sae import SAE, SAEConfig, load_sae, save_sae
-from saelab.training import Run, TrainConfig, train
+from saelab.core.cache import ActivationCache, cache_activations, load_cache
+from saelab.core.data import TokenDataset, token_dataset
+from saelab.core.metrics import evaluate
+from saelab.core.models import Site, load_model, model_info, parse_site, valid_sites
+from saelab.core.objectives import OBJECTIVES, Objective, objective
+from saelab.core.sae import SAE, SAEConfig, architecture, architectures, load_sae, save_sae
+from saelab.core.training import Run, TrainConfig, train
 
 __all__ = [
+    "OBJECTIVES",
     "SAE",
     "ActivationCache",
+    "Objective",
     "Run",
     "SAEConfig",
     "Site",
     "TokenDataset",
     "TrainConfig",
+    "architecture",
+    "architectures",
     "cache_activations",
     "evaluate",
     "load_cache",
     "load_model",
     "load_sae",
     "model_info",
+    "objective",
     "parse_site",
     "save_sae",
     "token_dataset",

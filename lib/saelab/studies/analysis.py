@@ -104,7 +104,7 @@ def init_directions(sae, seed: int) -> Tensor:
     (without touching the global random state). Compare with `decoder_directions()` to see how
     far training moved each direction: geometry that is still the init's says little.
     """
-    from saelab.sae import SAE
+    from saelab.core.sae import SAE
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

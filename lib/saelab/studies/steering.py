@@ -22,10 +22,10 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from saelab.analysis import random_directions  # noqa: F401  (re-exported: the control)
-from saelab.features import logit_effects
-from saelab.models import get_site, parse_site, set_site, skip_block
-from saelab.passes import clean_pass, skippable_blocks
+from saelab.core.models import get_site, parse_site, set_site, skip_block
+from saelab.core.passes import clean_pass, skippable_blocks
+from saelab.studies.analysis import random_directions  # noqa: F401  (re-exported: the control)
+from saelab.studies.features import logit_effects
 
 PAPER_RATIO = 5.0  # Olmo et al. 2024 §5: g-SAE latents add > 5x the probability of TopK latents
 
@@ -137,7 +137,7 @@ def summarize(added: dict[str, Tensor], alphas, n_boot: int = 1000, seed: int = 
 
     `added` maps a name (e.g. "topk", "g-sae", "random") to its `prob_added` tensor `[A, n]`.
     """
-    from saelab.analysis import bootstrap_ci
+    from saelab.studies.analysis import bootstrap_ci
 
     rows = []
     for name, a in added.items():
@@ -153,7 +153,7 @@ def ratio_table(
 ) -> pd.DataFrame:
     """Per alpha, mean(num) / mean(den) over latents with a bootstrap CI (latents of each resampled
     independently); `num, den [A, n]` from `prob_added`."""
-    from saelab.analysis import bootstrap_ratio_ci
+    from saelab.studies.analysis import bootstrap_ratio_ci
 
     rows = []
     for i, alpha in enumerate(alphas):

@@ -37,9 +37,9 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from saelab.data import TokenDataset
-from saelab.models import model_info, parse_site
-from saelab.passes import clean_pass
+from saelab.core.data import TokenDataset
+from saelab.core.models import model_info, parse_site
+from saelab.core.passes import clean_pass
 
 FORMAT = "saelab.activation_cache/1"
 MANIFEST = "manifest.json"
@@ -185,16 +185,17 @@ class ActivationCache:
 
     def check_training(self, cfg, lm=None) -> None:
         """Raise unless a `TrainConfig` (and model, if given) can train from this cache."""
-        if cfg.loss != "local":
+        if cfg.objective.needs_model:
             raise ValueError(
                 f"loss={cfg.loss!r} cannot train from an activation cache: e2e losses need the "
                 "model's output with the SAE spliced in. Use loss='local', or train on the "
                 "token dataset"
             )
-        if cfg.sae == "gtopk":
+        if cfg.sae.needs_grad:
             raise ValueError(
-                "sae='gtopk' cannot train from an activation cache: it needs dL/dx, a backward "
-                "pass through the model. Use sae='relu' or 'topk', or train on the token dataset"
+                f"sae={cfg.sae.architecture!r} cannot train from an activation cache: as "
+                "configured it needs dL/dx, a backward pass through the model. Use an "
+                "architecture without gradient-informed selection, or train on the token dataset"
             )
         if tuple(cfg.sites) != (self.site,):
             raise ValueError(
@@ -330,14 +331,21 @@ def evaluate_cached(saes: dict, cache: ActivationCache, n_tokens: int = 65_536,
                     batch_size: int = 32) -> dict:  # fmt: skip
     """SAE-only metrics on the first ~`n_tokens` cached rows (in order), without the model.
 
-    The per-site keys of `saelab.metrics.evaluate` (DESIGN §4): l0, alive, dead_frac, mse,
+    The per-site keys of `saelab.core.metrics.evaluate` (ARCHITECTURE.md §5):
+    l0, alive, dead_frac, mse,
     explained_var, l2_ratio, plus n_tokens; activations `[B, n_ctx, d_in]`.
     """
-    from saelab.metrics import _EV
+    from saelab.core.metrics import StreamingEV
+    from saelab.core.sae import eval_mode
 
     ((site, sae),) = saes.items()
+    with eval_mode([sae]):
+        return _evaluate_cached(sae, cache, n_tokens, batch_size, StreamingEV())
+
+
+def _evaluate_cached(sae, cache, n_tokens: int, batch_size: int, ev) -> dict:
     n_rows = max(1, min(len(cache), n_tokens // cache.n_ctx))
-    ev, l0, l2 = _EV(), 0.0, 0.0
+    l0, l2 = 0.0, 0.0
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=sae.device)
     for i in range(0, n_rows, batch_size):
         x = cache.rows(torch.arange(i, min(i + batch_size, n_rows))).to(sae.device, sae.dtype)

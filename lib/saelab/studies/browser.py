@@ -34,9 +34,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from saelab import features
-from saelab.data import TokenDataset
-from saelab.sae import SAE, load_sae
+from saelab.core.data import TokenDataset
+from saelab.core.sae import SAE, load_sae
+from saelab.studies import features
 
 SHADE = "255,140,0"  # RGB of the activation shading (alpha carries the activation)
 
@@ -201,7 +201,9 @@ def report_from_activations(
         names, con = features.concepts(acts.labels)
         precision, recall, f1 = concept_match(fires, con)
     cfg = sae.cfg
-    info = dict(site=cfg.site, architecture=cfg.architecture, d_sae=cfg.d_sae, k=cfg.k)
+    info = dict(
+        site=cfg.site, architecture=cfg.architecture, d_sae=cfg.d_sae, k=getattr(cfg, "k", None)
+    )
     return LatentReport(
         name=name, sae_info=info, n_tokens=flat.shape[0], density=n_fire.float() / flat.shape[0],
         max_act=max_act, mean_act=mean_act, hist=act_histograms(flat, max_act, n_bins),
@@ -422,7 +424,7 @@ class Browser:
     @classmethod
     def from_sweep(cls, lm, data, sweep, initial: str | None = None, **kw) -> Browser:
         """A browser over every SAE of a 05_pareto run (folder or `compare.load_sweep` frame)."""
-        from saelab import compare
+        from saelab.studies import compare
 
         df = compare.load_sweep(sweep) if isinstance(sweep, str | Path) else sweep
         saes = dict(zip(df["run"], df["sae_path"], strict=True))

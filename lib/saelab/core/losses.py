@@ -1,4 +1,4 @@
-"""Loss terms for SAE training; the training step weights and sums them (DESIGN.md §3).
+"""Loss terms for SAE training; the training step weights and sums them (ARCHITECTURE.md §3-4).
 
 Pure functions of tensors. `...` is any leading shape (usually `[batch, pos]`); every loss is a
 0-dim tensor averaged over tokens, so values do not depend on the batch size.

@@ -18,8 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from saelab import storyworld as sw
-
 _LOCAL_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 _STORY_BLOCK = 2000  # stories generated per block while filling a token budget
 
@@ -142,6 +140,8 @@ def _bos(tokenizer) -> int:
 
 def _storyworld_ids(tokenizer, split: str, n_tokens: int | None, labels: bool):
     """Generate storyworld stories until about `n_tokens` tokens; optionally aligned labels."""
+    from saelab.storyworld import corpus as sw  # resolving the source name "storyworld"
+
     if n_tokens is None:
         raise ValueError("storyworld is an endless stream: give n_tokens")
     bos, n_lab = _bos(tokenizer), len(sw.LABELS)

@@ -7,8 +7,8 @@
   reconstruction (all sites at once, in execution order, as e2e_sae does), or by zeros (the
   zero-ablation baseline of `ce_loss_score`).
 
-The frozen model dominates cost (DESIGN §7): when the first site is a residual-stream site, the
-spliced pass skips every block before it and feeds the cached clean residual instead of
+The frozen model dominates cost (ARCHITECTURE.md §2): when the first site is a residual-stream
+site, the spliced pass skips every block before it and feeds the cached clean residual instead of
 recomputing it (exact, since those blocks see no SAE).
 """
 
@@ -19,8 +19,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from saelab.models import Site, block_list, get_site, parse_site, set_site, skip_block, sort_sites
-from saelab.sae import SAE, ForwardOutput
+from saelab.core.models import (
+    Site,
+    block_list,
+    get_site,
+    parse_site,
+    set_site,
+    skip_block,
+    sort_sites,
+)
+from saelab.core.sae import SAE, ForwardOutput
 
 
 def later_sites(lm, sites: list[Site]) -> list[Site]:

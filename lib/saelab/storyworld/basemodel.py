@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from saelab import storyworld as sw
-from saelab.training import lr_at
+from saelab.core.training import lr_at
+from saelab.storyworld import MODEL_DIR as ASSETS
+from saelab.storyworld import corpus as sw
 
-ASSETS = Path(__file__).parent / "assets" / "storyworld"
 QUOTE = '"'
 # Subject pronouns whose gender the model must get right: (female, male) token texts.
 PRONOUN_PAIRS = ((" she", " he"), (" She", " He"))

@@ -1,4 +1,4 @@
-"""Evaluation of SAEs spliced into the frozen model, with the definitions of DESIGN §4.
+"""Evaluation of SAEs spliced into the frozen model, with the definitions of ARCHITECTURE.md §5.
 
 Per site: `l0` (mean nonzero latents per token), `alive` / `dead_frac` (latents that fired at least
 once in the window), `mse`, `explained_var` (1 - SSE / total sum of squares about the mean
@@ -15,12 +15,13 @@ from collections import defaultdict
 
 import torch
 
-from saelab import losses
-from saelab.models import model_info
-from saelab.passes import as_sites, clean_pass, later_sites, next_token_ce, spliced_pass
+from saelab.core import losses
+from saelab.core.models import model_info
+from saelab.core.passes import as_sites, clean_pass, later_sites, next_token_ce, spliced_pass
+from saelab.core.sae import eval_mode
 
 
-class _EV:
+class StreamingEV:
     """Streaming explained variance: accumulates SSE, sum and sum of squares per feature."""
 
     def __init__(self):
@@ -52,9 +53,15 @@ def _sum_kl(logits_clean: torch.Tensor, logits_sae: torch.Tensor) -> float:
 def evaluate(lm, saes, data, n_tokens: int = 65_536, batch_size: int = 32) -> dict:
     """Metrics of `saes` ({site: SAE} or one SAE) on the first ~`n_tokens` of `data` (in order).
 
-    Uses `data`'s rows in their stored order, so the same data gives the same numbers.
+    Uses `data`'s rows in their stored order, so the same data gives the same numbers. SAEs
+    are evaluated in eval mode (BatchTopK: its global threshold), then left as they were.
     """
     saes = as_sites(saes)
+    with eval_mode(saes.values()):
+        return _evaluate(lm, saes, data, n_tokens, batch_size)
+
+
+def _evaluate(lm, saes: dict, data, n_tokens: int, batch_size: int) -> dict:
     sites = list(saes)
     d_model = model_info(lm)["d_model"]
     for s, sae in saes.items():  # else a bare matmul shape error from inside the trace
@@ -64,19 +71,19 @@ def evaluate(lm, saes, data, n_tokens: int = 65_536, batch_size: int = 32) -> di
                 f"{d_model}; was it trained on another model ({sae.cfg.model_name!r})?"
             )
     later = later_sites(lm, sites)
-    gtopk = any(s.cfg.architecture == "gtopk" for s in saes.values())
+    needs_grad = any(s.needs_grad for s in saes.values())
     n_rows = max(1, min(len(data), n_tokens // data.n_ctx))
     tokens_all = data.tokens[:n_rows]
     tag = (lambda s: "") if len(sites) == 1 else (lambda s: f"{s}/")
     sums = defaultdict(float)
-    ev = {s: _EV() for s in sites}
-    ds = {s: _EV() for s in later}
+    ev = {s: StreamingEV() for s in sites}
+    ds = {s: StreamingEV() for s in later}
     fired = {s: torch.zeros(saes[s].cfg.d_sae, dtype=torch.bool, device=saes[s].device)
              for s in sites}  # fmt: skip
     for i in range(0, n_rows, batch_size):
         tokens = tokens_all[i : i + batch_size].to(lm.device)  # the CE targets, on the GPU too
         n_pred = tokens[:, 1:].numel()
-        clean = clean_pass(lm, tokens, sites, later, logits=True, grads=gtopk)
+        clean = clean_pass(lm, tokens, sites, later, logits=True, grads=needs_grad)
         with torch.no_grad():
             sp = spliced_pass(lm, tokens, saes, clean, later)
             zero = spliced_pass(lm, tokens, None, clean, zero_sites=sites)

@@ -2,7 +2,7 @@
 
 Every helper returns its matplotlib Figure and, given `path`, also saves it there (PNG, parent
 folders created). Inputs are what the rest of saelab produces: `Run.log` records,
-`saelab.metrics.evaluate` reports, and tables built from them.
+`saelab.core.metrics.evaluate` reports, and tables built from them.
 
     plots.train_curves({"local": run_a.log, "e2e": run_b.log}, path=out / "curves.png")
     freq = plots.firing_frequency(lm, run.sae, val, n_tokens=65_536)
@@ -19,8 +19,8 @@ import pandas as pd
 import seaborn as sns
 import torch
 
-from saelab.models import parse_site
-from saelab.passes import clean_pass
+from saelab.core.models import parse_site
+from saelab.core.passes import clean_pass
 
 TRAIN_KEYS = ("loss", "mse", "kl", "ds_mse", "l0")
 LABELS = {
@@ -69,7 +69,7 @@ def train_curves(log, keys=TRAIN_KEYS, path=None) -> plt.Figure:
 def firing_frequency(lm, sae, data, n_tokens: int = 65_536, batch_size: int = 32) -> torch.Tensor:
     """Fraction of tokens `[d_sae]` on which each latent fires, on the first ~n_tokens of `data`."""
     site = parse_site(sae.cfg.site)
-    grads = sae.cfg.architecture == "gtopk"  # g-SAEs select latents with dL/dx
+    grads = sae.needs_grad  # g-SAEs select latents with dL/dx
     n_rows = max(1, min(len(data), n_tokens // data.n_ctx))
     counts = torch.zeros(sae.cfg.d_sae)
     for i in range(0, n_rows, batch_size):

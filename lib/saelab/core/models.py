@@ -21,7 +21,6 @@ from typing import Any
 import torch
 from nnsight import LanguageModel, NNsightDeprecationWarning
 
-ASSETS = Path(__file__).parent / "assets"
 SITE_KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out")
 
 
@@ -31,7 +30,9 @@ SITE_KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out")
 def _resolve_source(name_or_path: str) -> str:
     """Map `name_or_path` to what transformers loads: a local model directory or a hub id."""
     if name_or_path == "storyworld":
-        path = ASSETS / "storyworld"
+        from saelab.storyworld import MODEL_DIR  # the one place core resolves the embedded model
+
+        path = MODEL_DIR
         if not (path / "config.json").is_file():
             raise FileNotFoundError(
                 f"the storyworld model assets are missing (no config.json in {path}); "
@@ -143,7 +144,7 @@ def get_arch(lm: Any) -> Arch:
     return ARCHS[model_type]
 
 
-def _get(root: Any, path: str) -> Any:
+def get_module(root: Any, path: str) -> Any:
     """Follow a dotted attribute path (works on nnsight envoys and torch modules alike)."""
     for part in path.split("."):
         root = getattr(root, part)
@@ -152,7 +153,7 @@ def _get(root: Any, path: str) -> Any:
 
 def block_list(lm: Any) -> Any:
     """The blocks in order: an envoy list (nnsight model) or an nn.ModuleList (plain model)."""
-    return _get(lm, get_arch(lm).blocks)
+    return get_module(lm, get_arch(lm).blocks)
 
 
 # --- sites ---------------------------------------------------------------------------------------

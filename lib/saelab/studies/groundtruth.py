@@ -3,7 +3,7 @@
 Automated interpretability (an LLM reads a latent's top activations, writes an explanation, and
 the explanation is scored by how well it predicts activations) needs a hosted LLM. storyworld
 gives us what that pipeline only estimates: every token carries ground-truth labels
-(`saelab.storyworld`), turned into 103 binary concepts by `saelab.features.concepts`. We ask two
+(`saelab.storyworld`), turned into 103 binary concepts by `studies.features.concepts`. We ask two
 questions of an SAE, for every concept and every latent at once:
 
 - **concept -> latent** (is the concept recovered?): the best single latent's AUROC (its activation

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from saelab.models import _get, get_arch, parse_site
-from saelab.passes import clean_pass
-from saelab.sae import SAE
-from saelab.storyworld import LABELS
+from saelab.core.models import get_arch, get_module, parse_site
+from saelab.core.passes import clean_pass
+from saelab.core.sae import SAE
+from saelab.storyworld.corpus import LABELS
 
 
 @dataclass
@@ -54,7 +54,7 @@ def collect(lm, sae: SAE, data, n_tokens: int = 32_768, batch_size: int = 32) ->
     """
     site = parse_site(sae.cfg.site)
     n_rows = max(1, min(len(data), n_tokens // data.n_ctx))
-    grads = sae.cfg.architecture == "gtopk"
+    grads = sae.needs_grad
     chunks = []
     for i in range(0, n_rows, batch_size):
         tokens = data.tokens[i : min(i + batch_size, n_rows)]
@@ -88,7 +88,7 @@ def concepts(labels: Tensor) -> tuple[list[str], Tensor]:
 def unembed(lm) -> tuple[Tensor, Tensor, bool]:
     """The unembedding `W_U [V, d]`, the final norm's gain `[d]`, and whether it centres (LN)."""
     model = lm._model if hasattr(lm, "_model") else lm
-    norm = _get(model, get_arch(lm).final_norm)
+    norm = get_module(model, get_arch(lm).final_norm)
     head = model.get_output_embeddings()
     return head.weight.detach(), norm.weight.detach(), isinstance(norm, torch.nn.LayerNorm)
 

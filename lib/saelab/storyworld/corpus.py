@@ -65,7 +65,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from saelab import storyworld_words as W
+from saelab.storyworld import words as W
 
 EOS = "<|endoftext|>"
 SPLITS = {"train": 0, "validation": 1, "test": 2}

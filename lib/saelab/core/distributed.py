@@ -17,7 +17,7 @@ Two things use the rank's shard rather than the global batch and so are close to
 the single-process run: AuxK's normalisation by the residual's variance (topk/gtopk with dead
 latents) and gtopk's `grad_norm="rms"`.
 
-    torchrun --standalone --nproc_per_node=8 -m saelab.distributed \
+    torchrun --standalone --nproc_per_node=8 -m saelab.core.distributed \
         --model gpt2 --dataset Skylion007/openwebtext --n-ctx 1024 --config cfg.json --out DIR
 
 Backend: nccl when CUDA is available (rank r uses cuda:LOCAL_RANK), gloo on CPU.
@@ -152,7 +152,7 @@ def init_from_env() -> tuple[World, str]:
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="torchrun --nproc_per_node=N -m saelab.distributed",
+        prog="torchrun --nproc_per_node=N -m saelab.core.distributed",
         description="Train SAEs data-parallel over the processes torchrun starts.",
     )
     ap.add_argument("--model", default="storyworld", help="load_model name or path")
@@ -178,9 +178,9 @@ def load_inputs(args: argparse.Namespace, device: str, w: World = World()):
     Rank 0 builds the token cache (`$SAELAB_CACHE`) while the others wait, so they read it
     instead of all tokenizing the same text at once.
     """
-    from saelab.data import token_dataset
-    from saelab.models import load_model
-    from saelab.training import TrainConfig
+    from saelab.core.data import token_dataset
+    from saelab.core.models import load_model
+    from saelab.core.training import TrainConfig
 
     cfg = TrainConfig.from_dict(json.loads(Path(args.config).read_text()))
     lm = load_model(args.model, device=device)
@@ -199,8 +199,8 @@ def load_inputs(args: argparse.Namespace, device: str, w: World = World()):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: `torchrun --nproc_per_node=N -m saelab.distributed --config C --out D`."""
-    from saelab.training import train
+    """Entry point: `torchrun --nproc_per_node=N -m saelab.core.distributed --config C --out D`."""
+    from saelab.core.training import train
 
     args = _parser().parse_args(argv)
     w, device = init_from_env()

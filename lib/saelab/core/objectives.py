@@ -1,0 +1,116 @@
+"""Training objectives: what an SAE is trained to preserve (Braun et al. 2024 §2).
+
+An objective says what it needs from the frozen model and returns named loss terms; the training
+step, the activation cache and the evaluation ask it instead of testing loss names.
+
+| name | needs | terms |
+|---|---|---|
+| `local` | the site's clean activation only | MSE(x_hat, x) per site |
+| `e2e` | clean logits; the SAE spliced into the model | kl_coeff * KL(P_clean ‖ P_sae) |
+| `e2e+ds` | as e2e, plus the residual stream after the last site | + ds_coeff * downstream MSE |
+
+Each term is `(coefficient, unweighted scalar)`; the architecture adds its own (sparsity, AuxK,
+L0) per SAE (`SAE.loss_terms`). See ARCHITECTURE.md, "Adding an objective".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import ClassVar
+
+from saelab.core import losses
+from saelab.core.models import Site
+from saelab.core.passes import Clean, Spliced, later_sites
+from saelab.core.sae import ForwardOutput, Term
+
+
+@dataclass(frozen=True)
+class Objective:
+    """Base objective; subclasses set the class flags and implement `terms`."""
+
+    name: ClassVar[str] = ""
+    needs_model: ClassVar[bool] = True  # False: stored activations suffice (activation cache)
+    spliced: ClassVar[bool] = True  # the SAE's output runs through the rest of the model
+    needs_logits: ClassVar[bool] = False  # the clean pass must return the logits
+
+    def later(self, lm, sites: list[Site]) -> list[Site]:
+        """Sites after the last SAE whose clean and spliced values the terms need."""
+        return []
+
+    def terms(
+        self,
+        clean: Clean,
+        spliced: Spliced | None,
+        outs: dict[Site, ForwardOutput],
+        sites: list[Site],
+    ) -> dict[str, Term]:
+        """Named loss terms `{name: (coefficient, scalar)}` of one step."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Local(Objective):
+    """Reconstruct each site's own activation: MSE(x_hat, x) (Braun et al. 2024 §2.1)."""
+
+    name: ClassVar[str] = "local"
+    needs_model: ClassVar[bool] = False
+    spliced: ClassVar[bool] = False
+
+    def terms(self, clean, spliced, outs, sites) -> dict[str, Term]:
+        """`{"mse": (1, MSE)}`, or `{"<site>/mse": ...}` per site with several sites."""
+        tag = (lambda s: "") if len(sites) == 1 else (lambda s: f"{s}/")
+        return {f"{tag(s)}mse": (1.0, losses.mse_loss(outs[s].x_hat, clean.acts[s])) for s in sites}
+
+
+@dataclass(frozen=True)
+class E2E(Objective):
+    """KL(P_clean ‖ P_sae) of the output with every SAE spliced in (Braun et al. 2024 §2.2)."""
+
+    name: ClassVar[str] = "e2e"
+    needs_logits: ClassVar[bool] = True
+    kl_coeff: float = 1.0
+
+    def terms(self, clean, spliced, outs, sites) -> dict[str, Term]:
+        """`{"kl": (kl_coeff, KL)}`."""
+        return {"kl": (self.kl_coeff, losses.kl_loss(clean.logits, spliced.logits))}
+
+
+@dataclass(frozen=True)
+class E2EDownstream(E2E):
+    """e2e plus MSE of every later residual stream to its clean value (Braun et al. 2024 §2.3)."""
+
+    name: ClassVar[str] = "e2e+ds"
+    ds_coeff: float = 1.0
+
+    def __post_init__(self):
+        if self.ds_coeff == 0:
+            raise ValueError("loss='e2e+ds' needs ds_coeff > 0 (paper: kl_coeff=0.5, ds_coeff=2.5)")
+
+    def later(self, lm, sites: list[Site]) -> list[Site]:
+        later = later_sites(lm, sites)
+        if not later:
+            raise ValueError(
+                f"loss='e2e+ds' at {[str(s) for s in sites]} has no later layer to reconstruct "
+                "(the last site is the model's last residual stream); use loss='e2e' or an "
+                "earlier site"
+            )
+        return later
+
+    def terms(self, clean, spliced, outs, sites) -> dict[str, Term]:
+        """`{"kl": (kl_coeff, KL), "ds_mse": (ds_coeff, mean MSE over later layers)}`."""
+        ds = losses.downstream_mse(spliced.later, clean.later)
+        return super().terms(clean, spliced, outs, sites) | {"ds_mse": (self.ds_coeff, ds)}
+
+
+OBJECTIVES: dict[str, type[Objective]] = {o.name: o for o in (Local, E2E, E2EDownstream)}
+
+
+def objective(name: str, kl_coeff: float = 1.0, ds_coeff: float = 0.0) -> Objective:
+    """The objective called `name`, with its coefficients; a clear error lists the valid names."""
+    if name not in OBJECTIVES:
+        raise ValueError(f"loss={name!r} is not valid; choose one of {list(OBJECTIVES)}")
+    cls = OBJECTIVES[name]
+    known = {f.name for f in fields(cls)}  # each class takes the coefficients it has
+    return cls(
+        **{k: v for k, v in dict(kl_coeff=kl_coeff, ds_coeff=ds_coeff).items() if k in known}
+    )

@@ -1,0 +1,425 @@
+"""The SAE base class, the architecture registry, and saving/loading.
+
+An architecture is one class in one file under `saelab.core.architectures` (ARCHITECTURE.md,
+"Adding an architecture"): a config subclass with its own fields and an `SAE` subclass that owns
+its init, activation (`activation`), decoder constraint, whether it needs dL/dx, its own loss
+terms and any extra parameters. Both are registered by name with `@register`; `SAEConfig(
+architecture=name, ...)` and `SAE(cfg)` dispatch to the registered classes, so callers never
+test architecture names. Shapes: `x [..., d_in]`, `c [..., d_sae]`.
+
+    sae = SAE(SAEConfig(architecture="topk", d_in=64, d_sae=512, k=16))
+    x_hat, c, pre = sae(x)
+    save_sae(sae, "outputs/sae"); sae = load_sae("outputs/sae", d_in=64)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae.safetensors"
+
+# name -> SAE subclass; filled by `@register` when `saelab.core.architectures` is imported
+_REGISTRY: dict[str, type[SAE]] = {}
+
+
+def _load_architectures() -> None:
+    import saelab.core.architectures  # noqa: F401  (each module registers itself)
+
+
+def architectures() -> tuple[str, ...]:
+    """Names of the registered architectures, in registration order."""
+    _load_architectures()
+    return tuple(_REGISTRY)
+
+
+def architecture(name: str) -> type[SAE]:
+    """The SAE class registered as `name`; a clear error lists the valid names."""
+    _load_architectures()
+    if name not in _REGISTRY:
+        raise ValueError(f"architecture={name!r} is unknown; valid: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def register(cls: type[SAE]) -> type[SAE]:
+    """Class decorator: register an SAE subclass under `cls.cfg_class.architecture`'s default."""
+    name = cls.cfg_class.__dataclass_fields__["architecture"].default
+    if not name or name in _REGISTRY:
+        raise ValueError(f"cannot register {cls.__name__} as {name!r} (empty or taken)")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_number(name: str, value: Any, low: float = 0.0, inclusive: bool = True) -> None:
+    """Raise unless `value` is a finite real number >= `low` (> `low` if not `inclusive`)."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < low or (value == low and not inclusive):
+        rel = ">=" if inclusive else ">"
+        raise ValueError(f"{name}={value!r} must be a finite number {rel} {low}")
+
+
+def check_choice(name: str, value: Any, valid: tuple) -> None:
+    """Raise unless `value` is one of `valid`, naming them."""
+    if value not in valid:
+        raise ValueError(f"{name}={value!r} is unknown; valid: {', '.join(map(str, valid))}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SAEConfig:
+    """Shape, architecture and provenance of an SAE; each architecture subclasses it.
+
+    `SAEConfig(architecture="topk", k=16, ...)` builds the registered subclass (`TopKConfig`),
+    so one constructor takes every architecture's fields. `d_in` / `d_sae` may stay None in a
+    training spec (`TrainConfig.sae`): they are filled in from the model (`d_sae = round(
+    dict_ratio * d_in)` unless given) when the SAE is built.
+    """
+
+    architecture: str = ""
+    d_in: int | None = None
+    d_sae: int | None = None
+    dict_ratio: float = 8.0  # d_sae = dict_ratio * d_in when d_sae is not given
+    pre_subtract_b_dec: bool = False  # z = (x - b_dec) W_enc + b_enc (Gao et al. 2024 §2.2)
+    site: str = ""
+    hook_name: str = ""
+    model_name: str = ""
+
+    def __new__(cls, *args, **kwargs):
+        if cls is SAEConfig:  # dispatch to the architecture's own config class
+            arch = kwargs.get("architecture")
+            if arch is None:
+                raise ValueError(f"SAEConfig needs architecture=...; valid: {architectures()}")
+            cls = architecture(arch).cfg_class
+            known = {f.name for f in fields(cls)}
+            unknown = sorted(set(kwargs) - known)
+            if unknown:
+                raise ValueError(
+                    f"architecture={arch!r} has no field(s) {unknown}; its fields: {sorted(known)}"
+                )
+        return object.__new__(cls)
+
+    def __post_init__(self):
+        own = type(self).__dataclass_fields__["architecture"].default
+        if self.architecture != own:
+            raise ValueError(f"{type(self).__name__} has architecture={own!r}, "
+                             f"got architecture={self.architecture!r}")  # fmt: skip
+        for name in ("d_in", "d_sae"):
+            value = getattr(self, name)
+            if value is not None and (not is_int(value) or value < 1):
+                raise ValueError(f"{name}={value!r} must be a positive int")
+        check_number("dict_ratio", self.dict_ratio, 0.0, inclusive=False)
+        if not isinstance(self.pre_subtract_b_dec, bool):
+            raise ValueError(f"pre_subtract_b_dec={self.pre_subtract_b_dec!r} must be a bool")
+        for name in ("site", "hook_name", "model_name"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a str")
+
+    @property
+    def needs_grad(self) -> bool:
+        """Whether encoding needs dL/dx at the site (gradient-informed selection)."""
+        return False
+
+    def for_site(self, d_in: int, site: str = "", hook_name: str = "", model_name: str = ""):
+        """This spec with the shape and provenance of a site of width `d_in` filled in."""
+        from dataclasses import replace
+
+        d_sae = self.d_sae or int(round(self.dict_ratio * d_in))
+        return replace(self, d_in=d_in, d_sae=d_sae, site=site or self.site,
+                       hook_name=hook_name or self.hook_name,
+                       model_name=model_name or self.model_name)  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SAEConfig:
+        """A config from a dict holding `architecture`; keys of other architectures are ignored.
+
+        Used for saved `cfg.json` files, which also hold SAELens' field names.
+        """
+        if "architecture" not in d:
+            raise ValueError(f"an SAE config needs 'architecture'; got keys {sorted(d)}")
+        target = architecture(d["architecture"]).cfg_class
+        return target(**{f.name: d[f.name] for f in fields(target) if f.name in d})
+
+
+class ForwardOutput(NamedTuple):
+    """`x_hat [..., d_in]`, `c [..., d_sae]` (zero off the active set), `pre [..., d_sae]` (z)."""
+
+    x_hat: Tensor
+    c: Tensor
+    pre: Tensor
+
+
+Term = tuple[float, Tensor]  # (coefficient, unweighted scalar loss); the trainer sums coeff * value
+
+
+class SAE(nn.Module):
+    """Sparse autoencoder `x [..., d_in] -> c [..., d_sae] -> x_hat [..., d_in]`.
+
+    `SAE(cfg)` builds the class registered for `cfg.architecture`. The base class holds what
+    every architecture shares: `W_enc [d_in, d_sae]`, `b_enc [d_sae]`, `W_dec [d_sae, d_in]`,
+    `b_dec [d_in]`, the affine encoder and decoder, and unit-norm decoder rows kept by
+    projection (Gao et al. 2024 §A.1). Subclasses override `activation` and, where they differ,
+    `init_params`, `decoder_directions`, the constraint hooks and `loss_terms`.
+    """
+
+    cfg_class: ClassVar[type[SAEConfig]] = SAEConfig
+
+    def __new__(cls, cfg: SAEConfig | None = None, *args, **kwargs):
+        if cls is SAE:
+            if not isinstance(cfg, SAEConfig):
+                raise TypeError(f"SAE(cfg) needs an SAEConfig, got {type(cfg).__name__}")
+            cls = architecture(cfg.architecture)
+        return super().__new__(cls)
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__()
+        if not isinstance(cfg, self.cfg_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.cfg_class.__name__}, "
+                            f"got {type(cfg).__name__}")  # fmt: skip
+        if cfg.d_in is None or cfg.d_sae is None:
+            raise ValueError(f"building an SAE needs d_in and d_sae, got {cfg.d_in}, {cfg.d_sae}; "
+                             "use cfg.for_site(d_in)")  # fmt: skip
+        self.cfg = cfg
+        W_enc, b_enc, W_dec = self.init_params(cfg.d_in, cfg.d_sae)
+        self.W_enc = nn.Parameter(W_enc.contiguous())
+        self.W_dec = nn.Parameter(W_dec.contiguous())
+        self.b_enc = nn.Parameter(b_enc)
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+
+    def init_params(self, d_in: int, d_sae: int) -> tuple[Tensor, Tensor, Tensor]:
+        """`W_enc [d_in, d_sae]`, `b_enc [d_sae]`, `W_dec [d_sae, d_in]` at initialisation."""
+        # Gao et al. 2024 §A.1: random unit-norm decoder rows and encoder = decoder transpose
+        # (each latent reads the direction it writes), which keeps latents from dying early.
+        W_dec = F.normalize(torch.randn(d_sae, d_in), dim=-1)
+        return W_dec.T.clone(), torch.zeros(d_sae), W_dec
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the parameters."""
+        return self.W_enc.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the parameters."""
+        return self.W_enc.dtype
+
+    @property
+    def needs_grad(self) -> bool:
+        """Whether `encode` needs dL/dx at the site (`grad`)."""
+        return self.cfg.needs_grad
+
+    def decoder_directions(self) -> Tensor:
+        """Unit-norm dictionary directions `[d_sae, d_in]`."""
+        return self.W_dec  # kept at unit norm by `normalize_decoder_` after each step
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        """Encoder pre-activations `z [..., d_sae]` of `x [..., d_in]`."""
+        if self.cfg.pre_subtract_b_dec:
+            x = x - self.b_dec
+        return x @ self.W_enc + self.b_enc
+
+    def activation(self, pre: Tensor, grad: Tensor | None) -> Tensor:
+        """Latents `c [..., d_sae]` from pre-activations `pre [..., d_sae]` (architecture rule)."""
+        raise NotImplementedError
+
+    def encode(self, x: Tensor, grad: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Latents `c [..., d_sae]` and pre-activations `[..., d_sae]` of `x [..., d_in]`.
+
+        `grad [..., d_in]` is dL/dx at the clean activation, required when `needs_grad`; other
+        architectures ignore it.
+        """
+        if self.needs_grad:
+            if grad is None:
+                raise ValueError(f"architecture={self.cfg.architecture!r} needs grad (dL/dx at "
+                                 "the site, [..., d_in])")  # fmt: skip
+            if grad.shape != x.shape:
+                raise ValueError(f"grad has shape {tuple(grad.shape)}, x has {tuple(x.shape)}")
+        pre = self.pre_acts(x)
+        return self.activation(pre, grad if self.needs_grad else None), pre
+
+    def decode(self, c: Tensor) -> Tensor:
+        """Reconstruction `x_hat [..., d_in]` of latents `c [..., d_sae]`."""
+        return c @ self.decoder_directions() + self.b_dec
+
+    def forward(self, x: Tensor, grad: Tensor | None = None) -> ForwardOutput:
+        """Encode and decode `x [..., d_in]` (`grad [..., d_in]` when `needs_grad`)."""
+        c, pre = self.encode(x, grad)
+        return ForwardOutput(self.decode(c), c, pre)
+
+    def loss_terms(self, x: Tensor, out: ForwardOutput, dead: Tensor) -> dict[str, Term]:
+        """The architecture's own loss terms for input `x [..., d_in]` and its output.
+
+        `dead [d_sae]` marks latents that have not fired for `TrainConfig.dead_tokens` tokens.
+        Returns `{name: (coefficient, scalar)}`; none by default.
+        """
+        return {}
+
+    @torch.no_grad()
+    def remove_parallel_decoder_grad_(self) -> None:
+        """Remove from W_dec.grad its component along each row (before the optimiser step)."""
+        # Gao et al. 2024 (openai/sparse_autoencoder): the parallel component only changes the
+        # norm, which normalize_decoder_ undoes; removing it keeps Adam's moments meaningful.
+        if self.W_dec.grad is None:
+            return
+        u = F.normalize(self.W_dec, dim=-1)
+        self.W_dec.grad -= (self.W_dec.grad * u).sum(-1, keepdim=True) * u
+
+    @torch.no_grad()
+    def normalize_decoder_(self) -> None:
+        """Project W_dec rows back to unit norm (after the optimiser step)."""
+        self.W_dec.copy_(F.normalize(self.W_dec, dim=-1))
+
+    def before_step_(self) -> None:
+        """Called by the trainer after backward, before clipping and the optimiser step."""
+        self.remove_parallel_decoder_grad_()
+
+    @torch.no_grad()
+    def after_step_(self, out: ForwardOutput) -> None:
+        """Called by the trainer after the optimiser step with the step's output."""
+        self.normalize_decoder_()
+
+
+@contextmanager
+def eval_mode(saes):
+    """Put SAEs (an iterable) in eval mode for the block, restoring each one's mode after.
+
+    Only architectures with a train/inference difference care (BatchTopK's global threshold).
+    """
+    saes = list(saes)
+    was = [sae.training for sae in saes]
+    for sae in saes:
+        sae.eval()
+    try:
+        yield
+    finally:
+        for sae, mode in zip(saes, was, strict=True):
+            sae.train(mode)
+
+
+# --- saving and loading --------------------------------------------------------------------------
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("saelab")
+    except Exception:  # not installed: fall back to the source tree's version
+        import saelab
+
+        return getattr(saelab, "__version__", "unknown")
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call `write(tmp_path)` on a temporary file beside `path`, then rename it into place."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_sae(sae: SAE, path: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Write `path/cfg.json` (SAELens field names where they exist) and `path/sae.safetensors`."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = sae.cfg
+    k = getattr(cfg, "k", None)
+    meta: dict[str, Any] = {
+        # SAELens names first, so SAELens-style tooling can read the shape and provenance.
+        "d_in": cfg.d_in,
+        "d_sae": cfg.d_sae,
+        "architecture": cfg.architecture,
+        "activation_fn_str": "topk" if k is not None else cfg.architecture,
+        "activation_fn_kwargs": {"k": k} if k is not None else {},
+        "apply_b_dec_to_input": cfg.pre_subtract_b_dec,
+        "normalize_activations": "none",
+        "hook_name": cfg.hook_name,
+        "model_name": cfg.model_name,
+        "dtype": str(sae.dtype).removeprefix("torch."),
+        "device": str(sae.device),
+    }
+    meta.update(asdict(cfg))  # ours: every field of the architecture's config
+    meta["saelab_version"] = _version()
+    if extra:
+        meta["extra"] = extra
+    text = json.dumps(meta, indent=2, default=str) + "\n"
+    tensors = {name: p.detach().contiguous().cpu() for name, p in sae.state_dict().items()}
+    _atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp))
+    _atomic_write(path / CFG_FILE, lambda tmp: Path(tmp).write_text(text))
+    return path
+
+
+def load_sae(
+    path: str | os.PathLike, d_in: int | None = None, device: str | torch.device | None = None
+) -> SAE:
+    """Load an SAE written by `save_sae`; `d_in` (if given) must match the site's width.
+
+    The architecture's class is looked up by name and its full state (parameters and buffers)
+    is loaded strictly: a missing, extra or misshapen tensor is an error. Returned in eval mode.
+    """
+    path = Path(path)
+    cfg_path, weights_path = path / CFG_FILE, path / WEIGHTS_FILE
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"no SAE config at {cfg_path}")
+    try:
+        meta = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"SAE config {cfg_path} is not valid JSON: {e}") from e
+    if not isinstance(meta, dict):
+        raise ValueError(f"SAE config {cfg_path} must hold a JSON object")
+    for name in ("d_in", "d_sae", "architecture"):
+        if name not in meta:
+            raise ValueError(f"SAE config {cfg_path} lacks the required field {name!r}")
+    if meta.get("k") is None and isinstance(meta.get("activation_fn_kwargs"), dict):
+        meta["k"] = meta["activation_fn_kwargs"].get("k")  # a SAELens-only config
+    try:
+        cfg = SAEConfig.from_dict(meta)
+    except ValueError as e:
+        raise ValueError(f"SAE config {cfg_path}: {e}") from e
+    if d_in is not None and cfg.d_in != d_in:
+        raise ValueError(f"SAE at {path} has d_in={cfg.d_in} but the site has d_in={d_in}")
+
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"no SAE weights at {weights_path}")
+    try:
+        tensors = load_file(weights_path)
+    except Exception as e:  # safetensors raises its own error type on a truncated/corrupt file
+        raise ValueError(
+            f"cannot read SAE weights {weights_path} (truncated or corrupt?): {e}"
+        ) from e
+    with torch.random.fork_rng(devices=[]):  # building the module must not move the global RNG
+        sae = SAE(cfg)
+    expected = {name: tuple(t.shape) for name, t in sae.state_dict().items()}
+    if set(tensors) != set(expected):
+        raise ValueError(
+            f"SAE weights {weights_path} hold tensors {sorted(tensors)}, "
+            f"expected {sorted(expected)} for architecture={cfg.architecture!r}"
+        )
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            raise ValueError(
+                f"SAE weights {weights_path}: {name} has shape {tuple(tensors[name].shape)}, "
+                f"expected {shape} from the config"
+            )
+    sae = sae.to(dtype=tensors["W_enc"].dtype)
+    sae.load_state_dict(tensors, strict=True)
+    sae.eval()
+    return sae.to(device) if device is not None else sae

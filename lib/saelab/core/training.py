@@ -1,0 +1,573 @@
+"""Training SAEs on a frozen model: one config, one step function, a loop read top to bottom.
+
+A step is one clean pass and, for objectives that splice the SAE in, one spliced pass through
+nnsight (`saelab.core.passes`). The loss is the sum of weighted named terms: the objective's
+(`saelab.core.objectives`: MSE, KL, downstream MSE) and each SAE's own (`SAE.loss_terms`:
+sparsity, AuxK, L0). ARCHITECTURE.md draws the data flow of a step.
+
+    cfg = TrainConfig(sites=("resid_pre.3",), sae=SAEConfig(architecture="topk", k=16), loss="e2e")
+    run = train(lm, data, cfg, "outputs/x")
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from saelab.core import losses
+from saelab.core.cache import ActivationCache, evaluate_cached
+from saelab.core.models import Site, model_info, parse_site, sort_sites
+from saelab.core.objectives import OBJECTIVES, Objective, objective
+from saelab.core.passes import Clean, clean_pass, spliced_pass
+from saelab.core.sae import SAE, SAEConfig, architectures, check_number, is_int, save_sae
+
+LOSSES = tuple(OBJECTIVES)
+
+
+def _sae_field_names() -> set[str]:
+    """Every field of every registered architecture's config."""
+    from saelab.core.sae import architecture
+
+    return {f.name for a in architectures() for f in fields(architecture(a).cfg_class)}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run; validated on construction.
+
+    `sae` is the SAE's config (`SAEConfig(architecture=..., ...)`, a dict of its fields, or an
+    architecture name for its defaults); its `d_in` / `d_sae` are filled in per site. The
+    pre-nesting flat form (`sae="topk", k=16, dict_ratio=8, ...`) is accepted by `from_dict`.
+    """
+
+    sites: tuple[str, ...] = ("resid_pre.3",)  # one or several sites (a str is accepted)
+    sae: SAEConfig = field(default_factory=lambda: SAEConfig(architecture="relu"))
+    loss: str = "local"  # an objective: local | e2e | e2e+ds
+    kl_coeff: float = 1.0  # e2e and e2e+ds
+    ds_coeff: float = 0.0  # e2e+ds: weight of the mean downstream-layer MSE
+    dead_tokens: int = 200_000  # a latent is dead after this many tokens without firing
+    lr: float = 1e-3
+    warmup: int = 50  # steps
+    min_lr_frac: float = 0.1  # cosine decay ends at min_lr_frac * lr
+    grad_clip: float = 10.0
+    batch_size: int = 32
+    n_tokens: int = 1_000_000  # training tokens (n_steps = n_tokens // (batch_size * n_ctx))
+    log_every: int = 10  # steps
+    eval_every: int = 0  # steps between evaluations (0: only at the end)
+    eval_tokens: int = 32_768
+    checkpoint_every: int = 100  # steps
+    seed: int = 0
+
+    def __new__(cls, *args, **kwargs):
+        moved = sorted(set(kwargs) - {f.name for f in fields(cls)} & _sae_field_names())
+        if moved:
+            sae = kwargs.get("sae", "relu")
+            name = sae if isinstance(sae, str) else getattr(sae, "architecture", "...")
+            inner = ", ".join(f"{m}=..." for m in moved)
+            raise TypeError(
+                f"TrainConfig({moved[0]}=...) is an SAE field now: write "
+                f"TrainConfig(sae=SAEConfig(architecture={name!r}, {inner}), ...); "
+                "TrainConfig.from_dict still reads the flat form"
+            )
+        return object.__new__(cls)
+
+    def __post_init__(self):
+        if isinstance(self.sites, str):
+            object.__setattr__(self, "sites", (self.sites,))
+        object.__setattr__(self, "sites", tuple(str(parse_site(s)) for s in self.sites))
+        if not self.sites:
+            raise ValueError("sites is empty; give at least one site such as 'resid_pre.3'")
+        sae = self.sae
+        if isinstance(sae, str):
+            sae = SAEConfig(architecture=sae)
+        elif isinstance(sae, dict):
+            sae = SAEConfig(**sae)
+        elif not isinstance(sae, SAEConfig):
+            raise ValueError(f"sae={sae!r} must be an SAEConfig, a dict of its fields or a name")
+        object.__setattr__(self, "sae", sae)
+        if self.loss not in OBJECTIVES:
+            raise ValueError(f"loss={self.loss!r} is not valid; choose one of {list(OBJECTIVES)}")
+        for name in ("batch_size", "n_tokens", "log_every"):
+            value = getattr(self, name)
+            if not is_int(value) or value < 1:
+                raise ValueError(f"{name}={value!r} must be an int > 0")
+        for name in ("dead_tokens", "warmup", "eval_every", "eval_tokens", "checkpoint_every",
+                     "seed"):  # fmt: skip
+            value = getattr(self, name)
+            if not is_int(value) or value < 0:
+                raise ValueError(f"{name}={value!r} must be an int >= 0")
+        check_number("lr", self.lr, 0.0, inclusive=False)
+        for name in ("kl_coeff", "ds_coeff", "grad_clip"):
+            check_number(name, getattr(self, name))
+        self.objective  # noqa: B018  (the objective checks its own coefficients)
+        check_number("min_lr_frac", self.min_lr_frac)
+        if self.min_lr_frac > 1:
+            raise ValueError(f"min_lr_frac must be in [0, 1], got {self.min_lr_frac}")
+
+    @property
+    def objective(self) -> Objective:
+        """The training objective named by `loss`, with its coefficients."""
+        return objective(self.loss, kl_coeff=self.kl_coeff, ds_coeff=self.ds_coeff)
+
+    def sae_config(self, site: str, d_in: int, model_name: str = "") -> SAEConfig:
+        """The SAEConfig of the SAE at `site` for a model of width `d_in`."""
+        try:
+            return self.sae.for_site(d_in, site, parse_site(site).hook_name, model_name)
+        except ValueError as e:
+            raise ValueError(f"{e} (dict_ratio {self.sae.dict_ratio} x {d_in})") from e
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        """A config from a dict: the nested form (`"sae": {...}`) or the flat pre-nesting one.
+
+        In the flat form (`{"sae": "topk", "k": 16, "dict_ratio": 8, ...}`, as old presets,
+        `train_config.json` files and checkpoints hold) the SAE's fields are gathered into
+        `sae`; fields that the architecture does not have (a relu run's `k: null`) are dropped.
+        """
+        d = dict(d)
+        known = {f.name for f in fields(cls)}
+        sae_fields = _sae_field_names()
+        unknown = set(d) - known - sae_fields
+        if unknown:
+            raise ValueError(
+                f"unknown TrainConfig fields {sorted(unknown)}; known: {sorted(known)}, and the "
+                f"SAE's (under 'sae'): {sorted(sae_fields)}"
+            )
+        flat = {k: d.pop(k) for k in list(d) if k not in known}
+        if flat or isinstance(d.get("sae", "relu"), str):
+            from saelab.core.sae import architecture
+
+            name = d.get("sae", "relu")
+            own = {f.name for f in fields(architecture(name).cfg_class)}
+            d["sae"] = SAEConfig(architecture=name, **{k: v for k, v in flat.items() if k in own})
+        return cls(**d)
+
+
+def lr_at(step: int, total: int, lr: float, warmup: int, min_frac: float) -> float:
+    """Linear warmup over `warmup` steps, then cosine decay to `min_frac * lr` at `total`."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    t = min(1.0, (step - warmup) / max(1, total - warmup))
+    return lr * (min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+@dataclass
+class Run:
+    """A finished (or resumed) run: its SAEs by site name, its log, and where it lives."""
+
+    saes: dict[str, SAE]
+    log: list[dict] = field(default_factory=list)
+    out_dir: Path | None = None
+    cfg: TrainConfig | None = None
+
+    @property
+    def sae(self) -> SAE:
+        """The SAE of a single-site run."""
+        if len(self.saes) != 1:
+            raise ValueError(f"run has {len(self.saes)} SAEs ({list(self.saes)}); use run.saes")
+        return next(iter(self.saes.values()))
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training produced a NaN/inf loss; the last good checkpoint is kept."""
+
+
+# --- one step ------------------------------------------------------------------------------------
+
+
+def train_step(
+    lm,
+    tokens: torch.Tensor | None,
+    saes: dict[Site, SAE],
+    cfg: TrainConfig,
+    dead,
+    acts: dict[Site, torch.Tensor] | None = None,
+):
+    """One step's loss and its parts for `tokens [B, T]`; `dead` maps site -> bool mask [d_sae].
+
+    `acts` (site -> `[B, T, d_in]`, from an activation cache) replaces the clean pass of an
+    objective that needs no model; `tokens` and `lm` are then unused. Returns (loss, logs, outs):
+    the weighted sum of every term, `{name: unweighted value}` plus each site's `mse` and `l0`,
+    and site -> ForwardOutput.
+    """
+    sites = sort_sites(list(saes))
+    obj = cfg.objective
+    later = obj.later(lm, sites) if obj.spliced else []
+    if acts is not None:
+        clean = Clean(acts, None, None, [])
+    else:
+        grads = any(saes[s].needs_grad for s in sites)
+        clean = clean_pass(lm, tokens, sites, later, logits=obj.needs_logits, grads=grads)
+    grad = clean.grads or {}
+    if obj.spliced:
+        spliced = spliced_pass(lm, tokens, saes, clean, later)
+        outs = spliced.outs
+    else:
+        spliced = None
+        outs = {s: saes[s](clean.acts[s], grad=grad.get(s)) for s in sites}
+    terms = obj.terms(clean, spliced, outs, sites)
+    tag = (lambda s: "") if len(sites) == 1 else (lambda s: f"{s}/")
+    for s in sites:
+        own = saes[s].loss_terms(clean.acts[s], outs[s], dead[s])
+        terms |= {f"{tag(s)}{name}": term for name, term in own.items()}
+    loss = torch.zeros(())
+    for coeff, value in terms.values():
+        loss = loss + coeff * value
+    logs = {name: value.item() for name, (_, value) in terms.items()}
+    for s in sites:
+        out, x = outs[s], clean.acts[s]
+        if f"{tag(s)}mse" not in logs:
+            logs[f"{tag(s)}mse"] = losses.mse_loss(out.x_hat, x).item()
+        logs[f"{tag(s)}l0"] = (out.c != 0).float().sum(-1).mean().item()
+    return loss, logs, outs
+
+
+# --- the state of a run, its checkpoint and its log ----------------------------------------------
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds: the SAEs, Adam, steps taken, the log, tokens since each fired."""
+
+    saes: dict[Site, SAE]
+    opt: torch.optim.Optimizer
+    since_fire: dict[Site, torch.Tensor]
+    step: int = 0
+    log: list[dict] = field(default_factory=list)
+
+    @property
+    def params(self) -> list[torch.nn.Parameter]:
+        return [p for sae in self.saes.values() for p in sae.parameters()]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be resumed from (corrupt, truncated, or from another config)."""
+
+
+CKPT_KEYS = ("cfg", "step", "log", "saes", "opt", "since_fire")
+
+
+def _atomic_save(obj, path: Path) -> None:
+    """torch.save to a temp file beside `path`, then rename: `path` is always a whole file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint intact
+
+
+def save_checkpoint(path: Path, state: TrainState, cfg: TrainConfig) -> None:
+    """Write `state` to `path` atomically."""
+    _atomic_save(
+        dict(
+            cfg=asdict(cfg),
+            step=state.step,
+            log=state.log,
+            saes={str(s): sae.state_dict() for s, sae in state.saes.items()},
+            opt=state.opt.state_dict(),
+            since_fire={str(s): v for s, v in state.since_fire.items()},
+        ),
+        path,
+    )
+
+
+def _as_config_dict(d: dict) -> dict:
+    """A checkpoint's config in today's nested form (old checkpoints hold the flat one)."""
+    try:
+        return asdict(TrainConfig.from_dict(d))
+    except (TypeError, ValueError):
+        return d
+
+
+def load_checkpoint(path: Path, cfg: TrainConfig, sites) -> dict:
+    """Read and check a training checkpoint; a bad one is an error and stays on disk untouched.
+
+    Never starts over silently: a truncated file (a disk filled up, a copy cut short) would
+    otherwise throw away the run it belongs to. Tensors load on the CPU; `load_state_dict`
+    copies them to the SAEs' device (and keeps Adam's step counts on the CPU, where it wants them).
+    """
+    hint = "it was left in place; move it away (or pass resume=False) to start the run over"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError/EOFError/UnpicklingError by damage type
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {e}); {hint}"
+        ) from e
+    missing = [k for k in CKPT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {missing}, so it is not a training "
+                              f"checkpoint or is damaged; {hint}")  # fmt: skip
+    then, now = _as_config_dict(state["cfg"]), asdict(cfg)
+    if then != now:
+        diff = {k: (then.get(k), v) for k, v in now.items() if then.get(k) != v}
+        raise CheckpointError(
+            f"{path} was written by a different TrainConfig; refusing to resume. "
+            f"Differences (checkpoint, now): {diff}"
+        )
+    names = {str(s) for s in sites}
+    if set(state["saes"]) != names or set(state["since_fire"]) != names:
+        raise CheckpointError(f"checkpoint {path} holds sites {sorted(state['saes'])}, "
+                              f"expected {sorted(names)}; {hint}")  # fmt: skip
+    return state
+
+
+def restore(state: TrainState, saved: dict) -> None:
+    """Load a checked checkpoint (`load_checkpoint`) into `state`."""
+    for s, sae in state.saes.items():
+        sae.load_state_dict(saved["saes"][str(s)])
+    state.opt.load_state_dict(saved["opt"])
+    device = next(iter(state.saes.values())).device
+    state.since_fire = {s: saved["since_fire"][str(s)].to(device) for s in state.saes}
+    state.step, state.log = saved["step"], saved["log"]
+
+
+def start_files(out: Path, cfg: TrainConfig, log: list[dict]) -> None:
+    """Create `out/` with `train_config.json` and a `metrics.jsonl` holding `log`."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    # a fresh run starts a fresh log; a resumed one drops the lines the stopped run wrote
+    # after its checkpoint, and the temp file of a checkpoint write it was killed in
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    for tmp in out.glob(".checkpoint.pt.tmp*"):
+        tmp.unlink()
+
+
+def write_log(state: TrainState, rec: dict, out: Path | None) -> None:
+    """Append `rec` to the run's log, and to `out/metrics.jsonl` when `out` is given."""
+    state.log.append(rec)
+    if out is not None:
+        with open(out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+
+def evaluate_run(lm, state: TrainState, data, cfg: TrainConfig) -> dict:
+    """An eval record of the run's SAEs: `saelab.core.metrics.evaluate`, or SAE-only on a cache."""
+    from saelab.core.metrics import evaluate
+
+    named = {str(s): v for s, v in state.saes.items()}
+    if lm is None:
+        rep = evaluate_cached(named, data, cfg.eval_tokens, cfg.batch_size)
+    else:
+        rep = evaluate(lm, named, data, n_tokens=cfg.eval_tokens, batch_size=cfg.batch_size)
+    return {"step": state.step, "kind": "eval", **rep}
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+
+def new_state(cfg: TrainConfig, sites: list[Site], facts: dict) -> TrainState:
+    """Seeded SAEs (one per site), Adam over all their parameters, nothing fired yet."""
+    torch.manual_seed(cfg.seed)
+    # Built on the CPU from the seeded CPU generator, then moved: the same init on every device.
+    device = facts["device"]
+    saes = {s: SAE(cfg.sae_config(str(s), facts["d_in"], facts["model_name"])).to(device)
+            for s in sites}  # fmt: skip
+    params = [p for sae in saes.values() for p in sae.parameters()]
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    since_fire = {s: torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=device)
+                  for s, sae in saes.items()}  # fmt: skip
+    return TrainState(saes, opt, since_fire)
+
+
+def optimise(lm, batch, state: TrainState, cfg: TrainConfig, lr: float, cache, w, ckpt) -> dict:
+    """One optimiser step on `batch` (tokens `[B, T]`, or cached activations `[B, T, d_in]`).
+
+    Returns the step's log values (loss first), equal on every rank. A non-finite loss stops the
+    run before the step is taken (`NonFiniteLoss`).
+    """
+    from saelab.core import distributed as dd
+
+    saes, sites, params = state.saes, list(state.saes), state.params
+    for g in state.opt.param_groups:
+        g["lr"] = lr
+    dead = {s: v >= cfg.dead_tokens for s, v in state.since_fire.items()}
+    if cache is not None:
+        acts = {sites[0]: batch.float()}  # fp16 caches train in fp32
+        loss, logs, outs = train_step(lm, None, saes, cfg, dead, acts=acts)
+    else:
+        loss, logs, outs = train_step(lm, batch, saes, cfg, dead)
+    state.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    fired = [(outs[s].c.detach() != 0).flatten(0, -2).any(0) for s in sites]
+    scalars = torch.tensor([loss.item(), *logs.values()], dtype=torch.float64)
+    scalars, fired = dd.sync_step(params, scalars, fired, w)  # one all-reduce (distributed)
+    if not math.isfinite(float(scalars[0])):  # the same decision on every rank
+        where = f"{ckpt} (step {_ckpt_step(ckpt)})" if ckpt and ckpt.exists() else "none"
+        raise NonFiniteLoss(
+            f"loss is {float(scalars[0])} at step {state.step}; stopped. Last good checkpoint: "
+            f"{where}"
+        )
+    for sae in saes.values():
+        sae.before_step_()
+    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+    state.opt.step()
+    n_tok = batch.shape[0] * batch.shape[1] * w.size  # global tokens this step
+    for s, f in zip(sites, fired, strict=True):
+        saes[s].after_step_(outs[s])
+        state.since_fire[s] = torch.where(f, 0, state.since_fire[s] + n_tok)
+    return {"loss": float(scalars[0])} | dict(zip(logs, scalars[1:].tolist(), strict=True))
+
+
+def train(
+    lm,
+    data,
+    cfg: TrainConfig,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    eval_data=None,
+    progress: bool = True,
+) -> Run:
+    """Train one SAE per site of `cfg` on `data` through the frozen `lm`; tokens `[B, n_ctx]`.
+
+    `data` is a TokenDataset, or an `ActivationCache` (`saelab.core.cache`: SAEs whose objective
+    needs no model, from stored activations `[B, n_ctx, d_in]`, same row order, same result; `lm`
+    may then be None and the evaluation reports only the SAE's own metrics). SAEs live on the
+    model's device. Writes `out_dir/{metrics.jsonl, checkpoint.pt, train_config.json,
+    saes/<site>/}`. With `resume=True` it continues from `out_dir/checkpoint.pt` and ends where
+    an uninterrupted run would. Evaluations (`saelab.core.metrics.evaluate`) use `eval_data`
+    (default: `data`, or a cache's tokens). Under torch.distributed (`saelab.core.distributed`)
+    each rank trains on its slice of every global batch of `cfg.batch_size` rows and only rank 0
+    writes. The returned SAEs are in eval mode.
+    """
+    # imported here, not at the top, so `python -m saelab.core.distributed` runs a fresh module
+    from saelab.core import distributed as dd
+
+    # 1. check everything before anything is written
+    w = dd.world()
+    facts = _facts(lm, data, cfg)
+    cache = data if isinstance(data, ActivationCache) else None
+    sites = sort_sites([parse_site(s, facts["n_layers"]) for s in cfg.sites])
+    n_steps = _n_steps(cfg, data, facts)
+    dd.check_batch(cfg.batch_size, w)
+    if lm is not None and cfg.objective.spliced:
+        cfg.objective.later(lm, sites)  # e.g. e2e+ds with no later layer: refused now
+    if eval_data is None:
+        eval_data = cache.token_dataset() if cache is not None and lm is not None else data
+
+    # 2. the state: fresh and seeded, or resumed from the checkpoint
+    state = new_state(cfg, sites, facts)
+    dd.broadcast_params(state.params, w)
+    out = Path(out_dir) if out_dir is not None else None
+    ckpt = out / "checkpoint.pt" if out is not None else None
+    if resume and ckpt is not None and ckpt.exists():
+        restore(state, load_checkpoint(ckpt, cfg, sites))
+    dd.check_same_step(state.step, facts["device"], w)
+    writes = out is not None and w.main
+    log_to = out if writes else None
+    if writes:
+        start_files(out, cfg, state.log)
+
+    # 3. the loop
+    for sae in state.saes.values():
+        sae.train()
+    desc = f"{cfg.loss}/{cfg.sae.architecture}"
+    bar = tqdm(total=n_steps, initial=state.step, desc=desc, disable=not (progress and w.main))
+    batches = _batches(data, cfg, start=state.step)
+    t0, step0 = time.time(), state.step
+    while state.step < n_steps:
+        batch = dd.shard(next(batches), w).to(facts["device"])
+        lr = lr_at(state.step, n_steps, cfg.lr, cfg.warmup, cfg.min_lr_frac)
+        try:
+            logs = optimise(lm, batch, state, cfg, lr, cache, w, ckpt)
+        except NonFiniteLoss:
+            bar.close()
+            raise
+        state.step += 1
+        bar.update()
+        if state.step % cfg.log_every == 0 or state.step == n_steps:
+            n_tok = batch.shape[0] * batch.shape[1] * w.size
+            tps = (state.step - step0) * n_tok / (time.time() - t0 + 1e-9)
+            rec = {"step": state.step, "kind": "train", "loss": logs.pop("loss"), "lr": lr}
+            write_log(state, rec | logs | {"tokens_per_s": tps}, log_to)
+            bar.set_postfix(
+                {k: f"{v:.3g}" for k, v in logs.items() if "l0" in k or k in ("kl", "mse")}
+            )
+        if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < n_steps:
+            write_log(state, _evaluate(lm, state, cache, eval_data, cfg), log_to)
+        if (
+            ckpt is not None
+            and w.main
+            and cfg.checkpoint_every
+            and (state.step % cfg.checkpoint_every == 0)
+        ):
+            save_checkpoint(ckpt, state, cfg)
+    bar.close()
+
+    # 4. the final evaluation, checkpoint and SAEs
+    if not state.log or state.log[-1].get("kind") != "eval" or state.log[-1]["step"] != state.step:
+        write_log(state, _evaluate(lm, state, cache, eval_data, cfg), log_to)
+    if ckpt is not None and w.main:
+        save_checkpoint(ckpt, state, cfg)
+    if writes:
+        for s, sae in state.saes.items():
+            save_sae(sae, out / "saes" / str(s), extra={"train_config": asdict(cfg)})
+    dd.barrier(w)  # no rank returns (and tears the group down) before rank 0 has written
+    for sae in state.saes.values():
+        sae.eval()
+    return Run({str(s): sae for s, sae in state.saes.items()}, state.log, out, cfg)
+
+
+def _evaluate(lm, state: TrainState, cache, eval_data, cfg: TrainConfig) -> dict:
+    return evaluate_run(lm, state, cache if lm is None else eval_data, cfg)
+
+
+def _n_steps(cfg: TrainConfig, data, facts: dict) -> int:
+    """Optimiser steps of the run; refuses data that cannot fill one batch."""
+    if data.n_ctx > facts["n_ctx"]:
+        raise ValueError(f"data n_ctx={data.n_ctx} exceeds the model's {facts['n_ctx']} positions")
+    n_steps = cfg.n_tokens // (cfg.batch_size * data.n_ctx)
+    if n_steps < 1:
+        raise ValueError(
+            f"n_tokens={cfg.n_tokens} is less than one batch ({cfg.batch_size} x {data.n_ctx})"
+        )
+    if len(data) < cfg.batch_size:
+        raise ValueError(
+            f"dataset {data.source!r} has {len(data)} rows of {data.n_ctx} tokens, fewer than one "
+            f"batch of {cfg.batch_size}; give more tokens or a smaller batch_size"
+        )
+    return n_steps
+
+
+def _facts(lm, data, cfg: TrainConfig) -> dict:
+    """d_in, n_layers, the model's positions, model name and device, from `lm` or a cache."""
+    cache = data if isinstance(data, ActivationCache) else None
+    if cache is not None:
+        cache.check_training(cfg, lm)
+    if lm is None:
+        if cache is None:
+            raise ValueError("lm is None: only an activation cache (saelab.core.cache) trains "
+                             "without the model; pass the model to train on tokens")  # fmt: skip
+        m = cache.manifest
+        return dict(d_in=m["d_in"], n_layers=m["n_layers"], n_ctx=m["model_n_ctx"],
+                    model_name=m["model"], device=torch.device("cpu"))  # fmt: skip
+    info = model_info(lm)
+    name = getattr(lm.config, "_name_or_path", "") or info["model_type"]
+    return dict(d_in=info["d_model"], n_layers=info["n_layers"], n_ctx=info["n_ctx"],
+                model_name=name, device=torch.device(lm.device))  # fmt: skip
+
+
+def _ckpt_step(path: Path) -> int | str:
+    try:
+        return torch.load(path, weights_only=False)["step"]
+    except Exception:  # a report, not a load: never mask the original error
+        return "?"
+
+
+def _batches(data, cfg: TrainConfig, start: int = 0):
+    """Endless shuffled global batches (a new seeded order each epoch), skipping `start`.
+
+    Works on a TokenDataset (tokens `[B, T]`) and an ActivationCache (activations `[B, T, d]`),
+    which share the row order, so cached and live training see the same rows at every step.
+    """
+    epoch, i = 0, 0
+    while True:
+        for b in data.batches(cfg.batch_size, shuffle=True, seed=cfg.seed + epoch):
+            if i >= start:
+                yield b
+            i += 1
+        epoch += 1

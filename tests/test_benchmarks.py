@@ -1,0 +1,35 @@
+"""Every benchmark script runs (one step, tiny batch), so a rename never breaks one unnoticed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_benchmark_script_has_a_smoke_test():
+    assert {p.stem for p in BENCH.glob("*.py")} == {"throughput"}  # add new scripts below
+
+
+@pytest.mark.slow
+def test_throughput_runs_every_architecture_and_objective_for_one_step(tmp_path):
+    import saelab as sl
+
+    out = tmp_path / "t.json"
+    args = "--steps 1 --warmup-steps 0 --batch-size 2 --n-ctx 16 --threads 1 --out".split()
+    rows = _load("throughput").main([*args, str(out)])
+    combos = {(r["arch"], r["loss"]) for r in rows}
+    assert combos == {(a, o) for a in sl.architectures() for o in sl.OBJECTIVES}
+    assert all(r["tok_s"] > 0 and r["first_loss"] == r["first_loss"] for r in rows)
+    assert json.loads(out.read_text())["rows"] == rows
