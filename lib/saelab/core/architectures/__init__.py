@@ -8,3 +8,4 @@ ARCHITECTURE.md §3 has the math of each; adding one is a new file with a config
 from saelab.core.architectures import relu
 from saelab.core.architectures import topk
 from saelab.core.architectures import gtopk
+from saelab.core.architectures import batchtopk

@@ -1,0 +1,101 @@
+"""BatchTopK SAE (Bussmann et al. 2024, arXiv 2412.06410): TopK over the whole batch.
+
+    training:   the k * N largest pre-activations of the batch's N tokens keep ReLU(z), so the
+                mean L0 is k but each token gets as many latents as it needs
+    inference:  c = ReLU(z) * 1[z > theta], one global threshold theta, estimated during training
+                as a running mean (decay `threshold_decay`) of the smallest positive activation
+                that the batch selection kept (Bussmann et al. 2024 §3). That minimum is the
+                (k * N)-th largest activation of the batch, a quantile of thousands of values
+                and stable from batch to batch, so a short horizon (0.9, ~10 steps) lets theta
+                follow the encoder as it trains. dictionary_learning's 0.999 keeps the untrained
+                encoder's value for ~1000 steps: after a 97-step storyworld run its theta was
+                1.19 and the eval L0 0.3 instead of 16 (LOG.md, 2026-12-01).
+    own loss term: AuxK, as TopK
+
+With `beta > 0` the selection is gradient-informed as in the g-SAE (Olmo et al. 2024 §3): the
+batch's k * N largest scores `s = z + beta z |g_hat D^T|` are kept, and theta is a threshold on s.
+`self.training` picks the rule: `saelab.train` trains in train mode; `load_sae`, `train`'s result
+and `evaluate` use eval mode. Before any estimate (theta < 0) eval mode falls back to the batch
+rule.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from saelab.core.architectures.gtopk import GradientSelection, gradient_scores
+from saelab.core.architectures.topk import TopKConfig, TopKSAE
+from saelab.core.sae import ForwardOutput, check_number, register
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchTopKConfig(GradientSelection, TopKConfig):
+    """BatchTopK: mean L0 `k` over the batch; beta > 0 makes the selection gradient-informed."""
+
+    architecture: str = "batchtopk"
+    beta: float = 0.0  # 0: plain BatchTopK (no dL/dx needed)
+    threshold_decay: float = 0.9  # running mean of the inference threshold (see the module doc)
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.check_selection()
+        check_number("threshold_decay", self.threshold_decay)
+        if self.threshold_decay >= 1:
+            raise ValueError(f"threshold_decay={self.threshold_decay!r} must be in [0, 1)")
+
+    @property
+    def needs_grad(self) -> bool:
+        return self.beta > 0
+
+
+@register
+class BatchTopKSAE(TopKSAE):
+    """Top `k * N` activations over a batch of N tokens; a global threshold at inference."""
+
+    cfg_class = BatchTopKConfig
+
+    def __init__(self, cfg: BatchTopKConfig):
+        super().__init__(cfg)
+        # theta < 0: not estimated yet. A buffer, so it is saved, loaded and moved with the SAE.
+        self.register_buffer("threshold", torch.tensor(-1.0))
+        self._batch_min: Tensor | None = None  # the last training batch's smallest kept value
+
+    def select_and_carry(self, pre: Tensor, grad: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The selection score `[..., d_sae]` and the value a selected latent carries."""
+        if grad is None:
+            return pre, pre
+        cfg = self.cfg
+        s = gradient_scores(pre, grad, self.decoder_directions(), cfg.beta, cfg.grad_norm)
+        return s, (pre if cfg.value_mode == "plain" else s)
+
+    def activation(self, pre: Tensor, grad: Tensor | None) -> Tensor:
+        """Batch selection in train mode (or before theta exists); the threshold otherwise."""
+        select, carrier = self.select_and_carry(pre, grad)
+        if not self.training and self.threshold >= 0:
+            return F.relu(carrier) * (select > self.threshold)
+        flat_s, flat_c = select.reshape(-1), carrier.reshape(-1)
+        n_keep = min(self.cfg.k * (flat_s.numel() // pre.shape[-1]), flat_s.numel())
+        idx = flat_s.topk(n_keep, sorted=False).indices
+        kept = F.relu(flat_c.gather(0, idx))
+        if self.training:  # the candidate for theta: the smallest kept value that fired
+            fired = kept > 0
+            self._batch_min = flat_s.gather(0, idx)[fired].min().detach() if fired.any() else None
+        return torch.zeros_like(flat_c).scatter(0, idx, kept).view_as(pre)
+
+    @torch.no_grad()
+    def after_step_(self, out: ForwardOutput) -> None:
+        """Renormalise the decoder and fold the batch's smallest kept value into theta."""
+        super().after_step_(out)
+        m = self._batch_min
+        if m is None:
+            return
+        if self.threshold < 0:
+            self.threshold.copy_(m)
+        else:
+            d = self.cfg.threshold_decay
+            self.threshold.mul_(d).add_((1 - d) * m)
+        self._batch_min = None
