@@ -9,3 +9,4 @@ from saelab.core.architectures import relu
 from saelab.core.architectures import topk
 from saelab.core.architectures import gtopk
 from saelab.core.architectures import batchtopk
+from saelab.core.architectures import jumprelu
