@@ -20,7 +20,10 @@
 #
 # We sweep the sparsity coefficient of the three ReLU SAE losses and k for the two TopK SAEs,
 # evaluate every SAE on the same held-out tokens, and read both comparisons off the sweep.
-# If storyworld does not reproduce a direction, the tables below say so.
+# If storyworld does not reproduce a direction, the tables below say so. Two more architectures
+# that SAE users expect sit beside them as extra curves, trained locally: BatchTopK (Bussmann et
+# al. 2024; k over the batch, a global threshold at inference) and JumpReLU (Rajamanoharan et al.
+# 2024; a learned threshold per latent and an L0 penalty), both described in ARCHITECTURE.md.
 
 # %% tags=["parameters"]
 model: str = "storyworld"  # frozen model: "storyworld", "gpt2", or a local HF directory
@@ -39,6 +42,10 @@ ks: list = [8, 32]  # k values of the TopK and g-SAE runs
 topk_dict_ratio: float = 32.0  # TopK / g-SAE latents per model dimension
 topk_lr: float = 0.004  # peak learning rate of the TopK / g-SAE runs
 beta: float = 1.0  # g-SAE gradient weight
+batchtopk_ks: list = [8, 32]  # k values of the BatchTopK runs (mean L0 over the batch)
+jumprelu_l0_coeffs: list = [10.0, 100.0]  # lambda values of the JumpReLU runs (L0 penalty / d_in)
+jumprelu_threshold_init: float = 0.001  # JumpReLU initial threshold (Rajamanoharan et al.)
+sae_options: dict = {}  # extra SAEConfig fields per method, e.g. {"topk": {"k_aux": 64}}
 eval_tokens: int = 16_384  # held-out validation tokens for every evaluation
 seed: int = 0  # SAE init and data order
 out_dir: str = "outputs/05_pareto/scratch"  # run folder (set by saelab.runs)
@@ -49,9 +56,10 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from IPython.display import display
 
 import saelab as sl
-from saelab import compare
+from saelab.studies import compare
 
 out = Path(out_dir)
 (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -61,7 +69,7 @@ train_data = sl.token_dataset(dataset, lm.tokenizer, n_ctx, split="train", n_tok
 val = sl.token_dataset(dataset, lm.tokenizer, n_ctx, split="validation", n_tokens=eval_tokens)
 common = dict(sites=(site,), dict_ratio=dict_ratio, n_tokens=n_tokens, batch_size=batch_size,
               lr=lr, eval_tokens=eval_tokens, seed=seed)  # fmt: skip
-common["dead_tokens"] = max(n_tokens // 4, 1)  # "dead" scaled to the run (DESIGN section 3)
+common["dead_tokens"] = max(n_tokens // 4, 1)  # "dead" scaled to the run (ARCHITECTURE.md §3, AuxK)
 print(f"{model}: {sl.model_info(lm)}; {train_data.n_tokens:,} training tokens per SAE")
 
 # %% [markdown]
@@ -72,6 +80,7 @@ print(f"{model}: {sl.model_info(lm)}; {train_data.n_tokens:,} training tokens pe
 
 # %%
 topk = dict(dict_ratio=topk_dict_ratio, lr=topk_lr)
+jumprelu = dict(topk, threshold_init=jumprelu_threshold_init)
 runs = (
     [("local", dict(sae="relu", loss="local", sparsity=p)) for p in local_sparsity]
     + [("e2e", dict(sae="relu", loss="e2e", sparsity=p)) for p in e2e_sparsity]
@@ -79,11 +88,17 @@ runs = (
                        ds_coeff=ds_coeff)) for p in e2e_sparsity]
     + [("topk", dict(sae="topk", loss="local", k=k, **topk)) for k in ks]
     + [("gtopk", dict(sae="gtopk", loss="local", k=k, beta=beta, **topk)) for k in ks]
+    + [("batchtopk", dict(sae="batchtopk", loss="local", k=k, **topk)) for k in batchtopk_ks]
+    + [("jumprelu", dict(sae="jumprelu", loss="local", l0_coeff=c, **jumprelu))
+       for c in jumprelu_l0_coeffs]
 )  # fmt: skip
 rows = []
 for method, kw in runs:
-    cfg = sl.TrainConfig(**(common | kw))
-    name = f"{method}_" + "_".join(f"{k}={v}" for k, v in kw.items() if k in ("sparsity", "k"))
+    # one flat dict per run; from_dict gathers the SAE's fields into TrainConfig.sae
+    cfg = sl.TrainConfig.from_dict(common | kw | sae_options.get(method, {}))
+    name = f"{method}_" + "_".join(
+        f"{k}={v}" for k, v in kw.items() if k in ("sparsity", "k", "l0_coeff")
+    )
     t0 = time.time()
     run = sl.train(lm, train_data, cfg, out / "runs" / name, eval_data=val, progress=False)
     rep = run.log[-1]
@@ -103,6 +118,24 @@ df.to_csv(out / "sweep.csv", index=False)
 relu_methods = [m for m in ("local", "e2e", "e2e+ds") if m in set(df.method)]  # those swept
 if relu_methods:
     fig = compare.pareto_plot(df[df.method.isin(relu_methods)], path=out / "figures" / "pareto.png")
+
+# %% [markdown]
+# ### Every architecture trained locally
+#
+# The same axes for the five locally trained families: ReLU + L1 (`local`), TopK, g-SAE,
+# BatchTopK and JumpReLU. TopK-like SAEs fix L0 by construction (BatchTopK on average over the
+# batch); ReLU and JumpReLU reach it through their penalty.
+
+# %%
+arch_methods = [
+    m for m in ("local", "topk", "gtopk", "batchtopk", "jumprelu") if m in set(df.method)
+]
+if arch_methods:
+    fig = compare.pareto_plot(df[df.method.isin(arch_methods)], xs=("l0",),
+                              path=out / "figures" / "pareto_architectures.png")  # fmt: skip
+    cols = ["method", "run", "l0", "alive", "ce_increase", "nmse"]
+    arch_table = df[df.method.isin(arch_methods)][cols].sort_values(["method", "l0"])
+    display(arch_table)
 
 # %% [markdown]
 # ## 3. At matched CE increase (Braun et al. Table 2)
