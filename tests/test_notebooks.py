@@ -25,7 +25,7 @@ SMOKE = {
     ),
     "05_pareto": dict(
         n_tokens=16 * 128 * 4, batch_size=16, local_sparsity=[1.0], e2e_sparsity=[1.0], ks=[8],
-        eval_tokens=4 * 128,
+        batchtopk_ks=[8], jumprelu_l0_coeffs=[10.0], eval_tokens=4 * 128,
     ),
     "06_feature_browser": dict(sae_run=PARETO, n_tokens=2048, n_latents=4, n_contexts=4),
     "07_geometry": dict(n_tokens=4096, batch_size=8, eval_tokens=512, n_boot=100, run_umap=False),
@@ -92,7 +92,7 @@ def test_notebook_runs_through_papermill(name, tmp_path, monkeypatch, request):
     monkeypatch.setenv("SAELAB_CACHE", str(tmp_path / "cache"))
     if name == "05_pareto":
         out = request.getfixturevalue("pareto_run")
-        assert len(list((out / "runs").glob("*/saes/*/sae.safetensors"))) == 5
+        assert len(list((out / "runs").glob("*/saes/*/sae.safetensors"))) == 7
         link = "../../10_downstream/smoke/notebook.ipynb"
         assert link in (out / "STUDIES.md").read_text() and (out / link).exists()
         study = json.loads((out / link).with_name("config.json").read_text())
