@@ -19,7 +19,7 @@ def _load(name: str):
 
 
 def test_every_benchmark_script_has_a_smoke_test():
-    assert {p.stem for p in BENCH.glob("*.py")} == {"throughput"}  # add new scripts below
+    assert {p.stem for p in BENCH.glob("*.py")} == {"throughput", "real_shapes"}  # below
 
 
 @pytest.mark.slow
@@ -32,4 +32,17 @@ def test_throughput_runs_every_architecture_and_objective_for_one_step(tmp_path)
     combos = {(r["arch"], r["loss"]) for r in rows}
     assert combos == {(a, o) for a in sl.architectures() for o in sl.OBJECTIVES}
     assert all(r["tok_s"] > 0 and r["first_loss"] == r["first_loss"] for r in rows)
+    assert json.loads(out.read_text())["rows"] == rows
+
+
+@pytest.mark.slow
+def test_real_shapes_runs_a_bare_and_an_sae_step(tmp_path):
+    out = tmp_path / "r.json"
+    args = ["--tiny", "--models", "llama", "--steps-to-run", "forward+backward,gtopk:e2e",
+            "--steps", "1", "--warmup-steps", "0", "--batch-size", "2", "--n-ctx", "8",
+            "--threads", "1", "--models-dir", str(tmp_path / "m"), "--out", str(out)]  # fmt: skip
+    rows = _load("real_shapes").main(args)
+    assert [r["step"] for r in rows] == ["forward+backward", "gtopk:e2e"]
+    assert all(r["s_step"] > 0 and r["peak_mib"] > 0 and r["vocab"] == 1000 for r in rows)
+    assert rows[1]["step_in_bare_fwd_bwd"] > 0
     assert json.loads(out.read_text())["rows"] == rows

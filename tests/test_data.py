@@ -34,10 +34,18 @@ def tok(small_tokenizer):
 
 
 def docs_of(ds: TokenDataset, bos: int) -> list[list[int]]:
-    """The token runs between BOS separators; the first and last may be cut by the rows."""
-    flat = ds.tokens.flatten().tolist()
+    """The token runs between BOS separators; the first and last may be cut by the rows.
+
+    Rows with a BOS of their own (`prepend_bos`) hold the stream from position 1 on.
+    """
+    flat = stream(ds).tolist()
     cuts = [i for i, t in enumerate(flat) if t == bos]
     return [flat[a + 1 : b] for a, b in zip(cuts, cuts[1:] + [len(flat)], strict=True)]
+
+
+def stream(ds: TokenDataset) -> torch.Tensor:
+    """The document stream the rows were cut from (each row's own BOS dropped)."""
+    return (ds.tokens[:, 1:] if ds.prepend_bos else ds.tokens).flatten()
 
 
 def cached_files(tmp_path) -> list:
@@ -49,7 +57,8 @@ def cached_files(tmp_path) -> list:
 
 def test_storyworld_tokens(tok, tmp_path):
     n_ctx, n_tokens = 64, 6000
-    ds = token_dataset("storyworld", tok, n_ctx, n_tokens=n_tokens)
+    # the stream itself (rows with a BOS each: tests/test_real_conventions.py)
+    ds = token_dataset("storyworld", tok, n_ctx, n_tokens=n_tokens, prepend_bos=False)
     assert ds.tokens.ndim == 2 and ds.tokens.shape[1] == n_ctx == ds.n_ctx
     assert ds.tokens.dtype == torch.int64 and ds.labels is None
     assert len(ds) == ds.tokens.shape[0] and ds.n_tokens == ds.tokens.numel()
@@ -83,7 +92,8 @@ def test_storyworld_labels(tok):
     enc = tok(story.text, add_special_tokens=False, return_offsets_mapping=True)
     n = len(enc["input_ids"])
     assert n + 1 < n_ctx * len(ds)
-    flat_tok, flat_lab = ds.tokens.flatten(), ds.labels.flatten(0, 1)
+    assert ds.prepend_bos and (ds.labels[:, 0] == 0).all()
+    flat_tok, flat_lab = stream(ds), ds.labels[:, 1:].flatten(0, 1)
     assert flat_tok[1 : n + 1].tolist() == enc["input_ids"] and flat_tok[n + 1] == tok.bos_token_id
     expected = sw.token_labels(story, enc["offset_mapping"])
     np.testing.assert_array_equal(flat_lab[1 : n + 1].numpy(), expected)
@@ -200,7 +210,7 @@ def test_n_tokens_caps_local_text(tok, tmp_path):
     f = tmp_path / "docs.txt"
     f.write_text("\n".join(DOCS))
     ds = token_dataset(str(f), tok, 10, n_tokens=100)
-    assert ds.n_tokens == 100
+    assert stream(ds).numel() == 99  # 11 rows of BOS + 9 of the 100-token stream
 
 
 def test_mixed_directory_raises(tok, tmp_path):

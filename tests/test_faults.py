@@ -25,7 +25,7 @@ import saelab as sl
 from saelab.core import training as tr
 
 out, flag, kill_at, tokens, cfg = sys.argv[1:]
-data = sl.TokenDataset(torch.load(tokens))
+data = sl.TokenDataset(torch.load(tokens), prepend_bos=True)  # storyworld rows: BOS first
 cfg = tr.TrainConfig.from_dict(json.loads(cfg))
 lm = sl.load_model("storyworld", device="cpu")
 real_save, calls = torch.save, [0]

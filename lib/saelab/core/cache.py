@@ -170,7 +170,13 @@ class ActivationCache:
     def token_dataset(self) -> TokenDataset:
         """The token rows `[n_rows, n_ctx]` the activations were computed from."""
         m = self.manifest
-        return TokenDataset(self._tokens, None, m.get("source", ""), m.get("split", ""))
+        return TokenDataset(self._tokens, None, m.get("source", ""), m.get("split", ""),
+                            bool(m.get("prepend_bos", False)))  # fmt: skip
+
+    @property
+    def prepend_bos(self) -> bool:
+        """Whether every cached row starts with a BOS token (its data's `prepend_bos`)."""
+        return bool(self.manifest.get("prepend_bos", False))
 
     def check_data(self, data: TokenDataset) -> None:
         """Raise unless `data` holds exactly the token rows this cache was written from."""
@@ -254,6 +260,7 @@ def cache_activations(
         n_layers=info["n_layers"], model_n_ctx=info["n_ctx"], site=str(site),
         hook_name=site.hook_name, n_ctx=data.n_ctx, d_in=d_in, n_rows=n_rows, dtype=dtype_name,
         tokens_sha256=fingerprint(data.tokens), source=data.source, split=data.split,
+        prepend_bos=data.prepend_bos,
         bytes_per_token=d_in * torch_dtype.itemsize + 4,
     )  # fmt: skip
     path = Path(path)
@@ -328,7 +335,7 @@ def _write_shards(lm, data, site, folder: Path, dtype, batch_size, rows_per_shar
 
 @torch.no_grad()
 def evaluate_cached(saes: dict, cache: ActivationCache, n_tokens: int = 65_536,
-                    batch_size: int = 32) -> dict:  # fmt: skip
+                    batch_size: int = 32, exclude_positions=None) -> dict:  # fmt: skip
     """SAE-only metrics on the first ~`n_tokens` cached rows (in order), without the model.
 
     The per-site keys of `saelab.core.metrics.evaluate` (ARCHITECTURE.md §5):
@@ -336,26 +343,29 @@ def evaluate_cached(saes: dict, cache: ActivationCache, n_tokens: int = 65_536,
     explained_var, l2_ratio, plus n_tokens; activations `[B, n_ctx, d_in]`.
     """
     from saelab.core.metrics import StreamingEV
+    from saelab.core.passes import excluded_positions, kept_positions, select
     from saelab.core.sae import eval_mode
 
     ((site, sae),) = saes.items()
+    keep = kept_positions(cache.n_ctx, excluded_positions(exclude_positions, cache))
     with eval_mode([sae]):
-        return _evaluate_cached(sae, cache, n_tokens, batch_size, StreamingEV())
+        return _evaluate_cached(sae, cache, n_tokens, batch_size, StreamingEV(),
+                                lambda x: select(x, keep))  # fmt: skip
 
 
-def _evaluate_cached(sae, cache, n_tokens: int, batch_size: int, ev) -> dict:
+def _evaluate_cached(sae, cache, n_tokens: int, batch_size: int, ev, keep) -> dict:
     n_rows = max(1, min(len(cache), n_tokens // cache.n_ctx))
     l0, l2 = 0.0, 0.0
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=sae.device)
     for i in range(0, n_rows, batch_size):
-        x = cache.rows(torch.arange(i, min(i + batch_size, n_rows))).to(sae.device, sae.dtype)
+        x = keep(cache.rows(torch.arange(i, min(i + batch_size, n_rows)))).to(sae.device, sae.dtype)
         out = sae(x)
         ev.add(out.x_hat, x)
         active = out.c != 0
         l0 += float(active.sum())
         l2 += float((out.x_hat.norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-8)).sum())
         fired |= active.flatten(0, -2).any(0)
-    n_tok = n_rows * cache.n_ctx
+    n_tok = n_rows * x.shape[1]
     alive = int(fired.sum())
     return {"l0": l0 / n_tok, "alive": alive, "dead_frac": 1 - alive / sae.cfg.d_sae,
             "mse": ev.mse(), "explained_var": ev.ev(), "l2_ratio": l2 / n_tok,

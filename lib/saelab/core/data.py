@@ -29,12 +29,22 @@ def cache_dir() -> Path:
 
 @dataclass
 class TokenDataset:
-    """Rows of token ids `tokens [n_seq, n_ctx]` and, for storyworld, `labels [n_seq, n_ctx, L]`."""
+    """Rows of token ids `tokens [n_seq, n_ctx]` and, for storyworld, `labels [n_seq, n_ctx, L]`.
+
+    `prepend_bos`: every row starts with the tokenizer's BOS token (position 0), which training
+    and evaluation then leave out of the SAE's losses and metrics by default (ARCHITECTURE.md §6).
+    """
 
     tokens: torch.Tensor
     labels: torch.Tensor | None = None
     source: str = ""
     split: str = ""
+    prepend_bos: bool = False
+
+    def describe(self) -> dict:
+        """What a run records about its data: source, split, rows, n_ctx, prepend_bos."""
+        return dict(source=self.source, split=self.split, rows=len(self), n_ctx=self.n_ctx,
+                    prepend_bos=self.prepend_bos)  # fmt: skip
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
@@ -92,28 +102,44 @@ def token_dataset(
     text_column: str = "text",
     streaming: bool = False,
     cache: bool = True,
+    prepend_bos: bool | None = None,
     **load_kwargs,
 ) -> TokenDataset:
     """Tokenize `source` into rows of `n_ctx` tokens (at most about `n_tokens`; None = all).
 
     source: "storyworld"; a local file or directory of .txt/.json/.jsonl/.parquet files; or any
     Hugging Face dataset name (extra `load_kwargs` go to `datasets.load_dataset`).
+
+    Documents are joined into one stream, each preceded by the BOS token (or EOS when there is
+    none), and cut into rows. `prepend_bos` (SAELens' convention): every row is BOS followed by
+    `n_ctx - 1` tokens of the stream, so no row starts mid-document without one; None (default)
+    means "when the tokenizer has a BOS token". Part of the cache key.
     """
     if n_ctx < 2:
         raise ValueError(f"n_ctx must be >= 2, got {n_ctx}")
     if labels and source != "storyworld":
         raise ValueError(f"labels=True needs source='storyworld', got {source!r}")
-    key = _cache_key(source, tokenizer, n_ctx, split, n_tokens, labels, text_column, load_kwargs)
+    if prepend_bos is None:
+        prepend_bos = tokenizer.bos_token_id is not None
+    elif not isinstance(prepend_bos, bool):
+        raise ValueError(f"prepend_bos={prepend_bos!r} must be True, False or None")
+    elif prepend_bos and tokenizer.bos_token_id is None:
+        raise ValueError(
+            "prepend_bos=True but the tokenizer has no BOS token; use prepend_bos=False"
+        )
+    key = _cache_key(source, tokenizer, n_ctx, split, n_tokens, labels, text_column, load_kwargs,
+                     prepend_bos)  # fmt: skip
     path = cache_dir() / "datasets" / f"{key}.pt"
     if cache and path.exists():
         blob = torch.load(path, weights_only=True)
-        return TokenDataset(blob["tokens"], blob.get("labels"), source, split)
+        return TokenDataset(blob["tokens"], blob.get("labels"), source, split, prepend_bos)
     if source == "storyworld":
         ids, labs = _storyworld_ids(tokenizer, split, n_tokens, labels)
     else:
         docs = _hf_texts(source, split, text_column, streaming, load_kwargs)
         ids, labs = _tokenize_docs(docs, tokenizer, n_tokens, source), None
-    ds = _chunk(ids, labs, n_ctx, source, split)
+    bos_row = tokenizer.bos_token_id if prepend_bos else None
+    ds = _chunk(ids, labs, n_ctx, source, split, bos_row)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -123,10 +149,13 @@ def token_dataset(
     return ds
 
 
-def _cache_key(source, tokenizer, n_ctx, split, n_tokens, labels, text_column, load_kwargs) -> str:
+def _cache_key(source, tokenizer, n_ctx, split, n_tokens, labels, text_column, load_kwargs,
+               prepend_bos: bool = False) -> str:  # fmt: skip
     tok = tokenizer.backend_tokenizer.to_str() if hasattr(tokenizer, "backend_tokenizer") else ""
     src = str(Path(source).resolve()) if Path(source).exists() else source
     meta = [src, split, n_ctx, n_tokens, labels, text_column, sorted(map(str, load_kwargs.items()))]
+    if prepend_bos:  # keys of caches written before the option existed stay valid
+        meta.append("prepend_bos")
     h = hashlib.sha256((json.dumps(meta) + tok).encode()).hexdigest()[:16]
     return f"{Path(source).name or 'data'}-{split}-{h}"
 
@@ -235,15 +264,22 @@ def _tokenize_docs(docs, tokenizer, n_tokens: int | None, source: str) -> np.nda
     return ids[:n_tokens] if n_tokens is not None else ids
 
 
-def _chunk(ids: np.ndarray, labs, n_ctx: int, source: str, split: str) -> TokenDataset:
-    n_seq = len(ids) // n_ctx
+def _chunk(ids: np.ndarray, labs, n_ctx: int, source: str, split: str,
+           bos: int | None = None) -> TokenDataset:  # fmt: skip
+    """Rows of `n_ctx` tokens; with `bos`, each row is `bos` + the next `n_ctx - 1` tokens."""
+    body = n_ctx - (bos is not None)
+    n_seq = len(ids) // body
     if n_seq == 0:
         raise ValueError(
             f"dataset {source!r} ({split}) has {len(ids)} tokens, fewer than one row of "
             f"n_ctx={n_ctx}; give more text or a smaller n_ctx"
         )
-    tokens = torch.from_numpy(ids[: n_seq * n_ctx].reshape(n_seq, n_ctx).copy())
+    tokens = torch.from_numpy(ids[: n_seq * body].reshape(n_seq, body).copy())
     labels = None
     if labs is not None:
-        labels = torch.from_numpy(labs[: n_seq * n_ctx].reshape(n_seq, n_ctx, -1).copy())
-    return TokenDataset(tokens, labels, source, split)
+        labels = torch.from_numpy(labs[: n_seq * body].reshape(n_seq, body, -1).copy())
+    if bos is not None:  # the BOS position carries no token labels (all zeros, as separators)
+        tokens = torch.cat([torch.full((n_seq, 1), bos, dtype=tokens.dtype), tokens], 1)
+        if labels is not None:
+            labels = torch.cat([torch.zeros_like(labels[:, :1]), labels], 1)
+    return TokenDataset(tokens, labels, source, split, bos is not None)

@@ -25,14 +25,88 @@ def mse_loss(x_hat: Tensor, x: Tensor) -> Tensor:
     return F.mse_loss(x_hat, x)
 
 
-def kl_loss(logits_clean: Tensor, logits_sae: Tensor) -> Tensor:
-    """`KL(P_clean || P_sae)` per token of `[..., vocab]` logits, mean over tokens -> scalar."""
+CHUNK_ELEMENTS = 2**24  # logits per chunk (64 MiB in float32) in the chunked KL and CE
+
+
+def _chunk_rows(n_vocab: int, chunk_elements: int | None) -> int:
+    return max(1, (chunk_elements or CHUNK_ELEMENTS) // n_vocab)
+
+
+class _ChunkedKL(torch.autograd.Function):
+    """Per-token KL(softmax(clean) || softmax(sae)) of `[N, V]` logits, a chunk of rows at a time.
+
+    Forward and backward each hold one chunk's float32 softmax intermediates, never `[N, V]` of
+    them: the gradient in the SAE logits is `softmax(sae) - softmax(clean)` per row.
+    """
+
+    @staticmethod
+    def forward(ctx, clean: Tensor, sae: Tensor, rows: int) -> Tensor:
+        out = torch.empty(clean.shape[0], dtype=torch.float32, device=clean.device)
+        for i in range(0, clean.shape[0], rows):
+            lp_c = F.log_softmax(clean[i : i + rows].float(), dim=-1)
+            lp_s = F.log_softmax(sae[i : i + rows].float(), dim=-1)
+            out[i : i + rows] = (lp_c.exp() * (lp_c - lp_s)).sum(-1)
+        ctx.save_for_backward(clean, sae)
+        ctx.rows = rows
+        return out
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        clean, sae = ctx.saved_tensors
+        grad = torch.empty_like(sae)
+        for i in range(0, sae.shape[0], ctx.rows):
+            p_c = F.softmax(clean[i : i + ctx.rows].float(), dim=-1)
+            p_s = F.softmax(sae[i : i + ctx.rows].float(), dim=-1)
+            grad[i : i + ctx.rows] = (g[i : i + ctx.rows, None] * (p_s - p_c)).to(sae.dtype)
+        return None, grad, None
+
+
+def kl_loss(logits_clean: Tensor, logits_sae: Tensor, chunk_elements: int | None = None) -> Tensor:
+    """`KL(P_clean || P_sae)` per token of `[..., vocab]` logits, mean over tokens -> scalar.
+
+    Computed `chunk_elements` logits at a time (default `CHUNK_ELEMENTS`), so peak memory does
+    not grow with batch x positions x vocab beyond the logits themselves.
+    """
     # Braun et al. 2024 §2: the clean distribution is the fixed target, so no gradient reaches
     # it; log_softmax on both sides for stability with peaked distributions.
-    logp_clean = F.log_softmax(logits_clean.detach().float(), dim=-1)
-    logp_sae = F.log_softmax(logits_sae.float(), dim=-1)
-    kl = (logp_clean.exp() * (logp_clean - logp_sae)).sum(-1)
-    return kl.mean()
+    V = logits_sae.shape[-1]
+    clean, sae = logits_clean.detach().reshape(-1, V), logits_sae.reshape(-1, V)
+    return _ChunkedKL.apply(clean, sae, _chunk_rows(V, chunk_elements)).mean()
+
+
+class _ChunkedCE(torch.autograd.Function):
+    """Per-row cross-entropy of `[N, V]` logits against `targets [N]`, a chunk at a time."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor, rows: int) -> Tensor:
+        out = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+        for i in range(0, logits.shape[0], rows):
+            chunk = logits[i : i + rows].float()
+            out[i : i + rows] = F.cross_entropy(chunk, targets[i : i + rows], reduction="none")
+        ctx.save_for_backward(logits, targets)
+        ctx.rows = rows
+        return out
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        logits, targets = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        for i in range(0, logits.shape[0], ctx.rows):
+            p = F.softmax(logits[i : i + ctx.rows].float(), dim=-1)
+            p[torch.arange(p.shape[0], device=p.device), targets[i : i + ctx.rows]] -= 1
+            grad[i : i + ctx.rows] = (g[i : i + ctx.rows, None] * p).to(logits.dtype)
+        return grad, None, None
+
+
+def cross_entropy(
+    logits: Tensor, targets: Tensor, reduction: str = "mean", chunk_elements: int | None = None
+) -> Tensor:
+    """Cross-entropy of `logits [N, V]` against `targets [N]`, in float32, chunked as `kl_loss`."""
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction={reduction!r} is not one of 'mean', 'sum', 'none'")
+    rows = _chunk_rows(logits.shape[-1], chunk_elements)
+    per_row = _ChunkedCE.apply(logits, targets, rows)
+    return {"mean": per_row.mean, "sum": per_row.sum}.get(reduction, lambda: per_row)()
 
 
 def downstream_mse(resids_sae: Sequence[Tensor], resids_clean: Sequence[Tensor]) -> Tensor:

@@ -17,7 +17,16 @@ import torch
 
 from saelab.core import losses
 from saelab.core.models import model_info
-from saelab.core.passes import as_sites, clean_pass, later_sites, next_token_ce, spliced_pass
+from saelab.core.passes import (
+    as_sites,
+    clean_pass,
+    excluded_positions,
+    kept_positions,
+    later_sites,
+    next_token_ce,
+    select,
+    spliced_pass,
+)
 from saelab.core.sae import eval_mode
 
 
@@ -50,18 +59,26 @@ def _sum_kl(logits_clean: torch.Tensor, logits_sae: torch.Tensor) -> float:
     return float(losses.kl_loss(logits_clean, logits_sae)) * logits_clean[..., 0].numel()
 
 
-def evaluate(lm, saes, data, n_tokens: int = 65_536, batch_size: int = 32) -> dict:
+def evaluate(
+    lm, saes, data, n_tokens: int = 65_536, batch_size: int = 32, exclude_positions=None
+) -> dict:
     """Metrics of `saes` ({site: SAE} or one SAE) on the first ~`n_tokens` of `data` (in order).
 
     Uses `data`'s rows in their stored order, so the same data gives the same numbers. SAEs
     are evaluated in eval mode (BatchTopK: its global threshold), then left as they were.
+    `exclude_positions` (None: the BOS position when `data` prepends one) are left clean and out
+    of the SAE metrics (l0, alive, mse, explained_var, l2_ratio); CE and KL are over every
+    position with the SAEs spliced in at the others. `n_tokens` in the report counts the
+    positions the SAE metrics saw.
     """
     saes = as_sites(saes)
+    excluded = excluded_positions(exclude_positions, data)
+    keep = kept_positions(data.n_ctx, excluded, lm.device)
     with eval_mode(saes.values()):
-        return _evaluate(lm, saes, data, n_tokens, batch_size)
+        return _evaluate(lm, saes, data, n_tokens, batch_size, keep)
 
 
-def _evaluate(lm, saes: dict, data, n_tokens: int, batch_size: int) -> dict:
+def _evaluate(lm, saes: dict, data, n_tokens: int, batch_size: int, keep) -> dict:
     sites = list(saes)
     d_model = model_info(lm)["d_model"]
     for s, sae in saes.items():  # else a bare matmul shape error from inside the trace
@@ -85,15 +102,15 @@ def _evaluate(lm, saes: dict, data, n_tokens: int, batch_size: int) -> dict:
         n_pred = tokens[:, 1:].numel()
         clean = clean_pass(lm, tokens, sites, later, logits=True, grads=needs_grad)
         with torch.no_grad():
-            sp = spliced_pass(lm, tokens, saes, clean, later)
-            zero = spliced_pass(lm, tokens, None, clean, zero_sites=sites)
+            sp = spliced_pass(lm, tokens, saes, clean, later, keep=keep)
+            zero = spliced_pass(lm, tokens, None, clean, zero_sites=sites, keep=keep)
         sums["ce_clean"] += float(next_token_ce(clean.logits, tokens, "sum"))
         sums["ce_sae"] += float(next_token_ce(sp.logits, tokens, "sum"))
         sums["ce_zero_abl"] += float(next_token_ce(zero.logits, tokens, "sum"))
         sums["kl"] += _sum_kl(clean.logits[:, :-1], sp.logits[:, :-1])
         sums["n_pred"] += n_pred
         for s in sites:
-            out, x = sp.outs[s], clean.acts[s]
+            out, x = sp.outs[s], select(clean.acts[s], keep, saes[s].dtype)
             ev[s].add(out.x_hat, x)
             active = out.c != 0
             sums[f"{s}.l0"] += float(active.sum())
@@ -102,7 +119,7 @@ def _evaluate(lm, saes: dict, data, n_tokens: int, batch_size: int) -> dict:
             fired[s] |= active.flatten(0, -2).any(0)
         for s, a, b in zip(later, sp.later, clean.later, strict=True):
             ds[s].add(a, b)
-    n_tok = n_rows * data.n_ctx
+    n_tok = n_rows * (data.n_ctx if keep is None else len(keep))
     rep = {k: sums[k] / sums["n_pred"] for k in ("ce_clean", "ce_sae", "ce_zero_abl", "kl")}
     rep["ce_increase"] = rep["ce_sae"] - rep["ce_clean"]
     denom = rep["ce_zero_abl"] - rep["ce_clean"]

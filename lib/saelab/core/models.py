@@ -53,15 +53,110 @@ def _resolve_source(name_or_path: str) -> str:
     return name_or_path
 
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def check_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """`dtype` as a torch dtype (None stays None); a clear error names the valid ones."""
+    if dtype is None or dtype in DTYPES.values():
+        return dtype
+    name = dtype.removeprefix("torch.") if isinstance(dtype, str) else None
+    if name not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not supported; valid: {', '.join(DTYPES)} "
+                         "(or torch.float32 / torch.float16 / torch.bfloat16)")  # fmt: skip
+    return DTYPES[name]
+
+
+def check_device(device: str | torch.device | None) -> str:
+    """`device` as a string ("cpu", "cuda", "cuda:1", "mps"); refuses ones this machine lacks."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device={device!r} is not a device; use 'cpu', 'cuda' or 'cuda:N'") from e
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} but this machine has no CUDA device; use 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r} but there are {torch.cuda.device_count()} "
+                             "CUDA devices")  # fmt: skip
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r} but MPS is not available here; use 'cpu'")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device={device!r} is not supported; use 'cpu', 'cuda' or 'mps'")
+    return str(dev)
+
+
+def missing_weights(path: str | Path) -> list[str]:
+    """Parameters of the causal LM in `path` that its checkpoint files do not hold.
+
+    transformers initialises those at random with only a log line (a directory holding a base
+    model without its LM head loads a different random head every time). Tied weights (an LM
+    head tied to the embedding) and buffers are not required; key prefixes are matched as
+    transformers does (a base model saved without its `model.` / `transformer.` prefix).
+    """
+    import json
+
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = Path(path)
+    files = sorted(path.glob("*.safetensors"))
+    if not files:  # .bin checkpoints: transformers' own loading is the only reader; skip
+        return []
+    stored: set[str] = set()
+    for f in files:
+        with safe_open(str(f), framework="pt") as fh:
+            stored |= set(fh.keys())
+    config = AutoConfig.from_pretrained(path)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    prefix = getattr(skeleton, "base_model_prefix", "") + "."
+    tied = set()
+    if getattr(config, "tie_word_embeddings", False):
+        tied |= {n for n, _ in skeleton.named_parameters() if n.startswith("lm_head")}
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        stored |= set(json.loads(index.read_text()).get("weight_map", {}))
+    missing = []
+    for name, _ in skeleton.named_parameters():
+        if name in tied or name in stored or name.removeprefix(prefix) in stored:
+            continue
+        if prefix + name in stored:
+            continue
+        missing.append(name)
+    if missing:  # a renamed key (GPT-NeoX's embed_out is lm_head) is not missing: ask transformers
+        _, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True)
+        missing = sorted(info["missing_keys"])
+    return missing
+
+
 def load_model(
     name_or_path: str, device: str | None = None, dtype: torch.dtype | str | None = None
 ) -> LanguageModel:
     """Load a frozen causal LM ("storyworld", a hub id such as "gpt2", or a local HF directory).
 
-    `device` defaults to cuda when available, else cpu; `dtype` to the checkpoint's own.
+    `device` defaults to cuda when available, else cpu; `dtype` (float32, float16, bfloat16)
+    to the checkpoint's own. Both are checked before anything loads. A local directory whose
+    weights leave any parameter uninitialised (e.g. a base model without its LM head) is refused,
+    naming the missing parameters. SAEs trained on a float16/bfloat16 model stay float32: they
+    read the model's activations cast to float32 and write back in the model's dtype.
     """
+    dtype = check_dtype(dtype)
+    device = check_device(device)
     source = _resolve_source(name_or_path)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if Path(source).is_dir():
+        missing = missing_weights(source)
+        if missing:
+            shown = ", ".join(missing[:8]) + (
+                f", ... ({len(missing)} in all)" if len(missing) > 8 else ""
+            )
+            raise ValueError(
+                f"model {name_or_path!r}: its weights leave parameters uninitialised ({shown}); "
+                "transformers would fill them at random. Save the full causal LM "
+                "(AutoModelForCausalLM ... save_pretrained), not the base model"
+            )
     kwargs: dict[str, Any] = {"device": device} | ({"dtype": dtype} if dtype is not None else {})
     try:
         with warnings.catch_warnings():
@@ -184,8 +279,11 @@ _SITE_RE = re.compile(rf"(?P<kind>{_KINDS_RE})\.(?P<layer>\d+)")
 _TL_RE = re.compile(rf"blocks\.(?P<layer>\d+)\.hook_(?P<kind>{_KINDS_RE})")
 
 
-def valid_sites(n_layers: int) -> list[str]:
-    """Every site name of an `n_layers` model, e.g. ["resid_pre.0", ..., "mlp_out.5"]."""
+def valid_sites(model_or_n_layers) -> list[str]:
+    """Every site name of a loaded model (or of an `n_layers` model), e.g. ["resid_pre.0", ...]."""
+    n_layers = model_or_n_layers
+    if not isinstance(n_layers, int) or isinstance(n_layers, bool):
+        n_layers = len(block_list(model_or_n_layers))
     return [f"{kind}.{layer}" for kind in SITE_KINDS for layer in range(n_layers)]
 
 

@@ -43,8 +43,13 @@ class Objective:
         spliced: Spliced | None,
         outs: dict[Site, ForwardOutput],
         sites: list[Site],
+        saes: dict,
     ) -> dict[str, Term]:
-        """Named loss terms `{name: (coefficient, scalar)}` of one step."""
+        """Named loss terms `{name: (coefficient, scalar)}` of one step.
+
+        `clean` holds what the SAEs saw (`passes.sae_inputs`: kept positions, the SAE's dtype)
+        and the whole clean logits and later residuals; `outs` the SAEs' outputs in raw units.
+        """
         raise NotImplementedError
 
 
@@ -56,10 +61,14 @@ class Local(Objective):
     needs_model: ClassVar[bool] = False
     spliced: ClassVar[bool] = False
 
-    def terms(self, clean, spliced, outs, sites) -> dict[str, Term]:
-        """`{"mse": (1, MSE)}`, or `{"<site>/mse": ...}` per site with several sites."""
+    def terms(self, clean, spliced, outs, sites, saes) -> dict[str, Term]:
+        """`{"mse": (1, MSE)}`, or `{"<site>/mse": ...}` per site, in each SAE's own units."""
         tag = (lambda s: "") if len(sites) == 1 else (lambda s: f"{s}/")
-        return {f"{tag(s)}mse": (1.0, losses.mse_loss(outs[s].x_hat, clean.acts[s])) for s in sites}
+        norm = {s: saes[s].normalize for s in sites}  # identity unless activations are normalised
+        return {
+            f"{tag(s)}mse": (1.0, losses.mse_loss(norm[s](outs[s].x_hat), norm[s](clean.acts[s])))
+            for s in sites
+        }
 
 
 @dataclass(frozen=True)
@@ -70,7 +79,7 @@ class E2E(Objective):
     needs_logits: ClassVar[bool] = True
     kl_coeff: float = 1.0
 
-    def terms(self, clean, spliced, outs, sites) -> dict[str, Term]:
+    def terms(self, clean, spliced, outs, sites, saes) -> dict[str, Term]:
         """`{"kl": (kl_coeff, KL)}`."""
         return {"kl": (self.kl_coeff, losses.kl_loss(clean.logits, spliced.logits))}
 
@@ -96,10 +105,10 @@ class E2EDownstream(E2E):
             )
         return later
 
-    def terms(self, clean, spliced, outs, sites) -> dict[str, Term]:
+    def terms(self, clean, spliced, outs, sites, saes) -> dict[str, Term]:
         """`{"kl": (kl_coeff, KL), "ds_mse": (ds_coeff, mean MSE over later layers)}`."""
         ds = losses.downstream_mse(spliced.later, clean.later)
-        return super().terms(clean, spliced, outs, sites) | {"ds_mse": (self.ds_coeff, ds)}
+        return super().terms(clean, spliced, outs, sites, saes) | {"ds_mse": (self.ds_coeff, ds)}
 
 
 OBJECTIVES: dict[str, type[Objective]] = {o.name: o for o in (Local, E2E, E2EDownstream)}

@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from saelab.core import losses
 from saelab.core.models import (
     Site,
     block_list,
@@ -31,6 +31,51 @@ from saelab.core.models import (
 from saelab.core.sae import SAE, ForwardOutput
 
 
+def excluded_positions(excluded, data) -> tuple[int, ...]:
+    """The positions the SAEs leave alone: `excluded`, or (0,) when None and `data` prepends BOS.
+
+    Real models park huge norms at the BOS position (the attention sink: ~12x the median residual
+    norm), which would dominate every reconstruction loss and metric, so SAELens and e2e_sae leave
+    it out (ARCHITECTURE.md §6).
+    """
+    if excluded is None:
+        return (0,) if getattr(data, "prepend_bos", False) else ()
+    return tuple(excluded)
+
+
+def kept_positions(n_ctx: int, excluded, device=None) -> torch.Tensor | None:
+    """Positions `[T']` the SAEs read and write, or None when every position is kept."""
+    excluded = set(excluded)
+    bad = sorted(p for p in excluded if not 0 <= p < n_ctx)
+    if bad:
+        raise ValueError(f"excluded positions {bad} are outside rows of n_ctx={n_ctx}")
+    if not excluded:
+        return None
+    if len(excluded) >= n_ctx:
+        raise ValueError(f"excluding positions {sorted(excluded)} leaves none of the {n_ctx}")
+    return torch.tensor([p for p in range(n_ctx) if p not in excluded], device=device)
+
+
+def select(t: torch.Tensor | None, keep: torch.Tensor | None, dtype=None) -> torch.Tensor | None:
+    """`t [B, T, ...]` at the kept positions `[B, T', ...]` (all if `keep` is None), as `dtype`."""
+    if t is None:
+        return None
+    if keep is not None:
+        t = t.index_select(1, keep.to(t.device))
+    return t if dtype is None else t.to(dtype)
+
+
+def sae_inputs(clean: Clean, keep: torch.Tensor | None, dtype=torch.float32) -> Clean:
+    """The clean pass as the SAEs see it: acts and grads at the kept positions, in `dtype`.
+
+    Logits and later residuals stay whole: the e2e losses are taken over every position.
+    """
+    acts = {s: select(a, keep, dtype) for s, a in clean.acts.items()}
+    grads = None if clean.grads is None else {s: select(g, keep, dtype)
+                                              for s, g in clean.grads.items()}  # fmt: skip
+    return Clean(acts, grads, clean.logits, clean.later)
+
+
 def later_sites(lm, sites: list[Site]) -> list[Site]:
     """Residual stream after the last site: resid_post of every later layer (incl. the final)."""
     last = max(sites, key=lambda s: (s.layer, s.kind == "resid_post"))
@@ -39,9 +84,12 @@ def later_sites(lm, sites: list[Site]) -> list[Site]:
 
 
 def next_token_ce(logits: torch.Tensor, tokens: torch.Tensor, reduction="mean") -> torch.Tensor:
-    """Cross-entropy of `logits [B, T, V]` predicting `tokens [B, T]` shifted by one."""
-    return F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten(), reduction=reduction
+    """Cross-entropy of `logits [B, T, V]` predicting `tokens [B, T]` shifted by one.
+
+    Chunked over tokens in float32 (`losses.cross_entropy`): no `[B, T, V]` float32 copy.
+    """
+    return losses.cross_entropy(
+        logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten(), reduction=reduction
     )
 
 
@@ -127,10 +175,13 @@ def spliced_pass(
     later=(),
     logits: bool = True,
     zero_sites=None,
+    keep: torch.Tensor | None = None,
 ) -> Spliced:
     """Run `tokens [B, T]` with every site replaced by its SAE reconstruction (or zeros).
 
     `saes` maps sites to SAEs; `zero_sites` (instead of `saes`) zero-ablates those sites.
+    With `keep` (positions `[T']`), only those positions are replaced and the others keep their
+    clean value; the SAEs see (and `outs` hold) the kept positions only, in the SAE's dtype.
     Autograd stays on, so a loss on the returned logits/residuals trains the SAEs.
     """
     sites = sort_sites(list(saes) if saes is not None else zero_sites)
@@ -138,10 +189,14 @@ def spliced_pass(
     later = list(later)
 
     def replace(s: Site, x: torch.Tensor):
+        x_in = select(x, keep)
         if saes is None:
-            return torch.zeros_like(x), None
-        out = saes[s](x, grad=grads.get(s))
-        return out.x_hat, out
+            new, out = torch.zeros_like(x_in), None
+        else:
+            sae = saes[s]
+            out = sae(x_in.to(sae.dtype), grad=select(grads.get(s), keep, sae.dtype))
+            new = out.x_hat.to(x.dtype)  # a bf16 model gets bf16 back; the SAE stays fp32
+        return (new if keep is None else x.index_copy(1, keep.to(x.device), new)), out
 
     outs: dict[Site, ForwardOutput] = {}
     after: list[torch.Tensor] = []

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 CFG_FILE = "cfg.json"
+NORMALIZATIONS = ("none", "expected_average_only_in")
 WEIGHTS_FILE = "sae.safetensors"
 
 # name -> SAE subclass; filled by `@register` when `saelab.core.architectures` is imported
@@ -95,6 +96,10 @@ class SAEConfig:
     d_sae: int | None = None
     dict_ratio: float = 8.0  # d_sae = dict_ratio * d_in when d_sae is not given
     pre_subtract_b_dec: bool = False  # z = (x - b_dec) W_enc + b_enc (Gao et al. 2024 §2.2)
+    # "expected_average_only_in" (SAELens' name) | "none": the SAE works on x * act_scale, with
+    # act_scale estimated once before training so that E||x * act_scale|| = sqrt(d_in); then
+    # coefficients mean the same on every model (measured: LOG.md 2026-12-01, ARCHITECTURE.md §6)
+    normalize_activations: str = "expected_average_only_in"
     site: str = ""
     hook_name: str = ""
     model_name: str = ""
@@ -125,6 +130,7 @@ class SAEConfig:
         check_number("dict_ratio", self.dict_ratio, 0.0, inclusive=False)
         if not isinstance(self.pre_subtract_b_dec, bool):
             raise ValueError(f"pre_subtract_b_dec={self.pre_subtract_b_dec!r} must be a bool")
+        check_choice("normalize_activations", self.normalize_activations, NORMALIZATIONS)
         for name in ("site", "hook_name", "model_name"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a str")
@@ -152,7 +158,9 @@ class SAEConfig:
         if "architecture" not in d:
             raise ValueError(f"an SAE config needs 'architecture'; got keys {sorted(d)}")
         target = architecture(d["architecture"]).cfg_class
-        return target(**{f.name: d[f.name] for f in fields(target) if f.name in d})
+        kw = {f.name: d[f.name] for f in fields(target) if f.name in d}
+        kw.setdefault("normalize_activations", "none")  # saved before the option: raw activations
+        return target(**kw)
 
 
 class ForwardOutput(NamedTuple):
@@ -199,6 +207,10 @@ class SAE(nn.Module):
         self.W_dec = nn.Parameter(W_dec.contiguous())
         self.b_enc = nn.Parameter(b_enc)
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+        if cfg.normalize_activations != "none":
+            # set before training (`set_act_scale`); saved and loaded with the weights, so a loaded
+            # SAE takes and returns raw activations
+            self.register_buffer("act_scale", torch.tensor(1.0))
 
     def init_params(self, d_in: int, d_sae: int) -> tuple[Tensor, Tensor, Tensor]:
         """`W_enc [d_in, d_sae]`, `b_enc [d_sae]`, `W_dec [d_sae, d_in]` at initialisation."""
@@ -226,8 +238,22 @@ class SAE(nn.Module):
         """Unit-norm dictionary directions `[d_sae, d_in]`."""
         return self.W_dec  # kept at unit norm by `normalize_decoder_` after each step
 
+    def normalize(self, x: Tensor) -> Tensor:
+        """`x [..., d_in]` in the units the SAE works in: `x * act_scale` (or `x` unchanged)."""
+        return x * self.act_scale if hasattr(self, "act_scale") else x
+
+    @torch.no_grad()
+    def set_act_scale(self, mean_norm: float) -> None:
+        """Set `act_scale = sqrt(d_in) / mean_norm` from the mean norm of raw activations."""
+        if not hasattr(self, "act_scale"):
+            raise ValueError("normalize_activations='none': this SAE has no activation scale")
+        if not (mean_norm > 0 and math.isfinite(mean_norm)):
+            raise ValueError(f"mean activation norm {mean_norm!r} must be finite and > 0")
+        self.act_scale.fill_(math.sqrt(self.cfg.d_in) / mean_norm)
+
     def pre_acts(self, x: Tensor) -> Tensor:
-        """Encoder pre-activations `z [..., d_sae]` of `x [..., d_in]`."""
+        """Encoder pre-activations `z [..., d_sae]` of raw `x [..., d_in]` (normalised here)."""
+        x = self.normalize(x)
         if self.cfg.pre_subtract_b_dec:
             x = x - self.b_dec
         return x @ self.W_enc + self.b_enc
@@ -252,8 +278,9 @@ class SAE(nn.Module):
         return self.activation(pre, grad if self.needs_grad else None), pre
 
     def decode(self, c: Tensor) -> Tensor:
-        """Reconstruction `x_hat [..., d_in]` of latents `c [..., d_sae]`."""
-        return c @ self.decoder_directions() + self.b_dec
+        """Reconstruction `x_hat [..., d_in]` of latents `c [..., d_sae]`, in raw units."""
+        x_hat = c @ self.decoder_directions() + self.b_dec
+        return x_hat / self.act_scale if hasattr(self, "act_scale") else x_hat
 
     def forward(self, x: Tensor, grad: Tensor | None = None) -> ForwardOutput:
         """Encode and decode `x [..., d_in]` (`grad [..., d_in]` when `needs_grad`)."""
@@ -263,6 +290,7 @@ class SAE(nn.Module):
     def loss_terms(self, x: Tensor, out: ForwardOutput, dead: Tensor) -> dict[str, Term]:
         """The architecture's own loss terms for input `x [..., d_in]` and its output.
 
+        `x` and `out.x_hat` are in the SAE's own units (`normalize`: raw times `act_scale`).
         `dead [d_sae]` marks latents that have not fired for `TrainConfig.dead_tokens` tokens.
         Returns `{name: (coefficient, scalar)}`; none by default.
         """

@@ -25,7 +25,14 @@ from saelab.core import losses
 from saelab.core.cache import ActivationCache, evaluate_cached
 from saelab.core.models import Site, model_info, parse_site, sort_sites
 from saelab.core.objectives import OBJECTIVES, Objective, objective
-from saelab.core.passes import Clean, clean_pass, spliced_pass
+from saelab.core.passes import (
+    Clean,
+    clean_pass,
+    excluded_positions,
+    kept_positions,
+    sae_inputs,
+    spliced_pass,
+)
 from saelab.core.sae import SAE, SAEConfig, architectures, check_number, is_int, save_sae
 
 LOSSES = tuple(OBJECTIVES)
@@ -52,6 +59,9 @@ class TrainConfig:
     loss: str = "local"  # an objective: local | e2e | e2e+ds
     kl_coeff: float = 1.0  # e2e and e2e+ds
     ds_coeff: float = 0.0  # e2e+ds: weight of the mean downstream-layer MSE
+    # positions the SAEs leave clean and out of their losses and metrics; None: the BOS position
+    # (0) when the data prepends one, else none (ARCHITECTURE.md §6)
+    exclude_positions: tuple[int, ...] | None = None
     dead_tokens: int = 200_000  # a latent is dead after this many tokens without firing
     lr: float = 1e-3
     warmup: int = 50  # steps
@@ -92,6 +102,11 @@ class TrainConfig:
         elif not isinstance(sae, SAEConfig):
             raise ValueError(f"sae={sae!r} must be an SAEConfig, a dict of its fields or a name")
         object.__setattr__(self, "sae", sae)
+        if self.exclude_positions is not None:
+            ex = self.exclude_positions
+            if isinstance(ex, int | str) or not all(is_int(p) and p >= 0 for p in ex):
+                raise ValueError(f"exclude_positions={ex!r} must be None or a list of ints >= 0")
+            object.__setattr__(self, "exclude_positions", tuple(sorted(set(ex))))
         if self.loss not in OBJECTIVES:
             raise ValueError(f"loss={self.loss!r} is not valid; choose one of {list(OBJECTIVES)}")
         for name in ("batch_size", "n_tokens", "log_every"):
@@ -189,13 +204,16 @@ def train_step(
     cfg: TrainConfig,
     dead,
     acts: dict[Site, torch.Tensor] | None = None,
+    keep: torch.Tensor | None = None,
 ):
     """One step's loss and its parts for `tokens [B, T]`; `dead` maps site -> bool mask [d_sae].
 
     `acts` (site -> `[B, T, d_in]`, from an activation cache) replaces the clean pass of an
-    objective that needs no model; `tokens` and `lm` are then unused. Returns (loss, logs, outs):
-    the weighted sum of every term, `{name: unweighted value}` plus each site's `mse` and `l0`,
-    and site -> ForwardOutput.
+    objective that needs no model; `tokens` and `lm` are then unused. `keep` (positions `[T']`)
+    restricts the SAEs, their losses and the splice to those positions (`TrainConfig.
+    exclude_positions`); the objective's KL is still over every position. Returns (loss, logs,
+    outs): the weighted sum of every term, `{name: unweighted value}` plus each site's `mse` and
+    `l0`, and site -> ForwardOutput at the kept positions.
     """
     sites = sort_sites(list(saes))
     obj = cfg.objective
@@ -205,24 +223,28 @@ def train_step(
     else:
         grads = any(saes[s].needs_grad for s in sites)
         clean = clean_pass(lm, tokens, sites, later, logits=obj.needs_logits, grads=grads)
-    grad = clean.grads or {}
+    inputs = sae_inputs(clean, keep, saes[sites[0]].dtype)  # what the SAEs see, in their dtype
+    grad = inputs.grads or {}
     if obj.spliced:
-        spliced = spliced_pass(lm, tokens, saes, clean, later)
+        spliced = spliced_pass(lm, tokens, saes, clean, later, keep=keep)
         outs = spliced.outs
     else:
         spliced = None
-        outs = {s: saes[s](clean.acts[s], grad=grad.get(s)) for s in sites}
-    terms = obj.terms(clean, spliced, outs, sites)
+        outs = {s: saes[s](inputs.acts[s], grad=grad.get(s)) for s in sites}
+    terms = obj.terms(inputs, spliced, outs, sites, saes)
     tag = (lambda s: "") if len(sites) == 1 else (lambda s: f"{s}/")
     for s in sites:
-        own = saes[s].loss_terms(clean.acts[s], outs[s], dead[s])
+        sae, out = saes[s], outs[s]
+        if hasattr(sae, "act_scale"):  # the SAE's own terms in its own (normalised) units
+            out = out._replace(x_hat=sae.normalize(out.x_hat))
+        own = sae.loss_terms(sae.normalize(inputs.acts[s]), out, dead[s])
         terms |= {f"{tag(s)}{name}": term for name, term in own.items()}
     loss = torch.zeros(())
     for coeff, value in terms.values():
         loss = loss + coeff * value
     logs = {name: value.item() for name, (_, value) in terms.items()}
     for s in sites:
-        out, x = outs[s], clean.acts[s]
+        out, x = outs[s], inputs.acts[s]
         if f"{tag(s)}mse" not in logs:
             logs[f"{tag(s)}mse"] = losses.mse_loss(out.x_hat, x).item()
         logs[f"{tag(s)}l0"] = (out.c != 0).float().sum(-1).mean().item()
@@ -345,15 +367,13 @@ def write_log(state: TrainState, rec: dict, out: Path | None) -> None:
             f.write(json.dumps(rec) + "\n")
 
 
-def evaluate_run(lm, state: TrainState, data, cfg: TrainConfig) -> dict:
+def evaluate_run(lm, state: TrainState, data, cfg: TrainConfig, excluded=()) -> dict:
     """An eval record of the run's SAEs: `saelab.core.metrics.evaluate`, or SAE-only on a cache."""
     from saelab.core.metrics import evaluate
 
     named = {str(s): v for s, v in state.saes.items()}
-    if lm is None:
-        rep = evaluate_cached(named, data, cfg.eval_tokens, cfg.batch_size)
-    else:
-        rep = evaluate(lm, named, data, n_tokens=cfg.eval_tokens, batch_size=cfg.batch_size)
+    kw = dict(n_tokens=cfg.eval_tokens, batch_size=cfg.batch_size, exclude_positions=excluded)
+    rep = evaluate_cached(named, data, **kw) if lm is None else evaluate(lm, named, data, **kw)
     return {"step": state.step, "kind": "eval", **rep}
 
 
@@ -374,11 +394,43 @@ def new_state(cfg: TrainConfig, sites: list[Site], facts: dict) -> TrainState:
     return TrainState(saes, opt, since_fire)
 
 
-def optimise(lm, batch, state: TrainState, cfg: TrainConfig, lr: float, cache, w, ckpt) -> dict:
+@torch.no_grad()
+def estimate_act_scales(lm, data, saes: dict, keep, batch_size: int, n_tokens: int = 2**16) -> dict:
+    """Set each normalising SAE's `act_scale` from the mean norm of its site's activations.
+
+    Reads the first ~`n_tokens` rows of `data` in stored order (the same on every rank), at the
+    kept positions: E||x * act_scale|| = sqrt(d_in) (SAELens' "expected_average_only_in").
+    Returns {site: mean raw norm} for the log.
+    """
+    sites = [s for s, sae in saes.items() if hasattr(sae, "act_scale")]
+    if not sites:
+        return {}
+    n_rows = max(1, min(len(data), n_tokens // data.n_ctx))
+    sums, count = dict.fromkeys(sites, 0.0), 0
+    for i in range(0, n_rows, batch_size):
+        rows = torch.arange(i, min(i + batch_size, n_rows))
+        if isinstance(data, ActivationCache):
+            acts = {sites[0]: data.rows(rows)}
+        else:
+            device = next(iter(saes.values())).device
+            acts = clean_pass(lm, data.tokens[rows].to(device), sites).acts
+        for s in sites:
+            x = sae_inputs(Clean({s: acts[s]}, None, None, []), keep).acts[s]
+            sums[s] += float(x.norm(dim=-1).sum())
+        count += x[..., 0].numel()
+    means = {s: sums[s] / count for s in sites}
+    for s in sites:
+        saes[s].set_act_scale(means[s])
+    return {str(s): m for s, m in means.items()}
+
+
+def optimise(lm, batch, state: TrainState, cfg: TrainConfig, lr: float, cache, w, ckpt,
+             keep: torch.Tensor | None = None) -> dict:  # fmt: skip
     """One optimiser step on `batch` (tokens `[B, T]`, or cached activations `[B, T, d_in]`).
 
-    Returns the step's log values (loss first), equal on every rank. A non-finite loss stops the
-    run before the step is taken (`NonFiniteLoss`).
+    `keep`: the positions the SAEs train on (`train_step`). Returns the step's log values (loss
+    first), equal on every rank. A non-finite loss stops the run before the step is taken
+    (`NonFiniteLoss`).
     """
     from saelab.core import distributed as dd
 
@@ -388,9 +440,9 @@ def optimise(lm, batch, state: TrainState, cfg: TrainConfig, lr: float, cache, w
     dead = {s: v >= cfg.dead_tokens for s, v in state.since_fire.items()}
     if cache is not None:
         acts = {sites[0]: batch.float()}  # fp16 caches train in fp32
-        loss, logs, outs = train_step(lm, None, saes, cfg, dead, acts=acts)
+        loss, logs, outs = train_step(lm, None, saes, cfg, dead, acts=acts, keep=keep)
     else:
-        loss, logs, outs = train_step(lm, batch, saes, cfg, dead)
+        loss, logs, outs = train_step(lm, batch, saes, cfg, dead, keep=keep)
     state.opt.zero_grad(set_to_none=True)
     loss.backward()
     fired = [(outs[s].c.detach() != 0).flatten(0, -2).any(0) for s in sites]
@@ -406,7 +458,7 @@ def optimise(lm, batch, state: TrainState, cfg: TrainConfig, lr: float, cache, w
         sae.before_step_()
     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
     state.opt.step()
-    n_tok = batch.shape[0] * batch.shape[1] * w.size  # global tokens this step
+    n_tok = outs[sites[0]].c[..., 0].numel() * w.size  # global tokens the SAEs saw this step
     for s, f in zip(sites, fired, strict=True):
         saes[s].after_step_(outs[s])
         state.since_fire[s] = torch.where(f, 0, state.since_fire[s] + n_tok)
@@ -448,6 +500,8 @@ def train(
         cfg.objective.later(lm, sites)  # e.g. e2e+ds with no later layer: refused now
     if eval_data is None:
         eval_data = cache.token_dataset() if cache is not None and lm is not None else data
+    excluded = excluded_positions(cfg.exclude_positions, data)
+    keep = kept_positions(data.n_ctx, excluded, facts["device"])
 
     # 2. the state: fresh and seeded, or resumed from the checkpoint
     state = new_state(cfg, sites, facts)
@@ -455,12 +509,18 @@ def train(
     out = Path(out_dir) if out_dir is not None else None
     ckpt = out / "checkpoint.pt" if out is not None else None
     if resume and ckpt is not None and ckpt.exists():
-        restore(state, load_checkpoint(ckpt, cfg, sites))
+        restore(state, load_checkpoint(ckpt, cfg, sites))  # act_scale comes with the SAEs
+    else:
+        norms = estimate_act_scales(lm, data, state.saes, keep, cfg.batch_size)
+        if norms:
+            state.log.append({"step": 0, "kind": "act_scale", "mean_norm": norms})
     dd.check_same_step(state.step, facts["device"], w)
     writes = out is not None and w.main
     log_to = out if writes else None
+    data_record = _describe(data) | {"excluded_positions": list(excluded)}
     if writes:
         start_files(out, cfg, state.log)
+        (out / "data.json").write_text(json.dumps(data_record, indent=2) + "\n")
 
     # 3. the loop
     for sae in state.saes.values():
@@ -473,7 +533,7 @@ def train(
         batch = dd.shard(next(batches), w).to(facts["device"])
         lr = lr_at(state.step, n_steps, cfg.lr, cfg.warmup, cfg.min_lr_frac)
         try:
-            logs = optimise(lm, batch, state, cfg, lr, cache, w, ckpt)
+            logs = optimise(lm, batch, state, cfg, lr, cache, w, ckpt, keep)
         except NonFiniteLoss:
             bar.close()
             raise
@@ -488,7 +548,7 @@ def train(
                 {k: f"{v:.3g}" for k, v in logs.items() if "l0" in k or k in ("kl", "mse")}
             )
         if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < n_steps:
-            write_log(state, _evaluate(lm, state, cache, eval_data, cfg), log_to)
+            write_log(state, _evaluate(lm, state, cache, eval_data, cfg, excluded), log_to)
         if (
             ckpt is not None
             and w.main
@@ -500,20 +560,31 @@ def train(
 
     # 4. the final evaluation, checkpoint and SAEs
     if not state.log or state.log[-1].get("kind") != "eval" or state.log[-1]["step"] != state.step:
-        write_log(state, _evaluate(lm, state, cache, eval_data, cfg), log_to)
+        write_log(state, _evaluate(lm, state, cache, eval_data, cfg, excluded), log_to)
     if ckpt is not None and w.main:
         save_checkpoint(ckpt, state, cfg)
     if writes:
         for s, sae in state.saes.items():
-            save_sae(sae, out / "saes" / str(s), extra={"train_config": asdict(cfg)})
+            extra = {"train_config": asdict(cfg), "data": data_record}
+            save_sae(sae, out / "saes" / str(s), extra=extra)
     dd.barrier(w)  # no rank returns (and tears the group down) before rank 0 has written
     for sae in state.saes.values():
         sae.eval()
     return Run({str(s): sae for s, sae in state.saes.items()}, state.log, out, cfg)
 
 
-def _evaluate(lm, state: TrainState, cache, eval_data, cfg: TrainConfig) -> dict:
-    return evaluate_run(lm, state, cache if lm is None else eval_data, cfg)
+def _evaluate(lm, state: TrainState, cache, eval_data, cfg: TrainConfig, excluded) -> dict:
+    return evaluate_run(lm, state, cache if lm is None else eval_data, cfg, excluded)
+
+
+def _describe(data) -> dict:
+    """The data record of a run (`data.json`, and each saved SAE's `extra.data`)."""
+    if isinstance(data, ActivationCache):
+        m = data.manifest
+        return dict(source=m.get("source", ""), split=m.get("split", ""), rows=len(data),
+                    n_ctx=data.n_ctx, prepend_bos=data.prepend_bos,
+                    activation_cache=str(data.path))  # fmt: skip
+    return data.describe()
 
 
 def _n_steps(cfg: TrainConfig, data, facts: dict) -> int:

@@ -1,0 +1,200 @@
+"""Real models' conventions: BOS per row, excluded positions, activation scale, chunked KL/CE,
+low-precision models, refusing half-saved checkpoints (SAELens' behaviour is the baseline)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+import transformers as tf
+from test_models import _LLAMA_KW, FAMILIES, V, tiny_tokenizer
+
+import saelab as sl
+from saelab.core import losses
+from saelab.core import training as tr
+from saelab.core.models import parse_site
+from saelab.core.passes import clean_pass, kept_positions, spliced_pass
+
+SITE = "resid_pre.1"
+
+
+def bos_tokenizer() -> tf.PreTrainedTokenizerFast:
+    """The tiny word-level tokenizer with `<|endoftext|>` (id 0) as BOS and EOS, as Llama has."""
+    tok = tiny_tokenizer()
+    tok.bos_token = tok.eos_token
+    return tok
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    """A tiny random Llama with a BOS token, saved and loaded the way a real one is."""
+    path = tmp_path_factory.mktemp("llama")
+    torch.manual_seed(0)
+    tf.AutoModelForCausalLM.from_config(tf.LlamaConfig(**_LLAMA_KW)).save_pretrained(path)
+    bos_tokenizer().save_pretrained(path)
+    return path, sl.load_model(str(path), device="cpu")
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family(request, tmp_path_factory):
+    """Each tiny random family the suite builds, with a BOS token, loaded by saelab."""
+    path = tmp_path_factory.mktemp(request.param)
+    torch.manual_seed(0)
+    tf.AutoModelForCausalLM.from_config(FAMILIES[request.param][0]()).save_pretrained(path)
+    bos_tokenizer().save_pretrained(path)
+    return sl.load_model(str(path), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def text_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("text")
+    g = torch.Generator().manual_seed(0)
+    docs = [" ".join(f"w{int(i)}" for i in torch.randint(1, V, (int(n),), generator=g))
+            for n in torch.randint(5, 40, (200,), generator=g)]  # fmt: skip
+    (folder / "docs.jsonl").write_text("".join(f'{{"text": "{d}"}}\n' for d in docs))
+    return folder
+
+
+def test_every_row_starts_with_bos_when_the_tokenizer_has_one(
+    llama, text_dir, monkeypatch, tmp_path
+):
+    monkeypatch.setenv("SAELAB_CACHE", str(tmp_path))
+    _, lm = llama
+    data = sl.token_dataset(str(text_dir), lm.tokenizer, 16, n_tokens=2000)
+    assert data.prepend_bos and (data.tokens[:, 0] == 0).all()
+    plain = sl.token_dataset(str(text_dir), lm.tokenizer, 16, n_tokens=2000, prepend_bos=False)
+    assert not plain.prepend_bos and (plain.tokens[:, 0] != 0).any()
+    # the same stream: a BOS row is BOS + the next 15 tokens of it
+    stream = plain.tokens.flatten()
+    assert torch.equal(data.tokens[0, 1:], stream[:15]) and torch.equal(
+        data.tokens[1, 1:], stream[15:30]
+    )
+    again = sl.token_dataset(str(text_dir), lm.tokenizer, 16, n_tokens=2000)  # from the cache
+    assert again.prepend_bos and torch.equal(again.tokens, data.tokens)
+    with pytest.raises(ValueError, match="prepend_bos=True but the tokenizer has no BOS"):
+        sl.token_dataset(str(text_dir), tiny_tokenizer(), 16, n_tokens=2000, prepend_bos=True)
+
+
+def test_storyworld_rows_have_bos_and_unlabelled_first_positions(lm):
+    data = sl.token_dataset("storyworld", lm.tokenizer, 32, n_tokens=4000, labels=True)
+    assert data.prepend_bos and (data.tokens[:, 0] == lm.tokenizer.bos_token_id).all()
+    assert (data.labels[:, 0] == 0).all()
+
+
+def test_excluded_positions_stay_clean_and_out_of_the_sae_losses(family, text_dir):
+    lm = family
+    data = sl.token_dataset(str(text_dir), lm.tokenizer, 16, n_tokens=2000, cache=False)
+    site = parse_site(SITE)
+    tokens = data.tokens[:4]
+    keep = kept_positions(16, (0,))
+    sae = sl.SAE(sl.SAEConfig(architecture="relu", d_in=32, d_sae=64, site=SITE))
+    clean = clean_pass(lm, tokens, [site], later=[parse_site("resid_post.1")], logits=True)
+    sp = spliced_pass(lm, tokens, {site: sae}, clean, [parse_site("resid_post.1")], keep=keep)
+    assert sp.outs[site].x_hat.shape == (4, 15, 32)  # the SAE never saw position 0
+    # position 0 is untouched downstream (causal attention): same residual, same logits
+    assert torch.allclose(sp.later[0][:, 0], clean.later[0][:, 0], atol=1e-5)
+    assert torch.allclose(sp.logits[:, 0], clean.logits[:, 0], atol=1e-5)
+    assert not torch.allclose(sp.logits[:, 1:], clean.logits[:, 1:], atol=1e-3)
+    # training: the BOS outlier cannot dominate; inflate position 0 and nothing changes
+    cfg = tr.TrainConfig(sites=(SITE,), sae=sl.SAEConfig(architecture="relu", dict_ratio=2),
+                         batch_size=4, n_tokens=4 * 16 * 3, warmup=1, log_every=1,
+                         eval_tokens=4 * 16)  # fmt: skip
+    run = sl.train(lm, data, cfg, None, progress=False)
+    ev = run.log[-1]
+    assert ev["n_tokens"] == 4 * 15  # the metrics count only the kept positions
+    both = sl.evaluate(lm, run.sae, data, n_tokens=4 * 16, exclude_positions=())
+    assert both["n_tokens"] == 4 * 16 and both["mse"] != ev["mse"]
+    with pytest.raises(ValueError, match="exclude_positions"):
+        tr.TrainConfig(exclude_positions=(-1,))
+
+
+def test_activation_scale_is_estimated_saved_and_applied_to_raw_activations(
+    llama, text_dir, tmp_path
+):
+    _, lm = llama
+    data = sl.token_dataset(str(text_dir), lm.tokenizer, 16, n_tokens=2000, cache=False)
+    sae = sl.SAEConfig(architecture="topk", k=4, dict_ratio=2)
+    cfg = tr.TrainConfig(sites=(SITE,), sae=sae, batch_size=4, n_tokens=4 * 16 * 2, warmup=1,
+                         eval_tokens=4 * 16)  # fmt: skip
+    run = sl.train(lm, data, cfg, tmp_path / "run", progress=False)
+    sae = run.sae
+    site = parse_site(SITE)
+    x = clean_pass(lm, data.tokens[:8], [site]).acts[site][:, 1:]
+    mean_norm = run.log[0]["mean_norm"][SITE]
+    assert sae.act_scale.item() == pytest.approx(32**0.5 / mean_norm, rel=1e-5)
+    assert (x * sae.act_scale).norm(dim=-1).mean().item() == pytest.approx(32**0.5, rel=0.2)
+    back = sl.load_sae(tmp_path / "run" / "saes" / SITE)
+    assert back.act_scale == sae.act_scale
+    out = back(x)  # raw in, raw out
+    z = (x * back.act_scale) @ back.W_enc + back.b_enc
+    assert torch.allclose(out.pre, z, atol=1e-5)
+    assert torch.allclose(out.x_hat, (out.c @ back.W_dec + back.b_dec) / back.act_scale, atol=1e-5)
+    assert F.mse_loss(out.x_hat, x) < F.mse_loss(torch.zeros_like(x), x)
+
+
+def test_saes_saved_before_normalisation_load_as_raw(tmp_path):
+    sae = sl.SAE(sl.SAEConfig(architecture="relu", d_in=8, d_sae=16, normalize_activations="none"))
+    sl.save_sae(sae, tmp_path / "s")
+    cfg = (tmp_path / "s" / "cfg.json").read_text()
+    import json
+
+    meta = json.loads(cfg)
+    del meta["normalize_activations"]  # as every cfg.json written before the option
+    (tmp_path / "s" / "cfg.json").write_text(json.dumps(meta))
+    back = sl.load_sae(tmp_path / "s")
+    assert back.cfg.normalize_activations == "none" and not hasattr(back, "act_scale")
+
+
+@pytest.mark.parametrize("chunk", [7, 64, None])
+def test_chunked_kl_and_ce_equal_the_whole_computation(chunk):
+    g = torch.Generator().manual_seed(0)
+    clean = torch.randn(3, 5, 37, generator=g) * 4
+    sae = (clean + torch.randn(3, 5, 37, generator=g)).requires_grad_()
+    lc, ls = F.log_softmax(clean, -1), F.log_softmax(sae, -1)
+    want = (lc.exp() * (lc - ls)).sum(-1).mean()
+    want.backward()
+    g_want, sae.grad = sae.grad.clone(), None
+    got = losses.kl_loss(clean, sae, chunk_elements=chunk and chunk * 37)
+    got.backward()
+    assert abs(got.item() - want.item()) < 1e-5
+    assert torch.allclose(sae.grad, g_want, atol=1e-5)
+    t = torch.randint(0, 37, (15,), generator=g)
+    flat = sae.detach().reshape(15, 37).requires_grad_()
+    want = F.cross_entropy(flat, t, reduction="sum")
+    want.backward()
+    g_want, flat.grad = flat.grad.clone(), None
+    got = losses.cross_entropy(flat, t, "sum", chunk_elements=chunk and chunk * 37)
+    got.backward()
+    assert abs(got.item() - want.item()) < 1e-4 and torch.allclose(flat.grad, g_want, atol=1e-5)
+
+
+def test_a_bfloat16_model_trains_float32_saes(llama, text_dir):
+    path, _ = llama
+    lm = sl.load_model(str(path), device="cpu", dtype="bfloat16")
+    data = sl.token_dataset(str(text_dir), lm.tokenizer, 16, n_tokens=2000, cache=False)
+    for arch, loss, kw in [("relu", "e2e", {}), ("gtopk", "local", {"k": 4})]:
+        cfg = tr.TrainConfig(sites=(SITE,), loss=loss, batch_size=4, n_tokens=4 * 16 * 2,
+                             sae=sl.SAEConfig(architecture=arch, dict_ratio=2, **kw),
+                             warmup=1, log_every=1, eval_tokens=4 * 16)  # fmt: skip
+        run = sl.train(lm, data, cfg, None, progress=False)
+        assert run.sae.dtype == torch.float32
+        assert all(torch.isfinite(torch.tensor(r["loss"])) for r in run.log if r["kind"] == "train")
+        assert torch.isfinite(torch.tensor(run.log[-1]["ce_increase"]))
+
+
+@pytest.mark.parametrize("base", [tf.LlamaModel, tf.Qwen2Model], ids=["llama", "qwen2"])
+def test_a_base_model_without_its_lm_head_is_refused(tmp_path, base):
+    torch.manual_seed(0)
+    config = (tf.LlamaConfig if base is tf.LlamaModel else tf.Qwen2Config)(**_LLAMA_KW)
+    base(config).save_pretrained(tmp_path)  # no lm_head (untied: it would be random)
+    bos_tokenizer().save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"uninitialised \(lm_head.weight\)"):
+        sl.load_model(str(tmp_path), device="cpu")
+
+
+def test_dtype_device_and_valid_sites_are_checked(lm):
+    with pytest.raises(ValueError, match="dtype='fp8' is not supported; valid: float32"):
+        sl.load_model("storyworld", dtype="fp8")
+    with pytest.raises(ValueError, match="device='gpu' is not a device|device='gpu'"):
+        sl.load_model("storyworld", device="gpu")
+    assert sl.valid_sites(lm) == sl.valid_sites(6) and "mlp_out.5" in sl.valid_sites(lm)
