@@ -49,6 +49,7 @@ sae_options: dict = {}  # any other SAEConfig field, e.g. {"pre_subtract_b_dec":
 out_dir: str = "outputs/02_e2e_sae/scratch"  # run folder (set by saelab.runs)
 
 # %%
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -134,7 +135,27 @@ print(
     f"{train_s['e2e']:.0f} s (e2e) and {train_s['local']:.0f} s (local)."
 )
 
+# %% [markdown]
+# ## 4. Fine-tuning the local SAE end to end
+#
+# `TrainConfig(init_from=...)` starts from a saved SAE (saelab's, or a folder SAELens wrote)
+# instead of a fresh init. Here the local SAE above continues with the e2e loss for a quarter of
+# the tokens: the way e2e_sae users turn a local SAE into an e2e one.
+
 # %%
+local_sae = out / "local" / "saes" / str(sl.parse_site(site))
+finetune = dataclasses.replace(
+    configs["e2e"], init_from=str(local_sae), n_tokens=max(n_tokens // 4, batch_size * n_ctx)
+)
+ft = sl.train(lm, train_data, finetune, out_dir=out / "local_to_e2e", eval_data=eval_data).log[-1]
+print(
+    f"local SAE: CE +{lo.ce_increase:.3f} at L0 {lo.l0:.1f}; after {finetune.n_tokens:,} tokens "
+    f"of e2e fine-tuning: CE +{ft['ce_increase']:.3f} at L0 {ft['l0']:.1f} (e2e from scratch on "
+    f"{n_tokens:,} tokens: CE +{e.ce_increase:.3f} at L0 {e.l0:.1f})"
+)
+
+# %%
+reports["local_to_e2e"] = ft
 summary = {name: {k: rep[k] for k in keys} for name, rep in reports.items()}
 summary |= {"sparsity": sparsity, "train_tokens": n_tokens, "train_s": train_s}
 (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

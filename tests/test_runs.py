@@ -62,8 +62,10 @@ def test_sweep_skips_finished_runs_and_collects(nbdir, monkeypatch):
     assert len(points) == 4 and {"a": 2, "b": 0.5} in points
     outs = runs.sweep("90_tiny", points, out_root=nbdir / "outputs")
     assert all((o / "summary.json").exists() for o in outs)
-    # an unfinished run (no summary) is redone; finished ones are skipped
-    (outs[0] / "summary.json").unlink()
+    # an interrupted run is redone (the old folder moved aside); completed ones are skipped
+    cfg = json.loads((outs[0] / "config.json").read_text())
+    assert cfg["status"] == "completed"
+    (outs[0] / "config.json").write_text(json.dumps(cfg | {"status": "interrupted"}))
     ran = []
     real = runs.run_notebook
     monkeypatch.setattr(

@@ -20,6 +20,7 @@ from saelab.core.metrics import evaluate
 from saelab.core.models import Site, load_model, model_info, parse_site, valid_sites
 from saelab.core.objectives import OBJECTIVES, Objective, objective
 from saelab.core.sae import SAE, SAEConfig, architecture, architectures, load_sae, save_sae
+from saelab.core.saelens import export_saelens, to_saebench
 from saelab.core.training import Run, TrainConfig, train
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "architectures",
     "cache_activations",
     "evaluate",
+    "export_saelens",
     "load_cache",
     "load_model",
     "load_sae",
@@ -43,6 +45,7 @@ __all__ = [
     "objective",
     "parse_site",
     "save_sae",
+    "to_saebench",
     "token_dataset",
     "train",
     "valid_sites",

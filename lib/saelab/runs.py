@@ -90,14 +90,64 @@ def paired_notebook(notebook: str) -> Path:
     return ipynb
 
 
+class RunExists(FileExistsError):
+    """The run folder holds a completed run; pass force=True (`--force`) to replace it."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM during a run, raised like Ctrl-C so the run is recorded as interrupted."""
+
+
+def run_status(folder: str | Path) -> str | None:
+    """The recorded status of a run folder: running, completed, failed, interrupted, or None.
+
+    Folders from before statuses were recorded count as completed when they hold the summary
+    their notebook writes last (`summary.json` or `metrics.json`).
+    """
+    folder = Path(folder)
+    cfg = folder / "config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        status = json.loads(cfg.read_text()).get("status")
+    except json.JSONDecodeError:
+        return "failed"
+    if status is None and any((folder / f).exists() for f in ("summary.json", "metrics.json")):
+        return "completed"
+    return status
+
+
+def _set_status(out: Path, config: dict, status: str, **extra) -> None:
+    config.update(status=status, **extra)
+    tmp = out / ".config.json.tmp"
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    tmp.replace(out / "config.json")
+
+
+def _move_aside(out: Path, status: str | None) -> Path:
+    """Rename a run folder to `<run-id>.<status>-<time>` beside it, so nothing in it is lost."""
+    aside = out.with_name(f"{out.name}.{status or 'old'}-{time.strftime('%Y%m%d-%H%M%S')}")
+    out.rename(aside)
+    return aside
+
+
 def run_notebook(
     notebook: str,
     params: dict | None = None,
     preset: str | None = None,
     run_id: str | None = None,
     out_root: str | Path | None = None,
+    force: bool = False,
 ) -> Path:
-    """Execute `notebook` with `preset` then `params` into a fresh run folder; return it."""
+    """Execute `notebook` with `preset` then `params` into a fresh run folder; return it.
+
+    `config.json` records the run's `status`: running, then completed, failed (with the
+    exception) or interrupted (Ctrl-C or SIGTERM). A folder that holds a completed run is
+    refused unless `force`; a folder that holds anything else, or a forced one, is first moved
+    aside to `<run-id>.<status>-<time>` (and the move is printed), so nothing is lost.
+    """
+    import signal
+
     import papermill as pm
 
     source = paired_notebook(notebook)  # fails before any folder is made for a bad name
@@ -110,21 +160,54 @@ def run_notebook(
     params = preset_values | (params or {})
     run_id = run_id or time.strftime("%Y%m%d-%H%M%S")
     out = Path(out_root or ROOT / "outputs") / notebook / run_id
+    status = run_status(out)
+    if status == "completed" and not force:
+        raise RunExists(
+            f"{out} holds a completed run; pass --force (force=True) to replace it (the old one "
+            "is moved aside, not deleted), or choose another --run-id"
+        )
+    if out.exists() and (status is not None or any(out.iterdir())):
+        aside = _move_aside(out, status)
+        print(f"run folder {out} held a {status or 'partial'} run; moved it to {aside}")
     out.mkdir(parents=True, exist_ok=True)  # papermill needs the folder to exist
     params["out_dir"] = str(out)
     config = dict(notebook=notebook, preset=preset, run_id=run_id, parameters=params)
     config |= dict(git=git_state(), versions=versions(), started=time.strftime("%FT%T"))
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    pm.execute_notebook(
-        str(source),
-        str(out / "notebook.ipynb"),
-        parameters=params,
-        cwd=str(ROOT),
-        kernel_name="python3",
-        progress_bar=False,
-        log_output=True,
-    )
+    _set_status(out, config, "running")
+
+    def on_term(signum, frame):
+        raise Interrupted(f"signal {signum}")
+
+    old_term = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
+    try:
+        pm.execute_notebook(
+            str(source),
+            str(out / "notebook.ipynb"),
+            parameters=params,
+            cwd=str(ROOT),
+            kernel_name="python3",
+            progress_bar=False,
+            log_output=True,
+        )
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM through on_term
+        _set_status(out, config, "interrupted", error=f"{type(e).__name__}: {e}",
+                    ended=time.strftime("%FT%T"))  # fmt: skip
+        raise
+    except BaseException as e:
+        _set_status(out, config, "failed", error=f"{type(e).__name__}: {str(e)[-2000:]}",
+                    ended=time.strftime("%FT%T"))  # fmt: skip
+        raise
+    finally:
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+    _set_status(out, config, "completed", ended=time.strftime("%FT%T"))
     return out
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 @dataclass(frozen=True)
@@ -282,15 +365,19 @@ def sweep(
 ) -> list[Path]:
     """Run `notebook` once per parameter dict in `points` (optionally in parallel processes).
 
-    A run whose folder already holds `summary.json` or `metrics.json` is finished and skipped,
-    so an interrupted sweep picks up where it stopped.
+    A point whose folder holds a completed run with the same recorded preset and parameters is
+    skipped (and said so), so an interrupted sweep picks up where it stopped; a completed run
+    with other parameters is refused by `run_notebook` rather than mixed in.
     """
     out_root = Path(out_root or ROOT / "outputs")
+    preset_values = load_preset(notebook, preset)
     jobs = []
     for p in points:
         out = Path(out_root) / notebook / (prefix + run_id_of(p))
-        if not any((out / f).exists() for f in ("summary.json", "metrics.json")):
-            jobs.append((notebook, p, preset, prefix + run_id_of(p), out_root))
+        if run_status(out) == "completed" and _same_run(out, preset, preset_values | p):
+            print(f"skipped {out}: completed with preset {preset!r} and the same parameters")
+            continue
+        jobs.append((notebook, p, preset, prefix + run_id_of(p), out_root))
     if processes > 1 and len(jobs) > 1:
         from concurrent.futures import ProcessPoolExecutor
 
@@ -300,6 +387,16 @@ def sweep(
         for job in jobs:
             _run_job(job)
     return [Path(out_root) / notebook / (prefix + run_id_of(p)) for p in points]
+
+
+def _same_run(out: Path, preset: str | None, params: dict) -> bool:
+    """Whether `out/config.json` records `preset` and `params` (besides `out_dir`)."""
+    try:
+        cfg = json.loads((out / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    recorded = {k: v for k, v in cfg.get("parameters", {}).items() if k != "out_dir"}
+    return cfg.get("preset") == preset and recorded == json.loads(json.dumps(params))
 
 
 def _run_job(job) -> Path:
@@ -315,8 +412,8 @@ def collect(folder: str | Path, name: str = "summary.json"):
     for cfg_path in sorted(Path(folder).rglob("config.json")):
         run = cfg_path.parent
         metrics = run / name
-        if not metrics.exists():
-            continue
+        if not metrics.exists() or run_status(run) != "completed":
+            continue  # unfinished, failed, or moved aside: not a result
         cfg = json.loads(cfg_path.read_text())
         rows.append({"run_id": cfg.get("run_id", run.name), **cfg.get("parameters", {}),
                      **json.loads(metrics.read_text())})  # fmt: skip
@@ -360,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--preset")
     r.add_argument("--run-id")
     r.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "YAML_VALUE"))
+    r.add_argument("--force", action="store_true", help="replace a completed run (moved aside)")
     sw = sub.add_parser("sweep", help="run a notebook over a parameter grid")
     sw.add_argument("notebook")
     sw.add_argument("--preset")
@@ -370,7 +468,19 @@ def main(argv: list[str] | None = None) -> int:
     mj = sub.add_parser("main", help="the main job on the embedded default (05, then 06-10)")
     mj.add_argument("--run-id")
     mj.add_argument("--no-studies", action="store_true", help="only notebook 05_pareto")
+    ap.add_argument("--debug", action="store_true", help="full tracebacks on errors")
     a = ap.parse_args(argv)
+    try:
+        return _main(a)
+    except (KeyboardInterrupt, Exception) as e:
+        if a.debug:
+            raise
+        msg = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+        print(f"error: {msg}", file=sys.stderr)
+        return 130 if isinstance(e, KeyboardInterrupt) else 1
+
+
+def _main(a) -> int:
     if a.cmd == "collect":
         print(collect(a.folder).to_string())
         return 0
@@ -384,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         out = main_job(a.run_id, () if a.no_studies else STUDIES)
     else:
         params = {k: parse_value(v) for k, v in a.p}
-        out = run_notebook(a.notebook, params, a.preset, a.run_id)
+        out = run_notebook(a.notebook, params, a.preset, a.run_id, force=a.force)
     print(f"outputs in {out}")
     return 0
 

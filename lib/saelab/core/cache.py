@@ -74,7 +74,23 @@ def _header(path: Path) -> tuple[int, dict]:
         head = f.read(n)
     if len(head) < n:
         raise ValueError(f"{path} is truncated (header cut short)")
-    return 8 + n, json.loads(head)
+    try:
+        return 8 + n, json.loads(head)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: the safetensors header is damaged ({e}); delete the cache and "
+                         "write it again with saelab.cache_activations") from e  # fmt: skip
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 8 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(8 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+VERIFY = ("full", "sizes")
 
 
 def _memmap(path: Path, name: str, np_dtype, st_dtype: str, shape: tuple) -> np.memmap:
@@ -95,7 +111,11 @@ def _memmap(path: Path, name: str, np_dtype, st_dtype: str, shape: tuple) -> np.
 class ActivationCache:
     """Activations `[n_rows, n_ctx, d_in]` of one site, row i from token row i of its data."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, verify: str = "full"):
+        """Open and check a cache. `verify="full"` checks every shard's sha256 against the
+        manifest (reads all bytes once); `"sizes"` only their sizes and headers (fast)."""
+        if verify not in VERIFY:
+            raise ValueError(f"verify={verify!r} is not one of {list(VERIFY)}")
         self.path = Path(path)
         mpath = self.path / MANIFEST
         if not mpath.is_file():
@@ -103,7 +123,13 @@ class ActivationCache:
                 f"{self.path} is not a complete activation cache (no {MANIFEST}); write it with "
                 "saelab.cache_activations"
             )
-        self.manifest = m = json.loads(mpath.read_text())
+        remedy = "delete the folder and write the cache again with saelab.cache_activations"
+        try:
+            self.manifest = m = json.loads(mpath.read_text())
+            for key in ("format", "dtype", "n_rows", "n_ctx", "d_in", "shards", "tokens_sha256"):
+                m[key]  # noqa: B018  (a KeyError names the missing field)
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{mpath} is damaged ({type(e).__name__}: {e}); {remedy}") from e
         if m.get("format") != FORMAT:
             raise ValueError(f"{mpath}: format {m.get('format')!r}, expected {FORMAT!r}")
         torch_dtype, np_dtype, st = DTYPES[m["dtype"]]
@@ -116,6 +142,16 @@ class ActivationCache:
         start = 0
         for sh in m["shards"]:
             shape = (sh["rows"], m["n_ctx"], m["d_in"])
+            f = self.path / sh["file"]
+            if not f.is_file():
+                raise FileNotFoundError(f"{f} is missing from the activation cache; {remedy}")
+            size = f.stat().st_size
+            if "bytes" in sh and size != sh["bytes"]:
+                what = "is truncated" if size < sh["bytes"] else "is longer than written"
+                raise ValueError(f"{f} {what} ({size} of {sh['bytes']} bytes); {remedy}")
+            if verify == "full" and "sha256" in sh and file_sha256(f) != sh["sha256"]:
+                raise ValueError(f"{f} does not match its sha256 in the manifest (damaged); "
+                                 f"{remedy}")  # fmt: skip
             self._shards.append(_memmap(self.path / sh["file"], "acts", np_dtype, st, shape))
             self._starts.append(start)
             start += sh["rows"]
@@ -218,9 +254,14 @@ class ActivationCache:
                 )
 
 
-def load_cache(path: str | os.PathLike, data: TokenDataset | None = None) -> ActivationCache:
-    """Open the cache at `path`; with `data`, check it was written from those token rows."""
-    cache = ActivationCache(path)
+def load_cache(
+    path: str | os.PathLike, data: TokenDataset | None = None, verify: str = "full"
+) -> ActivationCache:
+    """Open the cache at `path`; with `data`, check it was written from those token rows.
+
+    `verify="full"` (default) checks each shard's sha256; `"sizes"` only sizes and headers.
+    """
+    cache = ActivationCache(path, verify)
     if data is not None:
         cache.check_data(data)
     return cache
@@ -314,7 +355,9 @@ def _write_shards(lm, data, site, folder: Path, dtype, batch_size, rows_per_shar
             part, rest = block[:rows_per_shard], block[rows_per_shard:]
             name = f"acts-{len(shards):05d}.safetensors"
             save_file({"acts": part.contiguous()}, folder / name)
-            shards.append({"file": name, "rows": part.shape[0]})
+            f = folder / name
+            shards.append({"file": name, "rows": part.shape[0], "bytes": f.stat().st_size,
+                           "sha256": file_sha256(f)})  # fmt: skip
             pending, n_pending = ([rest] if len(rest) else []), len(rest)
 
     bar = tqdm(total=len(data), desc=f"cache {site}", unit="row", disable=not progress)

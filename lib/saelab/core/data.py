@@ -115,8 +115,10 @@ def token_dataset(
     `n_ctx - 1` tokens of the stream, so no row starts mid-document without one; None (default)
     means "when the tokenizer has a BOS token". Part of the cache key.
     """
-    if n_ctx < 2:
-        raise ValueError(f"n_ctx must be >= 2, got {n_ctx}")
+    if not _is_count(n_ctx) or n_ctx < 2:
+        raise ValueError(f"n_ctx={n_ctx!r} must be an int >= 2")
+    if n_tokens is not None and (not _is_count(n_tokens) or n_tokens < 1):
+        raise ValueError(f"n_tokens={n_tokens!r} must be a positive int, or None for all")
     if labels and source != "storyworld":
         raise ValueError(f"labels=True needs source='storyworld', got {source!r}")
     if prepend_bos is None:
@@ -131,8 +133,9 @@ def token_dataset(
                      prepend_bos)  # fmt: skip
     path = cache_dir() / "datasets" / f"{key}.pt"
     if cache and path.exists():
-        blob = torch.load(path, weights_only=True)
-        return TokenDataset(blob["tokens"], blob.get("labels"), source, split, prepend_bos)
+        blob = _read_cached(path, len(tokenizer))
+        if blob is not None:
+            return TokenDataset(blob["tokens"], blob.get("labels"), source, split, prepend_bos)
     if source == "storyworld":
         ids, labs = _storyworld_ids(tokenizer, split, n_tokens, labels)
     else:
@@ -144,16 +147,73 @@ def token_dataset(
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         blob = {"tokens": ds.tokens} | ({"labels": ds.labels} if ds.labels is not None else {})
+        blob["sha256"] = _checksum(blob)
         torch.save(blob, tmp)
         os.replace(tmp, path)  # atomic: a killed run never leaves a half-written cache entry
     return ds
 
 
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _checksum(blob: dict) -> str:
+    """sha256 over the cached tensors' bytes, shapes and dtypes."""
+    h = hashlib.sha256()
+    for name in ("tokens", "labels"):
+        if blob.get(name) is not None:
+            t = blob[name].contiguous()
+            h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+            h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def _read_cached(path: Path, vocab_size: int) -> dict | None:
+    """A cached token blob, or None (with a one-line warning) if it is damaged: then rebuilt."""
+    import warnings
+
+    try:
+        blob = torch.load(path, weights_only=True)
+        problem = None
+        if not isinstance(blob, dict) or "tokens" not in blob:
+            problem = "not a token cache"
+        elif blob.get("sha256") != _checksum(blob):
+            problem = "checksum mismatch" if "sha256" in blob else "no checksum (old format)"
+        elif blob["tokens"].numel() and not (
+            0 <= int(blob["tokens"].min()) and int(blob["tokens"].max()) < vocab_size
+        ):
+            problem = f"token ids outside the vocabulary [0, {vocab_size})"
+    except Exception as e:  # truncated or corrupt: torch raises by damage type
+        problem = f"unreadable ({type(e).__name__})"
+    if problem is None:
+        return blob
+    warnings.warn(f"token cache {path}: {problem}; rebuilding it", stacklevel=3)
+    return None
+
+
+def _file_stamp(path: Path) -> list:
+    """What identifies a local data file's content: name, size, mtime and a content hash."""
+    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+    out = []
+    for f in files:
+        h = hashlib.blake2b(digest_size=16)
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                h.update(chunk)
+        st = f.stat()
+        out.append([str(f.relative_to(path)) if path.is_dir() else f.name, st.st_size,
+                    st.st_mtime_ns, h.hexdigest()])  # fmt: skip
+    return out
+
+
 def _cache_key(source, tokenizer, n_ctx, split, n_tokens, labels, text_column, load_kwargs,
                prepend_bos: bool = False) -> str:  # fmt: skip
     tok = tokenizer.backend_tokenizer.to_str() if hasattr(tokenizer, "backend_tokenizer") else ""
-    src = str(Path(source).resolve()) if Path(source).exists() else source
+    local = Path(source).exists()
+    src = str(Path(source).resolve()) if local else source
     meta = [src, split, n_ctx, n_tokens, labels, text_column, sorted(map(str, load_kwargs.items()))]
+    if local:  # an edited file is new data: its stamp is part of the key
+        meta.append(_file_stamp(Path(source)))
     if prepend_bos:  # keys of caches written before the option existed stay valid
         meta.append("prepend_bos")
     h = hashlib.sha256((json.dumps(meta) + tok).encode()).hexdigest()[:16]
@@ -205,6 +265,18 @@ def _hf_texts(source: str, split: str, text_column: str, streaming: bool, load_k
         files = (
             sorted(f for f in p.rglob("*") if f.suffix in _LOCAL_BUILDERS) if p.is_dir() else [p]
         )
+        if p.is_dir():
+            other = sorted(str(f.relative_to(p)) for f in p.rglob("*")
+                           if f.is_file() and f.suffix not in _LOCAL_BUILDERS
+                           and not f.name.startswith("."))  # fmt: skip
+            if other:
+                import warnings
+
+                shown = ", ".join(other[:5]) + (
+                    f", ... ({len(other)} in all)" if len(other) > 5 else ""
+                )
+                warnings.warn(f"{source}: skipping files of unsupported types: {shown} (supported: "
+                              f"{sorted(_LOCAL_BUILDERS)})", stacklevel=3)  # fmt: skip
         if not files:
             raise ValueError(
                 f"no .txt/.json/.jsonl/.parquet files in {source!r}; supported: "
@@ -219,9 +291,15 @@ def _hf_texts(source: str, split: str, text_column: str, streaming: bool, load_k
                 f"{source!r}: files must share one supported type {sorted(_LOCAL_BUILDERS)}; "
                 f"found suffixes {sorted({f.suffix for f in files})}"
             )
-        ds = datasets.load_dataset(
-            builders.pop(), data_files=[str(f) for f in files], split="train", streaming=streaming
-        )
+        builder = builders.pop()
+        try:
+            ds = datasets.load_dataset(
+                builder, data_files=[str(f) for f in files], split="train", streaming=streaming
+            )
+        except Exception as e:  # datasets names neither the file nor the line: we find them
+            raise ValueError(
+                f"could not read dataset {source!r}: {_first_bad(files, builder)}"
+            ) from e
     else:
         try:
             ds = datasets.load_dataset(source, split=split, streaming=streaming, **load_kwargs)
@@ -237,6 +315,31 @@ def _hf_texts(source: str, split: str, text_column: str, streaming: bool, load_k
             "Pass text_column=..."
         )
     return (row[text_column] for row in ds)
+
+
+def _first_bad(files: list[Path], builder: str) -> str:
+    """Where a local dataset is broken: the first file (and line) that does not parse."""
+    for f in files:
+        raw = f.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = raw[: e.start].count(b"\n") + 1
+            return f"{f}, line {line}: not UTF-8 text (byte {e.start}); is it a binary file?"
+        if builder == "json" and f.suffix == ".jsonl":
+            for i, line in enumerate(text.splitlines(), start=1):
+                if line.strip():
+                    try:
+                        json.loads(line)
+                    except json.JSONDecodeError as e:
+                        return f"{f}, line {i}: not valid JSON ({e.msg}): {line[:80]!r}"
+        elif builder == "json":
+            try:
+                json.loads(text)
+            except json.JSONDecodeError as e:
+                if "Extra data" not in e.msg:  # JSON lines in a .json file are fine
+                    return f"{f}, line {e.lineno}: not valid JSON ({e.msg})"
+    return f"{', '.join(map(str, files[:3]))}: the dataset library could not read them"
 
 
 def _tokenize_docs(docs, tokenizer, n_tokens: int | None, source: str) -> np.ndarray:

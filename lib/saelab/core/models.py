@@ -178,7 +178,21 @@ def load_model(
         tok.pad_token = tok.eos_token
     lm.eval()
     lm.requires_grad_(False)  # frozen: only SAEs train, and no grads pile up on the weights
+    # provenance other tools can resolve: the name it was loaded by ("storyworld", "gpt2"),
+    # with the local directory kept apart (SAEs record both; ARCHITECTURE.md §6)
+    lm.config.saelab_model_name = name_or_path
+    lm.config.saelab_model_path = source if Path(source).exists() else ""
     return lm
+
+
+def model_name(lm: Any) -> tuple[str, str]:
+    """(the name `lm` was loaded by, its local directory or "") for provenance."""
+    cfg = lm.config
+    name = getattr(cfg, "saelab_model_name", None)
+    if name is None:  # loaded some other way: transformers' own record
+        path = getattr(cfg, "_name_or_path", "") or cfg.model_type
+        return path, path if Path(path).exists() else ""
+    return name, getattr(cfg, "saelab_model_path", "")
 
 
 def model_info(lm: Any) -> dict[str, Any]:

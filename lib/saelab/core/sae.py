@@ -81,6 +81,27 @@ def check_choice(name: str, value: Any, valid: tuple) -> None:
         raise ValueError(f"{name}={value!r} is unknown; valid: {', '.join(map(str, valid))}")
 
 
+def memory_bytes() -> int | None:
+    """This machine's physical memory in bytes, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits(d_in: int, d_sae: int, bytes_per_value: int = 4) -> None:
+    """Refuse an SAE whose training state (parameters, gradients, Adam's two moments: 4 copies of
+    `2 d_in d_sae + d_in + d_sae` floats) exceeds this machine's memory, before allocating it."""
+    need = 4 * bytes_per_value * (2 * d_in * d_sae + d_in + d_sae)
+    have = memory_bytes()
+    if have is not None and need > have:
+        raise ValueError(
+            f"an SAE of d_in={d_in} x d_sae={d_sae} needs ~{need / 2**30:.1f} GiB to train "
+            f"(parameters, gradients, Adam state) but this machine has {have / 2**30:.1f} GiB; "
+            "lower dict_ratio or d_sae"
+        )
+
+
 @dataclass(frozen=True, kw_only=True)
 class SAEConfig:
     """Shape, architecture and provenance of an SAE; each architecture subclasses it.
@@ -102,7 +123,8 @@ class SAEConfig:
     normalize_activations: str = "expected_average_only_in"
     site: str = ""
     hook_name: str = ""
-    model_name: str = ""
+    model_name: str = ""  # the name the model was loaded by ("storyworld", "gpt2")
+    model_path: str = ""  # its local directory, when it was loaded from one
 
     def __new__(cls, *args, **kwargs):
         if cls is SAEConfig:  # dispatch to the architecture's own config class
@@ -131,7 +153,7 @@ class SAEConfig:
         if not isinstance(self.pre_subtract_b_dec, bool):
             raise ValueError(f"pre_subtract_b_dec={self.pre_subtract_b_dec!r} must be a bool")
         check_choice("normalize_activations", self.normalize_activations, NORMALIZATIONS)
-        for name in ("site", "hook_name", "model_name"):
+        for name in ("site", "hook_name", "model_name", "model_path"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name}={getattr(self, name)!r} must be a str")
 
@@ -140,14 +162,16 @@ class SAEConfig:
         """Whether encoding needs dL/dx at the site (gradient-informed selection)."""
         return False
 
-    def for_site(self, d_in: int, site: str = "", hook_name: str = "", model_name: str = ""):
+    def for_site(self, d_in: int, site: str = "", hook_name: str = "", model_name: str = "",
+                 model_path: str = ""):  # fmt: skip
         """This spec with the shape and provenance of a site of width `d_in` filled in."""
         from dataclasses import replace
 
         d_sae = self.d_sae or int(round(self.dict_ratio * d_in))
         return replace(self, d_in=d_in, d_sae=d_sae, site=site or self.site,
                        hook_name=hook_name or self.hook_name,
-                       model_name=model_name or self.model_name)  # fmt: skip
+                       model_name=model_name or self.model_name,
+                       model_path=model_path or self.model_path)  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: dict) -> SAEConfig:
@@ -201,6 +225,7 @@ class SAE(nn.Module):
         if cfg.d_in is None or cfg.d_sae is None:
             raise ValueError(f"building an SAE needs d_in and d_sae, got {cfg.d_in}, {cfg.d_sae}; "
                              "use cfg.for_site(d_in)")  # fmt: skip
+        check_fits(cfg.d_in, cfg.d_sae)
         self.cfg = cfg
         W_enc, b_enc, W_dec = self.init_params(cfg.d_in, cfg.d_sae)
         self.W_enc = nn.Parameter(W_enc.contiguous())
@@ -396,14 +421,30 @@ def save_sae(sae: SAE, path: str | os.PathLike, extra: dict | None = None) -> Pa
 
 
 def load_sae(
-    path: str | os.PathLike, d_in: int | None = None, device: str | torch.device | None = None
+    path: str | os.PathLike,
+    d_in: int | None = None,
+    device: str | torch.device | None = None,
+    sae_id: str | None = None,
 ) -> SAE:
-    """Load an SAE written by `save_sae`; `d_in` (if given) must match the site's width.
+    """Load an SAE written by `save_sae` or by SAELens; `d_in` (if given) must match the site.
 
     The architecture's class is looked up by name and its full state (parameters and buffers)
-    is loaded strictly: a missing, extra or misshapen tensor is an error. Returned in eval mode.
+    is loaded strictly: a missing, extra or misshapen tensor is an error. A folder SAELens wrote
+    (`sae_weights.safetensors`) is read by `saelab.core.saelens.load_saelens`; with `sae_id`,
+    `path` names a SAELens pretrained release, fetched through sae_lens' registry. Returned in
+    eval mode.
     """
+    from saelab.core import saelens
+
+    if sae_id is not None:
+        sae = saelens.load_pretrained(str(path), sae_id)
+        return sae.to(device) if device is not None else sae
     path = Path(path)
+    if not (path / WEIGHTS_FILE).exists() and saelens.is_saelens_folder(path):
+        sae = saelens.load_saelens(path)
+        if d_in is not None and sae.cfg.d_in != d_in:
+            raise ValueError(f"SAE at {path} has d_in={sae.cfg.d_in} but the site has d_in={d_in}")
+        return sae.to(device) if device is not None else sae
     cfg_path, weights_path = path / CFG_FILE, path / WEIGHTS_FILE
     if not cfg_path.is_file():
         raise FileNotFoundError(f"no SAE config at {cfg_path}")
@@ -433,6 +474,11 @@ def load_sae(
         raise ValueError(
             f"cannot read SAE weights {weights_path} (truncated or corrupt?): {e}"
         ) from e
+    bad = sorted(name for name, t in tensors.items()
+                 if t.is_floating_point() and not torch.isfinite(t).all())  # fmt: skip
+    if bad:
+        raise ValueError(f"SAE weights {weights_path} hold NaN or inf values in {bad}; refusing "
+                         "to load a broken SAE")  # fmt: skip
     with torch.random.fork_rng(devices=[]):  # building the module must not move the global RNG
         sae = SAE(cfg)
     expected = {name: tuple(t.shape) for name, t in sae.state_dict().items()}
@@ -449,5 +495,6 @@ def load_sae(
             )
     sae = sae.to(dtype=tensors["W_enc"].dtype)
     sae.load_state_dict(tensors, strict=True)
+    sae.extra = meta.get("extra") or {}  # provenance: the training config and data
     sae.eval()
     return sae.to(device) if device is not None else sae

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 
 from saelab.core import losses
 from saelab.core.cache import ActivationCache, evaluate_cached
-from saelab.core.models import Site, model_info, parse_site, sort_sites
+from saelab.core.models import Site, model_info, model_name, parse_site, sort_sites
 from saelab.core.objectives import OBJECTIVES, Objective, objective
 from saelab.core.passes import (
     Clean,
@@ -62,6 +63,9 @@ class TrainConfig:
     # positions the SAEs leave clean and out of their losses and metrics; None: the BOS position
     # (0) when the data prepends one, else none (ARCHITECTURE.md §6)
     exclude_positions: tuple[int, ...] | None = None
+    # start from a saved (or SAELens-exported) SAE instead of a fresh init: its weights, and its
+    # activation scale; architecture, d_in and d_sae must match `sae` (single-site runs)
+    init_from: str | None = None
     dead_tokens: int = 200_000  # a latent is dead after this many tokens without firing
     lr: float = 1e-3
     warmup: int = 50  # steps
@@ -122,6 +126,10 @@ class TrainConfig:
         for name in ("kl_coeff", "ds_coeff", "grad_clip"):
             check_number(name, getattr(self, name))
         self.objective  # noqa: B018  (the objective checks its own coefficients)
+        if self.init_from is not None:
+            object.__setattr__(self, "init_from", str(self.init_from))
+            if len(self.sites) != 1:
+                raise ValueError(f"init_from needs a single-site run, got sites={self.sites}")
         check_number("min_lr_frac", self.min_lr_frac)
         if self.min_lr_frac > 1:
             raise ValueError(f"min_lr_frac must be in [0, 1], got {self.min_lr_frac}")
@@ -131,10 +139,12 @@ class TrainConfig:
         """The training objective named by `loss`, with its coefficients."""
         return objective(self.loss, kl_coeff=self.kl_coeff, ds_coeff=self.ds_coeff)
 
-    def sae_config(self, site: str, d_in: int, model_name: str = "") -> SAEConfig:
+    def sae_config(
+        self, site: str, d_in: int, model_name: str = "", model_path: str = ""
+    ) -> SAEConfig:
         """The SAEConfig of the SAE at `site` for a model of width `d_in`."""
         try:
-            return self.sae.for_site(d_in, site, parse_site(site).hook_name, model_name)
+            return self.sae.for_site(d_in, site, parse_site(site).hook_name, model_name, model_path)
         except ValueError as e:
             raise ValueError(f"{e} (dict_ratio {self.sae.dict_ratio} x {d_in})") from e
 
@@ -283,11 +293,21 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)  # a kill mid-write leaves the previous checkpoint intact
 
 
-def save_checkpoint(path: Path, state: TrainState, cfg: TrainConfig) -> None:
-    """Write `state` to `path` atomically."""
+def data_fingerprint(data) -> str:
+    """sha256 of the token rows a run trains on (an activation cache: those it was written from)."""
+    from saelab.core.cache import fingerprint
+
+    if isinstance(data, ActivationCache):
+        return data.manifest["tokens_sha256"]
+    return fingerprint(data.tokens)
+
+
+def save_checkpoint(path: Path, state: TrainState, cfg: TrainConfig, data_fp: str = "") -> None:
+    """Write `state` to `path` atomically, with the fingerprint of the training data."""
     _atomic_save(
         dict(
             cfg=asdict(cfg),
+            data=data_fp,
             step=state.step,
             log=state.log,
             saes={str(s): sae.state_dict() for s, sae in state.saes.items()},
@@ -306,7 +326,7 @@ def _as_config_dict(d: dict) -> dict:
         return d
 
 
-def load_checkpoint(path: Path, cfg: TrainConfig, sites) -> dict:
+def load_checkpoint(path: Path, cfg: TrainConfig, sites, data_fp: str | None = None) -> dict:
     """Read and check a training checkpoint; a bad one is an error and stays on disk untouched.
 
     Never starts over silently: a truncated file (a disk filled up, a copy cut short) would
@@ -331,6 +351,11 @@ def load_checkpoint(path: Path, cfg: TrainConfig, sites) -> dict:
             f"{path} was written by a different TrainConfig; refusing to resume. "
             f"Differences (checkpoint, now): {diff}"
         )
+    if data_fp is not None and state.get("data") and state["data"] != data_fp:
+        raise CheckpointError(
+            f"{path} was trained on other data (token fingerprint {state['data'][:12]}, now "
+            f"{data_fp[:12]}); refusing to resume. Give the same data, or start the run over"
+        )
     names = {str(s) for s in sites}
     if set(state["saes"]) != names or set(state["since_fire"]) != names:
         raise CheckpointError(f"checkpoint {path} holds sites {sorted(state['saes'])}, "
@@ -346,6 +371,25 @@ def restore(state: TrainState, saved: dict) -> None:
     device = next(iter(state.saes.values())).device
     state.since_fire = {s: saved["since_fire"][str(s)].to(device) for s in state.saes}
     state.step, state.log = saved["step"], saved["log"]
+
+
+def check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse an `out_dir` that holds a run unless asked to resume it or to replace it."""
+    if resume and overwrite:
+        raise ValueError("resume=True and overwrite=True contradict each other; choose one")
+    has_saes = (out / "saes").is_dir() and any((out / "saes").iterdir())
+    has_ckpt = (out / "checkpoint.pt").exists()
+    if resume and has_saes and not has_ckpt:
+        raise FileExistsError(
+            f"{out} holds finished SAEs but no checkpoint.pt, so resume=True cannot continue "
+            "that run; pass overwrite=True to train it again, or choose another out_dir"
+        )
+    if not resume and not overwrite and (has_saes or has_ckpt):
+        what = " and ".join(n for n, h in (("saes/", has_saes), ("checkpoint.pt", has_ckpt)) if h)
+        raise FileExistsError(
+            f"{out} holds a run ({what}); pass resume=True to continue it, overwrite=True to "
+            "replace it, or choose another out_dir"
+        )
 
 
 def start_files(out: Path, cfg: TrainConfig, log: list[dict]) -> None:
@@ -380,13 +424,35 @@ def evaluate_run(lm, state: TrainState, data, cfg: TrainConfig, excluded=()) -> 
 # --- the loop ------------------------------------------------------------------------------------
 
 
+def init_sae(sae: SAE, path: str) -> None:
+    """Load the weights (and activation scale) of the SAE at `path` into `sae`, checking fit."""
+    from saelab.core.sae import load_sae
+
+    src = load_sae(path, device=sae.device)
+    mine, theirs = sae.cfg, src.cfg
+    for name in ("architecture", "d_in", "d_sae", "normalize_activations"):
+        if getattr(mine, name) != getattr(theirs, name):
+            raise ValueError(
+                f"init_from={path!r}: its {name} is {getattr(theirs, name)!r} but this run's SAE "
+                f"has {getattr(mine, name)!r}; set TrainConfig.sae to match"
+            )
+    if getattr(theirs, "normalize_decoder", True) != getattr(mine, "normalize_decoder", True):
+        raise ValueError(f"init_from={path!r}: its decoder rows are used as stored "
+                         "(normalize_decoder=False); set it in TrainConfig.sae too")  # fmt: skip
+    sae.load_state_dict(src.state_dict(), strict=True)
+
+
 def new_state(cfg: TrainConfig, sites: list[Site], facts: dict) -> TrainState:
     """Seeded SAEs (one per site), Adam over all their parameters, nothing fired yet."""
     torch.manual_seed(cfg.seed)
     # Built on the CPU from the seeded CPU generator, then moved: the same init on every device.
     device = facts["device"]
-    saes = {s: SAE(cfg.sae_config(str(s), facts["d_in"], facts["model_name"])).to(device)
+    saes = {s: SAE(cfg.sae_config(str(s), facts["d_in"], facts["model_name"],
+                                  facts.get("model_path", ""))).to(device)
             for s in sites}  # fmt: skip
+    if cfg.init_from is not None:
+        (site,) = sites
+        init_sae(saes[site], cfg.init_from)
     params = [p for sae in saes.values() for p in sae.parameters()]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     since_fire = {s: torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=device)
@@ -473,6 +539,7 @@ def train(
     resume: bool = False,
     eval_data=None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Run:
     """Train one SAE per site of `cfg` on `data` through the frozen `lm`; tokens `[B, n_ctx]`.
 
@@ -485,6 +552,12 @@ def train(
     (default: `data`, or a cache's tokens). Under torch.distributed (`saelab.core.distributed`)
     each rank trains on its slice of every global batch of `cfg.batch_size` rows and only rank 0
     writes. The returned SAEs are in eval mode.
+
+    Nothing finished is lost: an `out_dir` that holds `saes/` or `checkpoint.pt` is refused
+    unless `resume=True` (continue it; refused if it holds SAEs but no checkpoint) or
+    `overwrite=True` (replace it). `train_config.json` and `metrics.jsonl` are written only
+    once the first step has succeeded, and a resume checks that the data is the same (its
+    token fingerprint).
     """
     # imported here, not at the top, so `python -m saelab.core.distributed` runs a fresh module
     from saelab.core import distributed as dd
@@ -502,15 +575,19 @@ def train(
         eval_data = cache.token_dataset() if cache is not None and lm is not None else data
     excluded = excluded_positions(cfg.exclude_positions, data)
     keep = kept_positions(data.n_ctx, excluded, facts["device"])
+    out = Path(out_dir) if out_dir is not None else None
+    ckpt = out / "checkpoint.pt" if out is not None else None
+    if out is not None:
+        check_out_dir(out, resume, overwrite)
+    data_fp = data_fingerprint(data) if ckpt is not None else ""
 
     # 2. the state: fresh and seeded, or resumed from the checkpoint
     state = new_state(cfg, sites, facts)
     dd.broadcast_params(state.params, w)
-    out = Path(out_dir) if out_dir is not None else None
-    ckpt = out / "checkpoint.pt" if out is not None else None
-    if resume and ckpt is not None and ckpt.exists():
-        restore(state, load_checkpoint(ckpt, cfg, sites))  # act_scale comes with the SAEs
-    else:
+    resumed = resume and ckpt is not None and ckpt.exists()
+    if resumed:
+        restore(state, load_checkpoint(ckpt, cfg, sites, data_fp))  # act_scale comes too
+    elif cfg.init_from is None:  # an initial SAE brings its activation scale
         norms = estimate_act_scales(lm, data, state.saes, keep, cfg.batch_size)
         if norms:
             state.log.append({"step": 0, "kind": "act_scale", "mean_norm": norms})
@@ -518,9 +595,17 @@ def train(
     writes = out is not None and w.main
     log_to = out if writes else None
     data_record = _describe(data) | {"excluded_positions": list(excluded)}
-    if writes:
-        start_files(out, cfg, state.log)
-        (out / "data.json").write_text(json.dumps(data_record, indent=2) + "\n")
+    own_ckpt = ckpt if resumed else None  # the "last good checkpoint" is this run's only
+    started = False
+
+    def begin() -> None:  # the run's files, once its first step has succeeded
+        nonlocal started
+        if writes and not started:
+            if overwrite and (out / "saes").exists():
+                shutil.rmtree(out / "saes")  # asked for: the old run's SAEs go
+            start_files(out, cfg, state.log)
+            (out / "data.json").write_text(json.dumps(data_record, indent=2) + "\n")
+        started = True
 
     # 3. the loop
     for sae in state.saes.values():
@@ -533,10 +618,11 @@ def train(
         batch = dd.shard(next(batches), w).to(facts["device"])
         lr = lr_at(state.step, n_steps, cfg.lr, cfg.warmup, cfg.min_lr_frac)
         try:
-            logs = optimise(lm, batch, state, cfg, lr, cache, w, ckpt, keep)
+            logs = optimise(lm, batch, state, cfg, lr, cache, w, own_ckpt, keep)
         except NonFiniteLoss:
             bar.close()
             raise
+        begin()
         state.step += 1
         bar.update()
         if state.step % cfg.log_every == 0 or state.step == n_steps:
@@ -555,14 +641,16 @@ def train(
             and cfg.checkpoint_every
             and (state.step % cfg.checkpoint_every == 0)
         ):
-            save_checkpoint(ckpt, state, cfg)
+            save_checkpoint(ckpt, state, cfg, data_fp)
+            own_ckpt = ckpt
     bar.close()
 
     # 4. the final evaluation, checkpoint and SAEs
+    begin()  # a resume of a finished checkpoint takes no step
     if not state.log or state.log[-1].get("kind") != "eval" or state.log[-1]["step"] != state.step:
         write_log(state, _evaluate(lm, state, cache, eval_data, cfg, excluded), log_to)
     if ckpt is not None and w.main:
-        save_checkpoint(ckpt, state, cfg)
+        save_checkpoint(ckpt, state, cfg, data_fp)
     if writes:
         for s, sae in state.saes.items():
             extra = {"train_config": asdict(cfg), "data": data_record}
@@ -570,6 +658,7 @@ def train(
     dd.barrier(w)  # no rank returns (and tears the group down) before rank 0 has written
     for sae in state.saes.values():
         sae.eval()
+        sae.extra = {"train_config": asdict(cfg), "data": data_record}
     return Run({str(s): sae for s, sae in state.saes.items()}, state.log, out, cfg)
 
 
@@ -617,9 +706,9 @@ def _facts(lm, data, cfg: TrainConfig) -> dict:
         return dict(d_in=m["d_in"], n_layers=m["n_layers"], n_ctx=m["model_n_ctx"],
                     model_name=m["model"], device=torch.device("cpu"))  # fmt: skip
     info = model_info(lm)
-    name = getattr(lm.config, "_name_or_path", "") or info["model_type"]
+    name, path = model_name(lm)
     return dict(d_in=info["d_model"], n_layers=info["n_layers"], n_ctx=info["n_ctx"],
-                model_name=name, device=torch.device(lm.device))  # fmt: skip
+                model_name=name, model_path=path, device=torch.device(lm.device))  # fmt: skip
 
 
 def _ckpt_step(path: Path) -> int | str:

@@ -27,6 +27,8 @@ class ReLUConfig(SAEConfig):
     architecture: str = "relu"
     sparsity: float = 1.0
     sparsity_p: float = 1.0
+    # False: decoder rows used as stored (an SAE imported from SAELens whose rows are not unit)
+    normalize_decoder: bool = True
 
     def __post_init__(self):
         super().__post_init__()
@@ -53,7 +55,7 @@ class ReLUSAE(SAE):
     def decoder_directions(self) -> Tensor:
         """Unit-norm dictionary directions `[d_sae, d_in]`, normalised inside forward."""
         # e2e_sae normalises inside forward, so gradients flow through the normalisation.
-        return F.normalize(self.W_dec, dim=-1)
+        return F.normalize(self.W_dec, dim=-1) if self.cfg.normalize_decoder else self.W_dec
 
     def activation(self, pre: Tensor, grad: Tensor | None) -> Tensor:
         """`ReLU(z) [..., d_sae]`."""
