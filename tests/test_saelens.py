@@ -164,3 +164,24 @@ def test_a_release_by_name_goes_through_sae_lens_and_fails_clearly(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ValueError, match="could not load SAELens release 'no-such-release'"):
         sl.load_sae("no-such-release", sae_id="blocks.0.hook_resid_pre")
+
+
+def test_a_saelens_batchtopk_training_folder_loads_with_its_threshold(tmp_path):
+    from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
+
+    torch.manual_seed(2)
+    theirs = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=4))
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.normal_(0, 0.3)
+        theirs.topk_threshold.fill_(0.25)
+    theirs.save_model(tmp_path / "b")
+    cfg = json.loads((tmp_path / "b" / "cfg.json").read_text())
+    if cfg["architecture"] != "batchtopk":  # this sae-lens saves the inference (jumprelu) form
+        pytest.skip(f"sae-lens wrote architecture={cfg['architecture']!r}")
+    ours = sl.load_sae(tmp_path / "b")
+    assert ours.cfg.architecture == "batchtopk" and ours.cfg.k == 4
+    assert float(ours.threshold) == pytest.approx(0.25)
+    x = torch.randn(5, D_IN)
+    z = ours.pre_acts(x)
+    assert torch.equal(ours(x).c, torch.relu(z) * (z > 0.25))

@@ -145,7 +145,8 @@ def is_saelens_folder(path: Path) -> bool:
 def load_saelens(path: str | os.PathLike) -> SAE:
     """A saelab SAE equal to the SAELens SAE in folder `path` (same encode and decode).
 
-    standard -> relu (decoder rows as stored), topk -> topk, jumprelu -> jumprelu;
+    standard -> relu (decoder rows as stored), topk -> topk, jumprelu -> jumprelu, batchtopk
+    (a SAELens training folder: its `topk_threshold` is the inference threshold) -> batchtopk;
     `apply_b_dec_to_input` -> `pre_subtract_b_dec`. Refuses what saelab cannot reproduce
     exactly: activation normalisation other than "none", hook_z reshaping, a TopK that
     rescales by decoder norms, negative JumpReLU thresholds, other architectures.
@@ -154,7 +155,7 @@ def load_saelens(path: str | os.PathLike) -> SAE:
     meta = json.loads((path / CFG).read_text())
     arch = meta.get("architecture", "standard")
     where = f"SAELens SAE at {path}"
-    names = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}
+    names = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "batchtopk"}
     if arch not in names:
         raise ValueError(f"{where}: architecture={arch!r} is not supported; saelab reads "
                          f"{sorted(names)}")  # fmt: skip
@@ -165,16 +166,26 @@ def load_saelens(path: str | os.PathLike) -> SAE:
     if meta.get("reshape_activations", "none") not in ("none", None):
         raise ValueError(f"{where}: reshape_activations={meta['reshape_activations']!r} "
                          "(hook_z SAEs) is not supported")  # fmt: skip
-    if meta.get("rescale_acts_by_decoder_norm"):
-        raise ValueError(f"{where}: rescale_acts_by_decoder_norm=True is not supported")
     w = {k: v.float() for k, v in load_file(path / WEIGHTS).items()}
+    if meta.get("rescale_acts_by_decoder_norm"):
+        # SAELens scales z by each decoder row's norm before selecting and divides it out after:
+        # the same SAE as one with the norms folded into the encoder and unit decoder rows
+        n = w["W_dec"].norm(dim=-1)
+        w["W_enc"], w["b_enc"], w["W_dec"] = w["W_enc"] * n, w["b_enc"] * n, w["W_dec"] / n[:, None]
     md = meta.get("metadata") or {}
     kw: dict[str, Any] = dict(architecture=names[arch], d_in=meta["d_in"], d_sae=meta["d_sae"],
                               pre_subtract_b_dec=bool(meta.get("apply_b_dec_to_input", False)),
                               normalize_activations="none", hook_name=md.get("hook_name") or "",
                               model_name=md.get("model_name") or "")  # fmt: skip
-    if arch == "topk":
-        kw["k"] = meta["k"]
+    if arch in ("topk", "batchtopk"):
+        k = meta["k"]
+        if isinstance(k, float) and not k.is_integer():
+            raise ValueError(f"{where}: k={k} is not a whole number of latents")
+        kw["k"] = int(k)
+    if arch == "batchtopk":
+        if "topk_threshold" not in w:
+            raise ValueError(f"{where}: a batchtopk folder without topk_threshold")
+        w["threshold"] = w.pop("topk_threshold").reshape(())
     if arch == "standard":
         unit = torch.allclose(w["W_dec"].norm(dim=-1), torch.ones(meta["d_sae"]), atol=1e-5)
         kw["normalize_decoder"] = bool(unit)  # rows as stored unless they are unit already
