@@ -403,6 +403,19 @@ def start_files(out: Path, cfg: TrainConfig, log: list[dict]) -> None:
         tmp.unlink()
 
 
+def begin_files(out: Path | None, cfg: TrainConfig, state: TrainState, data_record: dict,
+                overwrite: bool) -> bool:  # fmt: skip
+    """Write a run's `train_config.json`, `metrics.jsonl` and `data.json` (after its first step,
+    so a run that fails at once leaves an old run's files as they were); with `overwrite`, the
+    old run's SAEs go. Returns True (the files are started)."""
+    if out is not None:
+        if overwrite and (out / "saes").exists():
+            shutil.rmtree(out / "saes")  # asked for
+        start_files(out, cfg, state.log)
+        (out / "data.json").write_text(json.dumps(data_record, indent=2) + "\n")
+    return True
+
+
 def write_log(state: TrainState, rec: dict, out: Path | None) -> None:
     """Append `rec` to the run's log, and to `out/metrics.jsonl` when `out` is given."""
     state.log.append(rec)
@@ -596,16 +609,7 @@ def train(
     log_to = out if writes else None
     data_record = _describe(data) | {"excluded_positions": list(excluded)}
     own_ckpt = ckpt if resumed else None  # the "last good checkpoint" is this run's only
-    started = False
-
-    def begin() -> None:  # the run's files, once its first step has succeeded
-        nonlocal started
-        if writes and not started:
-            if overwrite and (out / "saes").exists():
-                shutil.rmtree(out / "saes")  # asked for: the old run's SAEs go
-            start_files(out, cfg, state.log)
-            (out / "data.json").write_text(json.dumps(data_record, indent=2) + "\n")
-        started = True
+    started = False  # the run's files are written once its first step has succeeded
 
     # 3. the loop
     for sae in state.saes.values():
@@ -622,7 +626,8 @@ def train(
         except NonFiniteLoss:
             bar.close()
             raise
-        begin()
+        if not started:
+            started = begin_files(out if writes else None, cfg, state, data_record, overwrite)
         state.step += 1
         bar.update()
         if state.step % cfg.log_every == 0 or state.step == n_steps:
@@ -646,7 +651,8 @@ def train(
     bar.close()
 
     # 4. the final evaluation, checkpoint and SAEs
-    begin()  # a resume of a finished checkpoint takes no step
+    if not started:  # a resume of a finished checkpoint takes no step
+        begin_files(out if writes else None, cfg, state, data_record, overwrite)
     if not state.log or state.log[-1].get("kind") != "eval" or state.log[-1]["step"] != state.step:
         write_log(state, _evaluate(lm, state, cache, eval_data, cfg, excluded), log_to)
     if ckpt is not None and w.main:
