@@ -38,3 +38,39 @@ def storyworld_data(lm):
 def small_tokenizer():
     """A 512-token byte-level BPE trained on 2,000 train stories (about half a second)."""
     return basemodel.train_tokenizer(storyworld.story_texts("train", 2000), 512)
+
+
+# A tiny notebook for saelab.runs: typed parameters, and a summary written last.
+TINY = """# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% tags=["parameters"]
+a: int = 1  # first number
+b: float = 2.0  # second number
+out_dir: str = "outputs/tiny/scratch"  # run folder
+
+# %%
+import json
+from pathlib import Path
+
+assert a >= 0, "a must be >= 0"
+Path(out_dir, "summary.json").write_text(json.dumps({"total": a + b}))
+"""
+
+
+@pytest.fixture
+def nbdir(tmp_path, monkeypatch):
+    """A notebooks folder holding the tiny notebook `90_tiny` (preset `big`), as runs.NOTEBOOKS."""
+    d = tmp_path / "notebooks"
+    (d / "params").mkdir(parents=True)
+    (d / "90_tiny.py").write_text(TINY)
+    (d / "params" / "90_tiny.big.yaml").write_text("a: 100\n")
+    from saelab import runs
+
+    monkeypatch.setattr(runs, "NOTEBOOKS", d)
+    return tmp_path

@@ -17,7 +17,6 @@ import warnings
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from test_runs import TINY
 
 import saelab as sl
 from saelab import runs
@@ -119,16 +118,6 @@ def test_resume_on_other_data_is_refused(lm, data, storyworld_data, tmp_path):
     assert tr.train(lm, data, cfg, out, resume=True, progress=False).log[-1]["kind"] == "eval"
 
 
-@pytest.fixture
-def nbdir(tmp_path, monkeypatch):
-    d = tmp_path / "notebooks"
-    (d / "params").mkdir(parents=True)
-    (d / "90_tiny.py").write_text(TINY)
-    (d / "params" / "90_tiny.big.yaml").write_text("a: 100\n")
-    monkeypatch.setattr(runs, "NOTEBOOKS", d)
-    return tmp_path
-
-
 def test_a_completed_run_is_refused_and_force_moves_it_aside(nbdir):
     root = nbdir / "outputs"
     out = runs.run_notebook("90_tiny", {"a": 1}, run_id="r", out_root=root)
@@ -151,13 +140,12 @@ def test_a_failed_run_records_its_error(nbdir):
     assert cfg["status"] == "failed" and "a must be >= 0" in cfg["error"]
 
 
-SLOW = TINY.replace('assert a >= 0, "a must be >= 0"', "import time\ntime.sleep(60)")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupted_run_is_recorded_as_interrupted(nbdir, sig):
-    (nbdir / "notebooks" / "91_slow.py").write_text(SLOW)
+    tiny = (nbdir / "notebooks" / "90_tiny.py").read_text()
+    slow = tiny.replace('assert a >= 0, "a must be >= 0"', "import time\ntime.sleep(60)")
+    (nbdir / "notebooks" / "91_slow.py").write_text(slow)
     code = (f"import sys; from saelab import runs; runs.NOTEBOOKS = __import__('pathlib').Path("
             f"{str(nbdir / 'notebooks')!r}); sys.exit(runs.main(['run', '91_slow', '--run-id', "
             f"'s']))")  # fmt: skip

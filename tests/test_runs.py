@@ -6,37 +6,6 @@ import pytest
 
 from saelab import runs
 
-TINY = """# ---
-# jupyter:
-#   kernelspec:
-#     display_name: Python 3
-#     language: python
-#     name: python3
-# ---
-
-# %% tags=["parameters"]
-a: int = 1  # first number
-b: float = 2.0  # second number
-out_dir: str = "outputs/tiny/scratch"  # run folder
-
-# %%
-import json
-from pathlib import Path
-
-assert a >= 0, "a must be >= 0"
-Path(out_dir, "summary.json").write_text(json.dumps({"total": a + b}))
-"""
-
-
-@pytest.fixture
-def nbdir(tmp_path, monkeypatch):
-    d = tmp_path / "notebooks"
-    (d / "params").mkdir(parents=True)
-    (d / "90_tiny.py").write_text(TINY)
-    (d / "params" / "90_tiny.big.yaml").write_text("a: 100\n")
-    monkeypatch.setattr(runs, "NOTEBOOKS", d)
-    return tmp_path
-
 
 def test_run_notebook_writes_run_folder(nbdir):
     out = runs.run_notebook("90_tiny", {"b": 0.5}, preset="big", run_id="r1",

@@ -153,8 +153,13 @@ def load_saelens(path: str | os.PathLike) -> SAE:
     """
     path = Path(path)
     meta = json.loads((path / CFG).read_text())
+    weights = {k: v.float() for k, v in load_file(path / WEIGHTS).items()}
+    return from_saelens(meta, weights, f"SAELens SAE at {path}")
+
+
+def from_saelens(meta: dict, w: dict[str, torch.Tensor], where: str = "SAELens SAE") -> SAE:
+    """A saelab SAE from a SAELens config dict and its float weights (`load_saelens`' rules)."""
     arch = meta.get("architecture", "standard")
-    where = f"SAELens SAE at {path}"
     names = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "batchtopk"}
     if arch not in names:
         raise ValueError(f"{where}: architecture={arch!r} is not supported; saelab reads "
@@ -166,7 +171,7 @@ def load_saelens(path: str | os.PathLike) -> SAE:
     if meta.get("reshape_activations", "none") not in ("none", None):
         raise ValueError(f"{where}: reshape_activations={meta['reshape_activations']!r} "
                          "(hook_z SAEs) is not supported")  # fmt: skip
-    w = {k: v.float() for k, v in load_file(path / WEIGHTS).items()}
+    w = dict(w)
     if meta.get("rescale_acts_by_decoder_norm"):
         # SAELens scales z by each decoder row's norm before selecting and divides it out after:
         # the same SAE as one with the norms folded into the encoder and unit decoder rows
@@ -193,10 +198,10 @@ def load_saelens(path: str | os.PathLike) -> SAE:
         raise ValueError(f"{where}: negative JumpReLU thresholds are not supported")
     with torch.random.fork_rng(devices=[]):
         sae = SAE(SAEConfig(**kw))
-    state = {k: w[k] for k in sae.state_dict()}
     missing = sorted(set(sae.state_dict()) - set(w))
     if missing:
         raise ValueError(f"{where}: {WEIGHTS} lacks {missing}")
+    state = {k: w[k] for k in sae.state_dict()}
     if arch == "standard" and kw["normalize_decoder"]:
         state["W_dec"] = F.normalize(state["W_dec"], dim=-1)
     sae.load_state_dict(state, strict=True)
@@ -224,43 +229,37 @@ def load_pretrained(release: str, sae_id: str) -> SAE:
 class SAEBenchSAE(torch.nn.Module):
     """An SAE in the shape SAEBench's custom-SAE evaluations expect.
 
-    Raw-unit weights with unit-norm decoder rows (`W_enc [d_in, d_sae]`, `W_dec [d_sae, d_in]`,
-    `b_enc`, `b_dec`, `threshold` for JumpReLU-like SAEs), `encode(x) -> c`, `decode(c) -> x_hat`,
-    `forward`, and a mutable `cfg` holding the fields SAEBench reads and sets (`d_in`, `d_sae`,
+    The export's raw-unit SAE (unit-norm decoder rows; `W_enc`, `W_dec`, `b_enc`, `b_dec`, and
+    `threshold` for JumpReLU-like ones) with `encode(x) -> c`, `decode(c) -> x_hat`, `forward`,
+    and a mutable `cfg` holding the fields SAEBench reads and sets (`d_in`, `d_sae`,
     `hook_layer`, `hook_name`, `model_name`, `context_size`, `prepend_bos`, `dtype`, `device`,
     `architecture`, `apply_b_dec_to_input`, `normalize_activations`).
     """
 
-    def __init__(self, arch: str, weights: dict, extra: dict, cfg):
+    def __init__(self, inner: SAE, cfg):
         super().__init__()
-        for name, t in weights.items():
-            setattr(self, name, torch.nn.Parameter(t, requires_grad=False))
-        self.arch, self.k, self.cfg = arch, extra.get("k"), cfg
+        self.inner, self.cfg = inner.requires_grad_(False), cfg
         self.dtype, self.device = torch.float32, torch.device("cpu")
+
+    def __getattr__(self, name: str):
+        if name in ("W_enc", "W_dec", "b_enc", "b_dec", "threshold"):
+            return getattr(self.inner, name)
+        return super().__getattr__(name)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Latents `[..., d_sae]` of raw activations `x [..., d_in]`."""
-        x = x.to(self.W_enc.dtype)
-        if self.cfg.apply_b_dec_to_input:
-            x = x - self.b_dec
-        z = x @ self.W_enc + self.b_enc
-        if self.arch == "topk":
-            v, i = z.topk(self.k, dim=-1, sorted=False)
-            return torch.zeros_like(z).scatter(-1, i, F.relu(v))
-        if self.arch == "jumprelu":
-            return F.relu(z) * (z > self.threshold)
-        return F.relu(z)
+        return self.inner.encode(x.to(self.dtype))[0]
 
     def decode(self, c: torch.Tensor) -> torch.Tensor:
         """Reconstruction `[..., d_in]` of latents `c [..., d_sae]`."""
-        return c @ self.W_dec + self.b_dec
+        return self.inner.decode(c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
 
     def to(self, *args, **kwargs):
         out = super().to(*args, **kwargs)
-        self.dtype, self.device = self.W_enc.dtype, self.W_enc.device
+        self.dtype, self.device = self.inner.dtype, self.inner.device
         self.cfg.dtype, self.cfg.device = str(self.dtype).removeprefix("torch."), str(self.device)
         return out
 
@@ -287,7 +286,9 @@ def to_saebench(
         dtype="float32", device="cpu", apply_b_dec_to_input=sae.cfg.pre_subtract_b_dec,
         normalize_activations="none", dataset_trust_remote_code=False, seqpos_slice=(None,),
     )  # fmt: skip
-    return SAEBenchSAE(arch, weights, extra, cfg)
+    meta = dict(architecture=arch, d_in=sae.cfg.d_in, d_sae=sae.cfg.d_sae,
+                apply_b_dec_to_input=sae.cfg.pre_subtract_b_dec, **extra)  # fmt: skip
+    return SAEBenchSAE(from_saelens(meta, weights), cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
