@@ -13,10 +13,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def sparsity_loss(c: Tensor, d_in: int, p: float = 1.0) -> Tensor:
-    """`||c||_p` per token `c [..., d_sae]`, mean over tokens, divided by `d_in` -> scalar."""
+def sparsity_loss(c: Tensor, d_in: int, p: float = 1.0, nonnegative: bool = False) -> Tensor:
+    """`||c||_p` per token `c [..., d_sae]`, mean over tokens, divided by `d_in` -> scalar.
+
+    `nonnegative=True` promises `c >= 0` (ReLU latents): the L1 norm is then the plain sum,
+    one pass over `c` forward and none extra backward (no |c|, no sign).
+    """
     # Braun et al. 2024 §2 (e2e_sae): dividing by d_in keeps the coefficient comparable across
     # sites of different width; the coefficient itself is applied by the caller.
+    if p == 1 and nonnegative:
+        return c.sum() / (c[..., 0].numel() * d_in)
     return torch.norm(c, p=p, dim=-1).mean() / d_in
 
 
@@ -141,9 +147,14 @@ def auxk_loss(
     masked = torch.where(dead_mask.to(z.device), z, torch.full_like(z, -torch.inf))
     values, indices = masked.topk(min(k_aux, n_dead), dim=-1, sorted=False)
     c_aux = torch.zeros_like(z).scatter(-1, indices, F.relu(values))
-    e_hat = c_aux @ W_dec_dirs
+    return auxk_nmse(e, c_aux @ W_dec_dirs)
+
+
+def auxk_nmse(residual: Tensor, e_hat: Tensor) -> Tensor:
+    """AuxK's value: `||e_hat - e||^2 / ||e - mean e||^2` for `residual e, e_hat [N, d_in]`."""
     # Normalised by the residual's variance (sum over tokens and dims of its deviation from the
     # mean residual), as sparsify does with the input's variance: the loss stays O(1) as the main
     # reconstruction improves and the residual shrinks, so one coefficient works all run long.
+    e = residual.detach()
     variance = (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
     return (e_hat - e).pow(2).sum() / variance

@@ -210,14 +210,14 @@ def spliced_pass(
             for layer in range(n_skip):
                 skip_block(lm, layer, x_hat)
             if out is not None:
-                outs[first] = ForwardOutput(*(t.save() for t in out))
+                outs[first] = out.save()
         else:
             rest = sites
         for s in rest:
             x_hat, out = replace(s, get_site(lm, s))
             set_site(lm, s, x_hat)
             if out is not None:
-                outs[s] = ForwardOutput(*(t.save() for t in out))
+                outs[s] = out.save()
         for s in later:
             after.append(get_site(lm, s).save())
         if logits:

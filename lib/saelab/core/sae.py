@@ -21,7 +21,7 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -187,12 +187,66 @@ class SAEConfig:
         return target(**kw)
 
 
-class ForwardOutput(NamedTuple):
-    """`x_hat [..., d_in]`, `c [..., d_sae]` (zero off the active set), `pre [..., d_sae]` (z)."""
+class ForwardOutput:
+    """`x_hat [..., d_in]`, latents `c [..., d_sae]` (zero off the active set), `pre [..., d_sae]`.
 
-    x_hat: Tensor
-    c: Tensor
-    pre: Tensor
+    Unpacks as `x_hat, c, pre = sae(x)`. The TopK family's sparse path (`saelab.core.sparse`)
+    fills `codes` instead of `c`: `c` is then built densely on first access (still
+    differentiable), and `pre` carries no autograd (it only selected the latents). `enc_in` is
+    the encoder's input `[N, d_in]` on that path, for loss terms that encode more latents (AuxK).
+    """
+
+    __slots__ = ("x_hat", "pre", "codes", "enc_in", "_c", "_stats")
+
+    def __init__(self, x_hat: Tensor, c: Tensor | None = None, pre: Tensor | None = None,
+                 codes=None, enc_in: Tensor | None = None):  # fmt: skip
+        if c is None and codes is None:
+            raise ValueError("ForwardOutput needs c or codes")
+        self.x_hat, self._c, self.pre, self.codes, self.enc_in = x_hat, c, pre, codes, enc_in
+        self._stats = None
+
+    @property
+    def c(self) -> Tensor:
+        """Latents `[..., d_sae]`, dense."""
+        if self._c is None:
+            self._c = self.codes.dense().view(*self.x_hat.shape[:-1], self.codes.d_sae)
+        return self._c
+
+    def __iter__(self):
+        return iter((self.x_hat, self.c, self.pre))
+
+    def _replace(self, **kw) -> ForwardOutput:
+        """A copy with the given fields replaced (as NamedTuple._replace)."""
+        have = dict(x_hat=self.x_hat, c=self._c, pre=self.pre, codes=self.codes,
+                    enc_in=self.enc_in)  # fmt: skip
+        return ForwardOutput(**(have | kw))
+
+    def save(self) -> ForwardOutput:
+        """nnsight: mark every tensor to be kept past the trace (`spliced_pass`)."""
+        import nnsight
+
+        for name in ("x_hat", "_c", "pre", "enc_in"):
+            if getattr(self, name) is not None:
+                nnsight.save(getattr(self, name))
+        if self.codes is not None:
+            for t in self.codes[:4]:
+                nnsight.save(t)
+        return self
+
+    @torch.no_grad()
+    def stats(self) -> tuple[Tensor, float, int]:
+        """`(fired [d_sae] bool, mean L0 per token, tokens)`, from one pass over the latents."""
+        if self._stats is None:
+            if self.codes is not None:
+                fired, l0 = self.codes.fired(), self.codes.l0()
+                n = self.codes.n_tokens
+            else:
+                c = self._c.detach().flatten(0, -2)
+                counts = torch.count_nonzero(c, dim=0)  # one pass: per-latent firing counts
+                fired, n = counts > 0, c.shape[0]
+                l0 = float(counts.sum()) / max(1, n)
+            self._stats = (fired, l0, n)
+        return self._stats
 
 
 Term = tuple[float, Tensor]  # (coefficient, unweighted scalar loss); the trainer sums coeff * value
@@ -276,29 +330,38 @@ class SAE(nn.Module):
             raise ValueError(f"mean activation norm {mean_norm!r} must be finite and > 0")
         self.act_scale.fill_(math.sqrt(self.cfg.d_in) / mean_norm)
 
+    def encoder_input(self, x: Tensor) -> Tensor:
+        """What the encoder multiplies: `x * act_scale` (minus `b_dec` with pre_subtract_b_dec)."""
+        x = self.normalize(x)
+        return x - self.b_dec if self.cfg.pre_subtract_b_dec else x
+
     def pre_acts(self, x: Tensor) -> Tensor:
         """Encoder pre-activations `z [..., d_sae]` of raw `x [..., d_in]` (normalised here)."""
-        x = self.normalize(x)
-        if self.cfg.pre_subtract_b_dec:
-            x = x - self.b_dec
-        return x @ self.W_enc + self.b_enc
+        x_in = self.encoder_input(x)
+        # addmm: the bias is added inside the matmul, not in a second pass over [N, d_sae]
+        pre = torch.addmm(self.b_enc, x_in.reshape(-1, x_in.shape[-1]), self.W_enc)
+        return pre.view(*x_in.shape[:-1], pre.shape[-1])
 
     def activation(self, pre: Tensor, grad: Tensor | None) -> Tensor:
         """Latents `c [..., d_sae]` from pre-activations `pre [..., d_sae]` (architecture rule)."""
         raise NotImplementedError
 
-    def encode(self, x: Tensor, grad: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Latents `c [..., d_sae]` and pre-activations `[..., d_sae]` of `x [..., d_in]`.
-
-        `grad [..., d_in]` is dL/dx at the clean activation, required when `needs_grad`; other
-        architectures ignore it.
-        """
+    def check_grad(self, x: Tensor, grad: Tensor | None) -> None:
+        """Raise unless `grad` (dL/dx, `[..., d_in]` like `x`) is given where it is needed."""
         if self.needs_grad:
             if grad is None:
                 raise ValueError(f"architecture={self.cfg.architecture!r} needs grad (dL/dx at "
                                  "the site, [..., d_in])")  # fmt: skip
             if grad.shape != x.shape:
                 raise ValueError(f"grad has shape {tuple(grad.shape)}, x has {tuple(x.shape)}")
+
+    def encode(self, x: Tensor, grad: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Latents `c [..., d_sae]` and pre-activations `[..., d_sae]` of `x [..., d_in]`.
+
+        `grad [..., d_in]` is dL/dx at the clean activation, required when `needs_grad`; other
+        architectures ignore it. Always the dense path (`forward` may take the sparse one).
+        """
+        self.check_grad(x, grad)
         pre = self.pre_acts(x)
         return self.activation(pre, grad if self.needs_grad else None), pre
 
@@ -307,10 +370,40 @@ class SAE(nn.Module):
         x_hat = c @ self.decoder_directions() + self.b_dec
         return x_hat / self.act_scale if hasattr(self, "act_scale") else x_hat
 
+    # "auto": the sparse kernels where the architecture has them (`sparse_codes`), "dense": never.
+    # Not part of the config: both paths compute the same function (tests/test_sparse.py).
+    kernels: str = "auto"
+
+    @property
+    def uses_sparse(self) -> bool:
+        """Whether `forward` takes the sparse path (`saelab.core.sparse`)."""
+        return self.kernels != "dense" and type(self).sparse_codes is not SAE.sparse_codes
+
+    def sparse_codes(self, x_in: Tensor, pre: Tensor, grad: Tensor | None):
+        """The selected latents as `sparse.SparseCodes`, for `x_in [N, d_in]` (the encoder's
+        input, with autograd), `pre [N, d_sae]` (without) and `grad [N, d_in]` or None.
+        Architectures with a sparse path override this; the base class has none."""
+        raise NotImplementedError
+
     def forward(self, x: Tensor, grad: Tensor | None = None) -> ForwardOutput:
         """Encode and decode `x [..., d_in]` (`grad [..., d_in]` when `needs_grad`)."""
-        c, pre = self.encode(x, grad)
-        return ForwardOutput(self.decode(c), c, pre)
+        if not self.uses_sparse:
+            c, pre = self.encode(x, grad)
+            return ForwardOutput(self.decode(c), c, pre)
+        self.check_grad(x, grad)
+        from saelab.core import sparse
+
+        lead, d_in = x.shape[:-1], x.shape[-1]
+        x_in = self.encoder_input(x).reshape(-1, d_in)
+        with torch.no_grad():  # the dense matmul only selects; gradients take the sparse path
+            pre = torch.addmm(self.b_enc, x_in, self.W_enc)
+        g = grad.reshape(-1, d_in) if self.needs_grad else None
+        codes = self.sparse_codes(x_in, pre, g)
+        x_hat = sparse.decode(codes, self.decoder_directions()) + self.b_dec
+        if hasattr(self, "act_scale"):
+            x_hat = x_hat / self.act_scale
+        return ForwardOutput(x_hat.view(*lead, d_in), pre=pre.view(*lead, -1), codes=codes,
+                             enc_in=x_in)  # fmt: skip
 
     def loss_terms(self, x: Tensor, out: ForwardOutput, dead: Tensor) -> dict[str, Term]:
         """The architecture's own loss terms for input `x [..., d_in]` and its output.

@@ -257,7 +257,7 @@ def train_step(
         out, x = outs[s], inputs.acts[s]
         if f"{tag(s)}mse" not in logs:
             logs[f"{tag(s)}mse"] = losses.mse_loss(out.x_hat, x).item()
-        logs[f"{tag(s)}l0"] = (out.c != 0).float().sum(-1).mean().item()
+        logs[f"{tag(s)}l0"] = out.stats()[1]
     return loss, logs, outs
 
 
@@ -524,7 +524,7 @@ def optimise(lm, batch, state: TrainState, cfg: TrainConfig, lr: float, cache, w
         loss, logs, outs = train_step(lm, batch, saes, cfg, dead, keep=keep)
     state.opt.zero_grad(set_to_none=True)
     loss.backward()
-    fired = [(outs[s].c.detach() != 0).flatten(0, -2).any(0) for s in sites]
+    fired = [outs[s].stats()[0] for s in sites]
     scalars = torch.tensor([loss.item(), *logs.values()], dtype=torch.float64)
     scalars, fired = dd.sync_step(params, scalars, fired, w)  # one all-reduce (distributed)
     if not math.isfinite(float(scalars[0])):  # the same decision on every rank
@@ -537,7 +537,7 @@ def optimise(lm, batch, state: TrainState, cfg: TrainConfig, lr: float, cache, w
         sae.before_step_()
     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
     state.opt.step()
-    n_tok = outs[sites[0]].c[..., 0].numel() * w.size  # global tokens the SAEs saw this step
+    n_tok = outs[sites[0]].stats()[2] * w.size  # global tokens the SAEs saw this step
     for s, f in zip(sites, fired, strict=True):
         saes[s].after_step_(outs[s])
         state.since_fire[s] = torch.where(f, 0, state.since_fire[s] + n_tok)

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from saelab.core.architectures.gtopk import GradientSelection, gradient_scores
+from saelab.core import sparse
+from saelab.core.architectures.gtopk import GradientSelection, gradient_scores, score_at
 from saelab.core.architectures.topk import TopKConfig, TopKSAE
 from saelab.core.sae import ForwardOutput, check_number, register
 
@@ -85,6 +86,36 @@ class BatchTopKSAE(TopKSAE):
             fired = kept > 0
             self._batch_min = flat_s.gather(0, idx)[fired].min().detach() if fired.any() else None
         return torch.zeros_like(flat_c).scatter(0, idx, kept).view_as(pre)
+
+    @torch.no_grad()
+    def selection_scores(self, pre: Tensor, grad: Tensor | None) -> Tensor:
+        """What the selection ranks `[N, d_sae]`: z, or the gradient-informed score."""
+        return self.select_and_carry(pre, grad)[0]
+
+    def carry(self, x_in, pre, grad, rows, latents, offsets):
+        """ReLU(z) or, gradient-informed with value_mode "score", ReLU(s) at the entries."""
+        if grad is None or self.cfg.value_mode == "plain":
+            return super().carry(x_in, pre, grad, rows, latents, offsets)
+        s = score_at(self, x_in, pre, grad, rows, latents, offsets)
+        return sparse.SparseCodes(F.relu(s), latents, rows, offsets, pre.shape[-1])
+
+    def sparse_codes(self, x_in: Tensor, pre: Tensor, grad: Tensor | None):
+        """The batch's k N largest scores (train mode), or those above theta (eval mode)."""
+        select = self.selection_scores(pre, grad)
+        n_tokens, d_sae = pre.shape
+        with torch.no_grad():
+            if not self.training and self.threshold >= 0:
+                flat = (select > self.threshold).reshape(-1).nonzero().squeeze(1)
+            else:
+                n_keep = min(self.cfg.k * n_tokens, select.numel())
+                flat = select.reshape(-1).topk(n_keep, sorted=False).indices.sort().values
+        codes = self.carry(x_in, pre, grad, *sparse.from_flat(flat, n_tokens, d_sae))
+        if self.training:
+            with torch.no_grad():  # the candidate for theta: the smallest kept value that fired
+                fired = codes.values > 0
+                kept = select.reshape(-1)[flat]
+                self._batch_min = kept[fired].min() if bool(fired.any()) else None
+        return codes
 
     @torch.no_grad()
     def after_step_(self, out: ForwardOutput) -> None:

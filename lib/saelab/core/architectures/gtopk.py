@@ -12,8 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from saelab.core import sparse
 from saelab.core.architectures.topk import TopKConfig, TopKSAE, scatter_topk
 from saelab.core.sae import check_choice, check_number, register
 
@@ -89,3 +92,25 @@ class GTopKSAE(TopKSAE):
         # (default) or the score; with "score", gradients also flow through the score's |g W_dec^T|.
         carrier = pre if self.cfg.value_mode == "plain" else s
         return scatter_topk(s, carrier, self.cfg.k)
+
+    @torch.no_grad()
+    def selection_scores(self, pre: Tensor, grad: Tensor | None) -> Tensor:
+        """The score `s [N, d_sae]` the selection ranks (no autograd: indices only)."""
+        return self.scores(pre, grad)
+
+    def carry(self, x_in, pre, grad, rows, latents, offsets) -> sparse.SparseCodes:
+        """ReLU(z) ("plain") or ReLU(s) ("score") at the selected entries, sparse backward."""
+        if self.cfg.value_mode == "plain":
+            return super().carry(x_in, pre, grad, rows, latents, offsets)
+        s = score_at(self, x_in, pre, grad, rows, latents, offsets)
+        return sparse.SparseCodes(F.relu(s), latents, rows, offsets, pre.shape[-1])
+
+
+def score_at(sae, x_in, pre, grad, rows, latents, offsets) -> Tensor:
+    """The score `s = z (1 + beta |g_hat . D_l|)` at the selected entries `[nnz]`, with autograd
+    through z and D as the dense "score" carrier has (g-SAE or gradient-informed BatchTopK)."""
+    cfg = sae.cfg
+    z = sparse.selected_pre(x_in, sae.W_enc, sae.b_enc, pre, rows, latents, offsets)
+    g = normalize_grad(grad.detach().to(pre.dtype), cfg.grad_norm)
+    gd = (g[rows] * sae.decoder_directions()[latents]).sum(-1)  # [nnz], g_hat . D_l
+    return z + cfg.beta * z * gd.abs()

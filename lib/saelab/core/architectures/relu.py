@@ -65,7 +65,10 @@ class ReLUSAE(SAE):
         """`{"sparsity": (phi, ||c||_p / d_in)}`."""
         cfg = self.cfg
         return {
-            "sparsity": (cfg.sparsity, losses.sparsity_loss(out.c, x.shape[-1], cfg.sparsity_p))
+            "sparsity": (
+                cfg.sparsity,
+                losses.sparsity_loss(out.c, x.shape[-1], cfg.sparsity_p, nonnegative=True),
+            )
         }
 
     def remove_parallel_decoder_grad_(self) -> None:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from saelab.core import losses
+from saelab.core import losses, sparse
 from saelab.core.sae import SAE, ForwardOutput, SAEConfig, Term, check_number, is_int, register
 
 
@@ -67,13 +67,42 @@ class TopKSAE(SAE):
         values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
         return torch.zeros_like(pre).scatter(-1, indices, F.relu(values))
 
+    @torch.no_grad()
+    def selection_scores(self, pre: Tensor, grad: Tensor | None) -> Tensor:
+        """What the selection ranks, `[N, d_sae]`: the pre-activations themselves for TopK."""
+        return pre
+
+    def carry(self, x_in: Tensor, pre: Tensor, grad: Tensor | None, rows: Tensor,
+              latents: Tensor, offsets: Tensor) -> sparse.SparseCodes:  # fmt: skip
+        """Codes whose values are ReLU of the selected pre-activations (sparse backward)."""
+        z = sparse.selected_pre(x_in, self.W_enc, self.b_enc, pre, rows, latents, offsets)
+        return sparse.SparseCodes(F.relu(z), latents, rows, offsets, pre.shape[-1])
+
+    def sparse_codes(self, x_in: Tensor, pre: Tensor, grad: Tensor | None) -> sparse.SparseCodes:
+        """The k largest selection scores of each token (`sparse.SparseCodes`, `k` per token)."""
+        idx = self.selection_scores(pre, grad).topk(self.cfg.k, dim=-1, sorted=False).indices
+        return self.carry(x_in, pre, grad, *sparse.per_token(idx))
+
     def loss_terms(self, x: Tensor, out: ForwardOutput, dead: Tensor) -> dict[str, Term]:
         """`{"auxk": (auxk_coeff, AuxK)}`; an exact zero (in the graph) while no latent is dead."""
         if self.cfg.auxk_coeff == 0:
             return {}
         if not bool(dead.any()):  # no dead latent: a zero term keeps the log's keys fixed
-            return {"auxk": (self.cfg.auxk_coeff, out.pre.sum() * 0)}
-        aux = losses.auxk_loss(
-            x - out.x_hat.detach(), out.pre, self.decoder_directions(), dead, self.cfg.n_aux
-        )
+            return {"auxk": (self.cfg.auxk_coeff, out.x_hat.sum() * 0)}
+        residual = x - out.x_hat.detach()
+        if out.codes is None:
+            aux = losses.auxk_loss(residual, out.pre, self.decoder_directions(), dead,
+                                   self.cfg.n_aux)  # fmt: skip
+            return {"auxk": (self.cfg.auxk_coeff, aux)}
+        # the sparse path: the top dead latents are encoded and decoded through their entries only
+        pre = out.pre.reshape(-1, out.pre.shape[-1])
+        with torch.no_grad():  # rank the dead columns only: [N, n_dead], not [N, d_sae]
+            dead_ids = dead.to(pre.device).nonzero().squeeze(1)
+            n = min(self.cfg.n_aux, dead_ids.numel())
+            idx = dead_ids[pre.index_select(1, dead_ids).topk(n, dim=-1, sorted=False).indices]
+        rows, latents, offsets = sparse.per_token(idx)
+        z = sparse.selected_pre(out.enc_in, self.W_enc, self.b_enc, pre, rows, latents, offsets)
+        codes = sparse.SparseCodes(F.relu(z), latents, rows, offsets, pre.shape[-1])
+        e_hat = sparse.decode(codes, self.decoder_directions())
+        aux = losses.auxk_nmse(residual.reshape(-1, residual.shape[-1]), e_hat)
         return {"auxk": (self.cfg.auxk_coeff, aux)}
