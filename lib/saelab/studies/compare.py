@@ -69,7 +69,7 @@ def pareto_plot(df: pd.DataFrame, y: str = "ce_increase", xs=("l0", "alive"), pa
 
     from saelab.studies import plots
 
-    fig, axes = plt.subplots(1, len(xs), figsize=(5.2 * len(xs), 4.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(xs), figsize=(max(5.2 * len(xs), 6.4), 4.2), squeeze=False)
     kw = plots.style_kwargs(df["method"])
     for ax, x in zip(axes[0], xs, strict=True):
         sns.lineplot(data=df.sort_values(x), x=x, y=y, hue="method", style="method",
@@ -82,8 +82,8 @@ def pareto_plot(df: pd.DataFrame, y: str = "ce_increase", xs=("l0", "alive"), pa
         plots.legend_labels(ax)
         if ax is not axes[0, 0] and ax.get_legend() is not None:
             ax.get_legend().remove()
-    names = ", ".join(plots.method_label(m) for m in plots.method_order(df["method"]))
-    plots.titled(fig, title or f"Pareto frontiers (lower left is better): {names}")
+    default = "Pareto frontiers: CE increase against sparsity (lower left is better)"
+    plots.titled(fig, title or default)
     fig.tight_layout()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -297,6 +297,7 @@ def plot_label_heatmap(per_label_table: pd.DataFrame, value: str = "f1", path=No
     sns.heatmap(grid, vmin=0, vmax=1, cmap="viridis", annot=True, fmt=".2f",
                 annot_kws={"size": 9}, cbar_kws=cbar, ax=ax)  # fmt: skip
     ax.set(xlabel="", ylabel="")
+    ax.grid(False)  # the theme's grid would cross the cells
     ax.tick_params(axis="both", labelsize=9)
     ax.set_title(title or f"Mean best {value.upper()} over each label's values, per SAE")
     return _save(fig, path)
