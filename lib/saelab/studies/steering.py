@@ -193,8 +193,10 @@ def steering_plot(summary: pd.DataFrame, ratios: pd.DataFrame, path=None,
     bx.set(xscale="log", xlabel="alpha (x mean ||x|| at the site)", ylabel="g-SAE / TopK",
            title="Ratio g-SAE / TopK (95% CI)")  # fmt: skip
     bx.legend()
-    for a in (ax, bx):
+    for a in (ax, bx):  # a tick at each alpha, plainly labelled
+        a.xaxis.set_major_locator(plots.ticker.FixedLocator(sorted(set(summary.alpha))))
         a.xaxis.set_major_formatter(plots.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        a.xaxis.set_minor_locator(plots.ticker.NullLocator())
     plots.titled(fig, title or "Steering: probability added to a latent's associated tokens")
     fig.tight_layout()
     if path is not None:
