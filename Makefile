@@ -1,4 +1,5 @@
-# saelab: `make run` runs the main job on the embedded storyworld default; `make test` runs the tests.
+# saelab: `make run` runs the main job on the embedded storyworld default; `make test` runs the tests;
+# `make lab` starts JupyterLab on the notebooks.
 # Both create .venv and install the project first if needed.
 PY ?= python3
 VENV := .venv
@@ -7,7 +8,7 @@ STAMP := $(VENV)/.installed
 # torch is pinned and installed first: here it is a local CPU wheel; an unpinned torch pulls CUDA.
 TORCH ?= torch==2.13.0
 
-.PHONY: install run test lint format notebooks clean
+.PHONY: install run test lint format notebooks lab clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,6 +22,12 @@ install: $(STAMP)
 
 notebooks: $(STAMP)
 	cd notebooks && ../$(BIN)/jupytext --sync *.py
+
+# JupyterLab from the repository root (the .ipynb pairs exist first); a notebook opened from
+# notebooks/ resolves its paths against the root and writes to outputs/<notebook>/interactive-<time>.
+LAB_ARGS ?=
+lab: notebooks
+	$(BIN)/jupyter lab $(LAB_ARGS)
 
 run: notebooks
 	$(BIN)/python -m saelab.runs main

@@ -37,24 +37,25 @@ eval_every: int = 20  # steps between validation evaluations
 probe_stories: int = 100  # validation stories for the pronoun / quote probes
 seed: int = 0  # model init and data order
 install_assets: bool = False  # write the model into lib/saelab/assets/storyworld (full preset)
-out_dir: str = "outputs/00_storyworld/scratch"  # run folder (set by saelab.runs)
+out_dir: str = "outputs/00_storyworld/interactive-{time}"  # run folder (saelab.runs sets it)
 
 # %%
 import json
 import time
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 import torch
+from IPython.display import Markdown, display
 
 import saelab as sl
+from saelab.runs import notebook_out_dir
 from saelab.storyworld import basemodel as bm
 from saelab.storyworld import corpus as sw
 
 torch.set_num_threads(max(1, torch.get_num_threads()))
-out = Path(out_dir)
+out = notebook_out_dir(out_dir)  # from the repo root; {time}: a fresh folder
 (out / "figures").mkdir(parents=True, exist_ok=True)
 t_start = time.time()
 
@@ -146,7 +147,8 @@ fig, ax = plt.subplots(figsize=(6, 3.5))
 sns.lineplot(data=log_df, x="tokens", y="val_ce", marker="o", ax=ax, label="model (validation)")
 for name, style in [("unigram_ce", ":"), ("bigram_ce", "--")]:
     ax.axhline(metrics[name], ls=style, color="gray", label=name.replace("_ce", ""))
-ax.set(xlabel="training tokens", ylabel="CE (nats/token)", title="storyworld base model")
+ax.set(xlabel="training tokens", ylabel="CE (nats/token)",
+       title="Base model: validation CE while training, against n-gram baselines")  # fmt: skip
 ax.legend()
 fig.tight_layout()
 fig.savefig(out / "figures" / "val_ce.png", dpi=120)
@@ -154,13 +156,29 @@ fig.savefig(out / "figures" / "val_ce.png", dpi=120)
 # %% [markdown]
 # **What we see.**
 
-# %%
-print(
-    f"Validation CE {metrics['val_ce']:.3f} nats/token vs bigram {metrics['bigram_ce']:.3f} and "
-    f"unigram {metrics['unigram_ce']:.3f}; pronoun agreement {metrics['pronoun_agreement']:.3f} "
-    f"over {metrics['n_pronoun_positions']} pronouns; quote closing "
-    f"{metrics['quote_close_acc']:.3f}; {metrics['train_tokens']:,} tokens in {train_time:.0f} s."
-)
+# %% tags=["hide-input"]
+GOOD = 0.9  # a probe counts as passed at this accuracy or above
+keys = ("val_ce", "bigram_ce", "unigram_ce", "pronoun_agreement", "n_pronoun_positions",
+        "quote_close_acc", "train_tokens")  # fmt: skip
+facts = {k: metrics[k] for k in keys}
+facts |= dict(
+    train_s=train_time, good=GOOD,
+    vs_bigram="beats" if facts["val_ce"] < facts["bigram_ce"] else "does not beat",
+    pronouns="passes" if facts["pronoun_agreement"] >= GOOD else "fails",
+    quotes="passes" if facts["quote_close_acc"] >= GOOD else "fails",
+)  # fmt: skip
+both = facts["pronoun_agreement"] >= GOOD and facts["quote_close_acc"] >= GOOD
+facts["tracks"] = "tracks" if both else "does not yet track"
+WHAT_WE_SEE = """
+- Validation CE **{val_ce:.3f}** nats/token against bigram {bigram_ce:.3f} and unigram
+  {unigram_ce:.3f}: the model **{vs_bigram}** the bigram baseline (it uses more than the previous
+  token only if its CE is below the bigram's).
+- Pronoun agreement {pronoun_agreement:.3f} over {n_pronoun_positions} he/she positions and
+  quote closing {quote_close_acc:.3f}: the model **{pronouns}** the pronoun probe and **{quotes}**
+  the quote probe (passed: accuracy at least {good:g}): it **{tracks}** long-range state.
+- {train_tokens:,} training tokens in {train_s:.0f} s.
+"""
+display(Markdown(WHAT_WE_SEE.format(**facts)))
 
 # %%
 (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -48,25 +48,29 @@ jumprelu_threshold_init: float = 0.001  # JumpReLU initial threshold (Rajamanoha
 sae_options: dict = {}  # extra SAEConfig fields per method, e.g. {"topk": {"k_aux": 64}}
 eval_tokens: int = 16_384  # held-out validation tokens for every evaluation
 seed: int = 0  # SAE init and data order
-out_dir: str = "outputs/05_pareto/scratch"  # run folder (set by saelab.runs)
+out_dir: str = "outputs/05_pareto/interactive-{time}"  # run folder (saelab.runs sets it)
 
 # %%
 import json
 import time
-from pathlib import Path
 
 import pandas as pd
-from IPython.display import display
+from IPython.display import Markdown, display
 
 import saelab as sl
-from saelab.studies import compare
+from saelab.runs import notebook_out_dir, resolve_input
+from saelab.studies import compare, plots
 
-out = Path(out_dir)
+out = notebook_out_dir(out_dir)  # from the repo root; {time}: a fresh folder
 (out / "figures").mkdir(parents=True, exist_ok=True)
 t_start = time.time()
-lm = sl.load_model(model)
-train_data = sl.token_dataset(dataset, lm.tokenizer, n_ctx, split="train", n_tokens=n_tokens)
-val = sl.token_dataset(dataset, lm.tokenizer, n_ctx, split="validation", n_tokens=eval_tokens)
+lm = sl.load_model(resolve_input(model))
+train_data = sl.token_dataset(
+    resolve_input(dataset), lm.tokenizer, n_ctx, split="train", n_tokens=n_tokens
+)
+val = sl.token_dataset(
+    resolve_input(dataset), lm.tokenizer, n_ctx, split="validation", n_tokens=eval_tokens
+)
 common = dict(sites=(site,), dict_ratio=dict_ratio, n_tokens=n_tokens, batch_size=batch_size,
               lr=lr, eval_tokens=eval_tokens, seed=seed)  # fmt: skip
 common["dead_tokens"] = max(n_tokens // 4, 1)  # "dead" scaled to the run (ARCHITECTURE.md §3, AuxK)
@@ -153,20 +157,31 @@ table2
 # %% [markdown]
 # **What we see.**
 
-# %%
-if not both:
-    verdict = "no local and e2e sweeps in this run (local_sparsity or e2e_sparsity empty)"
-elif target != target:  # NaN: the sweeps' CE ranges do not overlap
-    verdict = "the three sweeps reach no common CE increase, so they cannot be matched; widen them"
-else:
-    agrees = ratio < 1
-    verdict = (
-        f"at CE increase {target:.4f}, L0(e2e) / L0(local) = {ratio:.2f} (paper, GPT-2 layer 6: "
-        f"27.5 / 69.4 = 0.40): storyworld {'reproduces' if agrees else 'does NOT reproduce'} "
-        f"the direction; alive latents e2e {table2.loc['e2e', 'alive']:.0f} vs local "
-        f"{table2.loc['local', 'alive']:.0f}"
+# %% tags=["hide-input"]
+facts = dict(target=target, ratio=ratio, paper=27.5 / 69.4)
+if both and target == target:
+    facts |= dict(
+        l0_e2e=table2.loc["e2e", "l0"],
+        l0_local=table2.loc["local", "l0"],
+        alive_e2e=table2.loc["e2e", "alive"],
+        alive_local=table2.loc["local", "alive"],
     )
-print(verdict)
+    facts |= dict(
+        direction="reproduces" if ratio < 1 else "does not reproduce",
+        alive="fewer" if facts["alive_e2e"] < facts["alive_local"] else "not fewer",
+    )  # fmt: skip
+    verdict = (
+        "At CE increase {target:.4f}, L0(e2e) / L0(local) = {ratio:.2f} ({l0_e2e:.1f} / "
+        "{l0_local:.1f}; paper, GPT-2 layer 6: 27.5 / 69.4 = {paper:.2f}): storyworld "
+        "**{direction}** the direction (e2e needs fewer active latents: ratio below 1). Alive "
+        "latents: e2e {alive_e2e:.0f} vs local {alive_local:.0f}, **{alive}** for e2e (paper: "
+        "fewer)."
+    ).format(**facts)
+elif not both:
+    verdict = "No local and e2e sweeps in this run (local_sparsity or e2e_sparsity empty)."
+else:  # NaN: the sweeps' CE ranges do not overlap
+    verdict = "The three sweeps reach no common CE increase, so they cannot be matched; widen them."
+display(Markdown(verdict))
 
 # %% [markdown]
 # ## 4. TopK vs g-SAE at equal k (Olmo et al. 2024)
@@ -184,15 +199,34 @@ if ks:
 gt
 
 # %%
+if ks:
+    pair = df[df.method.isin(["topk", "gtopk"])]
+    fig = plots.pair_by_k(pair, path=out / "figures" / "topk_vs_gsae.png",
+                          title="TopK vs g-SAE at equal k (paper: g-SAE lower)")  # fmt: skip
+
+# %% tags=["hide-input"]
 metrics = ("ce_increase", "nmse", "dead_frac")
 better = {m: int((gt[(m, "gtopk")] < gt[(m, "topk")]).sum()) for m in metrics} if ks else {}
-print(
-    "no TopK / g-SAE runs (ks is empty)"
-    if not ks
-    else f"Over {len(gt)} values of k, the g-SAE has lower CE increase at {better['ce_increase']}, "
-    f"lower normalised MSE at {better['nmse']} and fewer dead latents at {better['dead_frac']} "
-    f"(paper: lower loss added and fewer dead latents at every k)."
-)
+
+
+def at_every_k(m):  # the paper's claim: lower at every k
+    n = better[m]
+    return "at every k" if n == len(gt) else "at no k" if n == 0 else f"at {n} of {len(gt)} k"
+
+
+if ks:
+    facts = dict(n=len(gt)) | {f"{m}_at": at_every_k(m) for m in metrics}
+    facts["loss"] = "reproduces" if better["ce_increase"] == len(gt) else "does not reproduce"
+    facts["dead"] = "reproduces" if better["dead_frac"] == len(gt) else "does not reproduce"
+    display(Markdown(
+        "Over {n} values of k the g-SAE has lower CE increase **{ce_increase_at}**, lower "
+        "normalised MSE **{nmse_at}** and fewer dead latents **{dead_frac_at}**. The paper finds "
+        "lower loss added and fewer dead latents at every k; counting a claim as reproduced only "
+        "when it holds at every k, storyworld **{loss}** the loss claim and **{dead}** the "
+        "dead-latent claim.".format(**facts)
+    ))  # fmt: skip
+else:
+    display(Markdown("No TopK / g-SAE runs (ks is empty)."))
 
 # %%
 summary = dict(

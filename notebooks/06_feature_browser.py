@@ -46,28 +46,28 @@ order: str = "f1"  # which latents to export: f1 (best label match), density, or
 prompt: str = "Lily was happy. She said that the red ball was big."  # text for the prompt search
 concept: str = "in_quote"  # storyworld concept for the label search
 f1_threshold: float = 0.5  # a latent matches a concept when its F1 is above this
-out_dir: str = "outputs/06_feature_browser/scratch"  # run folder (set by saelab.runs)
+out_dir: str = "outputs/06_feature_browser/interactive-{time}"  # run folder (saelab.runs sets it)
 
 # %%
 import json
 import time
-from pathlib import Path
 
 import pandas as pd
-from IPython.display import HTML, display
+from IPython.display import HTML, Markdown, display
 
 import saelab as sl
+from saelab.runs import notebook_out_dir, resolve, resolve_input
 from saelab.studies import browser as br
 from saelab.studies import compare, plots
 
-out = Path(out_dir)
+out = notebook_out_dir(out_dir)  # from the repo root; {time}: a fresh folder
 (out / "figures").mkdir(parents=True, exist_ok=True)
 t_start = time.time()
 methods = list(dict.fromkeys([*methods, method]))
-lm = sl.load_model(model)
+lm = sl.load_model(resolve_input(model))
 labelled = dataset == "storyworld"  # ground-truth labels exist only for storyworld
-data = sl.token_dataset(dataset, lm.tokenizer, n_ctx, split="validation", n_tokens=n_tokens,
-                        labels=labelled)  # fmt: skip
+data = sl.token_dataset(resolve_input(dataset), lm.tokenizer, n_ctx, split="validation",
+                        n_tokens=n_tokens, labels=labelled)  # fmt: skip
 note = "" if labelled else " (no ground-truth labels: label-based parts are skipped)"
 print(f"{model}: {sl.model_info(lm)}; {data.n_tokens:,} held-out tokens{note}")
 
@@ -80,7 +80,7 @@ print(f"{model}: {sl.model_info(lm)}; {data.n_tokens:,} held-out tokens{note}")
 # g-SAE runs vary k rather than a penalty, so theirs is the k nearest the same target.
 
 # %%
-sweep = compare.load_sweep(sae_run)
+sweep = compare.load_sweep(resolve(sae_run))
 relu = [m for m in ("local", "e2e", "e2e+ds") if m in set(sweep.method)]
 target = compare.match_target(sweep, relu or methods, target_ce)
 picked = compare.closest(sweep, methods, target)
@@ -111,15 +111,24 @@ table
 # %% [markdown]
 # **What we see.**
 
-# %%
+# %% tags=["hide-input"]
+CLOSE = 1.5  # runs count as matched when their CE increases are within this factor
 ce = picked.ce_increase.astype(float)
-span = f"+{ce.min():.3f} to +{ce.max():.3f} ({ce.max() / ce.min():.1f}x apart)"
-print(f"Matched at CE +{target:.3f}: the picked runs span CE {span}; a few-point sweep matches "
-      "only roughly.")  # fmt: skip
+facts = dict(target=target, lo=ce.min(), hi=ce.max(), spread=ce.max() / ce.min(), close=CLOSE)
+facts["matched"] = "closely matched" if facts["spread"] <= CLOSE else "only roughly matched"
+lines = [
+    "Matched at CE +{target:.3f}: the picked runs span CE +{lo:.3f} to +{hi:.3f} "
+    "({spread:.1f}x apart), **{matched}** (close: within {close:g}x).".format(**facts)
+]
 for m, row in table.iterrows():
-    print(f"{m:7s} ({row.run}): {row.alive}/{row.d_sae} latents fire on these tokens; median "
-          f"density of those {row.median_density_alive:.2e} (L0 {picked.loc[m, 'l0']:.1f} in "
-          f"the sweep, CE +{picked.loc[m, 'ce_increase']:.3f})")  # fmt: skip
+    lines.append(
+        "- **{m}** (`{run}`): {alive}/{d_sae} latents fire on these tokens; median density of "
+        "those {dens:.2e} (L0 {l0:.1f} in the sweep, CE +{ce:.3f})".format(
+            m=plots.method_label(m), run=row.run, alive=row.alive, d_sae=row.d_sae,
+            dens=row.median_density_alive, l0=picked.loc[m, "l0"],
+            ce=picked.loc[m, "ce_increase"])
+    )  # fmt: skip
+display(Markdown("\n".join(lines)))
 
 # %% [markdown]
 # ## 3. The browser
@@ -169,19 +178,28 @@ else:
 # %% [markdown]
 # **What we see.**
 
-# %%
+# %% tags=["hide-input"]
 rep = browser.report
 i0, v0, p0 = hits[0] if hits else (None, 0.0, 0)
+lines = []
 if hits:
-    print(f"On the prompt ({method}), latent {i0} fires most ({v0:.3g}, on token "
-          f"{browser.prompt_tokens[p0]!r}); its top dataset context peaks at "
-          f"{float(rep.ctx_acts[i0, 0, rep.before]):.3g} and it fires on "
-          f"{float(rep.density[i0]):.2%} of held-out tokens.")  # fmt: skip
+    top = float(rep.ctx_acts[i0, 0, rep.before])
+    facts = dict(method=method, i=i0, v=v0, tok=browser.prompt_tokens[p0], top=top,
+                 dens=float(rep.density[i0]))  # fmt: skip
+    lines.append("- On the prompt ({method}), latent {i} fires most ({v:.3g}, on token "
+                 "`{tok!r}`); its top dataset context peaks at {top:.3g} and it fires on "
+                 "{dens:.2%} of held-out tokens.".format(**facts))  # fmt: skip
 if best is not None:
     name, f1, prec, rec = rep.best_concepts(best, 1)[0]
     f1c = float(rep.f1[best, rep.concept_names.index(concept)])
-    print(f"The best latent for {concept!r} is {best}: F1 {f1c:.2f} for it; its own best concept "
-          f"is {name!r} (F1 {f1:.2f}, precision {prec:.2f}, recall {rec:.2f}).")  # fmt: skip
+    facts = dict(concept=concept, best=best, f1c=f1c, name=name, f1=f1, prec=prec, rec=rec,
+                 thr=f1_threshold)  # fmt: skip
+    facts["detects"] = "detects" if f1c > f1_threshold else "does not detect"
+    lines.append("- The best latent for `{concept}` is {best}: F1 {f1c:.2f}, so it "
+                 "**{detects}** the concept (detecting: F1 above {thr:g}); its own best concept "
+                 "is `{name}` (F1 {f1:.2f}, precision {prec:.2f}, recall {rec:.2f})."
+                 .format(**facts))  # fmt: skip
+display(Markdown("\n".join(lines) or "No prompt hits and no label search."))
 
 # %% [markdown]
 # ## 4. How many latents match a ground-truth concept?
@@ -201,13 +219,21 @@ if labelled:
 # %% [markdown]
 # **What we see.**
 
-# %%
+# %% tags=["hide-input"]
 if labelled:
+    lines = []
     for m, row in table.iterrows():
-        print(f"{m:7s}: {row.latents_f1_over_threshold} of {row.alive} alive latents "
-              f"({row.latents_f1_over_threshold / max(row.alive, 1):.1%}) have a concept with "
-              f"F1 > {f1_threshold}; they cover {row.concepts_covered} of {row.n_concepts} "
-              f"concepts; median best F1 {row.median_best_f1_alive:.2f}")  # fmt: skip
+        facts = dict(m=plots.method_label(m), n=row.latents_f1_over_threshold, alive=row.alive,
+                     frac=row.latents_f1_over_threshold / max(row.alive, 1), thr=f1_threshold,
+                     cov=row.concepts_covered, nc=row.n_concepts,
+                     med=row.median_best_f1_alive)  # fmt: skip
+        lines.append("- **{m}**: {n} of {alive} alive latents ({frac:.1%}) have a concept with "
+                     "F1 > {thr:g}; they cover {cov} of {nc} concepts; median best F1 {med:.2f}"
+                     .format(**facts))  # fmt: skip
+    most = table.latents_f1_over_threshold / table.alive.clip(lower=1)
+    lines.append(f"\nMost concept detectors (share of alive latents): **"
+                 f"{plots.method_label(most.astype(float).idxmax())}**.")  # fmt: skip
+    display(Markdown("\n".join(lines)))
 
 # %% [markdown]
 # ## 5. Standalone HTML dashboards

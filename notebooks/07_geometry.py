@@ -49,24 +49,29 @@ seeds: list = [0, 1]  # two seeds per SAE type (init and data order)
 eval_tokens: int = 16_384  # held-out tokens for CE increase and alive latents
 n_boot: int = 1000  # bootstrap resamples for the confidence intervals
 run_umap: bool = True  # UMAP of two dictionaries (numba compiles for about 20 s on first use)
-out_dir: str = "outputs/07_geometry/scratch"  # run folder (set by saelab.runs)
+out_dir: str = "outputs/07_geometry/interactive-{time}"  # run folder (saelab.runs sets it)
 
 # %%
 import json
 import time
-from pathlib import Path
 
 import pandas as pd
+from IPython.display import Markdown, display
 
 import saelab as sl
+from saelab.runs import notebook_out_dir, resolve_input
 from saelab.studies import analysis, plots
 
-out = Path(out_dir)
+out = notebook_out_dir(out_dir)  # from the repo root; {time}: a fresh folder
 (out / "figures").mkdir(parents=True, exist_ok=True)
 t_start = time.time()
-lm = sl.load_model(model)
-train_data = sl.token_dataset(dataset, lm.tokenizer, n_ctx, split="train", n_tokens=n_tokens)
-val = sl.token_dataset(dataset, lm.tokenizer, n_ctx, split="validation", n_tokens=eval_tokens)
+lm = sl.load_model(resolve_input(model))
+train_data = sl.token_dataset(
+    resolve_input(dataset), lm.tokenizer, n_ctx, split="train", n_tokens=n_tokens
+)
+val = sl.token_dataset(
+    resolve_input(dataset), lm.tokenizer, n_ctx, split="validation", n_tokens=eval_tokens
+)
 common = dict(
     sites=(site,),
     n_tokens=n_tokens,
@@ -109,12 +114,16 @@ trained.to_csv(out / "saes.csv", index=False)
 # %% [markdown]
 # **What we see.**
 
-# %%
+# %% tags=["hide-input"]
+MATCHED = 2.0  # the types are comparable when their mean CE increases are within this factor
 ce = trained.groupby("method", sort=False)["ce_increase"].mean()
 spread = ce.max() / ce.min()
-verdict = "similar enough to compare" if spread < 2 else "NOT matched: change the phi values"
-print("mean CE increase per type: " + ", ".join(f"{m} +{v:.4f}" for m, v in ce.items())
-      + f"; the largest is {spread:.2f}x the smallest ({verdict}).")  # fmt: skip
+facts = dict(per_type=", ".join(f"{m} +{v:.4f}" for m, v in ce.items()), spread=spread,
+             limit=MATCHED, verdict="similar enough to compare" if spread < MATCHED
+             else "NOT matched: change the phi values")  # fmt: skip
+text = ("Mean CE increase per type: {per_type}; the largest is {spread:.2f}x the smallest: "
+        "**{verdict}** (matched: below {limit:g}x).")  # fmt: skip
+display(Markdown(text.format(**facts)))
 
 # %% [markdown]
 # ## 2. Alive directions, how far they moved, and chance
@@ -172,34 +181,46 @@ diffs
 # %% [markdown]
 # **What we see.**
 
-# %%
+# %% tags=["hide-input"]
 S = summary_tab.set_index("comparison")["mean"]
 cross_type = summary_tab[summary_tab.kind == "cross-type"]
 s0, s1 = seeds[0], seeds[1] if len(seeds) > 1 else None
 lines = []
 for _, r in diffs[diffs.seed == s0].iterrows():
-    sig = "excludes" if r.ci_lo > 0 or r.ci_hi < 0 else "includes"
-    paper = "no paper value" if r.paper != r.paper else f"paper {r.paper:+.3f}"
+    # reproduced: our CI excludes 0 on the paper's side (the paper's difference is positive)
+    sig = r.ci_lo > 0 or r.ci_hi < 0
+    same_side = r.paper == r.paper and (r.ours > 0) == (r.paper > 0)
+    verdict = ("no paper value" if r.paper != r.paper else
+               "reproduces the sign" if sig and same_side else
+               "opposite sign" if sig else "not distinguishable from 0")  # fmt: skip
+    paper = "" if r.paper != r.paper else f"paper {r.paper:+.3f}; "
     lines.append(f"within-SAE {r.difference} = {r.ours:+.3f} [{r.ci_lo:+.3f}, {r.ci_hi:+.3f}] "
-                 f"({paper}; our CI {sig} 0)")  # fmt: skip
+                 f"({paper}95% CI {'excludes' if sig else 'includes'} 0): "
+                 f"**{verdict}**")  # fmt: skip
 if s1 is not None:
     cs = {m: S[f"{m} s{s0} -> s{s1}"] for m in types}
     least = min(cs, key=cs.get)
+    agrees = "as in the paper" if least == "e2e" else "the paper finds e2e least stable"
     lines.append("cross-seed mean max cos sim: " + ", ".join(f"{m} {v:.3f}" for m, v in cs.items())
-                 + f"; least stable: {least} (paper: e2e)")  # fmt: skip
+                 + f"; least stable: **{least}** ({agrees})")  # fmt: skip
 init = drift.groupby("method", sort=False).cos_to_init.mean()
-near = "still close to" if init.min() > 0.7 else "well away from"
-lines.append(f"trained directions are {near} their random init: mean cos to init "
+NEAR_INIT = 0.7  # mean cos to init above this: directions still mostly their random init
+near = "still close to" if init.min() > NEAR_INIT else "well away from"
+lines.append(f"trained directions are **{near}** their random init (close: every type's mean cos "
+             f"to init above {NEAR_INIT:g}): "
              + ", ".join(f"{m} {v:.2f}" for m, v in init.items())
              + f"; chance (random directions): within {S[f'random s{s0}']:.3f}"
              + (f", cross-seed {S[f'random s{s0} -> s{s1}']:.3f}" if s1 is not None else "")
              )  # fmt: skip
+ct = {c.split(" ")[0]: v for c, v in S.items() if c in set(cross_type.comparison)}
+closer = "e2e+ds" in ct and "e2e" in ct and ct["e2e+ds"] > ct["e2e"]
 lines.append(
     "cross-type: "
     + ", ".join(f"{c} {v:.3f}" for c, v in S.items() if c in set(cross_type.comparison))
-    + " (paper: e2e+ds directions are closer to local ones than e2e directions are)"
+    + f"; e2e+ds directions are **{'closer' if closer else 'not closer'}** to local ones than "
+    "e2e directions are (paper: closer)"
 )
-print("\n".join(lines))
+display(Markdown("\n".join(f"- {line}" for line in lines)))
 
 # %% [markdown]
 # ## 4. UMAP of two dictionaries
@@ -220,7 +241,7 @@ if run_umap:
     lines.append(f"UMAP: {mix:.2f} of each direction's 10 nearest neighbours come from its own "
                  f"dictionary ({share**2 + (1 - share) ** 2:.2f} if fully mixed, 1 if "
                  "each dictionary kept regions of its own)")  # fmt: skip
-    print(lines[-1])
+    display(Markdown(lines[-1]))
 else:
     mix = None
     print("run_umap is False: UMAP skipped")

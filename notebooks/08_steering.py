@@ -50,21 +50,23 @@ n_ctx: int = 64  # tokens per steering context
 eval_tokens: int = 16_384  # held-out tokens for alive latents and the mean activation norm
 n_boot: int = 1000  # bootstrap resamples for the confidence intervals
 seed: int = 0  # latent sample and random directions
-out_dir: str = "outputs/08_steering/scratch"  # run folder (set by saelab.runs)
+out_dir: str = "outputs/08_steering/interactive-{time}"  # run folder (saelab.runs sets it)
 
 # %%
 import json
 import time
-from pathlib import Path
+
+from IPython.display import Markdown, display
 
 import saelab as sl
+from saelab.runs import notebook_out_dir, resolve, resolve_input
 from saelab.studies import analysis, compare, plots, steering
 
-out = Path(out_dir)
+out = notebook_out_dir(out_dir)  # from the repo root; {time}: a fresh folder
 (out / "figures").mkdir(parents=True, exist_ok=True)
 t_start = time.time()
-lm = sl.load_model(model)
-df = compare.load_sweep(sae_run)
+lm = sl.load_model(resolve_input(model))
+df = compare.load_sweep(resolve(sae_run))
 runs = df[df.method.isin(["topk", "gtopk"]) & (df["k"] == k)].set_index("method")
 if len(runs) != 2:
     ks = sorted(df[df.method.isin(["topk", "gtopk"])]["k"].dropna().astype(int).unique())
@@ -72,7 +74,9 @@ if len(runs) != 2:
 saes = {"topk": sl.load_sae(runs.loc["topk", "sae_path"]),
         "g-sae": sl.load_sae(runs.loc["gtopk", "sae_path"])}  # fmt: skip
 site = saes["topk"].cfg.site
-val = sl.token_dataset(dataset, lm.tokenizer, 128, split="validation", n_tokens=eval_tokens)
+val = sl.token_dataset(
+    resolve_input(dataset), lm.tokenizer, 128, split="validation", n_tokens=eval_tokens
+)
 print(f"{sae_run}: {runs['run'].tolist()} at {site}, d_sae {saes['topk'].cfg.d_sae}")
 
 # %% [markdown]
@@ -131,22 +135,33 @@ table
 # %% [markdown]
 # **What we see.**
 
-# %%
+# %% tags=["hide-input"]
 lines = [f"{same:.0%} of the g-SAE's directions have a TopK direction with cosine above 0.9 "
          f"(mean nearest cosine {nearest.mean():.3f})"]  # fmt: skip
+verdicts = []
 for _, r in ratios.iterrows():
+    # against the paper's 5x: "above" / "below" when the 95% CI excludes 5
     verdict = "above" if r.ci_lo > 5 else "below" if r.ci_hi < 5 else "consistent with"
+    verdicts.append(verdict)
     lines.append(f"alpha {r.alpha:g}: g-SAE / TopK = {r.ratio:.2f} [{r.ci_lo:.2f}, {r.ci_hi:.2f}]"
-                 f" ({verdict} the paper's 5x)")  # fmt: skip
+                 f" (**{verdict}** the paper's 5x)")  # fmt: skip
 a_mid = min(alphas, key=lambda a: abs(a - 1.0))
 i = list(alphas).index(a_mid)
 for name in ("topk", "g-sae"):
     diff = analysis.bootstrap_diff_ci(added[name][i], added["random"][i], n_boot, seed)
     better = "more" if diff[1] > 0 else "less" if diff[2] < 0 else "no more or less"
-    lines.append(f"at alpha {a_mid:g}, {name} latents add {added[name][i].mean():.4f}, random "
-                 f"directions {added['random'][i].mean():.4f}: {name} adds {better} than chance "
-                 f"(difference {diff[0]:+.4f} [{diff[1]:+.4f}, {diff[2]:+.4f}])")  # fmt: skip
-print("\n".join(lines))
+    lines.append(f"at alpha {a_mid:g}, {plots.method_label(name)} latents add "
+                 f"{added[name][i].mean():.4f}, random directions {added['random'][i].mean():.4f}: "
+                 f"{plots.method_label(name)} adds **{better}** than chance (difference "
+                 f"{diff[0]:+.4f} [{diff[1]:+.4f}, {diff[2]:+.4f}])")  # fmt: skip
+n_above, n_below = verdicts.count("above"), verdicts.count("below")
+claim = ("is reproduced" if n_above else "is not reproduced" if n_below == len(verdicts)
+         else "is neither reproduced nor excluded")  # fmt: skip
+head = (f"The paper's claim (g-SAE latents add > 5x the probability TopK latents add) **{claim}** "
+        f"here (reproduced: the 95% CI of the ratio lies above 5 at some steering strength; "
+        f"excluded: below 5 at every one): above at {n_above}, below at {n_below} of "
+        f"{len(verdicts)} strengths.")  # fmt: skip
+display(Markdown(head + "\n\n" + "\n".join(f"- {line}" for line in lines)))
 
 # %%
 summary = dict(

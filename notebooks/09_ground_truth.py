@@ -51,28 +51,29 @@ min_fires: int = 10  # ... and it fires at least this many times
 rare_freq: float = 0.5  # stricter explained fraction: concepts on at most this share of tokens
 f1_threshold: float = 0.5  # a concept counts as recovered when its best F1 exceeds this
 whole_sweep: bool = True  # also score every other run of the sweep (section 6)
-out_dir: str = "outputs/09_ground_truth/scratch"  # run folder (set by saelab.runs)
+out_dir: str = "outputs/09_ground_truth/interactive-{time}"  # run folder (saelab.runs sets it)
 
 # %%
 import json
 import time
-from pathlib import Path
 
 import pandas as pd
+from IPython.display import Markdown, display
 
 import saelab as sl
-from saelab.studies import compare, features
+from saelab.runs import notebook_out_dir, resolve, resolve_input
+from saelab.studies import compare, features, plots
 from saelab.studies import groundtruth as gt
 
-out = Path(out_dir)
+out = notebook_out_dir(out_dir)  # from the repo root; {time}: a fresh folder
 (out / "figures").mkdir(parents=True, exist_ok=True)
 t_start = time.time()
-df = compare.load_sweep(sae_run)
+df = compare.load_sweep(resolve(sae_run))
 target = compare.match_target(df, ["local", "e2e", "e2e+ds"], target_ce)
-lm = sl.load_model(model)
+lm = sl.load_model(resolve_input(model))
 has_labels = dataset == "storyworld"
-data = sl.token_dataset(dataset, lm.tokenizer, n_ctx, split="validation", n_tokens=eval_tokens,
-                        labels=has_labels)  # fmt: skip
+data = sl.token_dataset(resolve_input(dataset), lm.tokenizer, n_ctx, split="validation",
+                        n_tokens=eval_tokens, labels=has_labels)  # fmt: skip
 if has_labels:
     names, y = features.concepts(data.labels[: max(1, eval_tokens // n_ctx)])
     print(f"{len(names)} concepts on {len(y):,} validation tokens of {dataset}")
@@ -207,33 +208,41 @@ interp
 # %% [markdown]
 # **What we see.**
 
-# %%
+# %% tags=["hide-input"]
 aggregates = {"mean_auroc": "mean best AUROC", "mean_f1": "mean best F1",
               frac_key: f"concepts with best F1 > {f1_threshold:g}",
               "explained_frac": f"latents explained (precision >= {precision_threshold:g})",
               "explained_frac_rare": "latents explained by a rare concept"}  # fmt: skip
+lines = []
 for key, title in aggregates.items() if results else []:
     ranked = per_method[key].astype(float).sort_values(ascending=False)
-    print(f"{title}: " + " > ".join(f"{m} {v:.3f}" for m, v in ranked.items()))
+    lines.append(f"- {title}: " + " > ".join(f"{plots.method_label(m)} {v:.3f}"
+                                             for m, v in ranked.items()))  # fmt: skip
 if {"local", "e2e"} <= set(results):
     at_target = interp.loc[["local", "e2e"], keys + ["l0"]].notna().all().all()
     src = interp if at_target else per_method  # interpolated at the target when both reach it
     loc, e2e = src.loc["local"], src.loc["e2e"]
-    how = f"interpolated at CE +{target:.3f}" if at_target else "closest runs (CE differs)"
     more = [aggregates[k] for k in aggregates if e2e[k] > loc[k]]
-    verdict = "more" if len(more) > len(aggregates) / 2 else "less"
-    print(
-        f"\ne2e vs local, {how}: L0 {e2e.l0:.1f} vs {loc.l0:.1f}; e2e is ahead on {len(more)} of "
-        f"{len(aggregates)} aggregates ({', '.join(more) or 'none'}): its "
-        f"{'fewer' if e2e.l0 < loc.l0 else 'more'} active latents per token come with {verdict} "
-        "label alignment than local's."
-    )
-    print("   " + "; ".join(f"{aggregates[k]} {e2e[k]:.3f} vs {loc[k]:.3f}" for k in aggregates))
+    facts = dict(how=f"interpolated at CE +{target:.3f}" if at_target else
+                 "closest runs (CE differs)", l0_e2e=e2e.l0, l0_loc=loc.l0, n=len(more),
+                 of=len(aggregates), which=", ".join(more) or "none",
+                 fewer="fewer" if e2e.l0 < loc.l0 else "more",
+                 verdict="more" if len(more) > len(aggregates) / 2 else "less")  # fmt: skip
+    lines.append(
+        "\n**e2e vs local**, {how}: L0 {l0_e2e:.1f} vs {l0_loc:.1f}; e2e is ahead on {n} of {of} "
+        "aggregates ({which}): its {fewer} active latents per token come with **{verdict}** "
+        "label alignment than local's (more: ahead on over half of the aggregates)."
+        .format(**facts)
+    )  # fmt: skip
+    lines.append("\n" + "; ".join(f"{aggregates[k]} {e2e[k]:.3f} vs {loc[k]:.3f}"
+                                   for k in aggregates))  # fmt: skip
 if {"topk", "gtopk"} <= set(results):
     tk, gk = per_method.loc["topk"], per_method.loc["gtopk"]
-    print(f"g-SAE vs TopK: mean best F1 {gk.mean_f1:.3f} vs {tk.mean_f1:.3f}, explained "
-          f"{gk.explained_frac:.3f} vs {tk.explained_frac:.3f} (alive {gk.alive:.0f} vs "
-          f"{tk.alive:.0f}).")  # fmt: skip
+    ahead = "ahead of" if gk.mean_f1 > tk.mean_f1 else "not ahead of"
+    lines.append(f"\n**g-SAE vs TopK**: mean best F1 {gk.mean_f1:.3f} vs {tk.mean_f1:.3f} "
+                 f"(g-SAE **{ahead}** TopK), explained {gk.explained_frac:.3f} vs "
+                 f"{tk.explained_frac:.3f} (alive {gk.alive:.0f} vs {tk.alive:.0f}).")  # fmt: skip
+display(Markdown("\n".join(lines) or "No results (no labelled data)."))
 
 # %%
 summary = dict(

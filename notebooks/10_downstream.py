@@ -32,19 +32,21 @@
 sae_run: str = "outputs/reference/05_pareto/main-v1"  # a 05_pareto run folder (sweep.csv, runs/)
 target_ce: float = 0.0  # CE increase to match runs at (0 means the sweep's common target)
 near_ce: list = [0.045]  # more CE increases at which to show each method's closest actual run
-out_dir: str = "outputs/10_downstream/scratch"  # run folder (set by saelab.runs)
+out_dir: str = "outputs/10_downstream/interactive-{time}"  # run folder (saelab.runs sets it)
 
 # %%
 import json
-from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
+from IPython.display import Markdown, display
 
+from saelab.runs import notebook_out_dir, resolve
 from saelab.studies import compare, plots
 
-out = Path(out_dir)
+out = notebook_out_dir(out_dir)  # from the repo root; {time}: a fresh folder
 (out / "figures").mkdir(parents=True, exist_ok=True)
-df = compare.load_sweep(sae_run)
+df = compare.load_sweep(resolve(sae_run))
 relu = ["local", "e2e", "e2e+ds"]
 target = compare.match_target(df, relu, target_ce)
 ds_cols = [c for c in df.columns if c.startswith(("ds_mse/", "ds_ev/"))]
@@ -78,12 +80,15 @@ import seaborn as sns  # noqa: E402
 
 last = f"ds_mse/{layers[-1]}"
 sweep = df[df.method.isin(relu)].sort_values("ce_increase")
-ax = sns.lineplot(data=sweep, x="ce_increase", y=last, hue="method", style="method",
-                  markers=True, dashes=False, sort=False)  # fmt: skip
-ax.set(xscale="log", yscale="log", xlabel="CE loss increase (nats)",
-       ylabel=f"downstream MSE at {layers[-1]}")  # fmt: skip
-ax.figure.tight_layout()
-ax.figure.savefig(out / "figures" / "downstream_vs_ce.png", dpi=120)
+fig, ax = plt.subplots(figsize=(6.4, 4.2))
+sns.lineplot(data=sweep, x="ce_increase", y=last, hue="method", style="method", sort=False,
+             estimator=None, markersize=7, ax=ax, **plots.style_kwargs(relu))  # fmt: skip
+ax.set(xlabel="CE loss increase (nats)", ylabel=f"downstream MSE at {layers[-1]}",
+       title=f"Downstream MSE at {layers[-1]} against CE increase, whole sweep")  # fmt: skip
+plots.log_if_spans(ax, "x", sweep["ce_increase"]) or plots.tidy_ticks(ax, "x")
+plots.log_if_spans(ax, "y", sweep[last]) or plots.tidy_ticks(ax, "y")
+fig.tight_layout()
+fig.savefig(out / "figures" / "downstream_vs_ce.png", dpi=120)
 
 # %% [markdown]
 # ## 2. How long are the reconstructions? (Table 5)
@@ -118,18 +123,39 @@ topk  # TopK and g-SAE, by k (no sparsity penalty, so less shrinkage is expected
 # %% [markdown]
 # **What we see.**
 
-# %%
+# %% tags=["hide-input"]
 m = matched
 ratio_e2e = m.loc["e2e", last] / m.loc["local", last]
 ratio_ds = m.loc["e2e+ds", last] / m.loc["local", last]
-print(
-    f"At CE +{target:.3f}, downstream MSE at {layers[-1]}: local {m.loc['local', last]:.4f}, "
-    f"e2e {m.loc['e2e', last]:.4f} ({ratio_e2e:.1f}x local), e2e+ds {m.loc['e2e+ds', last]:.4f} "
-    f"({ratio_ds:.2f}x local). Paper (Fig. 2): e2e far above local, e2e+ds near it."
-)
-print(f"L2 ratio at matched CE: local {m.loc['local', 'l2_ratio']:.2f}, e2e "
-      f"{m.loc['e2e', 'l2_ratio']:.2f}, e2e+ds {m.loc['e2e+ds', 'l2_ratio']:.2f} "
-      "(paper, Table 5: e2e shrinks most, e2e+ds restores).")  # fmt: skip
+FAR, NEAR = 2.0, 1.5  # "far above": >= 2x local; "near": <= 1.5x local
+facts = dict(target=target, site=layers[-1], local=m.loc["local", last], e2e=m.loc["e2e", last],
+             ds=m.loc["e2e+ds", last], r_e2e=ratio_e2e, r_ds=ratio_ds,
+             l2_local=m.loc["local", "l2_ratio"], l2_e2e=m.loc["e2e", "l2_ratio"],
+             l2_ds=m.loc["e2e+ds", "l2_ratio"])  # fmt: skip
+gap = facts["l2_local"] - facts["l2_e2e"]
+facts |= dict(
+    far="is" if ratio_e2e >= FAR else "is not", near="is" if ratio_ds <= NEAR else "is not",
+    fig2={2: "reproduces", 1: "partly reproduces", 0: "does not reproduce"}[
+        (ratio_e2e >= FAR) + (ratio_ds <= NEAR)],
+    shrinks="shrinks most" if facts["l2_e2e"] < min(facts["l2_local"], facts["l2_ds"])
+    else "does not shrink most",
+    restores="restores" if gap > 0 and facts["l2_ds"] - facts["l2_e2e"] >= gap / 2
+    else "does not restore",
+    FAR=FAR, NEAR=NEAR,
+)  # fmt: skip
+WHAT_WE_SEE = """
+- At CE +{target:.3f}, downstream MSE at `{site}`: local {local:.4f}, e2e {e2e:.4f}
+  (**{r_e2e:.2f}x** local), e2e+ds {ds:.4f} (**{r_ds:.2f}x** local). Paper (Fig. 2): e2e far
+  above local, e2e+ds near it. Counting "far above" as at least {FAR:g}x local and "near" as at
+  most {NEAR:g}x, e2e {far} far above and e2e+ds {near} near: storyworld **{fig2}** Figure 2
+  at this CE increase.
+- L2 ratio `||x_hat|| / ||x||` at matched CE: local {l2_local:.2f}, e2e {l2_e2e:.2f}, e2e+ds
+  {l2_ds:.2f}. Paper (Table 5): e2e shrinks most, e2e+ds restores. Here e2e **{shrinks}** and
+  e2e+ds **{restores}** the norm (restoring: closing at least half of the gap from e2e to local).
+"""
+display(Markdown(WHAT_WE_SEE.format(**facts)))
+
+# %%
 summary = dict(
     sae_run=sae_run,
     target_ce_increase=target,

@@ -14,6 +14,16 @@ browser, geometry, steering, ground truth, plots) and `saelab.storyworld` (the e
 and model); `saelab.runs` executes the notebooks with papermill. The names below are the API.
 """
 
+import os as _os
+
+if _os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false", "no"):
+    # papermill runs (saelab.runs sets TQDM_DISABLE=1 for the kernel): a notebook widget bar
+    # would be saved frozen at 0% in the .ipynb. Done before core.training imports tqdm.auto,
+    # so it also silences bars whose caller passes disable=False explicitly.
+    from saelab.runs import quiet_tqdm as _quiet_tqdm
+
+    _quiet_tqdm()
+
 from saelab.core.cache import ActivationCache, cache_activations, load_cache
 from saelab.core.data import TokenDataset, token_dataset
 from saelab.core.metrics import evaluate

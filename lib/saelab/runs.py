@@ -2,6 +2,13 @@
 
 A run folder holds the executed `notebook.ipynb`, `config.json` (parameters, git SHA and dirty
 flag, package versions) and whatever the notebook writes there (it gets the folder as `out_dir`).
+The runner prints a line when each notebook starts and ends (run folder, wall time, status), and
+what the notebook prints reaches the terminal as it runs; progress bars are off in the kernel
+(`TQDM_DISABLE=1`), so none is saved frozen in the `.ipynb`.
+
+Notebooks opened interactively (JupyterLab starts them in `notebooks/`) resolve their paths
+against the repository root with `resolve`, `resolve_input` and `notebook_out_dir`, so they read
+and write the same files as under papermill (which runs them with the root as working directory).
 
     python -m saelab.runs run 00_storyworld --preset full --run-id storyworld-v1
     python -m saelab.runs main          # the main job on the embedded default (`make run`):
@@ -13,6 +20,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import subprocess
 import sys
 import time
@@ -23,6 +31,66 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]  # repo root (lib/saelab/runs.py)
 NOTEBOOKS = ROOT / "notebooks"
 PACKAGES = ("saelab", "torch", "nnsight", "transformers", "datasets", "papermill", "jupytext")
+
+
+def resolve(path: str | Path) -> Path:
+    """`path` made absolute against the repository root (`ROOT`), whatever the working directory
+    (an interactive kernel runs in `notebooks/`, papermill in the root); absolute paths as given.
+    """
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else ROOT / p
+
+
+def resolve_input(name: str) -> str:
+    """A model / dataset argument that may be a relative path: the root-relative path when one
+    exists there, else `name` unchanged (a hub name such as "gpt2", or "storyworld")."""
+    if not name or Path(name).is_absolute():
+        return name
+    p = ROOT / name
+    return str(p) if p.exists() else name
+
+
+INTERACTIVE = "interactive-{time}"  # the default run folder name of a notebook opened by hand
+
+
+def notebook_out_dir(out_dir: str | Path) -> Path:
+    """The folder a notebook writes to, from its `out_dir` parameter, created.
+
+    `{time}` is replaced by the current time (`YYYYmmdd-HHMMSS`): a notebook's default, e.g.
+    `outputs/05_pareto/interactive-{time}`, gives every interactive run a fresh folder, so a
+    re-run never meets training's refusal to overwrite a finished `out_dir`. A relative path is
+    taken from the repository root. A folder holding a completed `saelab.runs` run is refused:
+    nothing run by hand writes into a finished papermill run.
+    """
+    out = resolve(str(out_dir).replace("{time}", time.strftime("%Y%m%d-%H%M%S")))
+    if run_status(out) == "completed":
+        raise RunExists(
+            f"{out} holds a completed run of saelab.runs; a notebook run by hand does not write "
+            "into it. Leave out_dir at its default (a fresh interactive-<time> folder) or choose "
+            "another folder"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def quiet_tqdm() -> None:
+    """Make `tqdm.auto.tqdm` (and `tqdm.autonotebook.tqdm`) a disabled text bar, even where the
+    caller passes `disable=False`; `saelab` calls it on import when `TQDM_DISABLE` is set."""
+    import tqdm.auto
+    import tqdm.autonotebook
+    from tqdm.std import tqdm as std_tqdm
+
+    class DisabledTqdm(std_tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+    tqdm.auto.tqdm = tqdm.autonotebook.tqdm = DisabledTqdm
+
+
+def say(*parts) -> None:
+    """One progress line of the runner, time-stamped, flushed at once."""
+    print(f"[{time.strftime('%H:%M:%S')}]", *parts, flush=True)
 
 
 def git_state(root: Path = ROOT) -> dict:
@@ -179,7 +247,12 @@ def run_notebook(
         raise Interrupted(f"signal {signum}")
 
     old_term = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
+    old_tqdm = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # the kernel inherits it: no bar frozen in the .ipynb
+    t0 = time.time()
+    say(f"{notebook}: started ({f'preset {preset}, ' if preset else ''}run folder {out})")
     try:
+        # what the kernel prints goes straight to our stdout / stderr as it runs
         pm.execute_notebook(
             str(source),
             str(out / "notebook.ipynb"),
@@ -187,21 +260,35 @@ def run_notebook(
             cwd=str(ROOT),
             kernel_name="python3",
             progress_bar=False,
-            log_output=True,
+            log_output=False,
+            stdout_file=sys.stdout,
+            stderr_file=sys.stderr,
         )
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM through on_term
         _set_status(out, config, "interrupted", error=f"{type(e).__name__}: {e}",
                     ended=time.strftime("%FT%T"))  # fmt: skip
+        say(f"{notebook}: interrupted after {_took(t0)} ({out})")
         raise
     except BaseException as e:
         _set_status(out, config, "failed", error=f"{type(e).__name__}: {str(e)[-2000:]}",
                     ended=time.strftime("%FT%T"))  # fmt: skip
+        say(f"{notebook}: failed after {_took(t0)}: {type(e).__name__} (see {out}/notebook.ipynb)")
         raise
     finally:
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
+        if old_tqdm is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = old_tqdm
     _set_status(out, config, "completed", ended=time.strftime("%FT%T"))
+    say(f"{notebook}: completed in {_took(t0)} ({out})")
     return out
+
+
+def _took(t0: float) -> str:
+    s = time.time() - t0
+    return f"{s:.1f} s" if s < 60 else f"{int(s // 60)} min {s % 60:02.0f} s"
 
 
 def _main_thread() -> bool:
@@ -437,15 +524,23 @@ def main_job(
     for smoke sizes).
     """
     overrides = overrides or {}
+    t0 = time.time()
+    say(f"main job: 05_pareto, then {len(studies)} studies ({', '.join(studies) or 'none'})")
     out = run_notebook("05_pareto", overrides.get("05_pareto"), "default", run_id, out_root)
     lines = [f"# Studies of the SAEs of this run ({out.name})", ""]
+    done = [out]
     for nb in studies:
         params = dict(overrides.get(nb, {}))
         if "sae_run" in _declared_parameters(paired_notebook(nb)):
             params["sae_run"] = str(out)
         study = run_notebook(nb, params, "default", out.name, out_root)
+        done.append(study)
         lines.append(f"- [{nb}](../../{nb}/{study.name}/notebook.ipynb)")
     (out / "STUDIES.md").write_text("\n".join(lines) + "\n")
+    say(f"main job: completed in {_took(t0)}; results:")
+    for d in done:
+        print(f"  {d}/notebook.ipynb  (figures/, summary.json)", flush=True)
+    print(f"  index of the studies: {out / 'STUDIES.md'}", flush=True)
     return out
 
 

@@ -248,24 +248,34 @@ def within_differences(table: pd.DataFrame, reference: str = "local", n_boot: in
     return pd.DataFrame(rows)
 
 
-def similarity_plot(table: pd.DataFrame, path=None):
+def similarity_plot(table: pd.DataFrame, path=None, title: str | None = None):
     """Braun et al. Figure 3: max-cosine-similarity histograms, a panel per kind, a colour per
-    SAE type (the seeds of a type pooled in the within panel)."""
+    SAE type in the methods' shared style (the seeds of a type pooled in the within panel). A
+    panel's legend lists only the types it draws."""
     import matplotlib.pyplot as plt
-    import seaborn as sns
+
+    from saelab.studies import plots
 
     kinds = list(dict.fromkeys(table["kind"]))
-    order = list(dict.fromkeys(table["method"]))  # same colour per type in every panel
     lo = np.floor(table["value"].min() * 20) / 20
-    fig, axes = plt.subplots(1, len(kinds), figsize=(4.4 * len(kinds), 3.4), squeeze=False)
+    bins = np.linspace(lo, 1, 41)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4.6 * len(kinds), 3.8), squeeze=False)
     for ax, kind in zip(axes[0], kinds, strict=True):
         sub = table[table.kind == kind]
-        sns.histplot(data=sub, x="value", hue="method", hue_order=order, stat="density",
-                     common_norm=False, element="step", fill=False,
-                     bins=np.linspace(lo, 1, 41), ax=ax)  # fmt: skip
-        title = {"within": "within SAE", "cross-seed": "to the other seed",
-                 "cross-type": "to the local dictionary"}.get(kind, kind)  # fmt: skip
-        ax.set(xlabel="max cosine similarity", title=title, xlim=(lo, 1))
+        for m in plots.method_order(sub["method"]):
+            v = sub[sub.method == m]["value"].to_numpy(dtype=float)
+            if len(v) == 0:
+                continue
+            dens, _ = np.histogram(v, bins=bins, density=True)
+            kw = plots.line_kwargs(m)
+            kw.pop("marker")
+            ax.stairs(dens, bins, label=plots.method_label(m), linewidth=1.6, **kw)
+        what = {"within": "within SAE (nearest other latent)",
+                "cross-seed": "to the same type, other seed",
+                "cross-type": "to the local dictionary"}.get(kind, kind)  # fmt: skip
+        ax.set(xlabel="max cosine similarity", ylabel="density", title=what, xlim=(lo, 1))
+        ax.legend(title="SAE type")
+    plots.titled(fig, title or "Decoder directions: max cosine similarity to other directions")
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=120)
@@ -306,14 +316,19 @@ def same_dictionary_fraction(emb: pd.DataFrame, k: int = 10) -> float:
     return float((labels[nn] == labels[:, None]).mean())
 
 
-def umap_plot(emb: pd.DataFrame, path=None):
-    """Scatter of a `umap_embedding`, coloured by dictionary."""
+def umap_plot(emb: pd.DataFrame, path=None, title: str | None = None):
+    """Scatter of a `umap_embedding`, coloured by dictionary (in its method's colour)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    fig, ax = plt.subplots(figsize=(5.2, 4.6))
-    sns.scatterplot(data=emb, x="x", y="y", hue="dictionary", s=9, alpha=0.7, linewidth=0, ax=ax)
+    from saelab.studies import plots
+
+    fig, ax = plt.subplots(figsize=(5.4, 5.0))
+    sns.scatterplot(data=emb, x="x", y="y", hue="dictionary", s=9, alpha=0.7, linewidth=0, ax=ax,
+                    **plots.style_kwargs(emb["dictionary"], lines=False))  # fmt: skip
     ax.set(xlabel="UMAP 1", ylabel="UMAP 2", xticks=[], yticks=[])
+    names = " and ".join(plots.method_order(emb["dictionary"]))
+    ax.set_title(title or f"UMAP (cosine) of the alive directions of {names}")
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=120)

@@ -608,20 +608,33 @@ def summary(report: LatentReport, latents=None, f1_threshold: float = 0.5) -> di
     return out
 
 
-def best_f1_plot(reports: dict[str, LatentReport], threshold: float = 0.5, path=None):
-    """ECDF of each alive latent's best concept F1, one line per report (storyworld only)."""
+def best_f1_plot(reports: dict[str, LatentReport], threshold: float = 0.5, path=None,
+                 title: str | None = None):  # fmt: skip
+    """Complementary ECDF of each alive latent's best concept F1, one line per report in its
+    method's style (g-SAE dashed above TopK, so equal curves stay visible; storyworld only)."""
     import matplotlib.pyplot as plt
-    import pandas as pd
-    import seaborn as sns
+    import numpy as np
 
-    rows = [{"sae": name, "best F1": v} for name, rep in reports.items() if rep.f1 is not None
-            for v in rep.best_f1()[rep.density > 0].tolist()]  # fmt: skip
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    sns.ecdfplot(data=pd.DataFrame(rows, columns=["sae", "best F1"]), x="best F1", hue="sae",
-                 complementary=True, ax=ax)  # fmt: skip
-    ax.axvline(threshold, color="#888", ls="--", lw=1)
-    ax.set(ylabel="fraction of alive latents with best F1 > x",
+    from saelab.studies import plots
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for name in plots.method_order(reports):
+        rep = reports[name]
+        if rep.f1 is None:
+            continue
+        v = np.sort(rep.best_f1()[rep.density > 0].numpy())
+        if len(v) == 0:
+            continue
+        frac = 1 - np.arange(1, len(v) + 1) / len(v)  # P(best F1 > v)
+        kw = plots.line_kwargs(name)
+        kw.pop("marker")
+        ax.step(np.r_[0, v], np.r_[1, frac], where="post", label=plots.method_label(name),
+                linewidth=1.6, **kw)  # fmt: skip
+    ax.axvline(threshold, color="#888", ls="--", lw=1, label=f"threshold {threshold:g}")
+    ax.set(ylabel="fraction of alive latents\nwith best F1 > x", xlim=(0, 1), ylim=(0, 1.02),
            xlabel="best F1 of 'fires' against a storyworld concept")  # fmt: skip
+    ax.legend(title="SAE")
+    ax.set_title(title or "How many latents detect a known concept?")
     fig.tight_layout()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

@@ -255,65 +255,95 @@ def _save(fig, path):
     return fig
 
 
-def plot_best(per_concept: pd.DataFrame, cols=("auroc", "f1"), path=None):
-    """Box + strip plot of the best latent's score over concepts, one box per method."""
+def plot_best(per_concept: pd.DataFrame, cols=("auroc", "f1"), path=None, title: str | None = None):
+    """Box + strip plot of the best latent's score over concepts, one box per method (in the
+    methods' shared order and colours)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
+    from saelab.studies import plots
+
     d = per_concept[per_concept.n_pos > 0]
-    fig, axes = plt.subplots(1, len(cols), figsize=(4.2 * len(cols), 3.6), squeeze=False)
+    kw = plots.style_kwargs(d["method"], lines=False)
+    order = kw["hue_order"]
+    fig, axes = plt.subplots(1, len(cols), figsize=(4.6 * len(cols), 3.8), squeeze=False)
     for ax, c in zip(axes[0], cols, strict=True):
-        sns.boxplot(data=d, x="method", y=c, hue="method", showfliers=False, ax=ax, legend=False)
-        sns.stripplot(data=d, x="method", y=c, color="0.2", size=2.5, alpha=0.5, ax=ax)
-        ax.set(xlabel="", ylabel=f"best single-latent {c.upper()}", ylim=(0, 1.02))
+        sns.boxplot(data=d, x="method", y=c, hue="method", order=order, showfliers=False, ax=ax,
+                    legend=False, **kw)  # fmt: skip
+        sns.stripplot(data=d, x="method", y=c, order=order, color="0.2", size=2.5, alpha=0.5,
+                      ax=ax)  # fmt: skip
+        ax.set(xlabel="", ylabel=f"best single-latent {c.upper()}", ylim=(0, 1.02),
+               title=f"best {c.upper()} per concept")  # fmt: skip
+        ax.set_xticks(range(len(order)), [plots.method_label(m) for m in order])
+    plots.titled(fig, title or "How well does the best single latent recover each concept?")
     return _save(fig, path)
 
 
-def plot_label_heatmap(per_label_table: pd.DataFrame, value: str = "f1", path=None):
-    """Heatmap of a per-label score (rows: storyworld labels, columns: methods)."""
+def plot_label_heatmap(per_label_table: pd.DataFrame, value: str = "f1", path=None,
+                       title: str | None = None):  # fmt: skip
+    """Heatmap of a per-label score (rows: storyworld labels, columns: methods in the shared
+    order), annotated at a readable 9 pt."""
     import matplotlib.pyplot as plt
     import seaborn as sns
+
+    from saelab.studies import plots
 
     grid = per_label_table.pivot(index="label", columns="method", values=value)
     grid = grid.loc[list(dict.fromkeys(per_label_table.label)),
-                    list(dict.fromkeys(per_label_table.method))]  # fmt: skip
-    fig, ax = plt.subplots(figsize=(1.2 * grid.shape[1] + 3, 0.24 * grid.shape[0] + 1.2))
+                    plots.method_order(per_label_table.method)]  # fmt: skip
+    grid.columns = [plots.method_label(m) for m in grid.columns]
+    fig, ax = plt.subplots(figsize=(1.1 * grid.shape[1] + 4.2, 0.32 * grid.shape[0] + 1.6))
     cbar = {"label": f"best {value.upper()}"}
     sns.heatmap(grid, vmin=0, vmax=1, cmap="viridis", annot=True, fmt=".2f",
-                annot_kws={"size": 6}, cbar_kws=cbar, ax=ax)  # fmt: skip
+                annot_kws={"size": 9}, cbar_kws=cbar, ax=ax)  # fmt: skip
     ax.set(xlabel="", ylabel="")
+    ax.grid(False)  # the theme's grid would cross the cells
+    ax.tick_params(axis="both", labelsize=9)
+    ax.set_title(title or f"Mean best {value.upper()} over each label's values, per SAE")
     return _save(fig, path)
 
 
-def plot_explained(per_method: pd.DataFrame, path=None, threshold: float = 0.9):
+def plot_explained(per_method: pd.DataFrame, path=None, threshold: float = 0.9,
+                   title: str | None = None):  # fmt: skip
     """Bars per method: fraction of alive latents explained by one concept (any / rare ones)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
+
+    from saelab.studies import plots
 
     d = per_method.reset_index().melt(
         id_vars="method", value_vars=["explained_frac", "explained_frac_rare"],
         var_name="concepts", value_name="fraction",
     )  # fmt: skip
     d["concepts"] = d.concepts.map({"explained_frac": "any", "explained_frac_rare": "rare only"})
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    sns.barplot(data=d, x="method", y="fraction", hue="concepts", ax=ax)
-    ax.set(xlabel="", ylabel=f"alive latents with precision >= {threshold:g}")
+    order = plots.method_order(d["method"])
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    sns.barplot(data=d, x="method", y="fraction", hue="concepts", order=order, ax=ax,
+                palette=["#555555", "#bbbbbb"])  # fmt: skip
+    ax.set(xlabel="", ylabel=f"alive latents with\nprecision >= {threshold:g}")
+    ax.set_xticks(range(len(order)), [plots.method_label(m) for m in order])
+    ax.set_title(title or "Latents explained by a single concept")
     return _save(fig, path)
 
 
-def plot_sweep(sweep: pd.DataFrame, metrics, target: float | None = None, path=None):
+def plot_sweep(sweep: pd.DataFrame, metrics, target: float | None = None, path=None,
+               title: str | None = None):  # fmt: skip
     """One panel per metric against CE increase (log x) over a whole sweep, a line per method."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.8 * len(metrics), 3.4), squeeze=False)
-    order = list(dict.fromkeys(sweep["method"]))
+    from saelab.studies import plots
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.0 * len(metrics), 3.6), squeeze=False)
+    kw = plots.style_kwargs(sweep["method"])
     for ax, m in zip(axes[0], metrics, strict=True):
         sns.lineplot(data=sweep.sort_values("ce_increase"), x="ce_increase", y=m, hue="method",
-                     style="method", hue_order=order, style_order=order, markers=True,
-                     dashes=False, sort=False, estimator=None, ax=ax,
-                     legend="auto" if ax is axes[0, 0] else False)  # fmt: skip
+                     style="method", sort=False, estimator=None, ax=ax,
+                     legend="auto" if ax is axes[0, 0] else False, **kw)  # fmt: skip
         if target is not None:
             ax.axvline(target, color="0.5", ls=":", lw=1)
-        ax.set(xscale="log", xlabel="CE loss increase (nats)", ylabel=m)
+        ax.set(xscale="log", xlabel="CE loss increase (nats)", ylabel=m, title=m)
+        ax.xaxis.set_major_formatter(plots.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        plots.legend_labels(ax)
+    plots.titled(fig, title or "Along the whole sweep (dotted: the matched CE increase)")
     return _save(fig, path)

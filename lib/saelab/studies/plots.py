@@ -1,4 +1,5 @@
-"""Seaborn figures for SAE runs: training curves, latent density, downstream errors, comparisons.
+"""Seaborn figures for SAE runs: training curves, latent density, downstream errors, comparisons,
+and the one figure style every notebook uses.
 
 Every helper returns its matplotlib Figure and, given `path`, also saves it there (PNG, parent
 folders created). Inputs are what the rest of saelab produces: `Run.log` records,
@@ -7,10 +8,17 @@ folders created). Inputs are what the rest of saelab produces: `Run.log` records
     plots.train_curves({"local": run_a.log, "e2e": run_b.log}, path=out / "curves.png")
     freq = plots.firing_frequency(lm, run.sae, val, n_tokens=65_536)
     plots.density_hist({"local": freq}, path=out / "density.png")
+
+**One method style.** `METHODS` is the order methods appear in (legends, bars, heatmap columns)
+and `PALETTE`, `MARKERS`, `DASHES` their colour, marker and line style, the same in every figure
+of every notebook and study module. Names are matched by `method_of`, so `"g-sae"`, `"g-SAE"`,
+`"gtopk"` and `"gtopk s0 -> s1"` all take g-SAE's style. g-SAE is dashed and drawn above TopK,
+so that one never hides the other when their curves coincide.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -18,9 +26,146 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 import torch
+from matplotlib import ticker
 
 from saelab.core.models import parse_site
 from saelab.core.passes import clean_pass
+
+# --- one style for every figure ---------------------------------------------------------------
+
+METHODS = ("local", "e2e", "e2e+ds", "topk", "gtopk", "batchtopk", "jumprelu", "random")
+METHOD_LABELS = {"local": "local", "e2e": "e2e", "e2e+ds": "e2e+ds", "topk": "TopK",
+                 "gtopk": "g-SAE", "batchtopk": "BatchTopK", "jumprelu": "JumpReLU",
+                 "random": "random"}  # fmt: skip
+# seaborn's colour-blind palette; local/e2e/e2e+ds and TopK/g-SAE are the pairs told apart most
+PALETTE = {"local": "#0173b2", "e2e": "#de8f05", "e2e+ds": "#029e73", "topk": "#d55e00",
+           "gtopk": "#cc78bc", "batchtopk": "#ca9161", "jumprelu": "#56b4e9",
+           "random": "#949494"}  # fmt: skip
+MARKERS = {"local": "o", "e2e": "s", "e2e+ds": "D", "topk": "^", "gtopk": "v", "batchtopk": "P",
+           "jumprelu": "X", "random": "."}  # fmt: skip
+DASHES = {m: "" for m in METHODS} | {"gtopk": (4, 2), "random": (1, 2)}  # "": solid
+LINESTYLES = {m: "-" for m in METHODS} | {"gtopk": "--", "random": ":"}
+ZORDER = {m: 2 for m in METHODS} | {"gtopk": 3}  # g-SAE above TopK
+ALIASES = {"g-sae": "gtopk", "gsae": "gtopk", "g_sae": "gtopk", "relu": "local",
+           "e2e_ds": "e2e+ds", "e2eds": "e2e+ds"}  # fmt: skip
+_EXTRA = ["#ece133", "#fbafe4", "#333333", "#7f3c8d", "#11a579"]  # names outside METHODS
+# readable text: ticks and annotations no smaller than 9 pt at the saved size
+THEME = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "xtick.labelsize": 9,
+         "ytick.labelsize": 9, "legend.fontsize": 9, "legend.title_fontsize": 9,
+         "figure.titlesize": 12, "axes.grid": True, "grid.alpha": 0.3,
+         "axes.formatter.useoffset": False}  # fmt: skip
+
+
+def use_theme() -> None:
+    """Apply `THEME` (font sizes, light grid, no tick offsets) to matplotlib's rcParams."""
+    plt.rcParams.update(THEME)
+
+
+use_theme()
+
+
+def method_of(name) -> str | None:
+    """The method in `METHODS` a label names (`"g-SAE"` -> `"gtopk"`, `"e2e+ds s0 -> local"` ->
+    `"e2e+ds"`, `"local · run=..."` -> `"local"`), or None for other labels."""
+    s = str(name).strip().lower()
+    s = ALIASES.get(s, s)
+    for alias, m in ALIASES.items():  # an alias at the start of a longer label
+        if re.match(re.escape(alias) + r"(?![\w+])", s):
+            return m
+    for m in sorted(METHODS, key=len, reverse=True):  # e2e+ds before e2e
+        if re.match(re.escape(m) + r"(?![\w+])", s):
+            return m
+    return None
+
+
+def method_order(names) -> list:
+    """`names` (unique, in first-seen order) sorted by `METHODS`; other names keep their order
+    after them."""
+    names = list(dict.fromkeys(names))
+    rank = {m: i for i, m in enumerate(METHODS)}
+    return sorted(names, key=lambda n: rank.get(method_of(n), len(METHODS)))
+
+
+def palette(names) -> dict:
+    """Colour per name: its method's `PALETTE` colour, else the next of a few extra colours."""
+    out, extra = {}, iter(_EXTRA * 4)
+    for n in dict.fromkeys(names):
+        m = method_of(n)
+        out[n] = PALETTE[m] if m else next(extra)
+    return out
+
+
+def method_label(name) -> str:
+    """A method's display name (`"gtopk"`, `"g-sae"` -> `"g-SAE"`); other labels unchanged."""
+    key = str(name).strip().lower()
+    key = ALIASES.get(key, key)
+    return METHOD_LABELS.get(key, str(name))
+
+
+def style_kwargs(names, lines: bool = True) -> dict:
+    """seaborn keyword arguments giving `names` their method colours (and, for line plots with
+    `style=` the same column, markers and dashes): `hue_order`, `palette`, ...."""
+    order = method_order(names)
+    kw = dict(hue_order=order, palette=palette(order))
+    if lines:
+        kw |= dict(style_order=order,
+                   markers={n: MARKERS.get(method_of(n), "o") for n in order},
+                   dashes={n: DASHES.get(method_of(n), "") for n in order})  # fmt: skip
+    return kw
+
+
+def line_kwargs(name) -> dict:
+    """matplotlib `plot` keywords (colour, marker, linestyle, zorder) of one method's line."""
+    m = method_of(name)
+    return dict(color=palette([name])[name], marker=MARKERS.get(m, "o"),
+                linestyle=LINESTYLES.get(m, "-"), zorder=ZORDER.get(m, 2))  # fmt: skip
+
+
+def spans_decades(values, decades: float = 1.0) -> bool:
+    """Whether positive `values` span at least `decades` orders of magnitude (log axis then)."""
+    v = np.asarray(pd.Series(values).dropna(), dtype=float)
+    v = v[v > 0]
+    return len(v) > 1 and np.log10(v.max() / v.min()) >= decades
+
+
+def log_if_spans(ax, axis: str, values, decades: float = 1.0) -> bool:
+    """Log-scale `ax`'s `axis` ("x" or "y") when `values` are positive and span decades."""
+    ok = spans_decades(values, decades) and (np.asarray(pd.Series(values).dropna()) > 0).all()
+    if ok:
+        (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
+        fmt = ticker.FuncFormatter(lambda v, _: f"{v:g}")
+        a = ax.xaxis if axis == "x" else ax.yaxis
+        a.set_major_formatter(fmt)
+        a.set_minor_formatter(ticker.NullFormatter())  # no "4x10^-1" labels crowding the axis
+    return ok
+
+
+def tidy_ticks(ax, axis: str = "both", integer: bool = False, nbins: int = 5) -> None:
+    """At most `nbins` plain tick labels on linear axes (no "510.00510.25..." run-ons)."""
+    for name in ("x", "y") if axis == "both" else (axis,):
+        a = ax.xaxis if name == "x" else ax.yaxis
+        if (ax.get_xscale() if name == "x" else ax.get_yscale()) != "linear":
+            continue
+        a.set_major_locator(ticker.MaxNLocator(nbins=nbins, integer=integer))
+        a.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+
+
+def legend_labels(ax, **kw) -> None:
+    """Rename an axis' legend entries to the methods' display names (`gtopk` -> `g-SAE`)."""
+    leg = ax.get_legend()
+    if leg is None:
+        return
+    for t in leg.get_texts():
+        t.set_text(method_label(t.get_text()))
+    for k, v in kw.items():
+        getattr(leg, f"set_{k}")(v)
+
+
+def titled(fig: plt.Figure, title: str) -> plt.Figure:
+    """Give `fig` a title saying what it shows."""
+    fig.suptitle(title)
+    return fig
+
 
 TRAIN_KEYS = ("loss", "mse", "kl", "ds_mse", "l0")
 LABELS = {
@@ -36,6 +181,9 @@ LABELS = {
     "alive": "alive latents",
     "l2_ratio": "||x_hat|| / ||x||",
 }
+# What a run's training loss is made of, by objective: losses of different objectives are in
+# different units and never share an axis.
+LOSS_TERMS = {"local": "MSE + penalty", "e2e": "KL + penalty", "e2e+ds": "KL + ds MSE + penalty"}
 
 
 def _finish(fig: plt.Figure, path: str | Path | None) -> plt.Figure:
@@ -46,23 +194,76 @@ def _finish(fig: plt.Figure, path: str | Path | None) -> plt.Figure:
     return fig
 
 
-def _panels(n: int, width: float = 3.6, height: float = 3.0):
-    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False)
-    return fig, axes[0]
+def _panels(n: int, width: float = 3.6, height: float = 3.0, max_cols: int = 8):
+    """`n` panels, at most `max_cols` to a row; unused panels of the last row are hidden."""
+    cols = min(n, max_cols)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
 
 
-def train_curves(log, keys=TRAIN_KEYS, path=None) -> plt.Figure:
-    """Loss / mse / kl / ds_mse / l0 against step from `Run.log` (or {name: log}: a hue each)."""
+def objective_of(log) -> str:
+    """The objective a run trained with: `Run.cfg.loss`, else read off its log's keys (`ds_mse`:
+    e2e+ds, `kl`: e2e, neither: local)."""
+    cfg = getattr(log, "cfg", None)
+    if cfg is not None and getattr(cfg, "loss", None):
+        return str(cfg.loss)
+    recs = [r for r in getattr(log, "log", log) if r.get("kind") == "train"]
+    keys = set().union(*recs) if recs else set()
+    return "e2e+ds" if "ds_mse" in keys else "e2e" if "kl" in keys else "local"
+
+
+def train_curves(log, keys=TRAIN_KEYS, path=None, title: str | None = None) -> plt.Figure:
+    """Loss / mse / kl / ds_mse / l0 against step from `Run.log` (or {name: log or Run}: a line
+    each, in its method's style).
+
+    The training loss of runs with different objectives (local: MSE + penalty; e2e: KL + penalty;
+    e2e+ds: KL + downstream MSE + penalty) is in different units: it gets one panel per
+    objective, never one shared axis. The other panels are the same quantity for every run.
+    """
     logs = log if isinstance(log, dict) else {"run": log}
-    rows = [r | {"run": name} for name, lg in logs.items() for r in lg if r.get("kind") == "train"]
+    objective = {name: objective_of(lg) for name, lg in logs.items()}
+    rows = [r | {"run": name} for name, lg in logs.items() for r in getattr(lg, "log", lg)
+            if r.get("kind") == "train"]  # fmt: skip
     df = pd.DataFrame(rows)
     keys = [k for k in keys if k in df and df[k].notna().any()]
-    hue = "run" if len(logs) > 1 else None
-    fig, axes = _panels(len(keys))
-    for ax, k in zip(axes, keys, strict=True):
-        legend = "auto" if hue and ax is axes[0] else False
-        sns.lineplot(data=df, x="step", y=k, hue=hue, ax=ax, legend=legend)
-        ax.set(ylabel=LABELS.get(k, k), yscale="log" if k != "l0" else "linear")
+    groups = list(dict.fromkeys(objective.values()))
+    panels = []  # (key, runs, title)
+    for k in keys:
+        if k == "loss" and len(groups) > 1:
+            panels += [
+                (
+                    k,
+                    [n for n in logs if objective[n] == g],
+                    f"training loss, {g} ({LOSS_TERMS.get(g, g)})",
+                )
+                for g in groups
+            ]
+        else:
+            t = f"training loss ({LOSS_TERMS.get(groups[0], groups[0])})" if k == "loss" else \
+                LABELS.get(k, k)  # fmt: skip
+            panels.append((k, list(logs), t))
+    names = list(logs)
+    multi = len(names) > 1
+    fig, axes = _panels(len(panels), width=4.0, height=3.2, max_cols=4)
+    for i, (ax, (k, runs, t)) in enumerate(zip(axes, panels, strict=True)):
+        sub = df[df.run.isin(runs)]
+        kw = style_kwargs(runs) if multi else {}
+        if multi:
+            kw.pop("markers")
+        sns.lineplot(data=sub, x="step", y=k, hue="run" if multi else None,
+                     style="run" if multi else None, ax=ax,
+                     legend="auto" if multi and (i == 0 or k == "loss") else False,
+                     **kw)  # fmt: skip
+        ax.set(ylabel=LABELS.get(k, k), title=t)
+        if k == "l0" or not log_if_spans(ax, "y", sub[k], decades=1.0):
+            tidy_ticks(ax, "y")
+        tidy_ticks(ax, "x", integer=True)
+        legend_labels(ax)
+    runs_text = ", ".join(method_label(n) for n in names) if multi else ""
+    titled(fig, title or "Training curves" + (f": {runs_text}" if runs_text else ""))
     return _finish(fig, path)
 
 
@@ -80,23 +281,30 @@ def firing_frequency(lm, sae, data, n_tokens: int = 65_536, batch_size: int = 32
     return counts / (n_rows * data.n_ctx)
 
 
-def density_hist(freqs_by_name: dict[str, torch.Tensor], path=None) -> plt.Figure:
-    """Histogram of log10 firing frequency per SAE; never-firing (dead) latents in the legend."""
-    rows = []
-    for name, f in freqs_by_name.items():
-        f = torch.as_tensor(f).float()
+def density_hist(freqs_by_name: dict[str, torch.Tensor], path=None,
+                 title: str = "Latent density: how often each latent fires"):  # fmt: skip
+    """Histogram of log10 firing frequency per SAE (step outlines in the method styles, so two
+    equal histograms stay visible); never-firing (dead) latents in the legend."""
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    logs = {n: torch.as_tensor(f).float() for n, f in freqs_by_name.items()}
+    lows = [float(torch.log10(f[f > 0]).min()) for f in logs.values() if (f > 0).any()]
+    bins = np.linspace(min([*lows, -4.0]), 0, 41)
+    for name in method_order(logs):
+        f = logs[name]
         dead = int((f == 0).sum())
-        label = f"{name} ({dead}/{f.numel()} dead)"
-        rows += [{"log10_freq": v, "sae": label} for v in torch.log10(f[f > 0]).tolist()]
-    df = pd.DataFrame(rows, columns=["log10_freq", "sae"])
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    bins = np.linspace(min(df.log10_freq.min(), -4), 0, 41) if len(df) else 10
-    sns.histplot(data=df, x="log10_freq", hue="sae", bins=bins, element="step", ax=ax)
-    ax.set(xlabel="log10 firing frequency (fraction of tokens)", ylabel="latents")
+        counts, _ = np.histogram(torch.log10(f[f > 0]).numpy(), bins=bins)
+        kw = line_kwargs(name)
+        kw.pop("marker")
+        ax.stairs(counts, bins, label=f"{method_label(name)} ({dead}/{f.numel()} dead)",
+                  linewidth=1.6, **kw)  # fmt: skip
+    ax.set(xlabel="log10 firing frequency (fraction of tokens)", ylabel="latents", title=title)
+    ax.legend(title="SAE")
     return _finish(fig, path)
 
 
-def downstream_plot(reports: dict[str, dict], path=None) -> plt.Figure:
+def downstream_plot(reports: dict[str, dict], path=None,
+                    title: str = "Downstream reconstruction of later layers, SAE spliced in",
+                    ) -> plt.Figure:  # fmt: skip
     """`ds_mse/`, `ds_ev/` of `evaluate` reports by later layer, a line per run (Braun Fig. 2)."""
     rows = []
     for name, rep in reports.items():
@@ -106,33 +314,78 @@ def downstream_plot(reports: dict[str, dict], path=None) -> plt.Figure:
                 rows.append({"run": name, "metric": metric, "site": site, "value": v,
                              "layer": parse_site(site).layer})  # fmt: skip
     df = pd.DataFrame(rows).sort_values("layer")
-    fig, axes = _panels(2, width=4.2, height=3.2)
-    panels = [("ds_mse", "downstream MSE", "log"), ("ds_ev", "downstream explained var", "linear")]
-    for ax, (metric, label, scale) in zip(axes, panels, strict=True):
+    fig, axes = _panels(2, width=4.4, height=3.4)
+    panels = [("ds_mse", "downstream MSE", "MSE of the later residual"),
+              ("ds_ev", "downstream explained var", "variance of it explained")]  # fmt: skip
+    for ax, (metric, label, t) in zip(axes, panels, strict=True):
         legend = "auto" if ax is axes[0] else False
-        sns.lineplot(data=df[df.metric == metric], x="site", y="value", hue="run", style="run",
-                     markers=True, dashes=False, sort=False, ax=ax, legend=legend)  # fmt: skip
-        ax.set(xlabel="later residual site", ylabel=label, yscale=scale)
+        sub = df[df.metric == metric]
+        sns.lineplot(data=sub, x="site", y="value", hue="run", style="run", sort=False,
+                     ax=ax, legend=legend, **style_kwargs(reports))  # fmt: skip
+        ax.set(xlabel="later residual site", ylabel=label, title=t)
+        if metric == "ds_mse":
+            log_if_spans(ax, "y", sub["value"], decades=0.5) or tidy_ticks(ax, "y")
+        else:
+            tidy_ticks(ax, "y")
         ax.tick_params(axis="x", rotation=30)
+        legend_labels(ax)
+    titled(fig, title)
     return _finish(fig, path)
 
 
-def compare_bars(df: pd.DataFrame, metrics, hue: str = "run", x: str | None = None, path=None):
-    """One bar panel per metric for a small table `df` (a `hue` column names the runs)."""
+def compare_bars(df: pd.DataFrame, metrics, hue: str = "run", x: str | None = None, path=None,
+                 title: str | None = None):  # fmt: skip
+    """One bar panel per metric for a small table `df` (a `hue` column names the runs); a
+    positive metric spanning a decade or more gets a log axis."""
     df = df if hue in df.columns else df.rename_axis(hue).reset_index()
-    fig, axes = _panels(len(metrics), width=3.0)
+    fig, axes = _panels(len(metrics), width=3.0, height=3.2)
+    names = list(df[hue])
     for ax, m in zip(axes, metrics, strict=True):
-        sns.barplot(data=df, x=x or hue, y=m, hue=hue, ax=ax, legend=False)
-        ax.set(ylabel=LABELS.get(m, m), xlabel="")
+        order = method_order(df[x or hue])
+        sns.barplot(data=df, x=x or hue, y=m, hue=hue, ax=ax, legend=False, order=order,
+                    **style_kwargs(names, lines=False))  # fmt: skip
+        ax.set(ylabel=LABELS.get(m, m), xlabel="", title=LABELS.get(m, m))
+        log_if_spans(ax, "y", df[m]) or tidy_ticks(ax, "y")
+        ax.set_xticks(ax.get_xticks(), [method_label(t.get_text()) for t in ax.get_xticklabels()])
         ax.tick_params(axis="x", rotation=20)
+    titled(fig, title or "Side by side: " + ", ".join(method_label(n) for n in method_order(names)))
     return _finish(fig, path)
 
 
-def metric_lines(df: pd.DataFrame, x: str, metrics, hue: str | None = None, path=None):
-    """One line panel per metric against `x` (e.g. a hyperparameter sweep)."""
-    fig, axes = _panels(len(metrics), width=3.2)
+def metric_lines(df: pd.DataFrame, x: str, metrics, hue: str | None = None, path=None,
+                 title: str | None = None):  # fmt: skip
+    """One line panel per metric against `x` (e.g. a hyperparameter sweep); `hue` lines take
+    their method styles."""
+    fig, axes = _panels(len(metrics), width=3.4, height=3.2)
+    kw = dict(hue=hue, style=hue, **style_kwargs(df[hue])) if hue else dict(marker="o")
     for ax, m in zip(axes, metrics, strict=True):
         legend = "auto" if hue and ax is axes[0] else False
-        sns.lineplot(data=df, x=x, y=m, hue=hue, marker="o", ax=ax, legend=legend)
-        ax.set(ylabel=LABELS.get(m, m))
+        sns.lineplot(data=df, x=x, y=m, ax=ax, legend=legend, **kw)
+        ax.set(ylabel=LABELS.get(m, m), title=LABELS.get(m, m))
+        log_if_spans(ax, "y", df[m]) or tidy_ticks(ax, "y")
+        if hue:
+            legend_labels(ax)
+    titled(fig, title or f"{', '.join(LABELS.get(m, m) for m in metrics)} against {x}")
+    return _finish(fig, path)
+
+
+def pair_by_k(df: pd.DataFrame, metrics=("ce_increase", "nmse", "dead_frac"), x: str = "k",
+              path=None, title: str = "TopK vs g-SAE at equal k"):  # fmt: skip
+    """One panel per metric against `x` (k), a line per method of `df` (e.g. TopK and g-SAE; a
+    `method` column): a log axis where a metric spans a decade, g-SAE dashed above TopK."""
+    fig, axes = _panels(len(metrics), width=3.6, height=3.3)
+    d = df.sort_values(x)
+    for ax, m in zip(axes, metrics, strict=True):
+        for name in method_order(d["method"]):
+            g = d[d.method == name]
+            ax.plot(g[x], g[m], label=method_label(name), markersize=7, **line_kwargs(name))
+        ax.set(xlabel=x, ylabel=LABELS.get(m, m), title=LABELS.get(m, m))
+        if d[x].nunique() > 1 and spans_decades(d[x], 0.5):
+            ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_locator(ticker.FixedLocator(sorted(d[x].unique())))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_locator(ticker.NullLocator())
+        log_if_spans(ax, "y", d[m]) or tidy_ticks(ax, "y")
+    axes[0].legend()
+    titled(fig, title)
     return _finish(fig, path)

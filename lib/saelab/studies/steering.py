@@ -164,28 +164,40 @@ def ratio_table(
     return pd.DataFrame(rows)
 
 
-def steering_plot(summary: pd.DataFrame, ratios: pd.DataFrame, path=None):
-    """Left: probability added against alpha per set of directions (95% CI bands); right: the
-    g-SAE / TopK ratio against alpha with its CI and the paper's 5x."""
+def steering_plot(summary: pd.DataFrame, ratios: pd.DataFrame, path=None,
+                  title: str | None = None):  # fmt: skip
+    """Left: probability added against alpha per set of directions (95% CI bands), in the
+    methods' shared style; right: the g-SAE / TopK ratio against alpha with its CI and the
+    paper's 5x."""
     import matplotlib.pyplot as plt
-    import seaborn as sns
 
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8))
-    pal = sns.color_palette()
-    for c, (name, g) in zip(pal, summary.groupby("directions", sort=False), strict=False):
-        ax.plot(g.alpha, g["mean"], marker="o", color=c, label=name)
-        ax.fill_between(g.alpha, g.ci_lo, g.ci_hi, color=c, alpha=0.2)
+    from saelab.studies import plots
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10.4, 4.0))
+    for name in plots.method_order(summary["directions"]):
+        g = summary[summary.directions == name]
+        kw = plots.line_kwargs(name)
+        ax.plot(g.alpha, g["mean"], label=plots.method_label(name), **kw)
+        ax.fill_between(g.alpha, g.ci_lo, g.ci_hi, color=kw["color"], alpha=0.15)
     ax.set(xscale="log", xlabel="alpha (x mean ||x|| at the site)",
-           ylabel="probability added to assoc. tokens")  # fmt: skip
+           ylabel="probability added to assoc. tokens",
+           title="Probability added (mean over latents, 95% CI)")  # fmt: skip
     if (summary["ci_lo"] > 0).all():  # the small alphas add orders of magnitude less
         ax.set_yscale("log")
-    ax.legend()
-    bx.plot(ratios.alpha, ratios.ratio, marker="o", color=pal[1], label="ours")
-    bx.fill_between(ratios.alpha, ratios.ci_lo, ratios.ci_hi, color=pal[1], alpha=0.2)
-    bx.axhline(PAPER_RATIO, ls="--", color="grey", label="paper: > 5")
-    bx.axhline(1.0, ls=":", color="black", lw=0.8)
-    bx.set(xscale="log", xlabel="alpha (x mean ||x|| at the site)", ylabel="g-SAE / TopK")
+    ax.legend(title="directions")
+    g_colour = plots.PALETTE["gtopk"]
+    bx.plot(ratios.alpha, ratios.ratio, marker="o", color=g_colour, label="ours")
+    bx.fill_between(ratios.alpha, ratios.ci_lo, ratios.ci_hi, color=g_colour, alpha=0.2)
+    bx.axhline(PAPER_RATIO, ls="--", color="grey", label=f"paper: > {PAPER_RATIO:g}")
+    bx.axhline(1.0, ls=":", color="black", lw=0.8, label="equal (1)")
+    bx.set(xscale="log", xlabel="alpha (x mean ||x|| at the site)", ylabel="g-SAE / TopK",
+           title="Ratio g-SAE / TopK (95% CI)")  # fmt: skip
     bx.legend()
+    for a in (ax, bx):  # a tick at each alpha, plainly labelled
+        a.xaxis.set_major_locator(plots.ticker.FixedLocator(sorted(set(summary.alpha))))
+        a.xaxis.set_major_formatter(plots.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        a.xaxis.set_minor_locator(plots.ticker.NullLocator())
+    plots.titled(fig, title or "Steering: probability added to a latent's associated tokens")
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=120)
