@@ -227,16 +227,16 @@ display(
         """
 At phi = {sparsity}: L0 local {t.l0[local]:.1f}, e2e {t.l0[e2e]:.1f}, e2e+ds
 {t.l0[e2e+ds]:.1f}; CE increase local {t.ce_increase[local]:.3f}, e2e {t.ce_increase[e2e]:.3f},
-e2e+ds {t.ce_increase[e2e+ds]:.3f} nats (e2e+ds adds {ce_cmp} loss than e2e).
+e2e+ds {t.ce_increase[e2e+ds]:.3f} nats (e2e+ds against e2e: {ce_cmp} loss added).
 
 At the last residual site (`{last}`) the spliced stream's MSE is {m_e2e:.4g} for e2e,
 {m_ds:.4g} for e2e+ds and {m_local:.4g} for local (explained variance {ev_e2e:.1%},
-{ev_ds:.1%}, {ev_local:.1%}). e2e+ds's error there is **{ds_cmp}** than e2e's (e2e / e2e+ds =
+{ev_ds:.1%}, {ev_local:.1%}). Against e2e's, e2e+ds's error there is **{ds_cmp}** (e2e / e2e+ds =
 {cut:.2f}; "lower" means more than 5% below), so here the downstream loss **{pulls}** pull the
 later layers back toward the clean ones.
 
-`||x_hat|| / ||x||`: local {r[local]:.2f}, e2e {r[e2e]:.2f}, e2e+ds {r[e2e+ds]:.2f}: e2e+ds's
-ratio is {norm_cmp} than e2e's (same 5% rule; Braun et al. Table 5 report the downstream loss
+`||x_hat|| / ||x||`: local {r[local]:.2f}, e2e {r[e2e]:.2f}, e2e+ds {r[e2e+ds]:.2f}: against e2e's,
+e2e+ds's ratio is {norm_cmp} (same 5% rule; Braun et al. Table 5 report the downstream loss
 restoring the norm that e2e shrinks). Training took {times}.
 """.format(**v)
     )
