@@ -54,9 +54,15 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch
+import torch.nn.functional as F
+from IPython.display import HTML, Markdown, display
 
 import saelab as sl
-from saelab.studies import plots
+from saelab.core.models import get_site
+from saelab.core.passes import sae_input, training_positions
+from saelab.core.training import estimate_act_scales, train_step
+from saelab.studies import browser, plots
 
 out = Path(out_dir)
 (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -86,7 +92,69 @@ print(f"{model}: {info['n_layers']} layers, d_model {info['d_model']}; SAE at {s
 print(f"train {train_data.n_tokens:,} tokens, held out {eval_data.n_tokens:,} tokens")
 
 # %% [markdown]
-# ## 2. Training
+# ## 2. One training step by hand
+#
+# Before `sl.train` runs the loop, one step of it written out: read the site with nnsight, run
+# the SAE's forward pass with its own weights, and form the loss of Braun et al. 2024 §2.1. The
+# SAE is built as `sl.train` builds it (same seed; `act_scale` estimated from the training rows),
+# and the batch is the first `batch_size` training rows. Two library conventions show up
+# (ARCHITECTURE.md §6): the BOS position is left out (it holds the attention sink, whose norm
+# would dominate the MSE), and activations are scaled by `act_scale` so that `E||x|| =
+# sqrt(d_in)`, which keeps `phi` meaning the same on every model.
+
+# %%
+S = sl.parse_site(site)
+torch.manual_seed(seed)  # sl.train seeds the init the same way
+sae = sl.SAE(cfg.sae_config(site, info["d_model"])).to(lm.device)
+keep = training_positions(train_data, cfg.exclude_positions, lm.device)  # [T']: all but BOS
+estimate_act_scales(lm, train_data, {S: sae}, keep, batch_size)
+tokens = train_data.tokens[:batch_size].to(lm.device)  # [B, T]
+
+# %% [markdown]
+# Read the residual stream at the site inside a trace; `get_site` names the same module on GPT-2,
+# Llama, Pythia or Gemma. Keep the positions the SAE trains on and scale them.
+
+# %%
+with torch.no_grad(), lm.trace(tokens):
+    x = get_site(lm, site).save()  # [B, T, d_model]
+scale = getattr(sae, "act_scale", 1.0)  # 1.0 when normalize_activations="none"
+x_in = x[:, keep].float() * scale  # [B, T', d_in]: what the SAE reconstructs
+torch.testing.assert_close(x_in, sae_input(lm, tokens, sae, keep))  # as training sees it
+print(f"x {tuple(x.shape)} -> x_in {tuple(x_in.shape)}; mean ||x_in|| = "
+      f"{x_in.norm(dim=-1).mean():.2f} (sqrt(d_in) = {x_in.shape[-1] ** 0.5:.2f})")  # fmt: skip
+
+# %% [markdown]
+# The forward pass: encoder, ReLU, and the decoder with its rows normalised *inside* the pass.
+
+# %%
+x_enc = x_in - sae.b_dec if sae.cfg.pre_subtract_b_dec else x_in  # default: no pre-subtraction
+c = torch.relu(x_enc @ sae.W_enc + sae.b_enc)  # [B, T', d_sae]
+D = F.normalize(sae.W_dec, dim=-1)  # unit-norm dictionary rows [d_sae, d_in]
+x_hat = c @ D + sae.b_dec  # [B, T', d_in], in the SAE's (scaled) units
+
+# %% [markdown]
+# The loss: MSE over elements, plus `phi` times the L1 norm per token over `d_in`.
+
+# %%
+mse = (x_hat - x_in).pow(2).mean()
+l1 = c.norm(p=sae.cfg.sparsity_p, dim=-1).mean() / x_in.shape[-1]  # p = 1 by default
+loss_hand = mse + sparsity * l1
+
+# %% [markdown]
+# The library's step on the same batch and the same SAE (`saelab.core.training.train_step`, no
+# latent dead yet):
+
+# %%
+dead = {S: torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=lm.device)}
+loss_lib, logs, _ = train_step(lm, tokens, {S: sae}, cfg, dead, keep=keep)
+check = pd.DataFrame({"by hand": [mse.item(), l1.item(), loss_hand.item()],
+                      "train_step": [logs["mse"], logs["sparsity"], loss_lib.item()]},
+                     index=["mse", "sparsity (L1 / d_in)", "loss"])  # fmt: skip
+print(check.to_string(float_format="{:.7f}".format))
+assert abs(loss_hand.item() - loss_lib.item()) < 1e-5, check
+
+# %% [markdown]
+# ## 3. Training
 #
 # `sl.train` stops the model's forward pass right after the site (nothing downstream enters the
 # local loss), so each step costs a fraction of a full pass. The run ends with `sl.evaluate` on
@@ -105,7 +173,7 @@ fig = plots.train_curves(run.log, path=out / "figures" / "train_curves.png")
 # down; the two settle into the trade-off that `phi` sets.
 
 # %% [markdown]
-# ## 3. Evaluation: the SAE spliced into the model
+# ## 4. Evaluation: the SAE spliced into the model
 
 # %%
 keys = ["l0", "alive", "dead_frac", "mse", "explained_var", "l2_ratio", "ce_clean", "ce_sae",
@@ -113,7 +181,7 @@ keys = ["l0", "alive", "dead_frac", "mse", "explained_var", "l2_ratio", "ce_clea
 pd.Series({k: report[k] for k in keys}, name="local").to_frame()
 
 # %% [markdown]
-# ## 4. Latent density
+# ## 5. Latent density
 #
 # How often each latent fires on held-out tokens. A healthy dictionary has most latents in a band
 # of rare-but-not-never; latents that never fire are dead capacity.
@@ -123,24 +191,42 @@ freq = plots.firing_frequency(lm, run.sae, eval_data, n_tokens=density_tokens)
 fig = plots.density_hist({"local": freq}, path=out / "figures" / "latent_density.png")
 
 # %% [markdown]
-# **What we see.**
+# ## 6. What we see
 
-# %%
+# %% tags=["hide-input"]
 d_sae = run.sae.cfg.d_sae
 alive_freq = freq[freq > 0]
-print(
-    f"The local SAE keeps {report['l0']:.1f} of its {d_sae} latents active per token; "
-    f"{report['alive']} latents ({report['alive'] / d_sae:.0%}) fired at least once on "
-    f"{report['n_tokens']:,} held-out tokens. It explains {report['explained_var']:.1%} of the "
-    f"variance at {site}, yet splicing it in raises CE by {report['ce_increase']:.3f} nats "
-    f"({report['ce_increase'] / report['ce_clean']:.1%} of the clean {report['ce_clean']:.3f}); "
-    f"ce_loss_score {report['ce_loss_score']:.3f} (zero-ablating the site costs "
-    f"{report['ce_zero_abl'] - report['ce_clean']:.3f} nats)."
-)
-print(
-    f"On {density_tokens:,} tokens, {int((freq == 0).sum())} latents never fire; alive latents "
-    f"fire on a median {alive_freq.median():.2%} of tokens, and {int((freq > 0.1).sum())} fire "
-    f"on more than 10%. Training took {train_s:.0f} s ({n_tokens / train_s:,.0f} tokens/s)."
+v = dict(
+    l0=report["l0"], d_sae=d_sae, alive=report["alive"], alive_frac=report["alive"] / d_sae,
+    n_eval=report["n_tokens"], ev=report["explained_var"], site=site,
+    ce_increase=report["ce_increase"], ce_rel=report["ce_increase"] / report["ce_clean"],
+    ce_clean=report["ce_clean"], score=report["ce_loss_score"],
+    zero_cost=report["ce_zero_abl"] - report["ce_clean"], density_tokens=density_tokens,
+    never=int((freq == 0).sum()),
+    median_alive=float(alive_freq.median()) if len(alive_freq) else 0.0,
+    over10=int((freq > 0.1).sum()), train_s=train_s, tps=n_tokens / train_s,
+)  # fmt: skip
+# the verdict compares two fractions and calls them equal within 0.02
+gap = v["score"] - v["ev"]
+v["verdict"] = ("more of the model's loss than of the activation's variance" if gap > 0.02 else
+                "less of the model's loss than of the activation's variance" if gap < -0.02 else
+                "about as much of the model's loss as of the activation's variance")  # fmt: skip
+display(
+    Markdown(
+        """
+The local SAE keeps **{l0:.1f}** of its {d_sae} latents active per token; {alive} latents
+({alive_frac:.0%}) fired at least once on {n_eval:,} held-out tokens.
+
+It explains **{ev:.1%}** of the variance at `{site}`. Spliced in, it raises CE by
+**{ce_increase:.3f}** nats ({ce_rel:.1%} of the clean {ce_clean:.3f}); its `ce_loss_score` is
+**{score:.3f}** (zero-ablating the site costs {zero_cost:.3f} nats). So it preserves
+{verdict} (the two fractions are called equal within 0.02).
+
+On {density_tokens:,} tokens, {never} latents never fire; alive latents fire on a median
+{median_alive:.2%} of tokens, and {over10} fire on more than 10%. Training took {train_s:.0f} s
+({tps:,.0f} tokens/s).
+""".format(**v)
+    )
 )
 
 # %%
@@ -150,3 +236,27 @@ summary = {k: report[k] for k in keys} | {
 }  # fmt: skip
 (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 print(f"done in {time.time() - t_start:.0f} s; outputs in {out}")
+
+# %% [markdown]
+# ## 7. Three latents of this SAE
+#
+# Dashboards (`saelab.studies.browser`) of three alive latents of the SAE trained above, on the
+# held-out tokens, spread over the alive latents from rare to common (`choose_latents(...,
+# by="spread")`).
+
+# %%
+latent_report = browser.build_report(lm, run.sae, eval_data, n_tokens=eval_tokens, name="local")
+shown = browser.choose_latents(latent_report, 3, by="spread")
+browser.export_html(latent_report, shown, out / "figures" / "dashboards.html")
+for i in shown:
+    display(HTML(browser.render_latent_html(latent_report, i)))
+
+# %% [markdown]
+# **How to read them.** Each dashboard is one latent. The shaded contexts are where it fires
+# hardest (darker = closer to its maximum): look for a common thread, such as one word, one
+# grammatical role or one story element, and for contexts that break it. The histogram and
+# density say whether it is a rare, specific latent or one that fires on a large share of
+# tokens (dense latents are rarely about one thing). The promoted and suppressed tokens are
+# what its decoder direction writes straight into the logits; a local SAE need not write
+# anything the output uses, so weak or unrelated logit tokens are a possible reading here, and
+# a contrast with notebook 02's e2e latents.

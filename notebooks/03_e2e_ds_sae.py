@@ -53,9 +53,15 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch
+import torch.nn.functional as F
+from IPython.display import HTML, Markdown, display
 
 import saelab as sl
-from saelab.studies import plots
+from saelab.core.models import get_site, set_site
+from saelab.core.passes import training_positions
+from saelab.core.training import estimate_act_scales, train_step
+from saelab.studies import browser, plots
 
 out = Path(out_dir)
 (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -72,6 +78,14 @@ configs = {
     "e2e+ds": sl.TrainConfig(loss="e2e+ds", kl_coeff=kl_coeff, ds_coeff=ds_coeff, **base),
 }
 
+
+def versus(a: float, b: float, below: str, above: str, rel: float = 0.05) -> str:
+    """`below` / `above` if `a` is over `rel` (5%) below / above `b`, else "about the same"."""
+    if a < b - rel * abs(b):
+        return below
+    return above if a > b + rel * abs(b) else "about the same"
+
+
 # %% [markdown]
 # ## 1. Model and data
 
@@ -82,7 +96,76 @@ eval_data = sl.token_dataset(dataset, lm.tokenizer, n_ctx, split=eval_split, n_t
 print(f"{model} at {site}; train {train_data.n_tokens:,} tokens, held out {eval_data.n_tokens:,}")
 
 # %% [markdown]
-# ## 2. Three SAEs at one phi
+# ## 2. One e2e+ds step by hand
+#
+# The downstream term in nnsight, on the first training batch, with an SAE built as `sl.train`
+# builds it (same seed, `act_scale` estimated from the training rows). The objective names the
+# later sites it reconstructs (`objective.later`: `resid_post` of the SAE's block and of every
+# block after it); the clean pass reads them with the logits.
+
+# %%
+S = sl.parse_site(site)
+cfg = configs["e2e+ds"]
+later = cfg.objective.later(lm, [S])
+torch.manual_seed(seed)  # sl.train seeds the init the same way
+sae = sl.SAE(cfg.sae_config(site, sl.model_info(lm)["d_model"])).to(lm.device)
+keep = training_positions(train_data, cfg.exclude_positions, lm.device)  # [T']: all but BOS
+estimate_act_scales(lm, train_data, {S: sae}, keep, batch_size)
+tokens = train_data.tokens[:batch_size].to(lm.device)  # [B, T]
+resid_clean = []  # nnsight fills containers made outside the trace
+with torch.no_grad(), lm.trace(tokens):
+    resid_clean += [get_site(lm, s).save() for s in later]  # each [B, T, d_model]
+    logits_clean = lm.output.logits.save()
+print("later sites:", [str(s) for s in later])
+
+# %% [markdown]
+# The same splice as notebook 02, now also reading the later residual stream of the spliced model
+# (sites in execution order: the SAE's site, the later ones, the logits).
+
+# %%
+scale = getattr(sae, "act_scale", 1.0)
+resid_sae = []
+with lm.trace(tokens):
+    x = get_site(lm, site)
+    x_in = x[:, keep].float() * scale
+    x_enc = x_in - sae.b_dec if sae.cfg.pre_subtract_b_dec else x_in
+    c = torch.relu(x_enc @ sae.W_enc + sae.b_enc).save()
+    x_hat = (c @ F.normalize(sae.W_dec, dim=-1) + sae.b_dec) / scale
+    set_site(lm, site, x.index_copy(1, keep, x_hat.to(x.dtype)))
+    resid_sae += [get_site(lm, s).save() for s in later]
+    logits = lm.output.logits.save()
+
+# %% [markdown]
+# The three terms: the KL of notebook 02, the mean over later layers of the MSE between spliced
+# and clean residuals (over every position), and the sparsity term.
+
+# %%
+lp_clean, lp_sae = F.log_softmax(logits_clean.float(), -1), F.log_softmax(logits.float(), -1)
+kl = (lp_clean.exp() * (lp_clean - lp_sae)).sum(-1).mean()
+ds_layers = [(a - b).pow(2).mean() for a, b in zip(resid_sae, resid_clean, strict=True)]
+ds = torch.stack(ds_layers).mean()
+l1 = c.norm(p=sae.cfg.sparsity_p, dim=-1).mean() / sae.cfg.d_in
+loss_hand = kl_coeff * kl + ds_coeff * ds + sparsity * l1
+
+# %% [markdown]
+# Against the library's step on the same batch and SAE (`train_step`, whose objective terms are
+# `objectives.E2EDownstream.terms`):
+
+# %%
+dead = {S: torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=lm.device)}
+loss_lib, logs, _ = train_step(lm, tokens, {S: sae}, cfg, dead, keep=keep)
+check = pd.DataFrame(
+    {"by hand": [kl.item(), ds.item(), l1.item(), loss_hand.item()],
+     "train_step": [logs["kl"], logs["ds_mse"], logs["sparsity"], loss_lib.item()]},
+    index=["kl", "ds_mse (mean over later layers)", "sparsity (L1 / d_in)", "loss"],
+)  # fmt: skip
+print(check.to_string(float_format="{:.7f}".format))
+assert abs(loss_hand.item() - loss_lib.item()) < 1e-5, check
+print("MSE per later layer, by hand:",
+      {str(s): round(m.item(), 5) for s, m in zip(later, ds_layers, strict=True)})  # fmt: skip
+
+# %% [markdown]
+# ## 3. Three SAEs at one phi
 #
 # `sl.evaluate` (run at the end of each training) reports the downstream MSE and explained
 # variance at every later layer for every run type, not only for e2e+ds.
@@ -104,7 +187,7 @@ table = pd.DataFrame(reports).T[keys].astype(float).rename_axis("run")
 table
 
 # %% [markdown]
-# ## 3. Downstream reconstruction, layer by layer (Braun et al. Fig. 2)
+# ## 4. Downstream reconstruction, layer by layer (Braun et al. Fig. 2)
 #
 # For each later residual site: the MSE between the spliced and the clean residual, and the
 # fraction of the clean residual's variance the spliced one explains.
@@ -115,7 +198,7 @@ ds = pd.DataFrame(reports).T.filter(regex="^ds_(mse|ev)/").astype(float).rename_
 ds.T
 
 # %% [markdown]
-# ## 4. Output norm (Braun et al. Table 5)
+# ## 5. Output norm (Braun et al. Table 5)
 #
 # Mean per-token `||x_hat|| / ||x||` on the held-out tokens.
 
@@ -123,30 +206,40 @@ ds.T
 table[["l2_ratio"]].T
 
 # %% [markdown]
-# **What we see.**
+# ## 6. What we see
 
-# %%
+# %% tags=["hide-input"]
 last = ds.columns[ds.columns.str.startswith("ds_mse/")][-1]
 ev_last = last.replace("ds_mse/", "ds_ev/")
 r = table.l2_ratio
-cut = ds.loc["e2e", last] / ds.loc["e2e+ds", last]
-print(
-    f"At phi = {sparsity}: L0 local {table.l0['local']:.1f}, e2e {table.l0['e2e']:.1f}, "
-    f"e2e+ds {table.l0['e2e+ds']:.1f}; CE increase local {table.ce_increase['local']:.3f}, e2e "
-    f"{table.ce_increase['e2e']:.3f}, e2e+ds {table.ce_increase['e2e+ds']:.3f} nats."
-)
-print(
-    f"At the last residual site ({last.split('/')[1]}) the spliced stream's MSE is "
-    f"{ds.loc['e2e', last]:.4g} for e2e, {ds.loc['e2e+ds', last]:.4g} for e2e+ds and "
-    f"{ds.loc['local', last]:.4g} for local (explained variance {ds.loc['e2e', ev_last]:.1%}, "
-    f"{ds.loc['e2e+ds', ev_last]:.1%}, {ds.loc['local', ev_last]:.1%}): e2e's error there is "
-    f"{cut:.1f}x that of e2e+ds, so the downstream loss {'does' if cut > 1 else 'does not'} "
-    "pull the later layers back toward the clean ones."
-)
-print(
-    f"||x_hat|| / ||x||: local {r['local']:.2f}, e2e {r['e2e']:.2f}, e2e+ds {r['e2e+ds']:.2f}; "
-    f"the downstream loss {'raises' if r['e2e+ds'] > r['e2e'] else 'does not raise'} the norm "
-    f"over plain e2e. Training took {', '.join(f'{k} {v:.0f} s' for k, v in train_s.items())}."
+v = dict(sparsity=sparsity, t=table, last=last.split("/")[1],
+         m_e2e=ds.loc["e2e", last], m_ds=ds.loc["e2e+ds", last], m_local=ds.loc["local", last],
+         ev_e2e=ds.loc["e2e", ev_last], ev_ds=ds.loc["e2e+ds", ev_last],
+         ev_local=ds.loc["local", ev_last], cut=ds.loc["e2e", last] / ds.loc["e2e+ds", last],
+         r=r, times=", ".join(f"{k} {t:.0f} s" for k, t in train_s.items()))  # fmt: skip
+# verdicts from the numbers: values within 5% of each other are called "about the same"
+v["ds_cmp"] = versus(v["m_ds"], v["m_e2e"], "lower", "higher")
+v["pulls"] = "does" if v["ds_cmp"] == "lower" else "does not"
+v["norm_cmp"] = versus(r["e2e+ds"], r["e2e"], "lower", "higher")
+v["ce_cmp"] = versus(table.ce_increase["e2e+ds"], table.ce_increase["e2e"], "less", "more")
+display(
+    Markdown(
+        """
+At phi = {sparsity}: L0 local {t.l0[local]:.1f}, e2e {t.l0[e2e]:.1f}, e2e+ds
+{t.l0[e2e+ds]:.1f}; CE increase local {t.ce_increase[local]:.3f}, e2e {t.ce_increase[e2e]:.3f},
+e2e+ds {t.ce_increase[e2e+ds]:.3f} nats (e2e+ds against e2e: {ce_cmp} loss added).
+
+At the last residual site (`{last}`) the spliced stream's MSE is {m_e2e:.4g} for e2e,
+{m_ds:.4g} for e2e+ds and {m_local:.4g} for local (explained variance {ev_e2e:.1%},
+{ev_ds:.1%}, {ev_local:.1%}). Against e2e's, e2e+ds's error there is **{ds_cmp}** (e2e / e2e+ds =
+{cut:.2f}; "lower" means more than 5% below), so here the downstream loss **{pulls}** pull the
+later layers back toward the clean ones.
+
+`||x_hat|| / ||x||`: local {r[local]:.2f}, e2e {r[e2e]:.2f}, e2e+ds {r[e2e+ds]:.2f}: against e2e's,
+e2e+ds's ratio is {norm_cmp} (same 5% rule; Braun et al. Table 5 report the downstream loss
+restoring the norm that e2e shrinks). Training took {times}.
+""".format(**v)
+    )
 )
 
 # %%
@@ -156,3 +249,25 @@ summary |= {"sparsity": sparsity, "kl_coeff": kl_coeff, "ds_coeff": ds_coeff,
             "train_tokens": n_tokens, "train_s": train_s}  # fmt: skip
 (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 print(f"done in {time.time() - t_start:.0f} s; outputs in {out}")
+
+# %% [markdown]
+# ## 7. Three latents of the e2e+ds SAE
+#
+# Dashboards (`saelab.studies.browser`) of three alive latents of the e2e+ds SAE trained above,
+# on the held-out tokens, spread from rare to common.
+
+# %%
+latent_report = browser.build_report(lm, runs["e2e+ds"].sae, eval_data, n_tokens=eval_tokens,
+                                     name="e2e+ds")  # fmt: skip
+shown = browser.choose_latents(latent_report, 3, by="spread")
+browser.export_html(latent_report, shown, out / "figures" / "dashboards.html")
+for i in shown:
+    display(HTML(browser.render_latent_html(latent_report, i)))
+
+# %% [markdown]
+# **How to read them.** The shaded contexts show where a latent fires hardest: look for what they
+# share, and for contexts that break the pattern. The promoted and suppressed tokens are what the
+# decoder direction writes straight into the logits. The downstream term asks the SAE to keep the
+# later layers' inputs where the clean model puts them, so compare with notebook 02's e2e
+# latents: whether these read more like a local SAE's (tied to the input tokens in the contexts)
+# or like an e2e SAE's (tied to the predicted tokens), and how dense they are.

@@ -67,9 +67,15 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch
+import torch.nn.functional as F
+from IPython.display import HTML, Markdown, display
 
 import saelab as sl
-from saelab.studies import plots
+from saelab.core.models import get_site
+from saelab.core.passes import training_positions
+from saelab.core.training import estimate_act_scales, train_step
+from saelab.studies import browser, plots
 
 out = Path(out_dir)
 (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -91,9 +97,11 @@ def gsae_config(b: float) -> sl.TrainConfig:
     return sl.TrainConfig(sae=sae, **base)
 
 
-def cmp(a: float, b: float) -> str:
-    """'a lower' / 'a higher' / 'the same': how a compares with b, for the sentences below."""
-    return "a lower" if a < b else "a higher" if a > b else "the same"
+def versus(a: float, b: float, below: str, above: str, rel: float = 0.05) -> str:
+    """`below` / `above` if `a` is over `rel` (5%) below / above `b`, else "about the same"."""
+    if a < b - rel * abs(b):
+        return below
+    return above if a > b + rel * abs(b) else "about the same"
 
 
 # %% [markdown]
@@ -106,7 +114,86 @@ eval_data = sl.token_dataset(dataset, lm.tokenizer, n_ctx, split=eval_split, n_t
 print(f"{model} at {site}; train {train_data.n_tokens:,} tokens, held out {eval_data.n_tokens:,}")
 
 # %% [markdown]
-# ## 2. TopK and g-SAE at equal k
+# ## 2. One g-SAE selection by hand
+#
+# Olmo et al. 2024 §3 in nnsight, on the first training batch, with the g-SAE at its
+# initialisation (built as `sl.train` builds it: same seed, `act_scale` from the training rows;
+# `W_enc = W_dec^T`). First `g = dL/dx`: mark the site's activation as a graph node inside the
+# trace, backpropagate the next-token cross-entropy through the frozen model, and save `.grad`.
+
+# %%
+S = sl.parse_site(site)
+cfg = gsae_config(beta)
+torch.manual_seed(seed)  # sl.train seeds the init the same way
+sae = sl.SAE(cfg.sae_config(site, sl.model_info(lm)["d_model"])).to(lm.device)
+keep = training_positions(train_data, cfg.exclude_positions, lm.device)  # [T']: all but BOS
+estimate_act_scales(lm, train_data, {S: sae}, keep, batch_size)
+tokens = train_data.tokens[:batch_size].to(lm.device)  # [B, T]
+
+# %%
+with lm.trace(tokens):
+    x = get_site(lm, site).requires_grad_(True)  # [B, T, d_model]
+    x_saved = x.detach().save()
+    logits = lm.output.logits
+    ce = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten())
+    with ce.backward():
+        g_saved = x.grad.save()  # dL/dx [B, T, d_model]
+
+# %% [markdown]
+# The score `s = z + beta z |g_hat D^T|` with `g_hat` at unit norm per token (`grad_norm`),
+# and each selection: TopK keeps the k largest `z`, the g-SAE the k largest `s`; both carry
+# `ReLU(z)` (`value_mode="plain"`).
+
+# %%
+scale = getattr(sae, "act_scale", 1.0)
+x_in, g = x_saved[:, keep].float() * scale, g_saved[:, keep].float()  # [B, T', d_in]
+x_enc = x_in - sae.b_dec if sae.cfg.pre_subtract_b_dec else x_in
+z = x_enc @ sae.W_enc + sae.b_enc  # [B, T', d_sae]
+g_hat = g / (g.norm(dim=-1, keepdim=True) + 1e-8)
+s = z + beta * z * (g_hat @ sae.W_dec.T).abs()
+pick_topk, pick_g = z.topk(k, dim=-1).indices, s.topk(k, dim=-1).indices  # [B, T', k]
+
+# %% [markdown]
+# One token, the one in this batch where the two selections differ most (the mean overlap over
+# all tokens follows below): every latent either rule picks.
+
+# %%
+overlap = (pick_topk[..., :, None] == pick_g[..., None, :]).any(-1).float().mean(-1)  # [B, T']
+b, t = divmod(int(overlap.argmin()), overlap.shape[1])
+ids = sorted(set(pick_topk[b, t].tolist()) | set(pick_g[b, t].tolist()),
+             key=lambda i: -s[b, t, i].item())  # fmt: skip
+pd.DataFrame({"latent": ids, "z": z[b, t, ids].tolist(), "score s": s[b, t, ids].tolist(),
+              "TopK": [i in pick_topk[b, t] for i in ids],
+              "g-SAE": [i in pick_g[b, t] for i in ids]})  # fmt: skip
+
+# %% [markdown]
+# The library's g-SAE on the same batch must select the same latents (its `c` is `ReLU(z)` at
+# them), and `train_step`'s loss must be the MSE of that reconstruction (AuxK is an exact zero
+# while no latent is dead):
+
+# %%
+c = torch.zeros_like(z).scatter(-1, pick_g, torch.relu(z.gather(-1, pick_g)))
+mse = (c @ sae.W_dec + sae.b_dec - x_in).pow(2).mean()
+dead = {S: torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=lm.device)}
+loss_lib, logs, outs = train_step(lm, tokens, {S: sae}, cfg, dead, keep=keep)
+same = bool(((outs[S].c != 0) == (c != 0)).all())
+print(f"loss: by hand {mse.item():.7f}   train_step {loss_lib.item():.7f}; same selection: {same}")
+assert abs(mse.item() - loss_lib.item()) < 1e-5 and same
+
+# %% [markdown]
+# How far the gradient moves the selection: the mean overlap `|TopK(z) ∩ TopK(s)| / k` over the
+# batch's tokens, for several `beta`, at initialisation. `beta = 0` is TopK itself.
+
+# %%
+g_dir = (g_hat @ sae.W_dec.T).abs()
+sel_overlap = {}
+for b_ in [0.0, 1.0, 4.0, 16.0, 64.0]:
+    pick = (z + b_ * z * g_dir).topk(k, dim=-1).indices
+    sel_overlap[b_] = (pick_topk[..., :, None] == pick[..., None, :]).any(-1).float().mean().item()
+pd.Series(sel_overlap, name="overlap with TopK(z)").rename_axis("beta").to_frame().T
+
+# %% [markdown]
+# ## 3. TopK and g-SAE at equal k
 #
 # Each g-SAE step adds a backward pass through the frozen model for `g`. We report the
 # normalised MSE as `nmse = 1 - explained_var` (SSE over the activation's variance about its
@@ -138,7 +225,7 @@ table
 fig = plots.compare_bars(table, METRICS, path=out / "figures" / "compare.png")
 
 # %% [markdown]
-# ## 3. Latent density
+# ## 4. Latent density
 #
 # How often each latent fires on the held-out tokens (for the g-SAE, with its gradient-informed
 # selection). Both SAEs train with AuxK on the latents silent for `dead_tokens` tokens.
@@ -150,7 +237,7 @@ freqs = {
 fig = plots.density_hist(freqs, path=out / "figures" / "latent_density.png")
 
 # %% [markdown]
-# ## 4. How much gradient? A beta sweep
+# ## 5. How much gradient? A beta sweep
 #
 # `beta = 0` selects exactly as TopK does (same init, same data order, same loss), so the TopK
 # run stands in for it; the run at `beta` above is reused; the others are trained here.
@@ -168,24 +255,42 @@ fig = plots.metric_lines(sweep, "beta", METRICS, path=out / "figures" / "beta_sw
 sweep[["beta", *METRICS, "l0", "alive"]]
 
 # %% [markdown]
-# **What we see.**
+# ## 6. What we see
 
-# %%
+# %% tags=["hide-input"]
 t, g = table.loc["topk"], table.loc["g-sae"]
-print(
-    f"At k = {k} (L0 {t.l0:.1f} vs {g.l0:.1f}), against TopK the g-SAE (beta = {beta}, plain "
-    f"ReLU(z) values, unit-norm g) has {cmp(g.ce_increase, t.ce_increase)} CE increase "
-    f"({g.ce_increase:.4f} vs {t.ce_increase:.4f} nats), {cmp(g.nmse, t.nmse)} NMSE "
-    f"({g.nmse:.4f} vs {t.nmse:.4f}) and {cmp(g.dead_frac, t.dead_frac)} dead fraction "
-    f"({g.dead_frac:.1%} vs {t.dead_frac:.1%} of {runs['topk'].sae.cfg.d_sae} latents over "
-    f"{reports['topk']['n_tokens']:,} held-out tokens)."
-)
 lo, hi = sweep.iloc[0], sweep.iloc[-1]
-print(
-    f"Sweeping beta from {lo.beta:g} to {hi.beta:g}: CE increase {lo.ce_increase:.3f} -> "
-    f"{hi.ce_increase:.3f}, NMSE {lo.nmse:.3f} -> {hi.nmse:.3f}, dead fraction "
-    f"{lo.dead_frac:.1%} -> {hi.dead_frac:.1%}. Training took {train_s['topk']:.0f} s (TopK) and "
-    f"{train_s['g-sae']:.0f} s (g-SAE, with the extra backward pass for g)."
+v = dict(k=k, t=t, g=g, beta=beta, value_mode=value_mode, grad_norm=grad_norm,
+         d_sae=runs["topk"].sae.cfg.d_sae, n_eval=reports["topk"]["n_tokens"], lo=lo, hi=hi,
+         t_topk=train_s["topk"], t_g=train_s["g-sae"])  # fmt: skip
+# verdicts from the numbers: values within 5% of each other are called "about the same"
+v["ce_cmp"] = versus(g.ce_increase, t.ce_increase, "lower", "higher")
+v["nmse_cmp"] = versus(g.nmse, t.nmse, "lower", "higher")
+v["dead_cmp"] = versus(g.dead_frac, t.dead_frac, "lower", "higher")
+wins = [v["ce_cmp"], v["nmse_cmp"], v["dead_cmp"]].count("lower")
+losses = [v["ce_cmp"], v["nmse_cmp"], v["dead_cmp"]].count("higher")
+v["claim"] = ("reproduces" if wins == 3 else "does not reproduce" if wins == 0 or losses
+              else "partly reproduces")  # fmt: skip
+v["wins"], v["losses"] = wins, losses
+display(
+    Markdown(
+        """
+At k = {k} (L0 {t.l0:.1f} vs {g.l0:.1f}), against TopK the g-SAE (beta = {beta},
+`value_mode={value_mode}`, `grad_norm={grad_norm}`): CE increase **{ce_cmp}**
+({g.ce_increase:.4f} vs {t.ce_increase:.4f} nats), NMSE **{nmse_cmp}** ({g.nmse:.4f} vs
+{t.nmse:.4f}), dead fraction **{dead_cmp}** ({g.dead_frac:.1%} vs {t.dead_frac:.1%} of
+{d_sae} latents over {n_eval:,} held-out tokens); "lower" and "higher" mean by more than 5%.
+
+Olmo et al. report all three lower for the g-SAE. This run is lower on {wins} of the three
+and higher on {losses}, so it **{claim}** that claim ("reproduces": all three lower; "partly":
+some lower and none higher; "does not": none lower, or any higher).
+
+Sweeping beta from {lo.beta:g} to {hi.beta:g}: CE increase {lo.ce_increase:.3f} ->
+{hi.ce_increase:.3f}, NMSE {lo.nmse:.3f} -> {hi.nmse:.3f}, dead fraction {lo.dead_frac:.1%} ->
+{hi.dead_frac:.1%}. Training took {t_topk:.0f} s (TopK) and {t_g:.0f} s (g-SAE, with the extra
+backward pass for g).
+""".format(**v)
+    )
 )
 
 # %%
@@ -195,3 +300,25 @@ summary |= {"k": k, "beta": beta, "value_mode": value_mode, "grad_norm": grad_no
             "beta_sweep": sweep[["beta", *METRICS, "l0", "alive"]].to_dict("records")}  # fmt: skip
 (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 print(f"done in {time.time() - t_start:.0f} s; outputs in {out}")
+
+# %% [markdown]
+# ## 7. Three latents of the g-SAE
+#
+# Dashboards (`saelab.studies.browser`) of three alive latents of the g-SAE trained above, on
+# the held-out tokens, spread from rare to common. The browser gives the g-SAE its dL/dx from the
+# held-out tokens' own next tokens, as in training (`features.collect`).
+
+# %%
+latent_report = browser.build_report(lm, runs["g-sae"].sae, eval_data, n_tokens=eval_tokens,
+                                     name="g-sae")  # fmt: skip
+shown = browser.choose_latents(latent_report, 3, by="spread")
+browser.export_html(latent_report, shown, out / "figures" / "dashboards.html")
+for i in shown:
+    display(HTML(browser.render_latent_html(latent_report, i)))
+
+# %% [markdown]
+# **How to read them.** The shaded contexts show where a latent fires hardest: look for what they
+# share, and for contexts that break the pattern. A g-SAE latent is picked where its direction
+# moves the loss, so look at whether it fires where the next token is at stake (just before the
+# word it helps predict) and whether its promoted logit tokens fit those next tokens; the density
+# line says whether the gradient kept it rare or made it common.

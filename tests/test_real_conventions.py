@@ -12,8 +12,14 @@ from test_models import _LLAMA_KW, FAMILIES, V, tiny_tokenizer
 import saelab as sl
 from saelab.core import losses
 from saelab.core import training as tr
-from saelab.core.models import parse_site
-from saelab.core.passes import clean_pass, kept_positions, spliced_pass
+from saelab.core.models import get_site, parse_site
+from saelab.core.passes import (
+    clean_pass,
+    kept_positions,
+    sae_input,
+    spliced_pass,
+    training_positions,
+)
 
 SITE = "resid_pre.1"
 
@@ -106,6 +112,34 @@ def test_excluded_positions_stay_clean_and_out_of_the_sae_losses(family, text_di
     assert both["n_tokens"] == 4 * 16 and both["mse"] != ev["mse"]
     with pytest.raises(ValueError, match="exclude_positions"):
         tr.TrainConfig(exclude_positions=(-1,))
+
+
+def test_training_positions_and_sae_input_are_what_train_step_sees(family, text_dir):
+    lm = family
+    data = sl.token_dataset(str(text_dir), lm.tokenizer, 16, n_tokens=2000, cache=False)
+    plain = sl.token_dataset(str(text_dir), lm.tokenizer, 16, n_tokens=2000, cache=False,
+                             prepend_bos=False)  # fmt: skip
+    keep = training_positions(data)
+    assert keep.tolist() == list(range(1, 16))  # BOS left out by default
+    assert training_positions(plain).tolist() == list(range(16))  # never None
+    assert training_positions(data, (0, 3)).tolist() == [p for p in range(16) if p not in (0, 3)]
+    site = parse_site(SITE)
+    cfg = tr.TrainConfig(sites=(SITE,), sae=sl.SAEConfig(architecture="relu", dict_ratio=2))
+    sae = sl.SAE(cfg.sae_config(SITE, 32))
+    sae.set_act_scale(3.0)
+    tokens = data.tokens[:4]
+    with torch.no_grad(), lm.trace(tokens):
+        x = get_site(lm, SITE).save()
+    x_in = sae_input(lm, tokens, sae, keep)
+    assert x_in.shape == (4, 15, 32)
+    torch.testing.assert_close(x_in, x[:, 1:] * sae.act_scale)
+    out = sae(x[:, 1:])
+    mse = F.mse_loss(sae.normalize(out.x_hat), x_in)
+    l1 = out.c.abs().sum(-1).mean() / 32
+    loss, logs, _ = tr.train_step(lm, tokens, {site: sae}, cfg, {site: torch.zeros(64).bool()},
+                                  keep=keep)  # fmt: skip
+    assert loss.item() == pytest.approx((mse + l1).item(), abs=1e-5)
+    assert logs["mse"] == pytest.approx(mse.item(), abs=1e-6)
 
 
 def test_activation_scale_is_estimated_saved_and_applied_to_raw_activations(

@@ -6,6 +6,8 @@
 - `spliced_pass`: the same model with each site's activation replaced by its SAE's
   reconstruction (all sites at once, in execution order, as e2e_sae does), or by zeros (the
   zero-ablation baseline of `ce_loss_score`).
+- `training_positions` and `sae_input`: the positions and the activations `[B, T', d_in]` an SAE
+  sees in a training step (BOS left out, in the SAE's units), for checking a step by hand.
 
 The frozen model dominates cost (ARCHITECTURE.md §2): when the first site is a residual-stream
 site, the spliced pass skips every block before it and feeds the cached clean residual instead of
@@ -56,6 +58,20 @@ def kept_positions(n_ctx: int, excluded, device=None) -> torch.Tensor | None:
     return torch.tensor([p for p in range(n_ctx) if p not in excluded], device=device)
 
 
+def training_positions(data, exclude_positions=None, device=None) -> torch.Tensor:
+    """The positions `[T']` of each row of `data` that training and `evaluate` show the SAEs.
+
+    Every one of the `data.n_ctx` positions except `exclude_positions` (None: the BOS position 0
+    when `data` prepends one, as `TrainConfig.exclude_positions=None` does; ARCHITECTURE.md §6).
+    Unlike `kept_positions` it is never None, so `x[:, keep]` (`[B, T, d] -> [B, T', d]`) and
+    `train_step(..., keep=keep)` take it as it is, on every model family.
+
+        keep = training_positions(data, cfg.exclude_positions)   # tensor([1, 2, ..., T-1])
+    """
+    keep = kept_positions(data.n_ctx, excluded_positions(exclude_positions, data), device)
+    return torch.arange(data.n_ctx, device=device) if keep is None else keep
+
+
 def select(t: torch.Tensor | None, keep: torch.Tensor | None, dtype=None) -> torch.Tensor | None:
     """`t [B, T, ...]` at the kept positions `[B, T', ...]` (all if `keep` is None), as `dtype`."""
     if t is None:
@@ -74,6 +90,21 @@ def sae_inputs(clean: Clean, keep: torch.Tensor | None, dtype=torch.float32) -> 
     grads = None if clean.grads is None else {s: select(g, keep, dtype)
                                               for s, g in clean.grads.items()}  # fmt: skip
     return Clean(acts, grads, clean.logits, clean.later)
+
+
+def sae_input(lm, tokens: torch.Tensor, sae: SAE, keep: torch.Tensor | None = None,
+              site: str | Site | None = None) -> torch.Tensor:  # fmt: skip
+    """What `sae` reconstructs in a training step on `tokens [B, T]`: `[B, T', d_in]`.
+
+    The clean activation at `site` (default `sae.cfg.site`) at the kept positions `keep [T']`
+    (`training_positions`; None: all), in the SAE's dtype and in its own units, i.e. times
+    `act_scale` when the SAE normalises activations (ARCHITECTURE.md §6): the `x` of the local
+    MSE and of the SAE's own loss terms in `training.train_step`. `sae(...)` itself takes raw
+    activations (`select(clean.acts[site], keep)`) and normalises them inside.
+    """
+    site = parse_site(site if site is not None else sae.cfg.site)
+    clean = clean_pass(lm, tokens.to(lm.device), [site])
+    return sae.normalize(sae_inputs(clean, keep, sae.dtype).acts[site])
 
 
 def later_sites(lm, sites: list[Site]) -> list[Site]:
