@@ -254,3 +254,30 @@ def test_data_longer_than_model_context_is_rejected(lm):
 
     with pytest.raises(ValueError, match="exceeds the model's 128 positions"):
         tr.train(lm, Long(), _small(), None, progress=False)
+
+
+@pytest.mark.parametrize(
+    "loss,archs",
+    [("local", [dict(sae="relu", sparsity=0.3), dict(sae="topk", k=4), dict(sae="gtopk", k=4)]),
+     ("e2e", [dict(sae="topk", k=4), dict(sae="relu", sparsity=3.0, lr=1e-3)])],
+)  # fmt: skip
+def test_train_many_equals_separate_runs(lm, data, tmp_path, loss, archs):
+    """A sweep from one clean pass per batch gives each config the run it would get alone."""
+    cfgs = [_small(loss=loss, n_tokens=16 * 128 * 6, log_every=2, **a) for a in archs]
+    outs = [tmp_path / f"many{i}" for i in range(len(cfgs))]
+    many = tr.train_many(lm, data, cfgs, outs, progress=False)
+    for cfg, run, out in zip(cfgs, many, outs, strict=True):
+        alone = tr.train(lm, data, cfg, progress=False)
+        assert run.out_dir == out and (out / "saes" / SITE / "sae.safetensors").exists()
+        for (name, p), q in zip(run.sae.named_parameters(), alone.sae.parameters(), strict=True):
+            torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4, msg=f"{cfg.sae}: {name}")
+        assert [r["step"] for r in run.log] == [r["step"] for r in alone.log]
+        assert run.log[-1]["ce_increase"] == pytest.approx(alone.log[-1]["ce_increase"], abs=1e-4)
+
+
+def test_train_many_refuses_configs_that_cannot_share_batches(lm, data, tmp_path):
+    a, b = _small(sae="topk", k=4), _small(sae="topk", k=4, seed=1)
+    with pytest.raises(ValueError, match="share seed"):
+        tr.train_many(lm, data, [a, b], progress=False)
+    with pytest.raises(ValueError, match="out_dirs repeat"):
+        tr.train_many(lm, data, [a, a], [tmp_path / "x", tmp_path / "x"], progress=False)

@@ -215,22 +215,24 @@ def train_step(
     dead,
     acts: dict[Site, torch.Tensor] | None = None,
     keep: torch.Tensor | None = None,
+    clean: Clean | None = None,
 ):
     """One step's loss and its parts for `tokens [B, T]`; `dead` maps site -> bool mask [d_sae].
 
     `acts` (site -> `[B, T, d_in]`, from an activation cache) replaces the clean pass of an
     objective that needs no model; `tokens` and `lm` are then unused. `keep` (positions `[T']`)
     restricts the SAEs, their losses and the splice to those positions (`TrainConfig.
-    exclude_positions`); the objective's KL is still over every position. Returns (loss, logs,
-    outs): the weighted sum of every term, `{name: unweighted value}` plus each site's `mse` and
-    `l0`, and site -> ForwardOutput at the kept positions.
+    exclude_positions`); the objective's KL is still over every position. `clean` (from
+    `shared_clean_pass`) is a clean pass already run on `tokens`, shared by several SAEs. Returns
+    (loss, logs, outs): the weighted sum of every term, `{name: unweighted value}` plus each
+    site's `mse` and `l0`, and site -> ForwardOutput at the kept positions.
     """
     sites = sort_sites(list(saes))
     obj = cfg.objective
     later = obj.later(lm, sites) if obj.spliced else []
     if acts is not None:
         clean = Clean(acts, None, None, [])
-    else:
+    elif clean is None:
         grads = any(saes[s].needs_grad for s in sites)
         clean = clean_pass(lm, tokens, sites, later, logits=obj.needs_logits, grads=grads)
     inputs = sae_inputs(clean, keep, saes[sites[0]].dtype)  # what the SAEs see, in their dtype
@@ -504,12 +506,12 @@ def estimate_act_scales(lm, data, saes: dict, keep, batch_size: int, n_tokens: i
 
 
 def optimise(lm, batch, state: TrainState, cfg: TrainConfig, lr: float, cache, w, ckpt,
-             keep: torch.Tensor | None = None) -> dict:  # fmt: skip
+             keep: torch.Tensor | None = None, clean: Clean | None = None) -> dict:  # fmt: skip
     """One optimiser step on `batch` (tokens `[B, T]`, or cached activations `[B, T, d_in]`).
 
-    `keep`: the positions the SAEs train on (`train_step`). Returns the step's log values (loss
-    first), equal on every rank. A non-finite loss stops the run before the step is taken
-    (`NonFiniteLoss`).
+    `keep`: the positions the SAEs train on (`train_step`); `clean`: a shared clean pass on
+    `batch` (`shared_clean_pass`). Returns the step's log values (loss first), equal on every
+    rank. A non-finite loss stops the run before the step is taken (`NonFiniteLoss`).
     """
     from saelab.core import distributed as dd
 
@@ -521,7 +523,7 @@ def optimise(lm, batch, state: TrainState, cfg: TrainConfig, lr: float, cache, w
         acts = {sites[0]: batch.float()}  # fp16 caches train in fp32
         loss, logs, outs = train_step(lm, None, saes, cfg, dead, acts=acts, keep=keep)
     else:
-        loss, logs, outs = train_step(lm, batch, saes, cfg, dead, keep=keep)
+        loss, logs, outs = train_step(lm, batch, saes, cfg, dead, keep=keep, clean=clean)
     state.opt.zero_grad(set_to_none=True)
     loss.backward()
     fired = [outs[s].stats()[0] for s in sites]
@@ -572,100 +574,221 @@ def train(
     once the first step has succeeded, and a resume checks that the data is the same (its
     token fingerprint).
     """
+    return train_many(lm, data, [cfg], [out_dir], resume, eval_data, progress, overwrite)[0]
+
+
+# fields every config of a `train_many` sweep shares: they fix the batches and the clean pass
+SHARED_FIELDS = ("sites", "loss", "batch_size", "n_tokens", "seed", "exclude_positions")
+
+
+def check_sweep(cfgs: list[TrainConfig], out_dirs: list) -> None:
+    """Refuse a sweep whose configs differ in a shared field, or whose out_dirs repeat."""
+    if not cfgs:
+        raise ValueError("train_many needs at least one TrainConfig")
+    if len(out_dirs) != len(cfgs):
+        raise ValueError(f"{len(cfgs)} configs but {len(out_dirs)} out_dirs")
+    for name in SHARED_FIELDS:
+        values = [getattr(c, name) for c in cfgs]
+        if any(v != values[0] for v in values):
+            raise ValueError(
+                f"train_many: every config must share {name} (it fixes the batches and the clean "
+                f"pass), got {values}; train configs that differ in it separately"
+            )
+    named = [str(Path(o).resolve()) for o in out_dirs if o is not None]
+    if len(set(named)) != len(named):
+        raise ValueError(f"train_many: out_dirs repeat: {named}")
+
+
+def shared_clean_pass(
+    lm, tokens: torch.Tensor, states: list[TrainState], cfg: TrainConfig
+) -> Clean:
+    """One clean pass on `tokens [B, T]` serving every SAE of a sweep: activations, and the
+    logits, later residuals and dL/dx where the objective or any SAE needs them."""
+    sites = sort_sites(list(states[0].saes))
+    obj = cfg.objective
+    later = obj.later(lm, sites) if obj.spliced else []
+    grads = any(sae.needs_grad for st in states for sae in st.saes.values())
+    return clean_pass(lm, tokens, sites, later, logits=obj.needs_logits, grads=grads)
+
+
+@dataclass
+class _Member:
+    """One run of a sweep: its config, files and state."""
+
+    cfg: TrainConfig
+    out: Path | None
+    state: TrainState
+    resumed: bool
+    started: bool = False  # its files are written once its first step has succeeded
+
+    @property
+    def ckpt(self) -> Path | None:
+        return self.out / "checkpoint.pt" if self.out is not None else None
+
+
+def _say(progress: bool, text: str) -> None:
+    """A progress line on stdout (under `make run` it reaches the terminal; ARCHITECTURE.md)."""
+    if progress:
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def _duration(seconds: float) -> str:
+    m, sec = divmod(int(round(seconds)), 60)
+    return f"{m}m{sec:02d}s" if m else f"{sec}s"
+
+
+def train_many(
+    lm,
+    data,
+    cfgs: list[TrainConfig],
+    out_dirs: list | None = None,
+    resume: bool = False,
+    eval_data=None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> list[Run]:
+    """Train several SAE configs on the same batches from one clean pass per batch (a sweep).
+
+    `cfgs` share `SHARED_FIELDS` (sites, objective, batch size, token budget, seed, excluded
+    positions) and may differ in anything else (the SAE, lr, coefficients). Each batch's clean
+    pass runs once for all of them: for local objectives that is all the model work, for e2e
+    ones each SAE still runs its own spliced pass, on the shared clean logits (and dL/dx). Each
+    config gets exactly the run `train(lm, data, cfg, out_dir)` would give (same init, batches
+    and steps; tests/test_train.py), with its own `out_dirs[i]`, files, checkpoint and resume.
+    Returns one `Run` per config.
+    """
     # imported here, not at the top, so `python -m saelab.core.distributed` runs a fresh module
     from saelab.core import distributed as dd
 
     # 1. check everything before anything is written
+    cfgs = list(cfgs)
+    out_dirs = list(out_dirs) if out_dirs is not None else [None] * len(cfgs)
+    check_sweep(cfgs, out_dirs)
+    cfg0 = cfgs[0]
     w = dd.world()
-    facts = _facts(lm, data, cfg)
+    facts = _facts(lm, data, cfg0)
+    for cfg in cfgs[1:]:
+        _facts(lm, data, cfg)  # an activation cache checks each config
     cache = data if isinstance(data, ActivationCache) else None
-    sites = sort_sites([parse_site(s, facts["n_layers"]) for s in cfg.sites])
-    n_steps = _n_steps(cfg, data, facts)
-    dd.check_batch(cfg.batch_size, w)
-    if lm is not None and cfg.objective.spliced:
-        cfg.objective.later(lm, sites)  # e.g. e2e+ds with no later layer: refused now
+    sites = sort_sites([parse_site(s, facts["n_layers"]) for s in cfg0.sites])
+    n_steps = _n_steps(cfg0, data, facts)
+    dd.check_batch(cfg0.batch_size, w)
+    if lm is not None and cfg0.objective.spliced:
+        cfg0.objective.later(lm, sites)  # e.g. e2e+ds with no later layer: refused now
     if eval_data is None:
         eval_data = cache.token_dataset() if cache is not None and lm is not None else data
-    excluded = excluded_positions(cfg.exclude_positions, data)
+    excluded = excluded_positions(cfg0.exclude_positions, data)
     keep = kept_positions(data.n_ctx, excluded, facts["device"])
-    out = Path(out_dir) if out_dir is not None else None
-    ckpt = out / "checkpoint.pt" if out is not None else None
-    if out is not None:
-        check_out_dir(out, resume, overwrite)
-    data_fp = data_fingerprint(data) if ckpt is not None else ""
+    outs = [Path(o) if o is not None else None for o in out_dirs]
+    for out in outs:
+        if out is not None:
+            check_out_dir(out, resume, overwrite)
+    data_fp = data_fingerprint(data) if any(o is not None for o in outs) else ""
 
-    # 2. the state: fresh and seeded, or resumed from the checkpoint
-    state = new_state(cfg, sites, facts)
-    dd.broadcast_params(state.params, w)
-    resumed = resume and ckpt is not None and ckpt.exists()
-    if resumed:
-        restore(state, load_checkpoint(ckpt, cfg, sites, data_fp))  # act_scale comes too
-    elif cfg.init_from is None:  # an initial SAE brings its activation scale
-        norms = estimate_act_scales(lm, data, state.saes, keep, cfg.batch_size)
-        if norms:
-            state.log.append({"step": 0, "kind": "act_scale", "mean_norm": norms})
-    dd.check_same_step(state.step, facts["device"], w)
-    writes = out is not None and w.main
-    log_to = out if writes else None
+    # 2. the states: fresh and seeded, or resumed from their checkpoints
+    members = []
+    for cfg, out in zip(cfgs, outs, strict=True):
+        state = new_state(cfg, sites, facts)
+        dd.broadcast_params(state.params, w)
+        ckpt = out / "checkpoint.pt" if out is not None else None
+        resumed = resume and ckpt is not None and ckpt.exists()
+        if resumed:
+            restore(state, load_checkpoint(ckpt, cfg, sites, data_fp))  # act_scale comes too
+        elif cfg.init_from is None:  # an initial SAE brings its activation scale
+            norms = estimate_act_scales(lm, data, state.saes, keep, cfg.batch_size)
+            if norms:
+                state.log.append({"step": 0, "kind": "act_scale", "mean_norm": norms})
+        dd.check_same_step(state.step, facts["device"], w)
+        members.append(_Member(cfg, out, state, resumed))
+    steps = {m.state.step for m in members}
+    if len(steps) > 1:
+        raise CheckpointError(f"the sweep's checkpoints stand at different steps {sorted(steps)}; "
+                              "resume its runs separately with train()")  # fmt: skip
+    step = steps.pop()
+    writes = w.main
     data_record = _describe(data) | {"excluded_positions": list(excluded)}
-    own_ckpt = ckpt if resumed else None  # the "last good checkpoint" is this run's only
-    started = False  # the run's files are written once its first step has succeeded
+    own_ckpt = {id(m): (m.ckpt if m.resumed else None) for m in members}  # last good checkpoint
 
-    # 3. the loop
-    for sae in state.saes.values():
-        sae.train()
-    desc = f"{cfg.loss}/{cfg.sae.architecture}"
-    bar = tqdm(total=n_steps, initial=state.step, desc=desc, disable=not (progress and w.main))
-    batches = _batches(data, cfg, start=state.step)
-    t0, step0 = time.time(), state.step
-    while state.step < n_steps:
+    # 3. the loop: one batch, one shared clean pass, one optimiser step per config
+    for m in members:
+        for sae in m.state.saes.values():
+            sae.train()
+    descs = [f"{c.loss}/{c.sae.architecture}" for c in cfgs]
+    desc = descs[0] if len(cfgs) == 1 else f"{len(cfgs)} SAEs ({cfg0.loss})"
+    bar = tqdm(total=n_steps, initial=step, desc=desc, disable=not (progress and w.main))
+    say = progress and w.main
+    n_tok_step = cfg0.batch_size * data.n_ctx
+    _say(say, f"training {desc}: {n_steps - step} steps of {n_tok_step:,} tokens"
+              + (f" (from step {step})" if step else ""))  # fmt: skip
+    batches = _batches(data, cfg0, start=step)
+    t0, step0, eta_said = time.time(), step, False
+    while step < n_steps:
         batch = dd.shard(next(batches), w).to(facts["device"])
-        lr = lr_at(state.step, n_steps, cfg.lr, cfg.warmup, cfg.min_lr_frac)
-        try:
-            logs = optimise(lm, batch, state, cfg, lr, cache, w, own_ckpt, keep)
-        except NonFiniteLoss:
-            bar.close()
-            raise
-        if not started:
-            started = begin_files(out if writes else None, cfg, state, data_record, overwrite)
-        state.step += 1
+        clean = None
+        if len(members) > 1 and cache is None:
+            clean = shared_clean_pass(lm, batch, [m.state for m in members], cfg0)
+        for m in members:
+            cfg, state = m.cfg, m.state
+            lr = lr_at(state.step, n_steps, cfg.lr, cfg.warmup, cfg.min_lr_frac)
+            try:
+                logs = optimise(lm, batch, state, cfg, lr, cache, w, own_ckpt[id(m)], keep, clean)
+            except NonFiniteLoss:
+                bar.close()
+                raise
+            if not m.started:
+                m.started = begin_files(m.out if writes else None, cfg, state, data_record,
+                                        overwrite)  # fmt: skip
+            state.step += 1
+            log_to = m.out if writes else None
+            if state.step % cfg.log_every == 0 or state.step == n_steps:
+                n_tok = batch.shape[0] * batch.shape[1] * w.size
+                tps = (state.step - step0) * n_tok / (time.time() - t0 + 1e-9)
+                rec = {"step": state.step, "kind": "train", "loss": logs.pop("loss"), "lr": lr}
+                write_log(state, rec | logs | {"tokens_per_s": tps}, log_to)
+                if len(members) == 1:
+                    bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items()
+                                     if "l0" in k or k in ("kl", "mse")})  # fmt: skip
+            if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < n_steps:
+                write_log(state, _evaluate(lm, state, cache, eval_data, cfg, excluded), log_to)
+            if (m.ckpt is not None and writes and cfg.checkpoint_every
+                    and state.step % cfg.checkpoint_every == 0):  # fmt: skip
+                save_checkpoint(m.ckpt, state, cfg, data_fp)
+                own_ckpt[id(m)] = m.ckpt
+        step += 1
         bar.update()
-        if state.step % cfg.log_every == 0 or state.step == n_steps:
-            n_tok = batch.shape[0] * batch.shape[1] * w.size
-            tps = (state.step - step0) * n_tok / (time.time() - t0 + 1e-9)
-            rec = {"step": state.step, "kind": "train", "loss": logs.pop("loss"), "lr": lr}
-            write_log(state, rec | logs | {"tokens_per_s": tps}, log_to)
-            bar.set_postfix(
-                {k: f"{v:.3g}" for k, v in logs.items() if "l0" in k or k in ("kl", "mse")}
-            )
-        if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < n_steps:
-            write_log(state, _evaluate(lm, state, cache, eval_data, cfg, excluded), log_to)
-        if (
-            ckpt is not None
-            and w.main
-            and cfg.checkpoint_every
-            and (state.step % cfg.checkpoint_every == 0)
-        ):
-            save_checkpoint(ckpt, state, cfg, data_fp)
-            own_ckpt = ckpt
+        if not eta_said and (step - step0 >= 5 or step == n_steps) and n_steps - step0 >= 20:
+            rate = (step - step0) / (time.time() - t0 + 1e-9)
+            _say(say, f"{desc}: {n_tok_step * rate * w.size:,.0f} tokens/s, "
+                      f"ETA {_duration((n_steps - step) / rate)}")  # fmt: skip
+            eta_said = True
     bar.close()
+    elapsed = time.time() - t0
+    rate = (step - step0) * n_tok_step * w.size / (elapsed + 1e-9)
+    _say(say, f"{desc}: {step - step0} steps in {_duration(elapsed)} ({rate:,.0f} tokens/s)")
 
-    # 4. the final evaluation, checkpoint and SAEs
-    if not started:  # a resume of a finished checkpoint takes no step
-        begin_files(out if writes else None, cfg, state, data_record, overwrite)
-    if not state.log or state.log[-1].get("kind") != "eval" or state.log[-1]["step"] != state.step:
-        write_log(state, _evaluate(lm, state, cache, eval_data, cfg, excluded), log_to)
-    if ckpt is not None and w.main:
-        save_checkpoint(ckpt, state, cfg, data_fp)
-    if writes:
-        for s, sae in state.saes.items():
-            extra = {"train_config": asdict(cfg), "data": data_record}
-            save_sae(sae, out / "saes" / str(s), extra=extra)
+    # 4. the final evaluation, checkpoint and SAEs of each config
+    runs = []
+    for m in members:
+        cfg, state, log_to = m.cfg, m.state, (m.out if writes else None)
+        if not m.started:  # a resume of a finished checkpoint takes no step
+            begin_files(m.out if writes else None, cfg, state, data_record, overwrite)
+        last = state.log[-1] if state.log else {}
+        if last.get("kind") != "eval" or last["step"] != state.step:
+            write_log(state, _evaluate(lm, state, cache, eval_data, cfg, excluded), log_to)
+        if m.ckpt is not None and writes:
+            save_checkpoint(m.ckpt, state, cfg, data_fp)
+        extra = {"train_config": asdict(cfg), "data": data_record}
+        if m.out is not None and writes:
+            for s, sae in state.saes.items():
+                save_sae(sae, m.out / "saes" / str(s), extra=extra)
+        runs.append((m, extra))
     dd.barrier(w)  # no rank returns (and tears the group down) before rank 0 has written
-    for sae in state.saes.values():
-        sae.eval()
-        sae.extra = {"train_config": asdict(cfg), "data": data_record}
-    return Run({str(s): sae for s, sae in state.saes.items()}, state.log, out, cfg)
+    for m, extra in runs:
+        for sae in m.state.saes.values():
+            sae.eval()
+            sae.extra = extra
+    return [Run({str(s): sae for s, sae in m.state.saes.items()}, m.state.log, m.out, m.cfg)
+            for m, _ in runs]  # fmt: skip
 
 
 def _evaluate(lm, state: TrainState, cache, eval_data, cfg: TrainConfig, excluded) -> dict:
