@@ -79,8 +79,9 @@ print(f"{model}: {sl.model_info(lm)}; {train_data.n_tokens:,} training tokens pe
 # %% [markdown]
 # ## 1. The sweep
 #
-# Every SAE is one `sl.train` call; each one ends with `sl.evaluate` on the same validation
-# tokens (CE with the SAE spliced in vs clean, L0, alive latents, explained variance, ...).
+# Every SAE is trained by `sl.train_many` with the others of its objective; each one ends with
+# `sl.evaluate` on the same validation tokens (CE with the SAE spliced in vs clean, L0, alive
+# latents, explained variance, ...).
 
 # %%
 topk = dict(dict_ratio=topk_dict_ratio, lr=topk_lr)
@@ -96,19 +97,28 @@ runs = (
     + [("jumprelu", dict(sae="jumprelu", loss="local", l0_coeff=c, **jumprelu))
        for c in jumprelu_l0_coeffs]
 )  # fmt: skip
-rows = []
+# SAEs that share an objective (and whether they need dL/dx) train together, `sl.train_many`:
+# one clean pass of the model per batch feeds all of them, and each gets the run `sl.train`
+# would give it alone (same init, batches and steps).
+groups: dict[tuple, list] = {}
 for method, kw in runs:
     # one flat dict per run; from_dict gathers the SAE's fields into TrainConfig.sae
     cfg = sl.TrainConfig.from_dict(common | kw | sae_options.get(method, {}))
     name = f"{method}_" + "_".join(
         f"{k}={v}" for k, v in kw.items() if k in ("sparsity", "k", "l0_coeff")
     )
+    groups.setdefault((cfg.loss, cfg.sae.needs_grad), []).append((method, name, kw, cfg))
+rows = []
+for (loss, _), group in groups.items():
     t0 = time.time()
-    run = sl.train(lm, train_data, cfg, out / "runs" / name, eval_data=val, progress=False)
-    rep = run.log[-1]
-    rows.append(dict(method=method, run=name, **kw) | rep | dict(train_s=time.time() - t0))
-    print(f"{name:24s} L0 {rep['l0']:7.1f}  alive {rep['alive']:4d}  CE +{rep['ce_increase']:.4f}"
-          f"  ({time.time() - t0:.0f} s)")  # fmt: skip
+    trained = sl.train_many(lm, train_data, [g[3] for g in group],
+                            [out / "runs" / g[1] for g in group], eval_data=val)  # fmt: skip
+    share = (time.time() - t0) / len(group)  # the group's time, split evenly
+    for (method, name, kw, _), run in zip(group, trained, strict=True):
+        rep = run.log[-1]
+        rows.append(dict(method=method, run=name, **kw) | rep | dict(train_s=share))
+        print(f"{name:24s} L0 {rep['l0']:7.1f}  alive {rep['alive']:4d}  "
+              f"CE +{rep['ce_increase']:.4f}")  # fmt: skip
 df = pd.DataFrame(rows)
 df["nmse"] = 1 - df["explained_var"]
 df.to_csv(out / "sweep.csv", index=False)
