@@ -114,3 +114,19 @@ def test_auxk_zero_without_dead_latents():
     assert loss.item() == 0.0 and loss.dtype == pre.dtype
     loss.backward()  # still part of the graph
     assert pre.grad is not None
+
+
+def test_kl_from_clean_logprobs_equals_kl_from_logits():
+    """Training normalises the clean logits once (log_probs_) and the KL skips that step."""
+    from saelab.core.losses import log_probs_
+
+    g = torch.Generator().manual_seed(0)
+    clean, sae = torch.randn(6, 5, 37, generator=g) * 3, torch.randn(6, 5, 37, generator=g)
+    a, b = sae.clone().requires_grad_(True), sae.clone().requires_grad_(True)
+    want = kl_loss(clean, a, chunk_elements=40)
+    got = kl_loss(log_probs_(clean.clone(), chunk_elements=40), b, chunk_elements=40,
+                  clean_logprobs=True)  # fmt: skip
+    want.backward()
+    got.backward()
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    torch.testing.assert_close(b.grad, a.grad, atol=1e-7, rtol=1e-5)

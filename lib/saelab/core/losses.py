@@ -42,18 +42,22 @@ class _ChunkedKL(torch.autograd.Function):
     """Per-token KL(softmax(clean) || softmax(sae)) of `[N, V]` logits, a chunk of rows at a time.
 
     Forward and backward each hold one chunk's float32 softmax intermediates, never `[N, V]` of
-    them: the gradient in the SAE logits is `softmax(sae) - softmax(clean)` per row.
+    them: the gradient in the SAE logits is `softmax(sae) - softmax(clean)` per row. With
+    `logprobs=True` the clean side is already log-probabilities (`log_softmax`, computed once
+    per batch and shared by every SAE of a sweep), so neither pass normalises it again.
     """
 
     @staticmethod
-    def forward(ctx, clean: Tensor, sae: Tensor, rows: int) -> Tensor:
+    def forward(ctx, clean: Tensor, sae: Tensor, rows: int, logprobs: bool) -> Tensor:
         out = torch.empty(clean.shape[0], dtype=torch.float32, device=clean.device)
         for i in range(0, clean.shape[0], rows):
-            lp_c = F.log_softmax(clean[i : i + rows].float(), dim=-1)
+            c = clean[i : i + rows].float()
+            lp_c = c if logprobs else F.log_softmax(c, dim=-1)
             lp_s = F.log_softmax(sae[i : i + rows].float(), dim=-1)
-            out[i : i + rows] = (lp_c.exp() * (lp_c - lp_s)).sum(-1)
+            # one fused elementwise pass: exp(lp_c) * (lp_c - lp_s)
+            out[i : i + rows] = F.kl_div(lp_s, lp_c, reduction="none", log_target=True).sum(-1)
         ctx.save_for_backward(clean, sae)
-        ctx.rows = rows
+        ctx.rows, ctx.logprobs = rows, logprobs
         return out
 
     @staticmethod
@@ -61,23 +65,37 @@ class _ChunkedKL(torch.autograd.Function):
         clean, sae = ctx.saved_tensors
         grad = torch.empty_like(sae)
         for i in range(0, sae.shape[0], ctx.rows):
-            p_c = F.softmax(clean[i : i + ctx.rows].float(), dim=-1)
+            c = clean[i : i + ctx.rows].float()
             p_s = F.softmax(sae[i : i + ctx.rows].float(), dim=-1)
-            grad[i : i + ctx.rows] = (g[i : i + ctx.rows, None] * (p_s - p_c)).to(sae.dtype)
-        return None, grad, None
+            p_s.sub_(c.exp() if ctx.logprobs else F.softmax(c, dim=-1))  # in place: no new [n, V]
+            grad[i : i + ctx.rows] = p_s.mul_(g[i : i + ctx.rows, None]).to(sae.dtype)
+        return None, grad, None, None
 
 
-def kl_loss(logits_clean: Tensor, logits_sae: Tensor, chunk_elements: int | None = None) -> Tensor:
+def kl_loss(logits_clean: Tensor, logits_sae: Tensor, chunk_elements: int | None = None,
+            clean_logprobs: bool = False) -> Tensor:  # fmt: skip
     """`KL(P_clean || P_sae)` per token of `[..., vocab]` logits, mean over tokens -> scalar.
 
     Computed `chunk_elements` logits at a time (default `CHUNK_ELEMENTS`), so peak memory does
-    not grow with batch x positions x vocab beyond the logits themselves.
+    not grow with batch x positions x vocab beyond the logits themselves. `clean_logprobs=True`:
+    `logits_clean` already holds log-probabilities (`log_probs_`).
     """
     # Braun et al. 2024 §2: the clean distribution is the fixed target, so no gradient reaches
     # it; log_softmax on both sides for stability with peaked distributions.
     V = logits_sae.shape[-1]
     clean, sae = logits_clean.detach().reshape(-1, V), logits_sae.reshape(-1, V)
-    return _ChunkedKL.apply(clean, sae, _chunk_rows(V, chunk_elements)).mean()
+    return _ChunkedKL.apply(clean, sae, _chunk_rows(V, chunk_elements), clean_logprobs).mean()
+
+
+@torch.no_grad()
+def log_probs_(logits: Tensor, chunk_elements: int | None = None) -> Tensor:
+    """`log_softmax` of `logits [..., vocab]` in place, a chunk of rows at a time; returns it."""
+    V = logits.shape[-1]
+    flat = logits.view(-1, V)
+    rows = _chunk_rows(V, chunk_elements)
+    for i in range(0, flat.shape[0], rows):
+        flat[i : i + rows] = F.log_softmax(flat[i : i + rows].float(), dim=-1).to(flat.dtype)
+    return logits
 
 
 class _ChunkedCE(torch.autograd.Function):

@@ -81,7 +81,12 @@ class E2E(Objective):
 
     def terms(self, clean, spliced, outs, sites, saes) -> dict[str, Term]:
         """`{"kl": (kl_coeff, KL)}`."""
-        return {"kl": (self.kl_coeff, losses.kl_loss(clean.logits, spliced.logits))}
+        return {
+            "kl": (
+                self.kl_coeff,
+                losses.kl_loss(clean.logits, spliced.logits, clean_logprobs=clean.logprobs),
+            )
+        }
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,7 @@ def sae_inputs(clean: Clean, keep: torch.Tensor | None, dtype=torch.float32) -> 
     acts = {s: select(a, keep, dtype) for s, a in clean.acts.items()}
     grads = None if clean.grads is None else {s: select(g, keep, dtype)
                                               for s, g in clean.grads.items()}  # fmt: skip
-    return Clean(acts, grads, clean.logits, clean.later)
+    return Clean(acts, grads, clean.logits, clean.later, clean.logprobs)
 
 
 def sae_input(lm, tokens: torch.Tensor, sae: SAE, keep: torch.Tensor | None = None,
@@ -132,6 +132,9 @@ class Clean:
     grads: dict[Site, torch.Tensor] | None
     logits: torch.Tensor | None
     later: list[torch.Tensor]
+    # True once `logits` hold log-probabilities (training normalises them once per batch, in
+    # place, for the KL of every SAE that shares the pass: `losses.log_probs_`)
+    logprobs: bool = False
 
 
 def clean_pass(
