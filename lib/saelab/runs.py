@@ -10,7 +10,7 @@ Notebooks opened interactively (JupyterLab starts them in `notebooks/`) resolve 
 against the repository root with `resolve`, `resolve_input` and `notebook_out_dir`, so they read
 and write the same files as under papermill (which runs them with the root as working directory).
 
-    python -m saelab.runs run 00_storyworld --preset full --run-id storyworld-v1
+    python -m saelab.runs run 00_storyworld --preset report --run-id my-report
     python -m saelab.runs main          # the main job on the embedded default (`make run`):
                                         # 05_pareto, then the studies 06-10 of its SAEs
 """
