@@ -147,7 +147,7 @@ def test_tables_rewrite_blocks_in_place_and_check_lists_differences(tmp_path):
     reference.tables(root)
     text = (root / "README.md").read_text()
     assert text.startswith("# Title\n\nProse stays.\n\n<!-- table: storyworld_report")
-    assert text.endswith("<!-- /table -->\n\nMore prose.\n")
+    assert text.endswith("\n\n<!-- /table -->\n\nMore prose.\n")
     assert "`outputs/reference/00_storyworld/ref/metrics.json`" in text  # the caption
     assert "| validation CE (400,000 held-out tokens) | **1.234** nats/token |" in text
     assert "old table" not in text

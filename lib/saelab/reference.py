@@ -541,9 +541,9 @@ RENDERERS: dict[str, tuple[Callable[[Run], str], str]] = {
 }
 
 BLOCK = re.compile(
-    r"(?P<open><!-- table: (?P<name>[\w-]+) from (?P<run>\S+) -->\n)(?P<body>.*?)"
+    r"(?P<open>^<!-- table: (?P<name>[\w-]+) from (?P<run>\S+) -->\n)(?P<body>.*?)"
     r"(?P<close><!-- /table -->)",
-    re.S,
+    re.S | re.M,
 )
 
 
@@ -560,44 +560,47 @@ def render(name: str, run_path: str, root: Path = runs.ROOT) -> str:
     run = Run(path, root, name)
     table = fn(run)
     files = ", ".join(f"`{f}`" for f in run.read)
-    return f"*Generated from {files} (`python -m saelab.reference tables`).*\n\n{table}\n"
+    return f"*Generated from {files} (`python -m saelab.reference tables`).*\n\n{table}\n\n"
 
 
 def doc_files(root: Path = runs.ROOT) -> list[Path]:
     return [p for pattern in DOCS for p in sorted(root.glob(pattern))]
 
 
-def render_file(text: str, root: Path = runs.ROOT) -> tuple[str, list[str]]:
-    """`text` with every table block rendered, and the names of blocks that changed."""
-    changed = []
+def render_file(text: str, root: Path = runs.ROOT) -> tuple[str, list[str], list[str]]:
+    """`text` with every table block rendered (a block that cannot be rendered is left as it
+    was), the blocks that changed (`<name> from <run>`) and the errors of those that could not."""
+    changed, errors = [], []
 
     def sub(m: re.Match) -> str:
-        body = render(m["name"], m["run"], root)
+        try:
+            body = render(m["name"], m["run"], root)
+        except TableError as e:
+            errors.append(str(e))
+            return m[0]
         if body != m["body"]:
             changed.append(f"{m['name']} from {m['run']}")
         return m["open"] + body + m["close"]
 
-    return BLOCK.sub(sub, text), changed
+    return BLOCK.sub(sub, text), changed, errors
 
 
 def tables(root: Path = runs.ROOT, write: bool = True) -> list[str]:
-    """Render every table block of the docs; write them (`write`) and return one line per block
-    that differed (`<file>: table <name> from <run>`); errors become lines too when not writing.
-    """
-    lines = []
+    """Render every table block of the docs and return one line per block that differs from its
+    rendering or cannot be rendered (`<file>: ...`). With `write`, rewrite the blocks that can be
+    rendered, then raise TableError listing those that cannot."""
+    lines, errors = [], []
     for f in doc_files(root):
         text = f.read_text()
-        try:
-            new, changed = render_file(text, root)
-        except TableError as e:
-            if write:
-                raise TableError(f"{f.relative_to(root)}: {e}") from None
-            lines.append(f"{f.relative_to(root)}: {e}")
-            continue
-        lines += [f"{f.relative_to(root)}: table {c} differs from its rendering" for c in changed]
+        new, changed, errs = render_file(text, root)
+        name = f.relative_to(root)
+        lines += [f"{name}: table {c} differs from its rendering" for c in changed]
+        errors += [f"{name}: {e}" for e in errs]
         if write and new != text:
             f.write_text(new)
-    return lines
+    if write and errors:
+        raise TableError("tables that cannot be rendered:\n  " + "\n  ".join(errors))
+    return lines + errors
 
 
 # ---------------------------------------------------------------------------------------------
