@@ -187,3 +187,34 @@ def test_regeneration_never_replaces_a_completed_run(tmp_path, monkeypatch):
         reference.plan(root)
     (root / "outputs" / "reference" / "91_nb" / "ref" / "config.json").unlink()
     assert reference.plan(root) == [("91_nb", "default")]  # no completed run there: made
+
+
+def test_regenerate_runs_the_jobs_into_reference_ref_and_refuses_a_dirty_tree(
+    tmp_path, monkeypatch
+):
+    import subprocess
+
+    root = tmp_path / "repo"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "README.md").write_text("# nothing generated\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=root, check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], cwd=root, check=True)
+    calls = []
+
+    def fake_run(nb, params, preset, run_id, out_root):
+        calls.append((nb, params, preset, run_id, Path(out_root)))
+        return Path(out_root) / nb / run_id
+
+    monkeypatch.setattr(runs, "run_notebook", fake_run)
+    monkeypatch.setattr(reference, "JOBS", (("05_pareto", "default"), ("10_downstream", "default")))
+    reference.regenerate(root)
+    ref = root / "outputs" / "reference"
+    assert calls == [
+        ("05_pareto", {}, "default", "ref", ref),
+        ("10_downstream", {"sae_run": "outputs/reference/05_pareto/ref"}, "default", "ref", ref),
+    ]
+    (root / "new.py").write_text("x = 1\n")  # an uncommitted source file: refused
+    with pytest.raises(RuntimeError, match="dirty"):
+        reference.regenerate(root)
