@@ -1,5 +1,6 @@
 # saelab: `make run` runs the main job on the embedded storyworld default; `make test` runs the tests;
-# `make lab` starts JupyterLab on the notebooks.
+# `make lab` starts JupyterLab on the notebooks; `make reference` regenerates outputs/reference/ and the
+# results tables of README.md and papers/ from them (README, "Reference runs").
 # Both create .venv and install the project first if needed.
 PY ?= python3
 VENV := .venv
@@ -8,7 +9,7 @@ STAMP := $(VENV)/.installed
 # torch is pinned and installed first: here it is a local CPU wheel; an unpinned torch pulls CUDA.
 TORCH ?= torch==2.13.0
 
-.PHONY: install run test lint format notebooks lab clean
+.PHONY: install run test lint format notebooks lab reference clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,6 +32,15 @@ lab: notebooks
 
 run: notebooks
 	$(BIN)/python -m saelab.runs main
+
+# Every reference run from the current source, then the generated tables (saelab.reference).
+# Refused on a dirty tree (outputs/ aside: an interrupted regeneration resumes); completed fresh
+# runs under outputs/reference/<nb>/ref are kept, stale completed ones refused, never replaced.
+reference: notebooks
+	@test -z "$$(git status --porcelain -- . ':(exclude)outputs')" || { \
+		echo "make reference: the git tree is dirty; commit first (each run records its commit)"; \
+		git status --short -- . ':(exclude)outputs'; exit 1; }
+	$(BIN)/python -m saelab.reference regenerate
 
 test: notebooks
 	$(BIN)/python -m pytest -q tests

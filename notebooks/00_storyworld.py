@@ -19,6 +19,12 @@
 # 3. train a GPT-2 (about 6 layers, d_model 64) until validation loss plateaus;
 # 4. score it against unigram / bigram baselines and on two long-range probes (pronoun gender
 #    agreement, closing quotes), and ship it as package data (`full` preset only).
+#
+# With `train_model=False` it trains nothing: it loads the **shipped** model
+# (`sl.load_model("storyworld")`, its tokenizer with it) and computes the same report card at the
+# same evaluation sizes. That is the `report` preset, whose run is the reference behind the
+# README's base-model table (a few minutes instead of the `full` preset's 52). The shipped weights
+# were trained by the `full` preset (run `storyworld-v1`, kept in git history).
 
 # %% tags=["parameters"]
 n_train_tokens: int = 400_000  # tokens of training stories
@@ -36,7 +42,8 @@ lr: float = 3e-3  # peak learning rate (AdamW, warmup then cosine)
 eval_every: int = 20  # steps between validation evaluations
 probe_stories: int = 100  # validation stories for the pronoun / quote probes
 seed: int = 0  # model init and data order
-install_assets: bool = False  # write the model into lib/saelab/assets/storyworld (full preset)
+install_assets: bool = False  # write the model into lib/saelab/storyworld/model (full preset)
+train_model: bool = True  # False: no training, report on the shipped model (report preset)
 out_dir: str = "outputs/00_storyworld/interactive-{time}"  # run folder (saelab.runs sets it)
 
 # %%
@@ -51,10 +58,13 @@ from IPython.display import Markdown, display
 
 import saelab as sl
 from saelab.runs import notebook_out_dir
+from saelab.storyworld import MODEL_DIR
 from saelab.storyworld import basemodel as bm
 from saelab.storyworld import corpus as sw
 
 torch.set_num_threads(max(1, torch.get_num_threads()))
+if install_assets and not train_model:
+    raise ValueError("install_assets needs train_model: only a model trained here is installed")
 out = notebook_out_dir(out_dir)  # from the repo root; {time}: a fresh folder
 (out / "figures").mkdir(parents=True, exist_ok=True)
 t_start = time.time()
@@ -85,10 +95,16 @@ print(f"{len(sw.LABELS)} labels; generation runs at {gen_rate:,.0f} stories/s")
 # ## 2. Tokenizer
 #
 # Byte-level BPE as in GPT-2, with one change: quote marks are always their own token (` "`
-# opens, `"` closes), so closing a quote is a single next-token decision we can probe.
+# opens, `"` closes), so closing a quote is a single next-token decision we can probe. With
+# `train_model=False` the shipped model's own tokenizer is used (`vocab_size` is then its size).
 
 # %%
-tok = bm.train_tokenizer(texts, vocab_size)
+if train_model:
+    tok = bm.train_tokenizer(texts, vocab_size)
+else:
+    shipped = sl.load_model("storyworld", device="cpu")
+    tok, mc = shipped.tokenizer, shipped.config
+    n_layer, d_model, n_ctx = mc.n_layer, mc.n_embd, mc.n_positions  # the shipped model's
 train = sl.token_dataset("storyworld", tok, n_ctx, split="train", n_tokens=n_train_tokens)
 val = sl.token_dataset("storyworld", tok, n_ctx, split="validation", n_tokens=n_val_tokens)
 print(f"vocab {len(tok)}; train {train.n_tokens:,} tokens, validation {val.n_tokens:,} tokens")
@@ -98,19 +114,29 @@ print(tok.convert_ids_to_tokens(train.tokens[0, :24].tolist()))
 # ## 3. The model
 #
 # A `transformers` GPT-2 with tied embeddings and no dropout. Shipping it in HF format means
-# `load_model("storyworld")` takes exactly the code path of `load_model("gpt2")`.
+# `load_model("storyworld")` takes exactly the code path of `load_model("gpt2")`. With
+# `train_model=False` the model is the shipped one (the `transformers` module inside the nnsight
+# wrapper; its architecture was read from it with the tokenizer).
 
 # %%
-model = bm.make_model(tok, n_layer, d_model, n_head, d_mlp, n_ctx, seed)
+if train_model:
+    model = bm.make_model(tok, n_layer, d_model, n_head, d_mlp, n_ctx, seed)
+else:
+    model = shipped._module  # the GPT2LMHeadModel that load_model wraps
 n_params = sum(p.numel() for p in model.parameters())
 fwd_tps = bm.forward_tokens_per_s(model, batch_size=64, n_ctx=n_ctx)
 print(f"{n_params:,} parameters; forward {fwd_tps:,.0f} tokens/s (batch 64 x {n_ctx})")
 
 # %%
-cfg = bm.LMTrainConfig(lr=lr, batch_size=batch_size, eval_every=eval_every, seed=seed)
-t0 = time.time()
-log = bm.train_lm(model, train, val, n_steps, cfg)
-train_time = time.time() - t0
+if train_model:
+    cfg = bm.LMTrainConfig(lr=lr, batch_size=batch_size, eval_every=eval_every, seed=seed)
+    t0 = time.time()
+    log = bm.train_lm(model, train, val, n_steps, cfg)
+    train_time, train_tokens = time.time() - t0, n_steps * batch_size * n_ctx
+else:  # the shipped model's training, as its own metrics.json records it (the full preset)
+    log = []
+    trained = json.loads((MODEL_DIR / "metrics.json").read_text())
+    train_time, train_tokens = trained["train_time_s"], trained["train_tokens"]
 log_df = pd.DataFrame(log)
 
 # %% [markdown]
@@ -127,7 +153,8 @@ metrics = dict(
     **bm.ngram_baselines(train.tokens, val.tokens, len(tok)),
     **bm.story_probes(model, tok, probe_stories),
     n_params=n_params,
-    train_tokens=n_steps * batch_size * n_ctx,
+    trained_here=train_model,
+    train_tokens=train_tokens,
     train_time_s=train_time,
     forward_tokens_per_s=fwd_tps,
     n_layer=n_layer,
@@ -144,7 +171,10 @@ print(
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 3.5))
-sns.lineplot(data=log_df, x="tokens", y="val_ce", marker="o", ax=ax, label="model (validation)")
+if len(log_df):
+    sns.lineplot(data=log_df, x="tokens", y="val_ce", marker="o", ax=ax, label="model (validation)")
+else:  # the shipped model: no training curve here, its final CE only
+    ax.axhline(metrics["val_ce"], color="C0", label="shipped model (validation)")
 for name, style in [("unigram_ce", ":"), ("bigram_ce", "--")]:
     ax.axhline(metrics[name], ls=style, color="gray", label=name.replace("_ce", ""))
 ax.set(xlabel="training tokens", ylabel="CE (nats/token)",
@@ -176,14 +206,16 @@ WHAT_WE_SEE = """
 - Pronoun agreement {pronoun_agreement:.3f} over {n_pronoun_positions} he/she positions and
   quote closing {quote_close_acc:.3f}: the model **{pronouns}** the pronoun probe and **{quotes}**
   the quote probe (passed: accuracy at least {good:g}): it **{tracks}** long-range state.
-- {train_tokens:,} training tokens in {train_s:.0f} s.
+- {train_tokens:,} training tokens in {train_s:.0f} s{where}.
 """
+facts["where"] = "" if train_model else " (the shipped model's training, by the `full` preset)"
 display(Markdown(WHAT_WE_SEE.format(**facts)))
 
 # %%
 (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-log_df.to_json(out / "train_log.jsonl", orient="records", lines=True)
-bm.save_assets(model, tok, metrics, out / "model")
+if train_model:  # the shipped model needs no second copy
+    log_df.to_json(out / "train_log.jsonl", orient="records", lines=True)
+    bm.save_assets(model, tok, metrics, out / "model")
 if install_assets:
     print("installed assets to", bm.save_assets(model, tok, metrics))
 print(f"done in {time.time() - t_start:.0f} s; outputs in {out}")

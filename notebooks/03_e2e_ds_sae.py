@@ -45,12 +45,11 @@ n_tokens: int = 300_000  # training tokens per SAE
 eval_tokens: int = 16_384  # held-out tokens for the metrics
 seed: int = 0  # SAE init and data order
 sae_options: dict = {}  # any other SAEConfig field, e.g. {"pre_subtract_b_dec": True}
-out_dir: str = "outputs/03_e2e_ds_sae/scratch"  # run folder (set by saelab.runs)
+out_dir: str = "outputs/03_e2e_ds_sae/interactive-{time}"  # run folder (saelab.runs sets it)
 
 # %%
 import json
 import time
-from pathlib import Path
 
 import pandas as pd
 import torch
@@ -61,9 +60,10 @@ import saelab as sl
 from saelab.core.models import get_site, set_site
 from saelab.core.passes import training_positions
 from saelab.core.training import estimate_act_scales, train_step
+from saelab.runs import notebook_out_dir, resolve_input
 from saelab.studies import browser, plots
 
-out = Path(out_dir)
+out = notebook_out_dir(out_dir)  # from the repo root; {time}: a fresh folder
 (out / "figures").mkdir(parents=True, exist_ok=True)
 t_start = time.time()
 log_every = max(1, n_tokens // (batch_size * n_ctx) // 40)  # about 40 points per curve
@@ -90,9 +90,10 @@ def versus(a: float, b: float, below: str, above: str, rel: float = 0.05) -> str
 # ## 1. Model and data
 
 # %%
-lm = sl.load_model(model)
-train_data = sl.token_dataset(dataset, lm.tokenizer, n_ctx, split="train", n_tokens=n_tokens)
-eval_data = sl.token_dataset(dataset, lm.tokenizer, n_ctx, split=eval_split, n_tokens=eval_tokens)
+lm = sl.load_model(resolve_input(model))
+source = resolve_input(dataset)  # a relative local path: from the repo root
+train_data = sl.token_dataset(source, lm.tokenizer, n_ctx, split="train", n_tokens=n_tokens)
+eval_data = sl.token_dataset(source, lm.tokenizer, n_ctx, split=eval_split, n_tokens=eval_tokens)
 print(f"{model} at {site}; train {train_data.n_tokens:,} tokens, held out {eval_data.n_tokens:,}")
 
 # %% [markdown]

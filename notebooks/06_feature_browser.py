@@ -34,7 +34,7 @@
 # %% tags=["parameters"]
 model: str = "storyworld"  # frozen model the SAEs were trained on
 dataset: str = "storyworld"  # held-out tokens the dashboards are computed on
-sae_run: str = "outputs/reference/05_pareto/main-v1"  # a 05_pareto run folder (sweep.csv, runs/)
+sae_run: str = "outputs/reference/05_pareto/ref"  # a 05_pareto run folder (sweep.csv, runs/)
 target_ce: float = 0.0  # CE increase to match runs at (0 means the sweep's common target)
 method: str = "e2e"  # the SAE the browser opens on and whose dashboard is shown first
 methods: list = ["local", "e2e", "e2e+ds", "topk", "gtopk"]  # one exported dashboard per method

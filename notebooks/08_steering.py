@@ -37,7 +37,7 @@
 # the choices above are ours, so compare the *ratio* with its 5x, not the raw probabilities.
 
 # %% tags=["parameters"]
-sae_run: str = "outputs/reference/05_pareto/main-v1"  # a 05_pareto run folder (sweep.csv, runs/)
+sae_run: str = "outputs/reference/05_pareto/ref"  # a 05_pareto run folder (sweep.csv, runs/)
 model: str = "storyworld"  # the frozen LM the SAEs were trained on
 dataset: str = "storyworld"  # token source for evaluation and steering contexts
 k: int = 16  # which TopK and g-SAE runs of the sweep (their k)

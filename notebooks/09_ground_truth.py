@@ -39,7 +39,7 @@
 # explained fraction with only the *rare* concepts (frequency <= `rare_freq`) allowed.
 
 # %% tags=["parameters"]
-sae_run: str = "outputs/reference/05_pareto/main-v1"  # a 05_pareto run folder (sweep.csv, runs/)
+sae_run: str = "outputs/reference/05_pareto/ref"  # a 05_pareto run folder (sweep.csv, runs/)
 model: str = "storyworld"  # the frozen model the sweep was trained on
 dataset: str = "storyworld"  # labelled tokens need storyworld
 n_ctx: int = 128  # tokens per row

@@ -29,7 +29,7 @@
 # taking each method's closest run when a sweep does not reach the target).
 
 # %% tags=["parameters"]
-sae_run: str = "outputs/reference/05_pareto/main-v1"  # a 05_pareto run folder (sweep.csv, runs/)
+sae_run: str = "outputs/reference/05_pareto/ref"  # a 05_pareto run folder (sweep.csv, runs/)
 target_ce: float = 0.0  # CE increase to match runs at (0 means the sweep's common target)
 near_ce: list = [0.045]  # more CE increases at which to show each method's closest actual run
 out_dir: str = "outputs/10_downstream/interactive-{time}"  # run folder (saelab.runs sets it)

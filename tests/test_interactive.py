@@ -85,7 +85,7 @@ def test_study_notebook_runs_from_the_notebooks_folder(tmp_path):
         assert len(new) == 1, new
         folder = new.pop()
         summary = json.loads((folder / "summary.json").read_text())
-        assert summary["sae_run"] == "outputs/reference/05_pareto/main-v1"
+        assert summary["sae_run"] == "outputs/reference/05_pareto/ref"
         assert (folder / "figures" / "downstream_vs_ce.png").stat().st_size > 1000
         assert not (runs.NOTEBOOKS / "outputs").exists()  # nothing relative to notebooks/
     finally:

@@ -121,3 +121,24 @@ def test_run_notebook_rejects_unknown_notebook_and_preset(tmp_path):
     with pytest.raises(FileNotFoundError, match="no preset"):
         runs.load_preset("00_storyworld", "nope")
     assert runs.load_preset("00_storyworld", "full")["install_assets"] is True
+
+
+def test_storyworld_reports_on_the_shipped_model_without_training(tmp_path, monkeypatch):
+    """00_storyworld with train_model=False (the `report` preset at smoke sizes): the shipped
+    model's report card, its training facts from the shipped metrics.json, no model copy."""
+    from saelab.storyworld import MODEL_DIR
+
+    monkeypatch.setenv("SAELAB_CACHE", str(tmp_path / "cache"))
+    assert runs.load_preset("00_storyworld", "report")["train_model"] is False
+    smoke = dict(train_model=False, n_train_tokens=20_000, n_val_tokens=4096,
+                 tokenizer_stories=100, probe_stories=5)  # fmt: skip
+    out = runs.run_notebook("00_storyworld", smoke, run_id="report", out_root=tmp_path / "out")
+    m = json.loads((out / "metrics.json").read_text())
+    shipped = json.loads((MODEL_DIR / "metrics.json").read_text())
+    assert m["trained_here"] is False and m["n_params"] == shipped["n_params"]
+    assert m["train_tokens"] == shipped["train_tokens"] and m["vocab_size"] == 2048
+    assert 0 < m["val_ce"] < m["bigram_ce"] < m["unigram_ce"]
+    assert not (out / "model").exists() and (out / "figures" / "val_ce.png").exists()
+    with pytest.raises(Exception, match="install_assets needs train_model"):
+        runs.run_notebook("00_storyworld", smoke | {"install_assets": True}, run_id="bad",
+                          out_root=tmp_path / "out")  # fmt: skip

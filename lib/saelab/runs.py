@@ -10,7 +10,7 @@ Notebooks opened interactively (JupyterLab starts them in `notebooks/`) resolve 
 against the repository root with `resolve`, `resolve_input` and `notebook_out_dir`, so they read
 and write the same files as under papermill (which runs them with the root as working directory).
 
-    python -m saelab.runs run 00_storyworld --preset full --run-id storyworld-v1
+    python -m saelab.runs run 00_storyworld --preset report --run-id my-report
     python -m saelab.runs main          # the main job on the embedded default (`make run`):
                                         # 05_pareto, then the studies 06-10 of its SAEs
 """
@@ -94,14 +94,18 @@ def say(*parts) -> None:
 
 
 def git_state(root: Path = ROOT) -> dict:
-    """`{"sha": ..., "dirty": bool}` of the repository, or Nones outside a git checkout."""
+    """`{"sha": ..., "dirty": bool}` of the repository, or Nones outside a git checkout.
+
+    `dirty`: a tracked or untracked file differs from the commit, outside `outputs/` (run
+    folders, `outputs/reference/` included, are results, not source: `make reference` writes
+    one reference run after another and each must still record a clean tree).
+    """
     try:
         sha = subprocess.check_output(
             ["git", "rev-parse", "HEAD"], cwd=root, text=True, stderr=subprocess.DEVNULL
         ).strip()
-        dirty = bool(
-            subprocess.check_output(["git", "status", "--porcelain"], cwd=root, text=True).strip()
-        )
+        status = ["git", "status", "--porcelain", "--", ".", ":(exclude)outputs"]
+        dirty = bool(subprocess.check_output(status, cwd=root, text=True).strip())
         return {"sha": sha, "dirty": dirty}
     except (subprocess.CalledProcessError, FileNotFoundError):
         return {"sha": None, "dirty": None}

@@ -1,0 +1,681 @@
+"""Reference runs: the executed notebooks in `outputs/reference/` behind every number of README.md
+and papers/*/README.md, checked for staleness, and the results tables generated from them.
+
+    python -m saelab.reference check         # every reference run fresh, every notebook has one
+    python -m saelab.reference tables        # rewrite the generated tables in place
+    python -m saelab.reference tables --check   # exit 1 listing the tables that differ
+    python -m saelab.reference regenerate    # `make reference`: rerun every reference run, then
+                                             # rewrite the tables
+
+A reference run is **fresh** when its status is completed, its `config.json` records a clean git
+tree, and the code cells of its executed `notebook.ipynb` equal those of the current
+`notebooks/<nb>.py` (the cell papermill injects, tagged `injected-parameters`, left out;
+trailing whitespace ignored). A study run that reads a 05_pareto run (`sae_run`) is stale too
+when that run is missing or was started after it.
+
+A generated table sits between two markers in a Markdown file:
+
+    <!-- table: NAME from outputs/reference/05_pareto/ref -->
+    ...                                  (written by `tables`; edit the renderer, not this)
+    <!-- /table -->
+
+`NAME` is a renderer of `RENDERERS`; it reads the cited run folder (its `summary.json`, or what
+the renderer names) and, for the main job's tables, the studies run under the same run id
+beside it (`outputs/reference/<study>/<run id>`); the caption names every file it read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from saelab import runs
+
+REFERENCE = Path("outputs") / "reference"  # relative to the repository root
+REF_ID = "ref"  # the run id `regenerate` writes: outputs/reference/<notebook>/ref
+DOCS = ("README.md", "papers/*/README.md")  # the files whose tables are generated
+# What `regenerate` runs, in order: (notebook, preset). 05_pareto is the main job's sweep; the
+# studies after it read its SAEs (sae_run) when they declare that parameter.
+JOBS = (
+    ("00_storyworld", "report"),
+    ("01_local_sae", "default"),
+    ("02_e2e_sae", "default"),
+    ("03_e2e_ds_sae", "default"),
+    ("04_gradient_sae", "default"),
+    ("05_pareto", "default"),
+    *((study, "default") for study in runs.STUDIES),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Staleness
+
+
+def code_cells(nb) -> list[str]:
+    """The code cells of a notebook (nbformat / jupytext object), papermill's injected cell left
+    out, each with trailing whitespace removed from every line and from its end."""
+    out = []
+    for c in nb.cells:
+        if c.cell_type != "code" or "injected-parameters" in c.metadata.get("tags", []):
+            continue
+        out.append("\n".join(line.rstrip() for line in c.source.splitlines()).rstrip())
+    return out
+
+
+def _source_cells(source: Path) -> list[str]:
+    import jupytext
+
+    return code_cells(jupytext.read(source))
+
+
+def _diff_cells(ran: list[str], now: list[str]) -> str | None:
+    """None when equal, else a short account of the first difference."""
+    if ran == now:
+        return None
+    for i, (a, b) in enumerate(zip(ran, now, strict=False)):
+        if a != b:
+            k = next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y),
+                     min(len(a), len(b)))  # fmt: skip
+            line = a.count("\n", 0, k) + 1
+            start = max(0, k - 25)
+            was, has = a[start : k + 35], b[start : k + 35]
+            return (f"code cell {i + 1} differs from the source at its line {line}: ran "
+                    f"{was!r}, the source has {has!r}")  # fmt: skip
+    return f"{len(ran)} code cells ran, the source has {len(now)}"
+
+
+def check_run(folder: Path, root: Path = runs.ROOT) -> list[str]:
+    """Why the reference run in `folder` (`.../<notebook>/<run id>`) is stale; [] when fresh."""
+    import nbformat
+
+    notebook = folder.parent.name
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        return ["no config.json (not a saelab.runs run folder)"]
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        return [f"config.json is not valid JSON ({e})"]
+    why = []
+    status = cfg.get("status")
+    if status is None:
+        why.append("config.json records no status (a run from before statuses were recorded)")
+    elif status != "completed":
+        why.append(f"status is {status!r}, not 'completed'")
+    git = cfg.get("git") or {}
+    if git.get("dirty") is None:
+        why.append("config.json records no git state")
+    elif git["dirty"]:
+        why.append(f"ran on a dirty git tree (at {str(git.get('sha'))[:10]})")
+    source = root / "notebooks" / f"{notebook}.py"
+    executed = folder / "notebook.ipynb"
+    if not source.is_file():
+        why.append(f"its notebook notebooks/{notebook}.py no longer exists")
+    elif not executed.is_file():
+        why.append("no executed notebook.ipynb")
+    else:
+        diff = _diff_cells(code_cells(nbformat.read(executed, as_version=4)),
+                           _source_cells(source))  # fmt: skip
+        if diff:
+            why.append(diff)
+    sae_run = (cfg.get("parameters") or {}).get("sae_run")
+    if sae_run:
+        read = Path(sae_run) if Path(sae_run).is_absolute() else root / sae_run
+        try:
+            read_cfg = json.loads((read / "config.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            why.append(f"reads the SAEs of {sae_run}, which is not a run folder")
+        else:
+            if str(read_cfg.get("started", "")) > str(cfg.get("started", "")):
+                why.append(f"reads the SAEs of {sae_run}, which was run again after it")
+    return why
+
+
+def check(root: Path = runs.ROOT) -> list[str]:
+    """One line per stale reference run (`<folder>: <why>; <why>`) and per notebook without
+    one; [] when every reference run is fresh."""
+    ref = root / REFERENCE
+    lines, have = [], set()
+    for folder in sorted(p for p in ref.glob("*/*") if p.is_dir()):
+        why = check_run(folder, root)
+        if why:
+            lines.append(f"{folder.relative_to(root)}: {'; '.join(why)}")
+        else:
+            have.add(folder.parent.name)
+    for source in sorted((root / "notebooks").glob("[0-9]*.py")):
+        if source.stem not in have:
+            lines.append(f"notebooks/{source.name}: no fresh reference run under "
+                         f"{REFERENCE / source.stem}")  # fmt: skip
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+
+
+class TableError(ValueError):
+    """A table cannot be rendered: a marker names an unknown renderer, or a run lacks a file or
+    key the renderer reads (the message names the run, the file and the key)."""
+
+
+@dataclass
+class Run:
+    """A cited run folder, read by a renderer; `read` collects the files read (for the caption)."""
+
+    path: Path  # relative to `root`, as the marker spells it
+    root: Path
+    table: str
+    read: list[str] = field(default_factory=list)
+
+    def where(self, name: str) -> str:
+        return f"{self.path}/{name}"
+
+    def json(self, name: str = "summary.json") -> dict:
+        f = self.root / self.path / name
+        if not f.is_file():
+            raise TableError(f"table {self.table!r}: run {self.path} has no {name}")
+        if self.where(name) not in self.read:
+            self.read.append(self.where(name))
+        return json.loads(f.read_text())
+
+    def get(self, *keys, file: str = "summary.json"):
+        """`summary[k0][k1]...`; a missing key is a TableError naming run, file and key."""
+        value = self.json(file)
+        for i, k in enumerate(keys):
+            try:
+                value = value[k]
+            except (KeyError, IndexError, TypeError):
+                have = list(value) if isinstance(value, dict) else type(value).__name__
+                path = "".join(f"[{x!r}]" for x in keys[: i + 1])
+                raise TableError(f"table {self.table!r}: run {self.path}: {file} has no key "
+                                 f"{path} (it has {have})") from None  # fmt: skip
+        return value
+
+    def record(self, key: str, file: str = "summary.json", **match) -> dict:
+        """The record of the list `summary[key]` whose fields equal `match`."""
+        for r in self.get(key, file=file):
+            if all(r.get(k) == v for k, v in match.items()):
+                return r
+        raise TableError(f"table {self.table!r}: run {self.path}: {file}[{key!r}] has no record "
+                         f"with {match}")  # fmt: skip
+
+    def need(self, rec: dict, key: str, where: str):
+        if key not in rec:
+            raise TableError(f"table {self.table!r}: run {self.path}: {where} has no key "
+                             f"{key!r} (it has {list(rec)})")  # fmt: skip
+        return rec[key]
+
+    def csv(self, name: str) -> list[dict]:
+        f = self.root / self.path / name
+        if not f.is_file():
+            raise TableError(f"table {self.table!r}: run {self.path} has no {name}")
+        self.read.append(self.where(name))
+        with f.open() as fh:
+            return list(csv.DictReader(fh))
+
+    def sibling(self, notebook: str) -> Run:
+        """The run of `notebook` under the same run id (the main job's studies)."""
+        path = self.path.parent.parent / notebook / self.path.name
+        if not (self.root / path).is_dir():
+            raise TableError(f"table {self.table!r}: run {self.path} has no study run {path} "
+                             "beside it (the main job runs them under the same id)")  # fmt: skip
+        return Run(path, self.root, self.table, self.read)
+
+
+def num(x, digits: int = 3) -> str:
+    """A number with `digits` decimals; NaN as 'n/a'."""
+    x = float(x)
+    return "n/a" if math.isnan(x) else f"{x:.{digits}f}"
+
+
+def with_ci(rec: dict, key: str = "mean", digits: int = 3) -> str:
+    """`value [lo, hi]` from a record with `key`, `ci_lo`, `ci_hi`."""
+    return f"{num(rec[key], digits)} [{num(rec['ci_lo'], digits)}, {num(rec['ci_hi'], digits)}]"
+
+
+def pct(x, digits: int = 1) -> str:
+    return f"{100 * float(x):.{digits}f}%"
+
+
+def md_table(header: list[str], rows: list[list]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+METHOD_NAMES = {"gtopk": "g-SAE", "topk": "TopK"}
+
+
+def _method(m: str) -> str:
+    return METHOD_NAMES.get(m, m)
+
+
+def _phi(run_name: str) -> str:
+    """'local_sparsity=0.3' -> 'phi 0.3'; 'topk_k=32' -> 'k 32'."""
+    key, _, value = run_name.partition("=")
+    value = value[:-2] if value.endswith(".0") else value
+    return f"{'k' if key.endswith('_k') else 'phi'} {value}"
+
+
+# --- 00_storyworld -----------------------------------------------------------------------------
+
+
+def render_storyworld_report(run: Run) -> str:
+    def g(k):
+        return run.get(k, file="metrics.json")
+
+    train = f"{g('train_tokens') / 1e6:.1f}M tokens, {g('train_time_s') / 60:.0f} min"
+    speed = f"{g('forward_tokens_per_s') / 1e3:.0f}k tokens/s (batch 64 x {g('n_ctx')})"
+    return md_table(["", "value"], [
+        [f"validation CE ({g('val_tokens'):,} held-out tokens)",
+         f"**{num(g('val_ce'))}** nats/token"],
+        ["bigram / unigram baselines (fitted on train)",
+         f"{num(g('bigram_ce'))} / {num(g('unigram_ce'))}"],
+        [f"pronoun agreement ({g('n_pronoun_positions'):,} he/she positions)",
+         num(g("pronoun_agreement"))],
+        [f"quote closing, top-1 ({g('n_quote_close_positions'):,} closing quotes)",
+         num(g("quote_close_acc"))],
+        ["parameters", f"{g('n_params'):,}"],
+        ["training (by the `full` preset)", train],
+        ["forward pass", speed],
+    ])  # fmt: skip
+
+
+# --- 05_pareto and its studies: the README's claims ----------------------------------------------
+
+ALIVE_FEWER = 0.01  # "fewer alive latents" when e2e's are below local's by more than 1% of them
+RESTORES = 0.5  # e2e+ds "restores" the L2 ratio when it is at least halfway from e2e's to local's
+STEER_PAPER = 5.0  # the paper's steering ratio
+
+
+def _gsae_by_k(run: Run, metric: str) -> tuple[list[str], list[float], list[float]]:
+    g = run.get("gsae_vs_topk", f"{metric}/gtopk")
+    t = run.get("gsae_vs_topk", f"{metric}/topk")
+    ks = sorted(g, key=float)
+    return [f"{float(k):g}" for k in ks], [g[k] for k in ks], [t[k] for k in ks]
+
+
+def _where_lower(ks: list[str], a: list[float], b: list[float], word: str) -> str:
+    low = [k for k, x, y in zip(ks, a, b, strict=True) if x < y]
+    if len(low) == len(ks):
+        return f"{word} at every k"
+    return f"not {word} at any k" if not low else f"{word} at k = {', '.join(low)} only"
+
+
+def _last_layer(rec: dict) -> str:
+    keys = [k for k in rec if k.startswith("ds_mse/resid_post.")]
+    if not keys:
+        raise TableError(f"no ds_mse/resid_post.* key in {list(rec)}")
+    return max(keys, key=lambda k: int(k.rsplit(".", 1)[1]))
+
+
+def render_claims(run: Run) -> str:
+    target = run.get("target_ce_increase")
+    t2 = {m: run.record("table2", method=m) for m in ("local", "e2e")}
+    alive_e, alive_l = t2["e2e"]["alive"], t2["local"]["alive"]
+    fewer = "fewer" if alive_e < alive_l * (1 - ALIVE_FEWER) else "not fewer"
+    ks, dg, dt = _gsae_by_k(run, "dead_frac")
+    _, cg, ct = _gsae_by_k(run, "ce_increase")
+    ce_ratio = [g / t for g, t in zip(cg, ct, strict=True)]
+    ds = run.sibling("10_downstream")
+    closest = {m: ds.record("closest_runs", method=m) for m in ("local", "e2e", "e2e+ds")}
+    last = _last_layer(closest["local"])
+    near = ds.need(closest["local"], "near", "closest_runs")
+    r_e = closest["e2e"][last] / closest["local"][last]
+    r_ds = closest["e2e+ds"][last] / closest["local"][last]
+    l2 = {m: ds.need(ds.record("matched", method=m), "l2_ratio", f"matched[{m}]")
+          for m in ("local", "e2e", "e2e+ds")}  # fmt: skip
+    restores = l2["e2e+ds"] - l2["e2e"] >= RESTORES * (l2["local"] - l2["e2e"])
+    geo = run.sibling("07_geometry")
+    d_e = geo.record("within_differences", difference="local - e2e", seed=0)
+    d_ds = geo.record("within_differences", difference="local - e2e+ds", seed=0)
+    st = run.sibling("08_steering")
+    ratios = st.get("ratios")
+    lo, hi = min(r["ratio"] for r in ratios), max(r["ratio"] for r in ratios)
+    ci_lo, ci_hi = min(r["ci_lo"] for r in ratios), max(r["ci_hi"] for r in ratios)
+    steer = ("reproduced" if all(r["ci_lo"] > STEER_PAPER for r in ratios) else
+             "g-SAE steers better, below 5x" if all(r["ci_lo"] > 1 for r in ratios) else
+             "not reproduced")  # fmt: skip
+    gt = run.sibling("09_ground_truth")
+    f1 = [num(gt.record("per_method", method=m)["mean_f1"])
+          for m in ("local", "e2e", "e2e+ds", "topk", "gtopk")]  # fmt: skip
+    return md_table(["claim", "paper", "storyworld"], [
+        ["L0(e2e) / L0(local) at matched CE increase", "0.40 (GPT-2 L6, CE +0.145)",
+         f"{num(run.get('l0_ratio_e2e_local'), 2)} (CE +{num(target)})"],
+        ["fewer alive latents for e2e", "yes",
+         f"{fewer}: e2e {alive_e:.0f} vs local {alive_l:.0f} alive at CE +{num(target)}"],
+        ["g-SAE vs TopK at equal k: dead latents", "fewer",
+         f"{_where_lower(ks, dg, dt, 'fewer')} (k = {', '.join(ks)}: "
+         f"{'/'.join(pct(x) for x in dg)} vs {'/'.join(pct(x) for x in dt)})"],
+        ["g-SAE vs TopK at equal k: CE increase", "lower",
+         f"{_where_lower(ks, cg, ct, 'lower')}; g-SAE / TopK "
+         f"{min(ce_ratio):.2f}–{max(ce_ratio):.2f}"],
+        ["downstream MSE at the last layer, e2e vs local (Fig. 2)",
+         "e2e far higher, e2e+ds near local",
+         f"e2e {num(ds.get('ds_mse_ratio_e2e_local'), 1)}x local, e2e+ds "
+         f"{num(ds.get('ds_mse_ratio_e2eds_local'), 1)}x "
+         f"(CE +{num(ds.get('target_ce_increase'))}); "
+         f"{r_e:.1f}x and {r_ds:.1f}x (closest runs to CE +{near:g})"],
+        ["L2 ratio `‖x̂‖/‖x‖` (Table 5)", "e2e shrinks, e2e+ds restores",
+         f"e2e {num(l2['e2e'], 2)} vs local {num(l2['local'], 2)}; e2e+ds "
+         f"{'restores' if restores else 'does not restore'} ({num(l2['e2e+ds'], 2)})"],
+        ["within-SAE NN cosine, local − e2e / local − e2e+ds (Fig. 3)", "0.166 / 0.04",
+         f"{with_ci(d_e, 'ours')} / {with_ci(d_ds, 'ours')} (seed 0)"],
+        ["steering: probability added, g-SAE / TopK", "> 5x",
+         f"{lo:.2f}–{hi:.2f} (CIs within [{ci_lo:.2f}, {ci_hi:.2f}]); {steer}"],
+        ["ground truth: mean best single-latent F1, local / e2e / e2e+ds / TopK / g-SAE",
+         "(autointerp: e2e no worse)", " / ".join(f1)],
+    ])  # fmt: skip
+
+
+# --- papers/e2e-sae ----------------------------------------------------------------------------
+
+
+def render_e2e_sweep(run: Run) -> str:
+    rows = [r for r in run.csv("sweep.csv") if r.get("method") in ("local", "e2e", "e2e+ds")]
+    if not rows:
+        raise TableError(f"table {run.table!r}: run {run.path}: sweep.csv has no ReLU rows")
+    for k in ("method", "sparsity", "l0", "alive", "ce_increase"):
+        if k not in rows[0]:
+            raise TableError(f"table {run.table!r}: run {run.path}: sweep.csv has no column "
+                             f"{k!r} (it has {list(rows[0])})")  # fmt: skip
+    order = {"local": 0, "e2e": 1, "e2e+ds": 2}
+    rows.sort(key=lambda r: (order[r["method"]], float(r["sparsity"])))
+    return md_table(["method", "phi", "L0", "alive", "CE increase"], [
+        [r["method"], f"{float(r['sparsity']):g}", num(r["l0"], 1), f"{float(r['alive']):.0f}",
+         num(r["ce_increase"], 4)] for r in rows
+    ])  # fmt: skip
+
+
+PAPER_TABLE2 = {"local": "69.4", "e2e": "27.5", "e2e+ds": "(similar to e2e)"}
+
+
+def render_e2e_table2(run: Run) -> str:
+    rows = [[m, num(run.need(r := run.record("table2", method=m), "l0", f"table2[{m}]"), 1),
+             f"{r['alive']:.0f}", PAPER_TABLE2[m]] for m in ("local", "e2e", "e2e+ds")]  # fmt: skip
+    rows.append(["**L0(e2e) / L0(local)**", f"**{num(run.get('l0_ratio_e2e_local'), 2)}**", "",
+                 "**0.40**"])  # fmt: skip
+    target = num(run.get("target_ce_increase"))
+    return md_table(["method", f"L0 at CE +{target}", "alive", "paper (GPT-2 L6, CE +0.145): L0"],
+                    rows)  # fmt: skip
+
+
+def render_e2e_downstream(run: Run) -> str:
+    recs = [run.record("matched", method=m) for m in ("local", "e2e", "e2e+ds")]
+    layers = sorted((k for k in recs[0] if k.startswith("ds_mse/")),
+                    key=lambda k: int(k.rsplit(".", 1)[1]))  # fmt: skip
+    last = layers[-1].replace("ds_mse/", "ds_ev/")
+    header = [f"method (interpolated at CE +{num(run.get('target_ce_increase'))})"]
+    header += [f"ds MSE {k.split('/')[1]}" for k in layers] + [f"ds EV {last.split('/')[1]}",
+                                                                 "L2 ratio"]  # fmt: skip
+    return md_table(header, [
+        [r["method"], *(num(r[k]) for k in layers), num(run.need(r, last, "matched")),
+         num(run.need(r, "l2_ratio", "matched"), 2)] for r in recs
+    ])  # fmt: skip
+
+
+def render_e2e_downstream_closest(run: Run) -> str:
+    recs = [run.record("closest_runs", method=m) for m in ("local", "e2e", "e2e+ds")]
+    last = _last_layer(recs[0])
+    near = run.need(recs[0], "near", "closest_runs")
+    return md_table(
+        [f"method (closest run to CE +{near:g})", "run", "CE increase", "L0",
+         f"ds MSE {last.split('/')[1]}", "L2 ratio"],
+        [[r["method"], _phi(r["run"]), num(r["ce_increase"]), num(r["l0"], 1), num(r[last]),
+          num(r["l2_ratio"], 2)] for r in recs],
+    )  # fmt: skip
+
+
+def render_e2e_geometry(run: Run) -> str:
+    comp = run.get("comparisons")
+
+    def cell(comparison: str, ci: bool) -> str:
+        rec = next((c for c in comp if c.get("comparison") == comparison), None)
+        if rec is None:
+            return ""
+        return with_ci(rec) if ci else num(rec["mean"])
+
+    drift = {(d["method"], d["seed"]): d["cos_to_init"] for d in run.get("drift_from_init")}
+    methods = ("local", "e2e", "e2e+ds", "random")
+    return md_table(["comparison", *methods], [
+        ["within SAE, seed 0", *(cell(f"{m} s0", m != "random") for m in methods)],
+        ["within SAE, seed 1", *(cell(f"{m} s1", False) for m in methods)],
+        ["cross-seed (seed 0 -> seed 1)", *(cell(f"{m} s0 -> s1", m != "random") for m in methods)],
+        ["cross-type (seed 0 -> local seed 1)", "",
+         *(cell(f"{m} s0 -> local s1", m != "random") for m in methods[1:])],
+        ["cosine of each direction to its initial one (seed 0)",
+         *(num(drift[(m, 0)], 2) if (m, 0) in drift else "" for m in methods)],
+    ])  # fmt: skip
+
+
+def render_e2e_geometry_diff(run: Run) -> str:
+    rows = []
+    for diff in ("local - e2e", "local - e2e+ds"):
+        recs = [run.record("within_differences", difference=diff, seed=s) for s in (0, 1)]
+        rows.append([diff, *(with_ci(r, "ours") for r in recs), f"{recs[0]['paper']:g}"])
+    return md_table(["within-SAE difference", "seed 0", "seed 1", "paper (GPT-2)"], rows)
+
+
+def render_ground_truth(run: Run) -> str:
+    rows = []
+    for m in ("local", "e2e", "e2e+ds", "topk", "gtopk"):
+        r = run.record("per_method", method=m)
+        f = lambda k, r=r, m=m: run.need(r, k, f"per_method[{m}]")  # noqa: E731
+        rows.append([_method(m), _phi(f("run")), num(f("ce_increase")), num(f("l0"), 1),
+                     f"{f('alive'):.0f}", num(f("mean_auroc")), num(f("mean_f1")),
+                     pct(f("frac_f1_gt_0.5")), pct(f("explained_frac")),
+                     pct(f("explained_frac_rare"))])  # fmt: skip
+    return md_table(["method", "run", "CE increase", "L0", "alive", "mean best AUROC",
+                     "mean best F1", "concepts with F1 > 0.5", "explained (any)",
+                     "explained (rare)"], rows)  # fmt: skip
+
+
+def render_feature_browser(run: Run) -> str:
+    rows = []
+    for m in ("local", "e2e", "e2e+ds", "topk", "gtopk"):
+        r = run.get("methods", m)
+        f = lambda k, r=r, m=m: run.need(r, k, f"methods[{m}]")  # noqa: E731
+        rows.append([_method(m), f"{f('latents_f1_over_threshold')} of {f('d_sae')}",
+                     f"{f('concepts_covered')} of {f('n_concepts')}",
+                     f"{f('median_density_alive'):.4f}"])  # fmt: skip
+    return md_table(["method", "latents with a concept at F1 > 0.5", "concepts covered",
+                     "median density of alive latents"], rows)  # fmt: skip
+
+
+# --- papers/g-sae ------------------------------------------------------------------------------
+
+
+def render_gsae_vs_topk(run: Run) -> str:
+    ks, cg, ct = _gsae_by_k(run, "ce_increase")
+    _, ng, nt = _gsae_by_k(run, "nmse")
+    _, dg, dt = _gsae_by_k(run, "dead_frac")
+    return md_table(["k", "CE increase TopK", "CE increase g-SAE", "NMSE TopK", "NMSE g-SAE",
+                     "dead TopK", "dead g-SAE"],
+                    [[k, num(ct[i], 4), num(cg[i], 4), num(nt[i], 4), num(ng[i], 4), pct(dt[i]),
+                      pct(dg[i])] for i, k in enumerate(ks)])  # fmt: skip
+
+
+def _prob(x: float) -> str:
+    return f"{x:.2g}" if x >= 0.01 else f"{x:.5f}".rstrip("0")
+
+
+def render_steering(run: Run) -> str:
+    added = run.get("prob_added")
+    rows = []
+    for r in run.get("ratios"):
+        a = r["alpha"]
+        by = {p["directions"]: p for p in added if p.get("alpha") == a}
+        cells = []
+        for d in ("topk", "g-sae", "random"):
+            d = d if d in by else {"g-sae": "gtopk"}.get(d, d)  # either name of the g-SAE
+            if d not in by:
+                raise TableError(f"table {run.table!r}: run {run.path}: prob_added has no "
+                                 f"{d!r} record at alpha {a}")  # fmt: skip
+            cells.append(_prob(by[d]["mean"]))
+        rows.append([f"{a:g}", *cells, with_ci(r, "ratio", 2), r.get("paper", "> 5")])
+    return md_table(["alpha", "TopK", "g-SAE", "random directions", "g-SAE / TopK [95% CI]",
+                     "paper"], rows)  # fmt: skip
+
+
+# name -> (renderer, the notebook of the run a marker must cite)
+RENDERERS: dict[str, tuple[Callable[[Run], str], str]] = {
+    "storyworld_report": (render_storyworld_report, "00_storyworld"),
+    "claims": (render_claims, "05_pareto"),
+    "e2e_sweep": (render_e2e_sweep, "05_pareto"),
+    "e2e_table2": (render_e2e_table2, "05_pareto"),
+    "e2e_downstream": (render_e2e_downstream, "10_downstream"),
+    "e2e_downstream_closest": (render_e2e_downstream_closest, "10_downstream"),
+    "e2e_geometry": (render_e2e_geometry, "07_geometry"),
+    "e2e_geometry_diff": (render_e2e_geometry_diff, "07_geometry"),
+    "ground_truth": (render_ground_truth, "09_ground_truth"),
+    "feature_browser": (render_feature_browser, "06_feature_browser"),
+    "gsae_vs_topk": (render_gsae_vs_topk, "05_pareto"),
+    "steering": (render_steering, "08_steering"),
+}
+
+BLOCK = re.compile(
+    r"(?P<open>^<!-- table: (?P<name>[\w-]+) from (?P<run>\S+) -->\n)(?P<body>.*?)"
+    r"(?P<close><!-- /table -->)",
+    re.S | re.M,
+)
+
+
+def render(name: str, run_path: str, root: Path = runs.ROOT) -> str:
+    """The body of a table block: a caption naming the files read, a blank line, the table."""
+    if name not in RENDERERS:
+        raise TableError(f"unknown table {name!r}; the renderers are {sorted(RENDERERS)}")
+    fn, notebook = RENDERERS[name]
+    path = Path(run_path)
+    if path.parent.name != notebook:
+        raise TableError(f"table {name!r} renders a {notebook} run, not {run_path}")
+    if not (root / path).is_dir():
+        raise TableError(f"table {name!r}: run {run_path} does not exist")
+    run = Run(path, root, name)
+    table = fn(run)
+    files = ", ".join(f"`{f}`" for f in run.read)
+    return f"*Generated from {files} (`python -m saelab.reference tables`).*\n\n{table}\n\n"
+
+
+def doc_files(root: Path = runs.ROOT) -> list[Path]:
+    return [p for pattern in DOCS for p in sorted(root.glob(pattern))]
+
+
+def render_file(text: str, root: Path = runs.ROOT) -> tuple[str, list[str], list[str]]:
+    """`text` with every table block rendered (a block that cannot be rendered is left as it
+    was), the blocks that changed (`<name> from <run>`) and the errors of those that could not."""
+    changed, errors = [], []
+
+    def sub(m: re.Match) -> str:
+        try:
+            body = render(m["name"], m["run"], root)
+        except TableError as e:
+            errors.append(str(e))
+            return m[0]
+        if body != m["body"]:
+            changed.append(f"{m['name']} from {m['run']}")
+        return m["open"] + body + m["close"]
+
+    return BLOCK.sub(sub, text), changed, errors
+
+
+def tables(root: Path = runs.ROOT, write: bool = True) -> list[str]:
+    """Render every table block of the docs and return one line per block that differs from its
+    rendering or cannot be rendered (`<file>: ...`). With `write`, rewrite the blocks that can be
+    rendered, then raise TableError listing those that cannot."""
+    lines, errors = [], []
+    for f in doc_files(root):
+        text = f.read_text()
+        new, changed, errs = render_file(text, root)
+        name = f.relative_to(root)
+        lines += [f"{name}: table {c} differs from its rendering" for c in changed]
+        errors += [f"{name}: {e}" for e in errs]
+        if write and new != text:
+            f.write_text(new)
+    if write and errors:
+        raise TableError("tables that cannot be rendered:\n  " + "\n  ".join(errors))
+    return lines + errors
+
+
+# ---------------------------------------------------------------------------------------------
+# Regeneration
+
+
+def plan(root: Path = runs.ROOT, run_id: str = REF_ID) -> list[tuple[str, str]]:
+    """The jobs of `JOBS` whose `outputs/reference/<nb>/<run_id>` must be (re)run; raises
+    RunExists for a completed one that is stale (or would be: a study of a 05 run that is rerun),
+    since a completed reference run is never replaced: remove it (git rm -r) first."""
+    todo, stale = [], []
+    for nb, preset in JOBS:
+        folder = root / REFERENCE / nb / run_id
+        status = runs.run_status(folder)
+        reads_05 = nb in runs.STUDIES and any(n == "05_pareto" for n, _ in todo)
+        if status == "completed":
+            why = check_run(folder, root)
+            if reads_05:
+                why.append("its 05_pareto run is rerun")
+            if why:
+                stale.append(f"{folder.relative_to(root)}: {'; '.join(why)}")
+            continue  # fresh: kept
+        todo.append((nb, preset))
+    if stale:
+        raise runs.RunExists(
+            "these completed reference runs are stale and are never overwritten; remove them "
+            "first (git rm -r FOLDER, or move them out of outputs/reference):\n  "
+            + "\n  ".join(stale)
+        )
+    return todo
+
+
+def regenerate(root: Path = runs.ROOT, run_id: str = REF_ID) -> None:
+    """Run every job of `JOBS` that has no fresh completed run under `outputs/reference/<nb>/
+    <run_id>` (a failed or partial folder is moved aside by the runner), then write the tables.
+    Refuses a dirty git tree, since every run records it."""
+    if runs.git_state(root)["dirty"] is not False:
+        raise RuntimeError("the git tree is dirty (or not a git checkout): commit first; a "
+                           "reference run records the commit it ran")  # fmt: skip
+    todo = plan(root, run_id)
+    runs.say(f"reference: {len(todo)} runs to make ({', '.join(n for n, _ in todo) or 'none'})")
+    pareto = (REFERENCE / "05_pareto" / run_id).as_posix()  # relative: portable across checkouts
+    for nb, preset in todo:
+        params = {}
+        if "sae_run" in runs._declared_parameters(runs.paired_notebook(nb)):
+            params["sae_run"] = pareto
+        runs.run_notebook(nb, params, preset, run_id, root / REFERENCE)
+    changed = tables(root)
+    runs.say(f"reference: tables rewritten ({len(changed)} changed)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    doc = __doc__.split("\n")[0]
+    ap = argparse.ArgumentParser(prog="python -m saelab.reference", description=doc)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("check", help="list stale reference runs and notebooks without one")
+    t = sub.add_parser("tables", help="rewrite the generated tables of README.md, papers/*")
+    t.add_argument("--check", action="store_true", help="write nothing; exit 1 listing diffs")
+    sub.add_parser("regenerate", help="rerun the reference runs (make reference), then tables")
+    a = ap.parse_args(argv)
+    try:
+        if a.cmd == "check":
+            lines = check()
+            print("\n".join(lines) if lines else "every reference run is fresh")
+            return 1 if lines else 0
+        if a.cmd == "tables":
+            lines = tables(write=not a.check)
+            print("\n".join(lines) if lines else "every table is up to date")
+            return 1 if (lines and a.check) else 0
+        regenerate()
+        return 0
+    except (TableError, runs.RunExists, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""Reference runs: fresh against the current notebooks, and the docs' tables generated from them.
+
+The two repository tests fail while a reference run is stale (a notebook changed since it ran)
+or a table differs from its run; `make reference` (on a clean tree) makes them pass again.
+"""
+
+import json
+from pathlib import Path
+
+import jupytext
+import nbformat
+import pytest
+
+from saelab import reference, runs
+
+NB = """# %% [markdown]
+# # 91 · a notebook
+
+# %% tags=["parameters"]
+n: int = 3  # a parameter
+out_dir: str = "outputs/91_nb/interactive-{time}"  # run folder
+
+# %%
+print(n)
+""".replace("print(n)", "print(n)   ")  # trailing blanks, as an editor may leave them
+
+
+def test_every_reference_run_is_fresh_and_every_notebook_has_one():
+    stale = reference.check()
+    assert not stale, (
+        "stale reference runs (regenerate them: `make reference` on a clean tree):\n"
+        + "\n".join(stale)
+    )
+
+
+def test_every_generated_table_equals_its_rendering_from_the_cited_run():
+    differ = reference.tables(write=False)
+    assert not differ, (
+        "tables that differ from their runs (`python -m saelab.reference tables`):\n"
+        + "\n".join(differ)
+    )
+
+
+def test_the_docs_have_generated_tables():
+    text = "".join(p.read_text() for p in reference.doc_files())
+    names = {m["name"] for m in reference.BLOCK.finditer(text)}
+    assert {"storyworld_report", "claims", "e2e_table2", "gsae_vs_topk"} <= names
+    assert names <= set(reference.RENDERERS)
+
+
+def _root(tmp_path: Path, status="completed", dirty=False, source=NB) -> Path:
+    """A fake repository: notebooks/91_nb.py and a reference run of it (as papermill leaves it)."""
+    root = tmp_path / "repo"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "notebooks" / "91_nb.py").write_text(source)
+    run = root / "outputs" / "reference" / "91_nb" / "ref"
+    run.mkdir(parents=True)
+    nb = jupytext.reads(NB, fmt="py:percent")
+    injected = nbformat.v4.new_code_cell('n = 5\nout_dir = "x"\n')
+    injected.metadata["tags"] = ["injected-parameters"]
+    nb.cells.insert(2, injected)
+    nbformat.write(nb, run / "notebook.ipynb")
+    cfg = dict(notebook="91_nb", status=status, git={"sha": "abc", "dirty": dirty},
+               parameters={"n": 5}, started="2026-01-01T00:00:00")  # fmt: skip
+    (run / "config.json").write_text(json.dumps(cfg))
+    return root
+
+
+def test_a_fresh_run_passes(tmp_path):
+    root = _root(tmp_path)
+    assert reference.check(root) == []
+
+
+def test_an_edited_notebook_makes_its_run_stale(tmp_path):
+    root = _root(tmp_path, source=NB.replace("print(n)   ", "print(n + 1)"))
+    line, missing = reference.check(root)
+    assert line.startswith("outputs/reference/91_nb/ref: code cell 2 differs")
+    assert missing == "notebooks/91_nb.py: no fresh reference run under outputs/reference/91_nb"
+    assert "'print(n)'" in line and "'print(n + 1)'" in line
+    # trailing whitespace is not a difference; a new cell is
+    clean = NB.replace("print(n)   ", "print(n)")
+    assert reference.check(_root(tmp_path / "b", source=clean)) == []
+    line, _ = reference.check(_root(tmp_path / "c", source=NB + "\n# %%\nx = 1\n"))
+    assert "2 code cells ran, the source has 3" in line
+
+
+def test_a_dirty_or_unfinished_run_is_stale(tmp_path):
+    line, _ = reference.check(_root(tmp_path / "a", dirty=True))
+    assert "dirty git tree" in line
+    line, _ = reference.check(_root(tmp_path / "b", status="failed"))
+    assert "status is 'failed'" in line
+
+
+def test_a_notebook_without_a_reference_run_fails(tmp_path):
+    root = _root(tmp_path)
+    (root / "notebooks" / "92_new.py").write_text(NB)
+    assert reference.check(root) == [
+        "notebooks/92_new.py: no fresh reference run under outputs/reference/92_new"
+    ]
+
+
+def test_a_study_of_a_missing_or_newer_sweep_is_stale(tmp_path):
+    root = _root(tmp_path)
+    run = root / "outputs" / "reference" / "91_nb" / "ref"
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["parameters"]["sae_run"] = "outputs/reference/05_pareto/ref"
+    (run / "config.json").write_text(json.dumps(cfg))
+    assert "not a run folder" in reference.check(root)[0]
+    sweep = root / "outputs" / "reference" / "05_pareto" / "ref"
+    sweep.mkdir(parents=True)
+    (sweep / "config.json").write_text(json.dumps({"started": "2026-02-01T00:00:00"}))
+    assert "run again after it" in "\n".join(reference.check(root))
+
+
+METRICS = dict(val_ce=1.2345, unigram_ce=5.5, bigram_ce=2.4, pronoun_agreement=0.99,
+               n_pronoun_positions=5000, quote_close_acc=0.98, n_quote_close_positions=900,
+               n_params=439296, train_tokens=32768000, train_time_s=3135.0,
+               forward_tokens_per_s=59451.0, n_ctx=128, val_tokens=400000)  # fmt: skip
+DOC = """# Title
+
+Prose stays.
+
+<!-- table: storyworld_report from outputs/reference/00_storyworld/ref -->
+old table
+<!-- /table -->
+
+More prose.
+"""
+
+
+def _doc_root(tmp_path: Path, metrics=METRICS) -> Path:
+    root = tmp_path / "repo"
+    run = root / "outputs" / "reference" / "00_storyworld" / "ref"
+    run.mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (root / "README.md").write_text(DOC)
+    return root
+
+
+def test_tables_rewrite_blocks_in_place_and_check_lists_differences(tmp_path):
+    root = _doc_root(tmp_path)
+    assert reference.tables(root, write=False) == [
+        "README.md: table storyworld_report from outputs/reference/00_storyworld/ref differs "
+        "from its rendering"
+    ]
+    assert (root / "README.md").read_text() == DOC  # --check writes nothing
+    reference.tables(root)
+    text = (root / "README.md").read_text()
+    assert text.startswith("# Title\n\nProse stays.\n\n<!-- table: storyworld_report")
+    assert text.endswith("\n\n<!-- /table -->\n\nMore prose.\n")
+    assert "`outputs/reference/00_storyworld/ref/metrics.json`" in text  # the caption
+    assert "| validation CE (400,000 held-out tokens) | **1.234** nats/token |" in text
+    assert "old table" not in text
+    assert reference.tables(root, write=False) == []  # now equal
+    assert reference.main(["tables", "--check"]) in (0, 1)  # the CLI runs (on the repository)
+
+
+def test_a_missing_key_names_the_run_and_the_key(tmp_path):
+    root = _doc_root(tmp_path, {k: v for k, v in METRICS.items() if k != "bigram_ce"})
+    with pytest.raises(reference.TableError, match="run outputs/reference/00_storyworld/ref: "
+                       r"metrics.json has no key \['bigram_ce'\]"):  # fmt: skip
+        reference.tables(root)
+    [line] = reference.tables(root, write=False)
+    assert line.startswith("README.md: table 'storyworld_report'") and "bigram_ce" in line
+
+
+def test_unknown_table_or_wrong_notebook_is_refused(tmp_path):
+    root = _doc_root(tmp_path)
+    with pytest.raises(reference.TableError, match="unknown table 'nope'"):
+        reference.render("nope", "outputs/reference/00_storyworld/ref", root)
+    with pytest.raises(reference.TableError, match="renders a 05_pareto run"):
+        reference.render("claims", "outputs/reference/00_storyworld/ref", root)
+
+
+def test_ci_rendering():
+    assert reference.with_ci({"mean": 0.1354, "ci_lo": 0.12, "ci_hi": 0.1503}) == (
+        "0.135 [0.120, 0.150]"
+    )
+
+
+def test_regeneration_never_replaces_a_completed_run(tmp_path, monkeypatch):
+    root = _root(tmp_path)
+    monkeypatch.setattr(reference, "JOBS", (("91_nb", "default"),))
+    assert reference.plan(root) == []  # fresh: kept
+    (root / "notebooks" / "91_nb.py").write_text(NB.replace("print(n)   ", "print(2 * n)"))
+    with pytest.raises(runs.RunExists, match="outputs/reference/91_nb/ref: code cell 2"):
+        reference.plan(root)
+    (root / "outputs" / "reference" / "91_nb" / "ref" / "config.json").unlink()
+    assert reference.plan(root) == [("91_nb", "default")]  # no completed run there: made
+
+
+def test_regenerate_runs_the_jobs_into_reference_ref_and_refuses_a_dirty_tree(
+    tmp_path, monkeypatch
+):
+    import subprocess
+
+    root = tmp_path / "repo"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "README.md").write_text("# nothing generated\n")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=root, check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], cwd=root, check=True)
+    calls = []
+
+    def fake_run(nb, params, preset, run_id, out_root):
+        calls.append((nb, params, preset, run_id, Path(out_root)))
+        return Path(out_root) / nb / run_id
+
+    monkeypatch.setattr(runs, "run_notebook", fake_run)
+    monkeypatch.setattr(reference, "JOBS", (("05_pareto", "default"), ("10_downstream", "default")))
+    reference.regenerate(root)
+    ref = root / "outputs" / "reference"
+    assert calls == [
+        ("05_pareto", {}, "default", "ref", ref),
+        ("10_downstream", {"sae_run": "outputs/reference/05_pareto/ref"}, "default", "ref", ref),
+    ]
+    (root / "new.py").write_text("x = 1\n")  # an uncommitted source file: refused
+    with pytest.raises(RuntimeError, match="dirty"):
+        reference.regenerate(root)
