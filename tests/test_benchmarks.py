@@ -19,7 +19,7 @@ def _load(name: str):
 
 
 def test_every_benchmark_script_has_a_smoke_test():
-    assert {p.stem for p in BENCH.glob("*.py")} == {"throughput", "real_shapes"}  # below
+    assert {p.stem for p in BENCH.glob("*.py")} == {"throughput", "real_shapes", "vs_e2e_sae"}
 
 
 @pytest.mark.slow
@@ -45,4 +45,18 @@ def test_real_shapes_runs_a_bare_and_an_sae_step(tmp_path):
     assert [r["step"] for r in rows] == ["forward+backward", "gtopk:e2e"]
     assert all(r["s_step"] > 0 and r["peak_mib"] > 0 and r["vocab"] == 1000 for r in rows)
     assert rows[1]["step_in_bare_fwd_bwd"] > 0
+    assert json.loads(out.read_text())["rows"] == rows
+
+
+@pytest.mark.slow
+def test_vs_e2e_sae_alternates_saelab_model_and_sweep_workers(tmp_path):
+    """The e2e_sae contender needs its own venv (benchmarks/e2e_sae_env.sh); the rest runs."""
+    out = tmp_path / "v.json"
+    args = ["--ratios", "2", "--combos", "relu:local,topk:e2e", "--rounds", "1", "--steps", "1",
+            "--batch-size", "2", "--n-ctx", "16", "--k", "4", "--no-e2e-sae", "--out", str(out)]
+    rows = _load("vs_e2e_sae").main(args)
+    assert [r["combo"] for r in rows] == ["relu:local", "topk:e2e"]
+    for r in rows:
+        assert r["saelab_tok_s"] > 0 and r["model_tok_s"] > 0 and r["sweep4_cost_in_runs"] > 0
+        assert "e2e_sae_tok_s" not in r
     assert json.loads(out.read_text())["rows"] == rows
