@@ -191,8 +191,9 @@ class Worker:
     def __init__(self, spec: dict):
         py = str(E2E_PY) if spec["kind"] == "e2e_sae" else sys.executable
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        self.p = subprocess.Popen([py, __file__, "--worker", json.dumps(spec)], env=env,
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+        cmd = [py, __file__, "--worker", json.dumps(spec)]
+        pipe = subprocess.PIPE
+        self.p = subprocess.Popen(cmd, env=env, stdin=pipe, stdout=pipe, text=True)
         first = self._read()
         self.loss = first["loss"]
 
@@ -266,7 +267,7 @@ def table(rows: list[dict]) -> str:
                  f"{r['saelab_vs_e2e_sae']:.2f}x" if e2e else "-", f"{r['model_tok_s']:,.0f}",
                  f"{r['step_vs_model']:.2f}x",
                  f"{r['sweep4_cost_in_runs']:.2f}" if "sweep4_cost_in_runs" in r else "-",
-                 (f"{mem_e:,.0f} / " if mem_e else "- / ") + f"{r['saelab_max_rss_mib']:,.0f}"]  # fmt: skip
+                 (f"{mem_e:,.0f}" if mem_e else "-") + f" / {r['saelab_max_rss_mib']:,.0f}"]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -313,7 +314,8 @@ def main(argv=None) -> list[dict]:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(args={k: v for k, v in vars(args).items() if k != "worker"},
-                torch=torch.__version__, threads_per_worker=1, date=time.strftime("%Y-%m-%d"))  # fmt: skip
+                torch=torch.__version__, threads_per_worker=1,
+                date=time.strftime("%Y-%m-%d"))  # fmt: skip
     out.write_text(json.dumps(dict(meta=meta, rows=rows), indent=2) + "\n")
     return rows
 

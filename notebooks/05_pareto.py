@@ -109,7 +109,7 @@ for method, kw in runs:
     )
     groups.setdefault((cfg.loss, cfg.sae.needs_grad), []).append((method, name, kw, cfg))
 rows = []
-for (loss, _), group in groups.items():
+for group in groups.values():
     t0 = time.time()
     trained = sl.train_many(lm, train_data, [g[3] for g in group],
                             [out / "runs" / g[1] for g in group], eval_data=val)  # fmt: skip

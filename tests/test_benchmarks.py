@@ -52,8 +52,25 @@ def test_real_shapes_runs_a_bare_and_an_sae_step(tmp_path):
 def test_vs_e2e_sae_alternates_saelab_model_and_sweep_workers(tmp_path):
     """The e2e_sae contender needs its own venv (benchmarks/e2e_sae_env.sh); the rest runs."""
     out = tmp_path / "v.json"
-    args = ["--ratios", "2", "--combos", "relu:local,topk:e2e", "--rounds", "1", "--steps", "1",
-            "--batch-size", "2", "--n-ctx", "16", "--k", "4", "--no-e2e-sae", "--out", str(out)]
+    args = [
+        "--ratios",
+        "2",
+        "--combos",
+        "relu:local,topk:e2e",
+        "--rounds",
+        "1",
+        "--steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--n-ctx",
+        "16",
+        "--k",
+        "4",
+        "--no-e2e-sae",
+        "--out",
+        str(out),
+    ]
     rows = _load("vs_e2e_sae").main(args)
     assert [r["combo"] for r in rows] == ["relu:local", "topk:e2e"]
     for r in rows:

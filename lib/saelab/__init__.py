@@ -58,6 +58,7 @@ __all__ = [
     "to_saebench",
     "token_dataset",
     "train",
+    "train_many",
     "valid_sites",
 ]
 __version__ = "0.1.0"
