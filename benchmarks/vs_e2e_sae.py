@@ -262,12 +262,17 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         e2e = r.get("e2e_sae_tok_s")
         mem_e = r.get("e2e_sae_max_rss_mib")
-        cells = [r["combo"].replace(":", " ") + (f" k={r['k']}" if r["k"] else ""),
-                 f"{r['ratio']:g}", f"{e2e:,.0f}" if e2e else "-", f"{r['saelab_tok_s']:,.0f}",
-                 f"{r['saelab_vs_e2e_sae']:.2f}x" if e2e else "-", f"{r['model_tok_s']:,.0f}",
-                 f"{r['step_vs_model']:.2f}x",
-                 f"{r['sweep4_cost_in_runs']:.2f}" if "sweep4_cost_in_runs" in r else "-",
-                 (f"{mem_e:,.0f}" if mem_e else "-") + f" / {r['saelab_max_rss_mib']:,.0f}"]  # fmt: skip
+        cells = [
+            r["combo"].replace(":", " ") + (f" k={r['k']}" if r["k"] else ""),
+            f"{r['ratio']:g}",
+            f"{e2e:,.0f}" if e2e else "-",
+            f"{r['saelab_tok_s']:,.0f}",
+            f"{r['saelab_vs_e2e_sae']:.2f}x" if e2e else "-",
+            f"{r['model_tok_s']:,.0f}",
+            f"{r['step_vs_model']:.2f}x",
+            f"{r['sweep4_cost_in_runs']:.2f}" if "sweep4_cost_in_runs" in r else "-",
+            (f"{mem_e:,.0f}" if mem_e else "-") + f" / {r['saelab_max_rss_mib']:,.0f}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
