@@ -1,16 +1,20 @@
 """Evaluation of SAEs spliced into the frozen model, with the definitions of ARCHITECTURE.md §5.
 
 Per site: `l0` (mean nonzero latents per token), `alive` / `dead_frac` (latents that fired at least
-once in the window), `mse`, `explained_var` (1 - SSE / total sum of squares about the mean
-activation), `l2_ratio` (mean ||x_hat|| / ||x||). Global, with every SAE spliced in at once:
-`ce_clean`, `ce_sae`, `ce_increase`, `kl` (KL(P_clean || P_sae) per token), `ce_zero_abl` (sites
-zeroed) and `ce_loss_score = (ce_zero_abl - ce_sae) / (ce_zero_abl - ce_clean)`; downstream, for
-every later layer L: `ds_mse/resid_post.L` and `ds_ev/resid_post.L` between spliced and clean
-residuals. With several sites, per-site keys are prefixed `<site>/`.
+once in the alive window: the first `alive_window_tokens` SAE positions of the data, >= 500k where
+the data holds them, as e2e_sae's `act_frequency_n_tokens`), `mse`, `explained_var` (1 - SSE /
+total sum of squares about the mean activation), `l2_ratio` (mean ||x_hat|| / ||x||). Global,
+with every SAE spliced in at once: `ce_clean`, `ce_sae`, `ce_increase`, `kl` (KL(P_clean ||
+P_sae) per token), `ce_zero_abl` (sites zeroed) and `ce_loss_score = (ce_zero_abl - ce_sae) /
+(ce_zero_abl - ce_clean)`; downstream, for every later layer L: `ds_mse/resid_post.L` and
+`ds_ev/resid_post.L` between spliced and clean residuals. With several sites, per-site keys are
+prefixed `<site>/`.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections import defaultdict
 
 import torch
@@ -27,7 +31,30 @@ from saelab.core.passes import (
     select,
     spliced_pass,
 )
-from saelab.core.sae import eval_mode
+from saelab.core.sae import eval_mode, is_int
+
+# e2e_sae counts a latent alive if it fired once in 500k tokens (`act_frequency_n_tokens` of its
+# GPT-2 and TinyStories configs); a few 10k held-out tokens call rare latents dead
+ALIVE_TOKENS = 500_000
+
+
+def alive_rows(alive_tokens: int | None, per_row: int, n_rows_data: int, n_rows_eval: int) -> int:
+    """Rows of the alive window: enough for `alive_tokens` SAE positions (`per_row` a row),
+    capped at the `n_rows_data` rows there are (with a warning naming both numbers); None: the
+    `n_rows_eval` rows the other metrics use."""
+    if alive_tokens is None:
+        return n_rows_eval
+    if not is_int(alive_tokens) or alive_tokens < 1:
+        raise ValueError(f"alive_tokens={alive_tokens!r} must be None or an int >= 1")
+    want = math.ceil(alive_tokens / per_row)
+    if want > n_rows_data:
+        warnings.warn(
+            f"alive_tokens={alive_tokens:,} but the data holds only {n_rows_data * per_row:,} "
+            f"SAE positions; alive/dead_frac count over those {n_rows_data * per_row:,}",
+            stacklevel=3,
+        )
+        return n_rows_data
+    return want
 
 
 class StreamingEV:
@@ -60,7 +87,13 @@ def _sum_kl(logits_clean: torch.Tensor, logits_sae: torch.Tensor) -> float:
 
 
 def evaluate(
-    lm, saes, data, n_tokens: int = 65_536, batch_size: int = 32, exclude_positions=None
+    lm,
+    saes,
+    data,
+    n_tokens: int = 65_536,
+    batch_size: int = 32,
+    exclude_positions=None,
+    alive_tokens: int | None = ALIVE_TOKENS,
 ) -> dict:
     """Metrics of `saes` ({site: SAE} or one SAE) on the first ~`n_tokens` of `data` (in order).
 
@@ -70,15 +103,47 @@ def evaluate(
     of the SAE metrics (l0, alive, mse, explained_var, l2_ratio); CE and KL are over every
     position with the SAEs spliced in at the others. `n_tokens` in the report counts the
     positions the SAE metrics saw.
+
+    `alive` / `dead_frac` count the latents that fired at least once over the first
+    `alive_tokens` SAE positions of `data` (default 500k, e2e_sae's window), reported as
+    `alive_window_tokens`: the eval rows, then further rows through the SAEs only (no logits, no
+    CE). Capped at the rows `data` holds, with a warning naming both numbers; `alive_tokens=None`
+    counts over the eval rows only (saelab's meaning before 2026-12-02).
     """
     saes = as_sites(saes)
     excluded = excluded_positions(exclude_positions, data)
     keep = kept_positions(data.n_ctx, excluded, lm.device)
+    per_row = data.n_ctx if keep is None else len(keep)
+    n_rows = max(1, min(len(data), n_tokens // data.n_ctx))
+    n_alive = alive_rows(alive_tokens, per_row, len(data), n_rows)
     with eval_mode(saes.values()):
-        return _evaluate(lm, saes, data, n_tokens, batch_size, keep)
+        rep = _evaluate(lm, saes, data, n_rows, batch_size, keep, n_alive)
+    rep["alive_window_tokens"] = n_alive * per_row
+    return rep
 
 
-def _evaluate(lm, saes: dict, data, n_tokens: int, batch_size: int, keep) -> dict:
+def _fired_after(lm, saes: dict, data, start: int, stop: int, batch_size: int, keep,
+                 fired: dict) -> None:  # fmt: skip
+    """OR into `fired` the latents that fire on rows `[start, stop)`, as the eval sees them
+    (several sites: each SAE reads the residual with the earlier SAEs spliced in)."""
+    sites = list(saes)
+    needs_grad = any(s.needs_grad for s in saes.values())
+    for i in range(start, stop, batch_size):
+        tokens = data.tokens[i : min(i + batch_size, stop)].to(lm.device)
+        clean = clean_pass(lm, tokens, sites, grads=needs_grad)  # stops after the last site
+        with torch.no_grad():
+            if len(sites) == 1:
+                (s,) = sites
+                sae = saes[s]
+                grad = None if clean.grads is None else select(clean.grads[s], keep, sae.dtype)
+                outs = {s: sae(select(clean.acts[s], keep, sae.dtype), grad=grad)}
+            else:
+                outs = spliced_pass(lm, tokens, saes, clean, logits=False, keep=keep).outs
+        for s in sites:
+            fired[s] |= outs[s].stats()[0].to(fired[s].device)
+
+
+def _evaluate(lm, saes: dict, data, n_rows: int, batch_size: int, keep, n_alive: int) -> dict:
     sites = list(saes)
     d_model = model_info(lm)["d_model"]
     for s, sae in saes.items():  # else a bare matmul shape error from inside the trace
@@ -89,7 +154,6 @@ def _evaluate(lm, saes: dict, data, n_tokens: int, batch_size: int, keep) -> dic
             )
     later = later_sites(lm, sites)
     needs_grad = any(s.needs_grad for s in saes.values())
-    n_rows = max(1, min(len(data), n_tokens // data.n_ctx))
     tokens_all = data.tokens[:n_rows]
     tag = (lambda s: "") if len(sites) == 1 else (lambda s: f"{s}/")
     sums = defaultdict(float)
@@ -116,9 +180,10 @@ def _evaluate(lm, saes: dict, data, n_tokens: int, batch_size: int, keep) -> dic
             sums[f"{s}.l0"] += float(active.sum())
             ratio = out.x_hat.norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-8)
             sums[f"{s}.l2"] += float(ratio.sum())
-            fired[s] |= active.flatten(0, -2).any(0)
+            fired[s] |= active[: max(0, n_alive - i)].flatten(0, -2).any(0)  # window rows only
         for s, a, b in zip(later, sp.later, clean.later, strict=True):
             ds[s].add(a, b)
+    _fired_after(lm, saes, data, n_rows, n_alive, batch_size, keep, fired)
     n_tok = n_rows * (data.n_ctx if keep is None else len(keep))
     rep = {k: sums[k] / sums["n_pred"] for k in ("ce_clean", "ce_sae", "ce_zero_abl", "kl")}
     rep["ce_increase"] = rep["ce_sae"] - rep["ce_clean"]
