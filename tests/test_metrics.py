@@ -94,3 +94,71 @@ def test_cached_alive_window_equals_the_live_one(lm, data, tmp_path):
     assert cached["l0"] == pytest.approx(live["l0"])
     assert cached["mse"] == pytest.approx(live["mse"], rel=1e-5)
     assert cached["n_tokens"] == live["n_tokens"] == 4 * 31
+
+
+# --- selection overlap ---------------------------------------------------------------------------
+
+
+def _tiny(arch: str = "topk", W_enc=None, b_enc=None, W_dec=None, **kw):
+    """A 4 x 4 SAE with k = 2 and the given weights (pre-activations z = x W_enc + b_enc)."""
+    cfg = sl.SAEConfig(architecture=arch, d_in=4, d_sae=4, k=2, normalize_activations="none", **kw)
+    sae = sl.SAE(cfg)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(4) if W_enc is None else W_enc)
+        sae.b_enc.copy_(torch.zeros(4) if b_enc is None else b_enc)
+        sae.W_dec.copy_(torch.eye(4) if W_dec is None else W_dec)
+    return sae
+
+
+def test_selection_overlap_by_hand():
+    x = torch.tensor([[4.0, 3.0, 2.0, 1.0], [1.0, 2.0, 3.0, 4.0]])
+    a = _tiny()  # selects {0, 1} and {2, 3}
+    b = _tiny(b_enc=torch.tensor([0.0, 0.0, 10.0, 0.0]))  # z + b: {0, 2} and {2, 3}
+    assert sl.selected_latents(a, x).sort(-1).values.tolist() == [[0, 1], [2, 3]]
+    assert sl.selection_overlap(a, b, x) == pytest.approx((1 / 2 + 2 / 2) / 2)
+    assert sl.selection_overlap(b, a, x) == pytest.approx(0.75)  # symmetric for equal k
+
+
+def test_gsae_overlap_with_its_own_topk_by_hand():
+    # z = x = [4, 3, 2, 1]; g = e_2, D = I: |g D^T| = e_2, s = z + z * e_2 = [4, 3, 4, 1]
+    g = _tiny("gtopk", beta=1.0)
+    x, grad = torch.tensor([[4.0, 3.0, 2.0, 1.0]]), torch.tensor([[0.0, 0.0, 1.0, 0.0]])
+    assert sl.selected_latents(g, x, grad).sort(-1).values.tolist() == [[0, 2]]
+    assert sl.selection_overlap(g, "topk", x, grad) == 0.5  # TopK(z) = {0, 1}
+    with pytest.raises(ValueError, match="needs grad"):
+        sl.selection_overlap(g, "topk", x)
+
+
+def test_identical_selection_is_one_and_disjoint_is_zero():
+    torch.manual_seed(0)
+    x = torch.randn(5, 7, 64)
+    topk = _sae("topk", k=8)
+    assert sl.selection_overlap(topk, topk, x) == 1.0
+    assert sl.selection_overlap(topk, "topk", x) == 1.0
+    zero = torch.zeros(4, 4)
+    a = _tiny(W_enc=zero, b_enc=torch.tensor([1.0, 1.0, 0.0, 0.0]))
+    b = _tiny(W_enc=zero, b_enc=torch.tensor([0.0, 0.0, 1.0, 1.0]))
+    assert sl.selection_overlap(a, b, torch.randn(3, 4)) == 0.0
+
+
+def test_gsae_at_beta_zero_selects_what_topk_selects():
+    torch.manual_seed(0)
+    x, grad = torch.randn(6, 9, 64), torch.randn(6, 9, 64)
+    g = _sae("gtopk", k=8, beta=0.0)
+    assert sl.selection_overlap(g, "topk", x, grad) == 1.0
+    t = _sae("topk", k=8)  # the same seed: the same weights as g
+    assert sl.selection_overlap(g, t, x, grad) == 1.0
+    far = _sae("gtopk", k=8, beta=50.0)
+    assert 0.0 < sl.selection_overlap(far, "topk", x, grad) < 1.0  # the gradient moved it
+
+
+def test_selection_overlap_refuses_what_it_cannot_compare():
+    x = torch.randn(3, 64)
+    with pytest.raises(ValueError, match="'relu' SAE, which selects no fixed set"):
+        sl.selection_overlap(_sae("relu"), "topk", x)
+    with pytest.raises(ValueError, match="'batchtopk' SAE"):
+        sl.selection_overlap(_sae("topk"), _sae("batchtopk"), x)
+    with pytest.raises(ValueError, match=r"d_sae=512, k=1 but b has d_sae=512, k=2"):
+        sl.selection_overlap(_sae("topk"), _sae("topk", k=2), x)
+    with pytest.raises(ValueError, match="b='random' is unknown"):
+        sl.selection_overlap(_sae("topk"), "random", x)

@@ -204,3 +204,80 @@ def _evaluate(lm, saes: dict, data, n_rows: int, batch_size: int, keep, n_alive:
         rep[f"ds_ev/{s}"] = ds[s].ev()
     rep["n_tokens"] = n_tok
     return rep
+
+
+# --- selection overlap (g-SAE study) --------------------------------------------------------------
+
+
+def _per_token_k(sae, what: str) -> int:
+    """`sae.cfg.k` of an SAE that selects k latents per token (topk, gtopk); else a clear error."""
+    from saelab.core.architectures.batchtopk import BatchTopKSAE
+    from saelab.core.architectures.topk import TopKSAE
+
+    if not isinstance(sae, TopKSAE) or isinstance(sae, BatchTopKSAE):
+        raise ValueError(
+            f"{what} is a {sae.cfg.architecture!r} SAE, which selects no fixed set of k latents "
+            "per token; selected_latents and selection_overlap need a per-token TopK selection "
+            "(topk, gtopk)"
+        )
+    return sae.cfg.k
+
+
+@torch.no_grad()
+def selected_latents(sae, x: torch.Tensor, grad: torch.Tensor | None = None) -> torch.Tensor:
+    """The k latents `sae` selects for each token of `x [..., d_in]`: indices `[N, k]`, N tokens.
+
+    The selection ranks `sae.scores(z, grad)` (gtopk: `s = z + beta z |g_hat D^T|`, `grad [...,
+    d_in]` = dL/dx required) or the pre-activations `z = sae.pre_acts(x)` (topk). It is the set of
+    the k top-ranked latents, including any whose ReLU value is 0 (`encode`'s nonzeros are a
+    subset of it).
+    """
+    _per_token_k(sae, "the SAE")
+    sae.check_grad(x, grad)
+    pre = sae.pre_acts(x).reshape(-1, sae.cfg.d_sae)  # [N, d_sae]
+    if sae.needs_grad:
+        pre = sae.scores(pre, grad.reshape(-1, grad.shape[-1]).to(pre.dtype))
+    return pre.topk(sae.cfg.k, dim=-1, sorted=False).indices
+
+
+@torch.no_grad()
+def selection_overlap(sae_a, b, x: torch.Tensor, grad: torch.Tensor | None = None) -> float:
+    """Mean over tokens of `|S_a ∩ S_b| / k`, with `S` the set of latents selected per token.
+
+    `sae_a` selects k latents per token (topk or gtopk; `selected_latents`). `b` is either
+    - `"topk"`: TopK(z) of `sae_a`'s own pre-activations `z = sae_a.pre_acts(x)`, i.e. what plain
+      TopK would select with this SAE's encoder: for a g-SAE, how much the gradient term changed
+      the selection (1.0 at beta = 0, up to ties);
+    - another SAE with the same `d_sae` and `k`: its own selection, matched by latent index.
+      Latent i of one SAE and latent i of another are the same feature only when both started
+      from the same init (the same seed and shape) and stayed close; otherwise the number is
+      near the chance level `k / d_sae`, whatever the SAEs learned.
+    `x [..., d_in]` raw activations at the site; `grad [..., d_in]` dL/dx there, required when
+    either selection is gradient-informed. All of `x` is scored in one pass (as one batch: a
+    `grad_norm="rms"` g-SAE normalises over it). Returns a float in [0, 1].
+    """
+    k = _per_token_k(sae_a, "sae_a")
+    if isinstance(b, str):
+        if b != "topk":
+            raise ValueError(f"selection_overlap: b={b!r} is unknown; valid: 'topk' or an SAE")
+    else:
+        k_b = _per_token_k(b, "b")
+        if b.cfg.d_sae != sae_a.cfg.d_sae or k_b != k:
+            raise ValueError(
+                f"selection_overlap: sae_a has d_sae={sae_a.cfg.d_sae}, k={k} but b has "
+                f"d_sae={b.cfg.d_sae}, k={k_b}; overlap by latent index needs both equal"
+            )
+    if grad is not None and grad.shape != x.shape:
+        raise ValueError(f"grad has shape {tuple(grad.shape)}, x has {tuple(x.shape)}")
+    if x[..., 0].numel() == 0:
+        raise ValueError("selection_overlap: x holds no tokens")
+    # one pass over all of x, as the SAE would see it: grad_norm="rms" normalises over the batch
+    s_a = selected_latents(sae_a, x, grad)  # [N, k]
+    if isinstance(b, str):
+        s_b = sae_a.pre_acts(x).reshape(-1, sae_a.cfg.d_sae).topk(k, dim=-1, sorted=False).indices
+    else:
+        s_b = selected_latents(b, x.to(b.dtype), None if grad is None else grad.to(b.dtype))
+    mask = torch.zeros(s_a.shape[0], sae_a.cfg.d_sae, dtype=torch.bool, device=s_a.device)
+    mask.scatter_(1, s_a, True)
+    shared = mask.gather(1, s_b.to(s_a.device)).sum()  # sum over tokens of |S_a ∩ S_b|
+    return float(shared) / (s_a.shape[0] * k)
