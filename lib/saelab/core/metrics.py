@@ -108,7 +108,7 @@ def evaluate(
     `alive_tokens` SAE positions of `data` (default 500k, e2e_sae's window), reported as
     `alive_window_tokens`: the eval rows, then further rows through the SAEs only (no logits, no
     CE). Capped at the rows `data` holds, with a warning naming both numbers; `alive_tokens=None`
-    counts over the eval rows only (saelab's meaning before 2026-12-02).
+    counts over the eval rows only (saelab's meaning until 2026-12-01).
     """
     saes = as_sites(saes)
     excluded = excluded_positions(exclude_positions, data)

@@ -8,7 +8,8 @@ does, so there is no projection after the step. Only the directions of W_dec's r
 function; their stored norms set how fast Adam turns them (a step moves a row by ~lr, so its
 direction by ~lr / ||row||). The default init (`decoder_init="orthogonal_raw"`) is e2e_sae's:
 orthonormal columns, so rows of norm ~sqrt(d_in / d_sae) (0.35 at 64 x 512), which turn
-sqrt(d_sae / d_in) times faster than the unit rows of `decoder_init="unit"` (LOG.md 2026-12-02).
+sqrt(d_sae / d_in) times faster than the unit rows of `decoder_init="unit"` (measured: LOG.md
+2026-12-01, "ReLU init").
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from saelab.core.sae import (
 # "orthogonal_raw": e2e_sae's init (Braun et al. 2024; e2e_sae/models/sparsifiers.py): W_dec
 #   [d_sae, d_in] with orthonormal columns, rows stored at their raw norms ~sqrt(d_in / d_sae),
 #   and nn.Linear's random decoder bias; "unit": the same directions, rows normalised, b_dec = 0
-#   (saelab's init before 2026-12-02; SAEs saved without the field are read as "unit")
+#   (saelab's init until 2026-12-01; SAEs saved without the field are read as "unit")
 DECODER_INITS = ("orthogonal_raw", "unit")
 
 
