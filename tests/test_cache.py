@@ -67,7 +67,7 @@ def test_cached_training_equals_live(lm, data, cache, kind):
     # without the model: only the SAE's own metrics, equal to the live run's
     alone = tr.train(None, cache, cfg, None, progress=False).log[-1]
     assert set(alone) == {"step", "kind", "l0", "alive", "dead_frac", "mse", "explained_var",
-                          "l2_ratio", "n_tokens"}  # fmt: skip
+                          "l2_ratio", "n_tokens", "alive_window_tokens"}  # fmt: skip
     for key in alone.keys() - {"kind"}:
         assert alone[key] == pytest.approx(a[key], rel=1e-6, abs=1e-9), key
 

@@ -67,6 +67,67 @@ def test_relu_normalises_decoder_inside_forward():
     assert torch.equal(sae.W_dec, before)
 
 
+@pytest.mark.parametrize(("d_in", "d_sae"), [(8, 32), (64, 512)])
+def test_relu_init_is_e2e_saes_raw_orthogonal_decoder(d_in, d_sae):
+    # e2e_sae: decoder.weight [d_in, d_sae] = orthogonal_(weight.T).T, so our W_dec [d_sae, d_in]
+    # has orthonormal columns and rows of norm ~sqrt(d_in / d_sae); nn.Linear's biases
+    torch.manual_seed(0)
+    sae = SAE(SAEConfig(architecture="relu", d_in=d_in, d_sae=d_sae))
+    assert sae.cfg.decoder_init == "orthogonal_raw"
+    W = sae.W_dec.detach()
+    assert torch.allclose(W.T @ W, torch.eye(d_in), atol=1e-5)
+    norms = W.norm(dim=-1)  # d_in unit columns: the rows' mean square norm is d_in / d_sae exactly
+    assert norms.pow(2).mean().sqrt().item() == pytest.approx((d_in / d_sae) ** 0.5, rel=1e-5)
+    assert norms.mean().item() == pytest.approx((d_in / d_sae) ** 0.5, rel=0.1)
+    assert (norms < 1).all()
+    for b, fan_in in ((sae.b_enc, d_in), (sae.b_dec, d_sae), (sae.W_enc, d_in)):
+        bound = fan_in**-0.5
+        assert b.abs().max() <= bound and b.abs().max() > 0.5 * bound  # U(-bound, bound)
+
+
+def test_relu_unit_init_is_the_old_one():
+    torch.manual_seed(0)
+    raw = SAE(SAEConfig(architecture="relu", d_in=D_IN, d_sae=D_SAE))
+    torch.manual_seed(0)
+    unit = SAE(SAEConfig(architecture="relu", d_in=D_IN, d_sae=D_SAE, decoder_init="unit"))
+    assert torch.allclose(unit.W_dec.norm(dim=-1), torch.ones(D_SAE), atol=1e-6)
+    assert torch.equal(unit.b_dec, torch.zeros(D_IN))
+    # the same draws: the same encoder and the same initial directions, only the row norms differ
+    assert torch.equal(unit.W_enc, raw.W_enc) and torch.equal(unit.b_enc, raw.b_enc)
+    assert torch.allclose(unit.decoder_directions(), raw.decoder_directions(), atol=1e-6)
+    torch.manual_seed(0)  # bit for bit the init saelab had before decoder_init existed
+    bound = D_IN**-0.5
+    W_enc = torch.empty(D_IN, D_SAE).uniform_(-bound, bound)
+    b_enc = torch.empty(D_SAE).uniform_(-bound, bound)
+    W_dec = F.normalize(torch.nn.init.orthogonal_(torch.empty(D_SAE, D_IN)), dim=-1)
+    for a, b in ((unit.W_enc, W_enc), (unit.b_enc, b_enc), (unit.W_dec, W_dec)):
+        assert torch.equal(a, b)
+
+
+def test_relu_forward_ignores_stored_row_norms():
+    sae = make("relu")
+    x = torch.randn(4, 3, D_IN)
+    before = sae(x)
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(D_SAE, 1) * 10 + 0.01)
+    after = sae(x)
+    assert torch.allclose(before.x_hat, after.x_hat, atol=1e-5)
+    assert torch.equal(before.c, after.c)
+
+
+def test_relu_saved_without_decoder_init_loads_as_unit(tmp_path):
+    sae = make("relu", decoder_init="unit")
+    save_sae(sae, tmp_path)
+    meta = json.loads((tmp_path / "cfg.json").read_text())
+    assert meta["decoder_init"] == "unit"
+    del meta["decoder_init"]  # a cfg.json written before the field existed
+    (tmp_path / "cfg.json").write_text(json.dumps(meta))
+    back = load_sae(tmp_path)
+    assert back.cfg == sae.cfg and back.cfg.decoder_init == "unit"
+    for name, t in sae.state_dict().items():
+        assert torch.equal(back.state_dict()[name], t)
+
+
 def test_topk_init_and_selection():
     sae = make("topk")
     assert torch.equal(sae.W_enc, sae.W_dec.T)
@@ -183,6 +244,10 @@ def test_decoder_projection_and_parallel_grad_removal():
         ({"architecture": "gtopk", "k": 4, "grad_norm": "l1"}, "grad_norm='l1'.*unit"),
         ({"architecture": "topk", "k": 4, "k_aux": 99}, "k_aux=99"),
         ({"architecture": "relu", "d_in": 0}, "d_in=0"),
+        (
+            {"architecture": "relu", "decoder_init": "xavier"},
+            "decoder_init='xavier' is unknown; valid: orthogonal_raw, unit",
+        ),
     ],
 )
 def test_config_validation(kwargs, message):

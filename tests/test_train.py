@@ -224,6 +224,19 @@ def test_flat_sae_fields_in_the_constructor_name_the_nested_form():
     assert tr.TrainConfig.from_dict(json.loads(json.dumps(asdict(nested)))) == nested
 
 
+def test_dead_tokens_default_scales_with_the_run_and_is_stored_resolved():
+    assert tr.TrainConfig(n_tokens=600_000).dead_tokens == 60_000  # a tenth of the run
+    assert tr.TrainConfig(n_tokens=10**9).dead_tokens == 10_000_000  # sparsify's cap
+    assert tr.TrainConfig(n_tokens=5).dead_tokens == 1
+    assert tr.TrainConfig(n_tokens=600_000, dead_tokens=200_000).dead_tokens == 200_000
+    assert tr.TrainConfig.from_dict(dict(n_tokens=2_000_000)).dead_tokens == 200_000
+    cfg = tr.TrainConfig(n_tokens=600_000)
+    saved = json.loads(json.dumps(asdict(cfg)))  # what train_config.json holds: the number
+    assert saved["dead_tokens"] == 60_000 and tr.TrainConfig.from_dict(saved) == cfg
+    with pytest.raises(ValueError, match="dead_tokens=-1"):
+        tr.TrainConfig(dead_tokens=-1)
+
+
 def test_train_rejects_site_past_last_layer_and_too_few_tokens(lm, data):
     with pytest.raises(ValueError, match="past the last layer"):
         tr.train(lm, data, _small(sites=("resid_pre.9",)), None, progress=False)

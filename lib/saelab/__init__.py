@@ -26,7 +26,7 @@ if _os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false",
 
 from saelab.core.cache import ActivationCache, cache_activations, load_cache
 from saelab.core.data import TokenDataset, token_dataset
-from saelab.core.metrics import evaluate
+from saelab.core.metrics import evaluate, selected_latents, selection_overlap
 from saelab.core.models import Site, load_model, model_info, parse_site, valid_sites
 from saelab.core.objectives import OBJECTIVES, Objective, objective
 from saelab.core.sae import SAE, SAEConfig, architecture, architectures, load_sae, save_sae
@@ -55,6 +55,8 @@ __all__ = [
     "objective",
     "parse_site",
     "save_sae",
+    "selected_latents",
+    "selection_overlap",
     "to_saebench",
     "token_dataset",
     "train",

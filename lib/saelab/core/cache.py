@@ -378,37 +378,49 @@ def _write_shards(lm, data, site, folder: Path, dtype, batch_size, rows_per_shar
 
 @torch.no_grad()
 def evaluate_cached(saes: dict, cache: ActivationCache, n_tokens: int = 65_536,
-                    batch_size: int = 32, exclude_positions=None) -> dict:  # fmt: skip
+                    batch_size: int = 32, exclude_positions=None,
+                    alive_tokens: int | None = 500_000) -> dict:  # fmt: skip
     """SAE-only metrics on the first ~`n_tokens` cached rows (in order), without the model.
 
     The per-site keys of `saelab.core.metrics.evaluate` (ARCHITECTURE.md §5):
     l0, alive, dead_frac, mse,
-    explained_var, l2_ratio, plus n_tokens; activations `[B, n_ctx, d_in]`.
+    explained_var, l2_ratio, plus n_tokens; activations `[B, n_ctx, d_in]`. `alive` counts
+    over the first `alive_tokens` cached SAE positions (`alive_window_tokens`; capped at the
+    cache with a warning; None: the eval rows), as `evaluate` does.
     """
-    from saelab.core.metrics import StreamingEV
+    from saelab.core.metrics import StreamingEV, alive_rows
     from saelab.core.passes import excluded_positions, kept_positions, select
     from saelab.core.sae import eval_mode
 
     ((site, sae),) = saes.items()
     keep = kept_positions(cache.n_ctx, excluded_positions(exclude_positions, cache))
-    with eval_mode([sae]):
-        return _evaluate_cached(sae, cache, n_tokens, batch_size, StreamingEV(),
-                                lambda x: select(x, keep))  # fmt: skip
-
-
-def _evaluate_cached(sae, cache, n_tokens: int, batch_size: int, ev, keep) -> dict:
+    per_row = cache.n_ctx if keep is None else len(keep)
     n_rows = max(1, min(len(cache), n_tokens // cache.n_ctx))
+    n_alive = alive_rows(alive_tokens, per_row, len(cache), n_rows)
+    with eval_mode([sae]):
+        rep = _evaluate_cached(sae, cache, n_rows, batch_size, StreamingEV(),
+                               lambda x: select(x, keep), n_alive)  # fmt: skip
+    return rep | {"alive_window_tokens": n_alive * per_row}
+
+
+@torch.no_grad()
+def _evaluate_cached(sae, cache, n_rows: int, batch_size: int, ev, keep, n_alive: int) -> dict:
     l0, l2 = 0.0, 0.0
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=sae.device)
-    for i in range(0, n_rows, batch_size):
-        x = keep(cache.rows(torch.arange(i, min(i + batch_size, n_rows)))).to(sae.device, sae.dtype)
+    for i in range(0, max(n_rows, n_alive), batch_size):
+        stop = min(i + batch_size, max(n_rows, n_alive))
+        x = keep(cache.rows(torch.arange(i, stop))).to(sae.device, sae.dtype)
         out = sae(x)
-        ev.add(out.x_hat, x)
-        active = out.c != 0
-        l0 += float(active.sum())
-        l2 += float((out.x_hat.norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-8)).sum())
-        fired |= active.flatten(0, -2).any(0)
-    n_tok = n_rows * x.shape[1]
+        if i < n_alive:
+            fired |= (out.c[: n_alive - i] != 0).flatten(0, -2).any(0)
+        if i >= n_rows:  # past the eval rows: only the alive window
+            continue
+        x, x_hat = x[: n_rows - i], out.x_hat[: n_rows - i]
+        ev.add(x_hat, x)
+        l0 += float((out.c[: n_rows - i] != 0).sum())
+        l2 += float((x_hat.norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-8)).sum())
+        n_tok_row = x.shape[1]
+    n_tok = n_rows * n_tok_row
     alive = int(fired.sum())
     return {"l0": l0 / n_tok, "alive": alive, "dead_frac": 1 - alive / sae.cfg.d_sae,
             "mse": ev.mse(), "explained_var": ev.ev(), "l2_ratio": l2 / n_tok,

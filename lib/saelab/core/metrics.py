@@ -1,16 +1,20 @@
 """Evaluation of SAEs spliced into the frozen model, with the definitions of ARCHITECTURE.md §5.
 
 Per site: `l0` (mean nonzero latents per token), `alive` / `dead_frac` (latents that fired at least
-once in the window), `mse`, `explained_var` (1 - SSE / total sum of squares about the mean
-activation), `l2_ratio` (mean ||x_hat|| / ||x||). Global, with every SAE spliced in at once:
-`ce_clean`, `ce_sae`, `ce_increase`, `kl` (KL(P_clean || P_sae) per token), `ce_zero_abl` (sites
-zeroed) and `ce_loss_score = (ce_zero_abl - ce_sae) / (ce_zero_abl - ce_clean)`; downstream, for
-every later layer L: `ds_mse/resid_post.L` and `ds_ev/resid_post.L` between spliced and clean
-residuals. With several sites, per-site keys are prefixed `<site>/`.
+once in the alive window: the first `alive_window_tokens` SAE positions of the data, >= 500k where
+the data holds them, as e2e_sae's `act_frequency_n_tokens`), `mse`, `explained_var` (1 - SSE /
+total sum of squares about the mean activation), `l2_ratio` (mean ||x_hat|| / ||x||). Global,
+with every SAE spliced in at once: `ce_clean`, `ce_sae`, `ce_increase`, `kl` (KL(P_clean ||
+P_sae) per token), `ce_zero_abl` (sites zeroed) and `ce_loss_score = (ce_zero_abl - ce_sae) /
+(ce_zero_abl - ce_clean)`; downstream, for every later layer L: `ds_mse/resid_post.L` and
+`ds_ev/resid_post.L` between spliced and clean residuals. With several sites, per-site keys are
+prefixed `<site>/`.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections import defaultdict
 
 import torch
@@ -27,7 +31,30 @@ from saelab.core.passes import (
     select,
     spliced_pass,
 )
-from saelab.core.sae import eval_mode
+from saelab.core.sae import eval_mode, is_int
+
+# e2e_sae counts a latent alive if it fired once in 500k tokens (`act_frequency_n_tokens` of its
+# GPT-2 and TinyStories configs); a few 10k held-out tokens call rare latents dead
+ALIVE_TOKENS = 500_000
+
+
+def alive_rows(alive_tokens: int | None, per_row: int, n_rows_data: int, n_rows_eval: int) -> int:
+    """Rows of the alive window: enough for `alive_tokens` SAE positions (`per_row` a row),
+    capped at the `n_rows_data` rows there are (with a warning naming both numbers); None: the
+    `n_rows_eval` rows the other metrics use."""
+    if alive_tokens is None:
+        return n_rows_eval
+    if not is_int(alive_tokens) or alive_tokens < 1:
+        raise ValueError(f"alive_tokens={alive_tokens!r} must be None or an int >= 1")
+    want = math.ceil(alive_tokens / per_row)
+    if want > n_rows_data:
+        warnings.warn(
+            f"alive_tokens={alive_tokens:,} but the data holds only {n_rows_data * per_row:,} "
+            f"SAE positions; alive/dead_frac count over those {n_rows_data * per_row:,}",
+            stacklevel=3,
+        )
+        return n_rows_data
+    return want
 
 
 class StreamingEV:
@@ -60,7 +87,13 @@ def _sum_kl(logits_clean: torch.Tensor, logits_sae: torch.Tensor) -> float:
 
 
 def evaluate(
-    lm, saes, data, n_tokens: int = 65_536, batch_size: int = 32, exclude_positions=None
+    lm,
+    saes,
+    data,
+    n_tokens: int = 65_536,
+    batch_size: int = 32,
+    exclude_positions=None,
+    alive_tokens: int | None = ALIVE_TOKENS,
 ) -> dict:
     """Metrics of `saes` ({site: SAE} or one SAE) on the first ~`n_tokens` of `data` (in order).
 
@@ -70,15 +103,47 @@ def evaluate(
     of the SAE metrics (l0, alive, mse, explained_var, l2_ratio); CE and KL are over every
     position with the SAEs spliced in at the others. `n_tokens` in the report counts the
     positions the SAE metrics saw.
+
+    `alive` / `dead_frac` count the latents that fired at least once over the first
+    `alive_tokens` SAE positions of `data` (default 500k, e2e_sae's window), reported as
+    `alive_window_tokens`: the eval rows, then further rows through the SAEs only (no logits, no
+    CE). Capped at the rows `data` holds, with a warning naming both numbers; `alive_tokens=None`
+    counts over the eval rows only (saelab's meaning until 2026-12-01).
     """
     saes = as_sites(saes)
     excluded = excluded_positions(exclude_positions, data)
     keep = kept_positions(data.n_ctx, excluded, lm.device)
+    per_row = data.n_ctx if keep is None else len(keep)
+    n_rows = max(1, min(len(data), n_tokens // data.n_ctx))
+    n_alive = alive_rows(alive_tokens, per_row, len(data), n_rows)
     with eval_mode(saes.values()):
-        return _evaluate(lm, saes, data, n_tokens, batch_size, keep)
+        rep = _evaluate(lm, saes, data, n_rows, batch_size, keep, n_alive)
+    rep["alive_window_tokens"] = n_alive * per_row
+    return rep
 
 
-def _evaluate(lm, saes: dict, data, n_tokens: int, batch_size: int, keep) -> dict:
+def _fired_after(lm, saes: dict, data, start: int, stop: int, batch_size: int, keep,
+                 fired: dict) -> None:  # fmt: skip
+    """OR into `fired` the latents that fire on rows `[start, stop)`, as the eval sees them
+    (several sites: each SAE reads the residual with the earlier SAEs spliced in)."""
+    sites = list(saes)
+    needs_grad = any(s.needs_grad for s in saes.values())
+    for i in range(start, stop, batch_size):
+        tokens = data.tokens[i : min(i + batch_size, stop)].to(lm.device)
+        clean = clean_pass(lm, tokens, sites, grads=needs_grad)  # stops after the last site
+        with torch.no_grad():
+            if len(sites) == 1:
+                (s,) = sites
+                sae = saes[s]
+                grad = None if clean.grads is None else select(clean.grads[s], keep, sae.dtype)
+                outs = {s: sae(select(clean.acts[s], keep, sae.dtype), grad=grad)}
+            else:
+                outs = spliced_pass(lm, tokens, saes, clean, logits=False, keep=keep).outs
+        for s in sites:
+            fired[s] |= outs[s].stats()[0].to(fired[s].device)
+
+
+def _evaluate(lm, saes: dict, data, n_rows: int, batch_size: int, keep, n_alive: int) -> dict:
     sites = list(saes)
     d_model = model_info(lm)["d_model"]
     for s, sae in saes.items():  # else a bare matmul shape error from inside the trace
@@ -89,7 +154,6 @@ def _evaluate(lm, saes: dict, data, n_tokens: int, batch_size: int, keep) -> dic
             )
     later = later_sites(lm, sites)
     needs_grad = any(s.needs_grad for s in saes.values())
-    n_rows = max(1, min(len(data), n_tokens // data.n_ctx))
     tokens_all = data.tokens[:n_rows]
     tag = (lambda s: "") if len(sites) == 1 else (lambda s: f"{s}/")
     sums = defaultdict(float)
@@ -116,9 +180,10 @@ def _evaluate(lm, saes: dict, data, n_tokens: int, batch_size: int, keep) -> dic
             sums[f"{s}.l0"] += float(active.sum())
             ratio = out.x_hat.norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-8)
             sums[f"{s}.l2"] += float(ratio.sum())
-            fired[s] |= active.flatten(0, -2).any(0)
+            fired[s] |= active[: max(0, n_alive - i)].flatten(0, -2).any(0)  # window rows only
         for s, a, b in zip(later, sp.later, clean.later, strict=True):
             ds[s].add(a, b)
+    _fired_after(lm, saes, data, n_rows, n_alive, batch_size, keep, fired)
     n_tok = n_rows * (data.n_ctx if keep is None else len(keep))
     rep = {k: sums[k] / sums["n_pred"] for k in ("ce_clean", "ce_sae", "ce_zero_abl", "kl")}
     rep["ce_increase"] = rep["ce_sae"] - rep["ce_clean"]
@@ -139,3 +204,80 @@ def _evaluate(lm, saes: dict, data, n_tokens: int, batch_size: int, keep) -> dic
         rep[f"ds_ev/{s}"] = ds[s].ev()
     rep["n_tokens"] = n_tok
     return rep
+
+
+# --- selection overlap (g-SAE study) --------------------------------------------------------------
+
+
+def _per_token_k(sae, what: str) -> int:
+    """`sae.cfg.k` of an SAE that selects k latents per token (topk, gtopk); else a clear error."""
+    from saelab.core.architectures.batchtopk import BatchTopKSAE
+    from saelab.core.architectures.topk import TopKSAE
+
+    if not isinstance(sae, TopKSAE) or isinstance(sae, BatchTopKSAE):
+        raise ValueError(
+            f"{what} is a {sae.cfg.architecture!r} SAE, which selects no fixed set of k latents "
+            "per token; selected_latents and selection_overlap need a per-token TopK selection "
+            "(topk, gtopk)"
+        )
+    return sae.cfg.k
+
+
+@torch.no_grad()
+def selected_latents(sae, x: torch.Tensor, grad: torch.Tensor | None = None) -> torch.Tensor:
+    """The k latents `sae` selects for each token of `x [..., d_in]`: indices `[N, k]`, N tokens.
+
+    The selection ranks `sae.scores(z, grad)` (gtopk: `s = z + beta z |g_hat D^T|`, `grad [...,
+    d_in]` = dL/dx required) or the pre-activations `z = sae.pre_acts(x)` (topk). It is the set of
+    the k top-ranked latents, including any whose ReLU value is 0 (`encode`'s nonzeros are a
+    subset of it).
+    """
+    _per_token_k(sae, "the SAE")
+    sae.check_grad(x, grad)
+    pre = sae.pre_acts(x).reshape(-1, sae.cfg.d_sae)  # [N, d_sae]
+    if sae.needs_grad:
+        pre = sae.scores(pre, grad.reshape(-1, grad.shape[-1]).to(pre.dtype))
+    return pre.topk(sae.cfg.k, dim=-1, sorted=False).indices
+
+
+@torch.no_grad()
+def selection_overlap(sae_a, b, x: torch.Tensor, grad: torch.Tensor | None = None) -> float:
+    """Mean over tokens of `|S_a ∩ S_b| / k`, with `S` the set of latents selected per token.
+
+    `sae_a` selects k latents per token (topk or gtopk; `selected_latents`). `b` is either
+    - `"topk"`: TopK(z) of `sae_a`'s own pre-activations `z = sae_a.pre_acts(x)`, i.e. what plain
+      TopK would select with this SAE's encoder: for a g-SAE, how much the gradient term changed
+      the selection (1.0 at beta = 0, up to ties);
+    - another SAE with the same `d_sae` and `k`: its own selection, matched by latent index.
+      Latent i of one SAE and latent i of another are the same feature only when both started
+      from the same init (the same seed and shape) and stayed close; otherwise the number is
+      near the chance level `k / d_sae`, whatever the SAEs learned.
+    `x [..., d_in]` raw activations at the site; `grad [..., d_in]` dL/dx there, required when
+    either selection is gradient-informed. All of `x` is scored in one pass (as one batch: a
+    `grad_norm="rms"` g-SAE normalises over it). Returns a float in [0, 1].
+    """
+    k = _per_token_k(sae_a, "sae_a")
+    if isinstance(b, str):
+        if b != "topk":
+            raise ValueError(f"selection_overlap: b={b!r} is unknown; valid: 'topk' or an SAE")
+    else:
+        k_b = _per_token_k(b, "b")
+        if b.cfg.d_sae != sae_a.cfg.d_sae or k_b != k:
+            raise ValueError(
+                f"selection_overlap: sae_a has d_sae={sae_a.cfg.d_sae}, k={k} but b has "
+                f"d_sae={b.cfg.d_sae}, k={k_b}; overlap by latent index needs both equal"
+            )
+    if grad is not None and grad.shape != x.shape:
+        raise ValueError(f"grad has shape {tuple(grad.shape)}, x has {tuple(x.shape)}")
+    if x[..., 0].numel() == 0:
+        raise ValueError("selection_overlap: x holds no tokens")
+    # one pass over all of x, as the SAE would see it: grad_norm="rms" normalises over the batch
+    s_a = selected_latents(sae_a, x, grad)  # [N, k]
+    if isinstance(b, str):
+        s_b = sae_a.pre_acts(x).reshape(-1, sae_a.cfg.d_sae).topk(k, dim=-1, sorted=False).indices
+    else:
+        s_b = selected_latents(b, x.to(b.dtype), None if grad is None else grad.to(b.dtype))
+    mask = torch.zeros(s_a.shape[0], sae_a.cfg.d_sae, dtype=torch.bool, device=s_a.device)
+    mask.scatter_(1, s_a, True)
+    shared = mask.gather(1, s_b.to(s_a.device)).sum()  # sum over tokens of |S_a ∩ S_b|
+    return float(shared) / (s_a.shape[0] * k)

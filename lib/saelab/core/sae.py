@@ -126,6 +126,10 @@ class SAEConfig:
     model_name: str = ""  # the name the model was loaded by ("storyworld", "gpt2")
     model_path: str = ""  # its local directory, when it was loaded from one
 
+    # `from_dict`: the value of a field a saved cfg.json lacks (it was written before the field
+    # existed), when that differs from today's default
+    saved_defaults: ClassVar[dict[str, Any]] = {"normalize_activations": "none"}
+
     def __new__(cls, *args, **kwargs):
         if cls is SAEConfig:  # dispatch to the architecture's own config class
             arch = kwargs.get("architecture")
@@ -183,8 +187,9 @@ class SAEConfig:
             raise ValueError(f"an SAE config needs 'architecture'; got keys {sorted(d)}")
         target = architecture(d["architecture"]).cfg_class
         kw = {f.name: d[f.name] for f in fields(target) if f.name in d}
-        kw.setdefault("normalize_activations", "none")  # saved before the option: raw activations
-        return target(**kw)
+        # saved before the field existed: what those SAEs were (normalize_activations: raw
+        # activations; relu's decoder_init: unit rows)
+        return target(**(target.saved_defaults | kw))
 
 
 class ForwardOutput:

@@ -39,6 +39,19 @@ from saelab.core.sae import SAE, SAEConfig, architectures, check_number, is_int,
 LOSSES = tuple(OBJECTIVES)
 
 
+DEAD_TOKENS_CAP = 10_000_000  # sparsify's dead_feature_threshold (Gao et al. 2024 use 10M too)
+
+
+def default_dead_tokens(n_tokens: int) -> int:
+    """`TrainConfig.dead_tokens` when left None: min(10M, n_tokens // 10), at least 1.
+
+    Gao et al. 2024 and sparsify call a latent dead after 10M tokens without firing, in runs of
+    billions of tokens; a 10M window would flag nothing in a run of 600k tokens, so short runs use
+    a tenth of their length (a latent silent for the last tenth of the run gets AuxK's gradient).
+    """
+    return max(1, min(DEAD_TOKENS_CAP, n_tokens // 10))
+
+
 def _sae_field_names() -> set[str]:
     """Every field of every registered architecture's config."""
     from saelab.core.sae import architecture
@@ -66,7 +79,12 @@ class TrainConfig:
     # start from a saved (or SAELens-exported) SAE instead of a fresh init: its weights, and its
     # activation scale; architecture, d_in and d_sae must match `sae` (single-site runs)
     init_from: str | None = None
-    dead_tokens: int = 200_000  # a latent is dead after this many tokens without firing
+    # AuxK: a latent is dead after this many tokens without firing. None: scaled to the run,
+    # min(10M, n_tokens // 10) (`default_dead_tokens`: sparsify's 10M dead_feature_threshold for
+    # long runs, a tenth of the run for short ones), resolved on construction, so the config and
+    # train_config.json hold the number used (`dataclasses.replace` keeps it: pass None again
+    # when changing n_tokens)
+    dead_tokens: int | None = None
     lr: float = 1e-3
     warmup: int = 50  # steps
     min_lr_frac: float = 0.1  # cosine decay ends at min_lr_frac * lr
@@ -117,6 +135,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not is_int(value) or value < 1:
                 raise ValueError(f"{name}={value!r} must be an int > 0")
+        if self.dead_tokens is None:
+            object.__setattr__(self, "dead_tokens", default_dead_tokens(self.n_tokens))
         for name in ("dead_tokens", "warmup", "eval_every", "eval_tokens", "checkpoint_every",
                      "seed"):  # fmt: skip
             value = getattr(self, name)
