@@ -43,6 +43,7 @@ warmup: int = 20  # warmup steps
 batch_size: int = 16  # sequences per step
 n_tokens: int = 600_000  # training tokens
 eval_tokens: int = 16_384  # held-out tokens for the metrics
+alive_tokens: int = 500_000  # SAE positions over which a latent must fire once to be alive
 density_tokens: int = 65_536  # held-out tokens for the firing-frequency histogram
 seed: int = 0  # SAE init and data order
 sae_options: dict = {}  # any other SAEConfig field, e.g. {"pre_subtract_b_dec": True}
@@ -71,7 +72,8 @@ log_every = max(1, n_tokens // (batch_size * n_ctx) // 40)  # about 40 points pe
 sae_cfg = sl.SAEConfig(architecture="relu", dict_ratio=dict_ratio, sparsity=sparsity, **sae_options)
 cfg = sl.TrainConfig(
     sites=site, sae=sae_cfg, loss="local", lr=lr, warmup=warmup, batch_size=batch_size,
-    n_tokens=n_tokens, eval_tokens=eval_tokens, seed=seed, log_every=log_every,
+    n_tokens=n_tokens, eval_tokens=eval_tokens, alive_tokens=alive_tokens, seed=seed,
+    log_every=log_every,
 )  # fmt: skip
 
 # %% [markdown]
@@ -85,7 +87,11 @@ lm = sl.load_model(resolve_input(model))
 source = resolve_input(dataset)  # a relative local path: from the repo root
 train_data = sl.token_dataset(source, lm.tokenizer, n_ctx, split="train", n_tokens=n_tokens)
 eval_data = sl.token_dataset(
-    source, lm.tokenizer, n_ctx, split=eval_split, n_tokens=max(eval_tokens, density_tokens)
+    source,
+    lm.tokenizer,
+    n_ctx,
+    split=eval_split,
+    n_tokens=max(eval_tokens, density_tokens, alive_tokens + alive_tokens // (n_ctx - 1) + n_ctx),
 )
 info = sl.model_info(lm)
 print(f"{model}: {info['n_layers']} layers, d_model {info['d_model']}; SAE at {site} with "

@@ -44,6 +44,7 @@ warmup: int = 20  # warmup steps
 batch_size: int = 16  # sequences per step
 n_tokens: int = 400_000  # training tokens per SAE
 eval_tokens: int = 16_384  # held-out tokens for the metrics
+alive_tokens: int = 500_000  # SAE positions over which a latent must fire once to be alive
 seed: int = 0  # SAE init and data order
 sae_options: dict = {}  # any other SAEConfig field, e.g. {"pre_subtract_b_dec": True}
 out_dir: str = "outputs/02_e2e_sae/interactive-{time}"  # run folder (saelab.runs sets it)
@@ -73,7 +74,7 @@ log_every = max(1, n_tokens // (batch_size * n_ctx) // 40)  # about 40 points pe
 sae_cfg = sl.SAEConfig(architecture="relu", dict_ratio=dict_ratio, sparsity=sparsity, **sae_options)
 base = dict(
     sites=site, sae=sae_cfg, lr=lr, warmup=warmup, batch_size=batch_size, n_tokens=n_tokens,
-    eval_tokens=eval_tokens, seed=seed, log_every=log_every,
+    eval_tokens=eval_tokens, alive_tokens=alive_tokens, seed=seed, log_every=log_every,
 )  # fmt: skip
 configs = {
     "e2e": sl.TrainConfig(loss="e2e", kl_coeff=kl_coeff, **base),
@@ -95,7 +96,13 @@ def versus(a: float, b: float, below: str, above: str, rel: float = 0.05) -> str
 lm = sl.load_model(resolve_input(model))
 source = resolve_input(dataset)  # a relative local path: from the repo root
 train_data = sl.token_dataset(source, lm.tokenizer, n_ctx, split="train", n_tokens=n_tokens)
-eval_data = sl.token_dataset(source, lm.tokenizer, n_ctx, split=eval_split, n_tokens=eval_tokens)
+eval_data = sl.token_dataset(
+    source,
+    lm.tokenizer,
+    n_ctx,
+    split=eval_split,
+    n_tokens=max(eval_tokens, alive_tokens + alive_tokens // (n_ctx - 1) + n_ctx),
+)
 print(f"{model} at {site}; train {train_data.n_tokens:,} tokens, held out {eval_data.n_tokens:,}")
 
 # %% [markdown]

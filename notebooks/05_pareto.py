@@ -47,6 +47,7 @@ jumprelu_l0_coeffs: list = [10.0, 100.0]  # lambda values of the JumpReLU runs (
 jumprelu_threshold_init: float = 0.001  # JumpReLU initial threshold (Rajamanoharan et al.)
 sae_options: dict = {}  # extra SAEConfig fields per method, e.g. {"topk": {"k_aux": 64}}
 eval_tokens: int = 16_384  # held-out validation tokens for every evaluation
+alive_tokens: int = 500_000  # SAE positions over which a latent must fire once to be alive
 seed: int = 0  # SAE init and data order
 out_dir: str = "outputs/05_pareto/interactive-{time}"  # run folder (saelab.runs sets it)
 
@@ -69,10 +70,14 @@ train_data = sl.token_dataset(
     resolve_input(dataset), lm.tokenizer, n_ctx, split="train", n_tokens=n_tokens
 )
 val = sl.token_dataset(
-    resolve_input(dataset), lm.tokenizer, n_ctx, split="validation", n_tokens=eval_tokens
+    resolve_input(dataset),
+    lm.tokenizer,
+    n_ctx,
+    split="validation",
+    n_tokens=max(eval_tokens, alive_tokens + alive_tokens // (n_ctx - 1) + n_ctx),
 )
 common = dict(sites=(site,), dict_ratio=dict_ratio, n_tokens=n_tokens, batch_size=batch_size,
-              lr=lr, eval_tokens=eval_tokens, seed=seed)  # fmt: skip
+              lr=lr, eval_tokens=eval_tokens, alive_tokens=alive_tokens, seed=seed)  # fmt: skip
 common["dead_tokens"] = max(n_tokens // 4, 1)  # "dead" scaled to the run (ARCHITECTURE.md §3, AuxK)
 print(f"{model}: {sl.model_info(lm)}; {train_data.n_tokens:,} training tokens per SAE")
 

@@ -47,6 +47,7 @@ batch_size: int = 16  # rows per step
 lr: float = 0.01  # peak learning rate (Adam, warmup + cosine)
 seeds: list = [0, 1]  # two seeds per SAE type (init and data order)
 eval_tokens: int = 16_384  # held-out tokens for CE increase and alive latents
+alive_tokens: int = 500_000  # SAE positions over which a latent must fire once to be alive
 n_boot: int = 1000  # bootstrap resamples for the confidence intervals
 run_umap: bool = True  # UMAP of two dictionaries (numba compiles for about 20 s on first use)
 out_dir: str = "outputs/07_geometry/interactive-{time}"  # run folder (saelab.runs sets it)
@@ -70,7 +71,11 @@ train_data = sl.token_dataset(
     resolve_input(dataset), lm.tokenizer, n_ctx, split="train", n_tokens=n_tokens
 )
 val = sl.token_dataset(
-    resolve_input(dataset), lm.tokenizer, n_ctx, split="validation", n_tokens=eval_tokens
+    resolve_input(dataset),
+    lm.tokenizer,
+    n_ctx,
+    split="validation",
+    n_tokens=max(eval_tokens, alive_tokens + alive_tokens // (n_ctx - 1) + n_ctx),
 )
 common = dict(
     sites=(site,),
@@ -78,6 +83,7 @@ common = dict(
     batch_size=batch_size,
     lr=lr,
     eval_tokens=eval_tokens,
+    alive_tokens=alive_tokens,
     dead_tokens=max(n_tokens // 4, 1),
 )  # as in 05
 types = {

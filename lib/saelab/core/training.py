@@ -94,6 +94,10 @@ class TrainConfig:
     log_every: int = 10  # steps
     eval_every: int = 0  # steps between evaluations (0: only at the end)
     eval_tokens: int = 32_768
+    # evaluations count alive / dead latents over this many SAE positions of the eval data
+    # (e2e_sae's 500k window; `metrics.evaluate`), capped at the data with a warning; None: over
+    # the eval tokens only
+    alive_tokens: int | None = 500_000
     checkpoint_every: int = 100  # steps
     seed: int = 0
 
@@ -137,6 +141,9 @@ class TrainConfig:
                 raise ValueError(f"{name}={value!r} must be an int > 0")
         if self.dead_tokens is None:
             object.__setattr__(self, "dead_tokens", default_dead_tokens(self.n_tokens))
+        if self.alive_tokens is not None and (not is_int(self.alive_tokens)
+                                              or self.alive_tokens < 1):  # fmt: skip
+            raise ValueError(f"alive_tokens={self.alive_tokens!r} must be None or an int >= 1")
         for name in ("dead_tokens", "warmup", "eval_every", "eval_tokens", "checkpoint_every",
                      "seed"):  # fmt: skip
             value = getattr(self, name)
@@ -454,7 +461,8 @@ def evaluate_run(lm, state: TrainState, data, cfg: TrainConfig, excluded=()) -> 
     from saelab.core.metrics import evaluate
 
     named = {str(s): v for s, v in state.saes.items()}
-    kw = dict(n_tokens=cfg.eval_tokens, batch_size=cfg.batch_size, exclude_positions=excluded)
+    kw = dict(n_tokens=cfg.eval_tokens, batch_size=cfg.batch_size, exclude_positions=excluded,
+              alive_tokens=cfg.alive_tokens)  # fmt: skip
     rep = evaluate_cached(named, data, **kw) if lm is None else evaluate(lm, named, data, **kw)
     return {"step": state.step, "kind": "eval", **rep}
 
