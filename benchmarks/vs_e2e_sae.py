@@ -11,8 +11,8 @@ and SAE width:
   backward, clipping, Adam (ReLU SAEs only: e2e_sae has no TopK).
 - `saelab`: `saelab.core.training.optimise`, the step `sl.train` runs.
 - `model`: the same saelab step with a 16-latent SAE: nearly the model alone, the limit.
-- `sweep4`: `train_many`'s step for 4 SAEs of the combination (k or phi x 1, 2, 4, 8... see
-  `SWEEP`) from one shared clean pass, against 4 x the single step.
+- `sweep4`: `train_many`'s step for 4 SAEs of the combination (k x 1/4, 1/2, 1, 2, or phi x
+  1/2, 1, 2, 4) from one shared clean pass, in units of the single step (4.0: no saving).
 
 Each worker's peak memory is its process's max RSS (model, data and one SAE's training state).
 
@@ -62,7 +62,7 @@ def saelab_worker(spec: dict):
     ratio, k = spec["ratio"], spec["k"]
     if spec["kind"] == "model":
         ratio, k = 16 / d_in, min(k, 8)
-    ks = [k] * 4 if spec["kind"] != "sweep4" else [max(1, k // 2), k, 2 * k, 4 * k]
+    ks = [k] * 4 if spec["kind"] != "sweep4" else [max(1, k // 4), max(1, k // 2), k, 2 * k]
     phis = [PHI[loss] * f for f in (0.5, 1, 2, 4)] if spec["kind"] == "sweep4" else [PHI[loss]] * 4
     n = 4 if spec["kind"] == "sweep4" else 1
     cfgs = []

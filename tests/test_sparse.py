@@ -30,6 +30,7 @@ def pair(kw: dict, seed: int = 0) -> tuple[SAE, SAE]:
         sae.b_enc.normal_(0, 0.1)
         sae.b_dec.normal_(0, 0.1)
         sae.act_scale.fill_(1.7)
+    sae.kernels = "sparse"
     dense = SAE(sae.cfg)
     dense.load_state_dict(sae.state_dict())
     dense.kernels = "dense"
@@ -109,9 +110,9 @@ def test_train_step_sparse_equals_dense(lm, storyworld_data):
     )
     facts = dict(d_in=sl.model_info(lm)["d_model"], model_name="t", device=torch.device("cpu"))
     states = []
-    for kernels in ("auto", "dense"):
+    for kernels in ("sparse", "dense"):
         state = training.new_state(cfg, [site], facts)
-        state.saes[site].kernels = kernels
+        state.saes[site].kernels = kernels  # "sparse" (d_sae 128 = 32 k) or "dense"
         state.since_fire[site] += 2 * (torch.arange(state.since_fire[site].numel()) % 3 == 0)
         for _ in range(2):
             logs = training.optimise(lm, batch, state, cfg, 1e-3, None, World(), None)
@@ -129,3 +130,16 @@ def test_codes_layout():
     codes = sparse.SparseCodes(torch.tensor([1.0, 0.0, 2.0, 3.0]), latents, rows, offsets, 4)
     assert codes.dense().tolist() == [[0, 1, 0, 0], [0, 2, 0, 0], [0, 0, 0, 3]]
     assert codes.fired().tolist() == [False, True, False, True] and codes.l0() == 1.0
+
+
+def test_auto_kernels_follow_the_shape_and_bad_values_are_refused():
+    small = SAE(sl.SAEConfig(architecture="topk", k=32, d_in=64, d_sae=256))
+    wide = SAE(sl.SAEConfig(architecture="topk", k=32, d_in=64, d_sae=3200))
+    assert not small.uses_sparse and wide.uses_sparse
+    assert SAE(sl.SAEConfig(architecture="topk", k=64, d_in=768, d_sae=1536)).uses_sparse
+    assert not SAE(sl.SAEConfig(architecture="relu", d_in=64, d_sae=3200)).uses_sparse
+    small.kernels = "sparse"
+    assert small.uses_sparse
+    small.kernels = "fast"
+    with pytest.raises(ValueError, match="kernels='fast' is unknown"):
+        small(torch.randn(2, 64))

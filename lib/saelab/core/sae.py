@@ -375,14 +375,23 @@ class SAE(nn.Module):
         x_hat = c @ self.decoder_directions() + self.b_dec
         return x_hat / self.act_scale if hasattr(self, "act_scale") else x_hat
 
-    # "auto": the sparse kernels where the architecture has them (`sparse_codes`), "dense": never.
-    # Not part of the config: both paths compute the same function (tests/test_sparse.py).
+    # "auto": the sparse kernels where the architecture has them (`sparse_codes`) and they pay
+    # at this shape (`sparse_pays`); "sparse": wherever it has them; "dense": never. Not part of
+    # the config: both paths compute the same function (tests/test_sparse.py).
     kernels: str = "auto"
 
     @property
     def uses_sparse(self) -> bool:
         """Whether `forward` takes the sparse path (`saelab.core.sparse`)."""
-        return self.kernels != "dense" and type(self).sparse_codes is not SAE.sparse_codes
+        if self.kernels not in ("auto", "sparse", "dense"):
+            raise ValueError(f"kernels={self.kernels!r} is unknown; valid: auto, sparse, dense")
+        if self.kernels == "dense" or type(self).sparse_codes is SAE.sparse_codes:
+            return False
+        return self.kernels == "sparse" or self.sparse_pays()
+
+    def sparse_pays(self) -> bool:
+        """Whether the sparse kernels beat the dense path at this SAE's shape (`kernels="auto"`)."""
+        return True
 
     def sparse_codes(self, x_in: Tensor, pre: Tensor, grad: Tensor | None):
         """The selected latents as `sparse.SparseCodes`, for `x_in [N, d_in]` (the encoder's

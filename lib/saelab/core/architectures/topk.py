@@ -67,6 +67,11 @@ class TopKSAE(SAE):
         values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
         return torch.zeros_like(pre).scatter(-1, indices, F.relu(values))
 
+    def sparse_pays(self) -> bool:
+        """Sparse kernels from d_sae >= 16 k, or from d_in >= 256 at any d_sae: below that the
+        dense matmuls are cheaper than the selection bookkeeping (benchmarks, LOG.md 2026-12-02)."""
+        return self.cfg.d_sae >= 16 * self.cfg.k or self.cfg.d_in >= 256
+
     @torch.no_grad()
     def selection_scores(self, pre: Tensor, grad: Tensor | None) -> Tensor:
         """What the selection ranks, `[N, d_sae]`: the pre-activations themselves for TopK."""
