@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from saelab.core.losses import auxk_loss, downstream_mse, kl_loss, mse_loss, sparsity_loss
 
@@ -116,17 +117,26 @@ def test_auxk_zero_without_dead_latents():
     assert pre.grad is not None
 
 
-def test_kl_from_clean_logprobs_equals_kl_from_logits():
-    """Training normalises the clean logits once (log_probs_) and the KL skips that step."""
-    from saelab.core.losses import log_probs_
+@pytest.mark.parametrize("chunk", [40, 10**6])  # several chunks (recomputed), one (kept)
+@pytest.mark.parametrize("save", [True, False])
+def test_kl_from_a_shared_target_equals_kl_from_logits(chunk, save, monkeypatch):
+    """Training computes the clean side once per batch (kl_target, in place) for every SAE."""
+    from saelab.core import losses
 
+    if not save:
+        monkeypatch.setattr(losses, "SAVE_ELEMENTS", 0)
     g = torch.Generator().manual_seed(0)
     clean, sae = torch.randn(6, 5, 37, generator=g) * 3, torch.randn(6, 5, 37, generator=g)
+    p, q = F.log_softmax(clean, -1).exp(), F.log_softmax(sae, -1)
+    want = (p * (p.log() - q)).sum(-1).mean()
     a, b = sae.clone().requires_grad_(True), sae.clone().requires_grad_(True)
-    want = kl_loss(clean, a, chunk_elements=40)
-    got = kl_loss(log_probs_(clean.clone(), chunk_elements=40), b, chunk_elements=40,
-                  clean_logprobs=True)  # fmt: skip
-    want.backward()
-    got.backward()
-    assert got.item() == pytest.approx(want.item(), rel=1e-6)
-    torch.testing.assert_close(b.grad, a.grad, atol=1e-7, rtol=1e-5)
+    plain = kl_loss(clean, a, chunk_elements=chunk)
+    target = losses.kl_target(clean.clone(), chunk_elements=chunk, in_place=True)
+    shared = kl_loss(None, b, chunk_elements=chunk, target=target)
+    (plain * 2).backward()
+    (shared * 2).backward()
+    assert plain.item() == pytest.approx(want.item(), rel=1e-5)
+    assert shared.item() == pytest.approx(want.item(), rel=1e-5)
+    want_grad = 2 * (F.softmax(sae, -1) - p) / (6 * 5)
+    torch.testing.assert_close(a.grad, want_grad, atol=1e-7, rtol=1e-5)
+    torch.testing.assert_close(b.grad, want_grad, atol=1e-7, rtol=1e-5)

@@ -7,6 +7,7 @@ Pure functions of tensors. `...` is any leading shape (usually `[batch, pos]`); 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -38,64 +39,102 @@ def _chunk_rows(n_vocab: int, chunk_elements: int | None) -> int:
     return max(1, (chunk_elements or CHUNK_ELEMENTS) // n_vocab)
 
 
-class _ChunkedKL(torch.autograd.Function):
-    """Per-token KL(softmax(clean) || softmax(sae)) of `[N, V]` logits, a chunk of rows at a time.
+SAVE_ELEMENTS = 2**26  # up to this many logits (256 MiB), the KL keeps log P_sae for backward
 
-    Forward and backward each hold one chunk's float32 softmax intermediates, never `[N, V]` of
-    them: the gradient in the SAE logits is `softmax(sae) - softmax(clean)` per row. With
-    `logprobs=True` the clean side is already log-probabilities (`log_softmax`, computed once
-    per batch and shared by every SAE of a sweep), so neither pass normalises it again.
+
+def _rowdot(a: Tensor, b: Tensor) -> Tensor:
+    """`sum_j a[i, j] b[i, j]` per row of `[n, V]` tensors, without an `[n, V]` product."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+
+
+class KLTarget(NamedTuple):
+    """The clean side of KL(P_clean || P_sae) for `N` tokens: `probs [N, V]` (float32) and each
+    row's `neg_entropy [N]` (`sum_v p log p`). Computed once per batch (`kl_target`), shared by
+    every SAE trained on that batch (`training.train_many`)."""
+
+    probs: Tensor
+    neg_entropy: Tensor
+
+
+@torch.no_grad()
+def kl_target(logits_clean: Tensor, chunk_elements: int | None = None,
+              in_place: bool = False) -> KLTarget:  # fmt: skip
+    """`KLTarget` of clean `logits [..., V]`, a chunk of rows at a time. `in_place=True` turns
+    float32 logits into the probabilities themselves (no second `[N, V]` tensor)."""
+    V = logits_clean.shape[-1]
+    flat = logits_clean.detach().reshape(-1, V)
+    own = in_place and flat.dtype == torch.float32
+    probs = flat if own else torch.empty(flat.shape, dtype=torch.float32, device=flat.device)
+    neg_entropy = torch.empty(flat.shape[0], dtype=torch.float32, device=flat.device)
+    rows = _chunk_rows(V, chunk_elements)
+    for i in range(0, flat.shape[0], rows):
+        lp = F.log_softmax(flat[i : i + rows].float(), dim=-1)
+        p = torch.exp(lp, out=probs[i : i + rows])
+        neg_entropy[i : i + rows] = _rowdot(p, lp)
+    return KLTarget(probs, neg_entropy)
+
+
+class _ChunkedKL(torch.autograd.Function):
+    """Per-token KL(P_clean || softmax(sae)) from a `KLTarget` and `[N, V]` SAE logits.
+
+    `KL = sum p log p - sum p log q` per row: the first term comes with the target, the second
+    is a row-wise dot product, so the forward pass over the SAE logits is one log_softmax and
+    one read. The gradient in the SAE logits is `softmax(sae) - p` per row, built in place from
+    log q kept from the forward pass when the logits are few (`SAVE_ELEMENTS`); otherwise
+    recomputed a chunk at a time, so that no `[N, V]` float32 intermediate is held for a large
+    vocabulary.
     """
 
     @staticmethod
-    def forward(ctx, clean: Tensor, sae: Tensor, rows: int, logprobs: bool) -> Tensor:
-        out = torch.empty(clean.shape[0], dtype=torch.float32, device=clean.device)
-        for i in range(0, clean.shape[0], rows):
-            c = clean[i : i + rows].float()
-            lp_c = c if logprobs else F.log_softmax(c, dim=-1)
+    def forward(ctx, probs: Tensor, neg_entropy: Tensor, sae: Tensor, rows: int) -> Tensor:
+        out = torch.empty(sae.shape[0], dtype=torch.float32, device=sae.device)
+        keep = sae.numel() <= SAVE_ELEMENTS
+        saved = []
+        for i in range(0, sae.shape[0], rows):
             lp_s = F.log_softmax(sae[i : i + rows].float(), dim=-1)
-            # one fused elementwise pass: exp(lp_c) * (lp_c - lp_s)
-            out[i : i + rows] = F.kl_div(lp_s, lp_c, reduction="none", log_target=True).sum(-1)
-        ctx.save_for_backward(clean, sae)
-        ctx.rows, ctx.logprobs = rows, logprobs
+            out[i : i + rows] = neg_entropy[i : i + rows] - _rowdot(probs[i : i + rows], lp_s)
+            if keep:
+                saved.append(lp_s)
+        ctx.save_for_backward(probs, sae)
+        ctx.rows, ctx.saved = rows, saved
         return out
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        clean, sae = ctx.saved_tensors
-        grad = torch.empty_like(sae)
-        for i in range(0, sae.shape[0], ctx.rows):
-            c = clean[i : i + ctx.rows].float()
-            p_s = F.softmax(sae[i : i + ctx.rows].float(), dim=-1)
-            p_s.sub_(c.exp() if ctx.logprobs else F.softmax(c, dim=-1))  # in place: no new [n, V]
-            grad[i : i + ctx.rows] = p_s.mul_(g[i : i + ctx.rows, None]).to(sae.dtype)
-        return None, grad, None, None
+        probs, sae = ctx.saved_tensors
+        grad = None
+        if ctx.rows < sae.shape[0] or sae.dtype != torch.float32:
+            grad = torch.empty_like(sae)
+        for j, i in enumerate(range(0, sae.shape[0], ctx.rows)):
+            if ctx.saved:
+                p_s = ctx.saved[j].exp_()  # log q is not needed again: exponentiate in place
+            else:
+                p_s = F.softmax(sae[i : i + ctx.rows].float(), dim=-1)
+            p_s.sub_(probs[i : i + ctx.rows]).mul_(g[i : i + ctx.rows, None])
+            if grad is None:  # one float32 chunk: it is the gradient
+                grad = p_s
+            else:
+                grad[i : i + ctx.rows] = p_s
+        ctx.saved = []
+        return None, None, grad, None
 
 
-def kl_loss(logits_clean: Tensor, logits_sae: Tensor, chunk_elements: int | None = None,
-            clean_logprobs: bool = False) -> Tensor:  # fmt: skip
+def kl_loss(logits_clean: Tensor | None, logits_sae: Tensor, chunk_elements: int | None = None,
+            target: KLTarget | None = None) -> Tensor:  # fmt: skip
     """`KL(P_clean || P_sae)` per token of `[..., vocab]` logits, mean over tokens -> scalar.
 
     Computed `chunk_elements` logits at a time (default `CHUNK_ELEMENTS`), so peak memory does
-    not grow with batch x positions x vocab beyond the logits themselves. `clean_logprobs=True`:
-    `logits_clean` already holds log-probabilities (`log_probs_`).
+    not grow with batch x positions x vocab beyond the logits themselves (and, up to
+    `SAVE_ELEMENTS` logits, one float32 copy kept for the backward). `target`: the clean side
+    already computed (`kl_target`), in place of `logits_clean`.
     """
     # Braun et al. 2024 §2: the clean distribution is the fixed target, so no gradient reaches
-    # it; log_softmax on both sides for stability with peaked distributions.
+    # it; log-probabilities on both sides for stability with peaked distributions.
     V = logits_sae.shape[-1]
-    clean, sae = logits_clean.detach().reshape(-1, V), logits_sae.reshape(-1, V)
-    return _ChunkedKL.apply(clean, sae, _chunk_rows(V, chunk_elements), clean_logprobs).mean()
-
-
-@torch.no_grad()
-def log_probs_(logits: Tensor, chunk_elements: int | None = None) -> Tensor:
-    """`log_softmax` of `logits [..., vocab]` in place, a chunk of rows at a time; returns it."""
-    V = logits.shape[-1]
-    flat = logits.view(-1, V)
+    if target is None:
+        target = kl_target(logits_clean, chunk_elements)
     rows = _chunk_rows(V, chunk_elements)
-    for i in range(0, flat.shape[0], rows):
-        flat[i : i + rows] = F.log_softmax(flat[i : i + rows].float(), dim=-1).to(flat.dtype)
-    return logits
+    return _ChunkedKL.apply(*target, logits_sae.reshape(-1, V), rows).mean()
 
 
 class _ChunkedCE(torch.autograd.Function):

@@ -84,7 +84,7 @@ class E2E(Objective):
         return {
             "kl": (
                 self.kl_coeff,
-                losses.kl_loss(clean.logits, spliced.logits, clean_logprobs=clean.logprobs),
+                losses.kl_loss(clean.logits, spliced.logits, target=clean.kl_target),
             )
         }
 

@@ -89,7 +89,7 @@ def sae_inputs(clean: Clean, keep: torch.Tensor | None, dtype=torch.float32) -> 
     acts = {s: select(a, keep, dtype) for s, a in clean.acts.items()}
     grads = None if clean.grads is None else {s: select(g, keep, dtype)
                                               for s, g in clean.grads.items()}  # fmt: skip
-    return Clean(acts, grads, clean.logits, clean.later, clean.logprobs)
+    return Clean(acts, grads, clean.logits, clean.later, clean.kl_target)
 
 
 def sae_input(lm, tokens: torch.Tensor, sae: SAE, keep: torch.Tensor | None = None,
@@ -132,9 +132,9 @@ class Clean:
     grads: dict[Site, torch.Tensor] | None
     logits: torch.Tensor | None
     later: list[torch.Tensor]
-    # True once `logits` hold log-probabilities (training normalises them once per batch, in
-    # place, for the KL of every SAE that shares the pass: `losses.log_probs_`)
-    logprobs: bool = False
+    # the KL's clean side (`losses.kl_target`), made once per batch by training and shared by
+    # every SAE of a sweep; `logits` is then None (turned into those probabilities in place)
+    kl_target: losses.KLTarget | None = None
 
 
 def clean_pass(

@@ -262,9 +262,9 @@ def train_step(
     elif clean is None:
         grads = any(saes[s].needs_grad for s in sites)
         clean = clean_pass(lm, tokens, sites, later, logits=obj.needs_logits, grads=grads)
-    if obj.needs_logits and not clean.logprobs:  # normalised once, shared by a sweep's SAEs
-        losses.log_probs_(clean.logits)
-        clean.logprobs = True
+    if obj.needs_logits and clean.kl_target is None:  # once per batch, shared by a sweep's SAEs
+        clean.kl_target = losses.kl_target(clean.logits, in_place=True)
+        clean.logits = None  # they are the target's probabilities now
     inputs = sae_inputs(clean, keep, saes[sites[0]].dtype)  # what the SAEs see, in their dtype
     grad = inputs.grads or {}
     if obj.spliced:
