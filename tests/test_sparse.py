@@ -143,3 +143,15 @@ def test_auto_kernels_follow_the_shape_and_bad_values_are_refused():
     small.kernels = "fast"
     with pytest.raises(ValueError, match="kernels='fast' is unknown"):
         small(torch.randn(2, 64))
+
+
+def test_batch_top_is_the_flat_top_including_the_fallback():
+    from saelab.core.architectures.batchtopk import batch_top
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 80, generator=g)
+    want = x.reshape(-1).topk(50 * 4).indices.sort().values
+    assert torch.equal(batch_top(x, 4), want)
+    x[7] += 100  # one token holds far more than its 8 candidates of the batch's top: fallback
+    want = x.reshape(-1).topk(50 * 4).indices.sort().values
+    assert torch.equal(batch_top(x, 4), want)
