@@ -26,7 +26,8 @@ notebooks: $(STAMP)
 
 # JupyterLab from the repository root (the .ipynb pairs exist first); a notebook opened from
 # notebooks/ resolves its paths against the root and writes to outputs/<notebook>/interactive-<time>.
-LAB_ARGS ?=
+# root (a container) must say so to Jupyter; other users need nothing
+LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
 lab: notebooks
 	$(BIN)/jupyter lab $(LAB_ARGS)
 
