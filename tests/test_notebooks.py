@@ -36,6 +36,10 @@ SMOKE = {
                         n_ctx=16, eval_tokens=1024, n_boot=100),
     "09_ground_truth": dict(sae_run=PARETO, eval_tokens=1024),
     "10_downstream": dict(sae_run=PARETO),
+    "11_gsae_study": dict(
+        n_tokens=4096, batch_size=8, betas=[1.0, 64.0], grad_norms=["unit", "none"],
+        eval_tokens=1024, alive_tokens=1024, n_latents=8, n_contexts=2, steer_ctx=16, n_boot=100,
+    ),
 }  # fmt: skip
 
 

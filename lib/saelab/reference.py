@@ -51,6 +51,7 @@ JOBS = (
     ("04_gradient_sae", "default"),
     ("05_pareto", "default"),
     *((study, "default") for study in runs.STUDIES),
+    ("11_gsae_study", "default"),  # trains its own TopK / g-SAE grid (reads no 05 run)
 )
 
 
