@@ -145,13 +145,15 @@ def test_auto_kernels_follow_the_shape_and_bad_values_are_refused():
         small(torch.randn(2, 64))
 
 
-def test_batch_top_is_the_flat_top_including_the_fallback():
+def test_batch_top_is_the_flat_top_however_the_mass_is_spread():
     from saelab.core.architectures.batchtopk import batch_top
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(50, 80, generator=g)
-    want = x.reshape(-1).topk(50 * 4).indices.sort().values
-    assert torch.equal(batch_top(x, 4), want)
-    x[7] += 100  # one token holds far more than its 8 candidates of the batch's top: fallback
-    want = x.reshape(-1).topk(50 * 4).indices.sort().values
-    assert torch.equal(batch_top(x, 4), want)
+    cases = [x, x * torch.rand(50, 1, generator=g) * 3, x.clone()]
+    cases[2][7] += 100  # one token holds far more of the batch's top than the others
+    for case in cases:
+        want = case.reshape(-1).topk(50 * 4).indices.sort().values
+        assert torch.equal(batch_top(case, 4), want)
+    ties = torch.zeros(50, 80)  # every entry tied: the full ranking, still k N of them
+    assert batch_top(ties, 4).numel() == 200
