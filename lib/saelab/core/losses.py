@@ -43,8 +43,11 @@ SAVE_ELEMENTS = 2**26  # up to this many logits (256 MiB), the KL keeps log P_sa
 
 
 def _rowdot(a: Tensor, b: Tensor) -> Tensor:
-    """`sum_j a[i, j] b[i, j]` per row of `[n, V]` tensors, without an `[n, V]` product."""
-    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+    """`sum_j a[i, j] b[i, j]` per row of `[n, V]` tensors."""
+    # mul + sum, not bmm: as fast on a CPU, and torch.sum's cascade summation keeps the KL (a
+    # difference of two such sums, each ~10 nats) accurate to ~1e-7 where bmm's running sum
+    # drifted by ~4e-5 over 2,048 logits
+    return (a * b).sum(-1)
 
 
 class KLTarget(NamedTuple):
