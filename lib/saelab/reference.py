@@ -242,7 +242,12 @@ def with_ci(rec: dict, key: str = "mean", digits: int = 3) -> str:
 
 
 def pct(x, digits: int = 1) -> str:
-    return f"{100 * float(x):.{digits}f}%"
+    """A percentage; a nonzero value too small for `digits` decimals keeps 2 significant digits
+    (0.049%, not 0.0%: a table must not show 0.0% against 0.0% and call one of them fewer)."""
+    v = 100 * float(x)
+    if v != 0 and abs(v) < 0.5 * 10**-digits:
+        return f"{v:.2g}%"
+    return f"{v:.{digits}f}%"
 
 
 def md_table(header: list[str], rows: list[list]) -> str:
