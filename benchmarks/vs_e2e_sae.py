@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -92,7 +93,11 @@ def saelab_worker(spec: dict):
         nonlocal i
         tokens = batches[i % len(batches)]
         i += 1
-        clean = training.shared_clean_pass(lm, tokens, states, cfgs[0]) if n > 1 else None
+        clean = (
+            training.shared_clean_pass(lm, tokens, [st.saes for st in states], cfgs[0])
+            if n > 1
+            else None
+        )
         logs = [training.optimise(lm, tokens, st, c, 1e-3, None, World(), None, clean=clean)
                 for st, c in zip(states, cfgs, strict=True)]  # fmt: skip
         return logs[0]["loss"]
@@ -213,11 +218,6 @@ class Worker:
         self.p.wait()
 
 
-def median(xs: list[float]) -> float:
-    xs = sorted(xs)
-    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
-
-
 def run_combo(combo: str, ratio: float, args, tokens_path: str, model_dir: str) -> dict:
     """Alternate the contenders of one combination for `args.rounds` rounds."""
     arch = combo.split(":")[0]
@@ -243,7 +243,7 @@ def run_combo(combo: str, ratio: float, args, tokens_path: str, model_dir: str) 
     n_tok = args.batch_size * args.n_ctx
     row = {"combo": combo, "ratio": ratio, "k": args.k if arch != "relu" else None}
     for kind in kinds:
-        row[f"{kind}_tok_s"] = n_tok / median(times[kind])
+        row[f"{kind}_tok_s"] = n_tok / statistics.median(times[kind])
         row[f"{kind}_tok_s_range"] = [n_tok / max(times[kind]), n_tok / min(times[kind])]
         row[f"{kind}_max_rss_mib"] = mem[kind]
     if "e2e_sae" in kinds:

@@ -260,8 +260,7 @@ def train_step(
     if acts is not None:
         clean = Clean(acts, None, None, [])
     elif clean is None:
-        grads = any(saes[s].needs_grad for s in sites)
-        clean = clean_pass(lm, tokens, sites, later, logits=obj.needs_logits, grads=grads)
+        clean = shared_clean_pass(lm, tokens, [saes], cfg)
     if obj.needs_logits and clean.kl_target is None:  # once per batch, shared by a sweep's SAEs
         clean.kl_target = losses.kl_target(clean.logits, in_place=True)
         clean.logits = None  # they are the target's probabilities now
@@ -631,14 +630,15 @@ def check_sweep(cfgs: list[TrainConfig], out_dirs: list) -> None:
 
 
 def shared_clean_pass(
-    lm, tokens: torch.Tensor, states: list[TrainState], cfg: TrainConfig
+    lm, tokens: torch.Tensor, saes: list[dict[Site, SAE]], cfg: TrainConfig
 ) -> Clean:
-    """One clean pass on `tokens [B, T]` serving every SAE of a sweep: activations, and the
-    logits, later residuals and dL/dx where the objective or any SAE needs them."""
-    sites = sort_sites(list(states[0].saes))
+    """One clean pass on `tokens [B, T]` serving every SAE set in `saes` (one per config of a
+    sweep, same sites): activations, and the logits, later residuals and dL/dx where the
+    objective or any SAE needs them."""
+    sites = sort_sites(list(saes[0]))
     obj = cfg.objective
     later = obj.later(lm, sites) if obj.spliced else []
-    grads = any(sae.needs_grad for st in states for sae in st.saes.values())
+    grads = any(sae.needs_grad for group in saes for sae in group.values())
     return clean_pass(lm, tokens, sites, later, logits=obj.needs_logits, grads=grads)
 
 
@@ -757,7 +757,7 @@ def train_many(
         batch = dd.shard(next(batches), w).to(facts["device"])
         clean = None
         if len(members) > 1 and cache is None:
-            clean = shared_clean_pass(lm, batch, [m.state for m in members], cfg0)
+            clean = shared_clean_pass(lm, batch, [m.state.saes for m in members], cfg0)
         for m in members:
             cfg, state = m.cfg, m.state
             lr = lr_at(state.step, n_steps, cfg.lr, cfg.warmup, cfg.min_lr_frac)
