@@ -48,3 +48,37 @@ def test_load_sweep_names_what_it_needs(tmp_path):
     SWEEP.assign(run=[f"r{i}" for i in range(5)]).to_csv(tmp_path / "sweep.csv", index=False)
     with pytest.raises(FileNotFoundError, match="no saved SAE"):
         compare.load_sweep(tmp_path)
+
+
+def test_log_ce_interpolation_differs_from_linear_across_a_jump():
+    """Across a jump (CE 0.05 -> 0.7) linear and log-CE interpolation disagree; both are exact
+    at the runs and NaN outside the sweep."""
+    jump = pd.DataFrame(dict(method="local", ce_increase=[0.05, 0.7], l0=[40.0, 4.0]))
+    lin = compare.interpolate_at(jump, "ce_increase", "l0", 0.2)
+    log = compare.interpolate_at(jump, "ce_increase", "l0", 0.2, log_x=True)
+    w_lin = (0.2 - 0.05) / (0.7 - 0.05)
+    w_log = math.log(0.2 / 0.05) / math.log(0.7 / 0.05)
+    assert lin == pytest.approx(40 * 0.1**w_lin) and log == pytest.approx(40 * 0.1**w_log)
+    assert log < lin  # log CE puts 0.2 further along towards the sparse end
+    assert compare.interpolate_at(jump, "ce_increase", "l0", 0.05, log_x=True) == pytest.approx(40)
+    assert math.isnan(compare.interpolate_at(jump, "ce_increase", "l0", 0.9, log_x=True))
+    t = compare.matched(jump, ["local"], 0.2, cols=("l0",), log_x=True)
+    assert t.loc["local", "l0"] == pytest.approx(log)
+
+
+def test_bracket_names_the_runs_either_side_and_whether_they_are_close():
+    runs = pd.DataFrame(dict(method=["local"] * 3 + ["e2e"] * 2, run=list("abcde"),
+                             ce_increase=[0.05, 0.09, 0.115, 0.02, 0.5]))  # fmt: skip
+    b = compare.bracket(runs, ["local", "e2e"], 0.1)
+    assert (b.loc["local", "run_below"], b.loc["local", "run_above"]) == ("b", "c")
+    assert b.loc["local", "bracketed"]  # 0.09 and 0.115: both within 20% of 0.1
+    assert not b.loc["e2e", "bracketed"]  # 0.02 and 0.5: a jump, interpolation is a guess
+    assert b.loc["e2e", "below"] == 0.02 and b.loc["e2e", "above"] == 0.5
+    one_side = compare.bracket(runs, ["local"], 0.01)
+    assert math.isnan(one_side.loc["local", "below"]) and not one_side.loc["local", "bracketed"]
+
+
+def test_first_seed_keeps_the_lowest_seed():
+    df = SWEEP.assign(seed=[1, 0, 0, 1, 0])
+    assert set(compare.first_seed(df).seed) == {0} and len(compare.first_seed(df)) == 3
+    assert len(compare.first_seed(SWEEP)) == len(SWEEP)  # no seed column: every row

@@ -25,6 +25,7 @@ if _os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false",
     _quiet_tqdm()
 
 from saelab.core.cache import ActivationCache, cache_activations, load_cache
+from saelab.core.convergence import loss_plateau
 from saelab.core.data import TokenDataset, token_dataset
 from saelab.core.metrics import evaluate, selected_latents, selection_overlap
 from saelab.core.models import Site, load_model, model_info, parse_site, valid_sites
@@ -51,6 +52,7 @@ __all__ = [
     "load_cache",
     "load_model",
     "load_sae",
+    "loss_plateau",
     "model_info",
     "objective",
     "parse_site",

@@ -15,10 +15,12 @@ import numpy as np
 import pandas as pd
 
 
-def interpolate_at(df: pd.DataFrame, x: str, y: str, target: float) -> float:
+def interpolate_at(df: pd.DataFrame, x: str, y: str, target: float, log_x: bool = False) -> float:
     """`y` at `x == target`, interpolated over `df`'s rows; NaN when out of range.
 
     Log-linear in `y` when every value is positive (L0 and alive span decades), else linear.
+    `log_x` interpolates in log `x` too: across a sweep's jump (CE +0.05 to +0.7 between two
+    neighbouring runs) the two choices can disagree by tens of percent, so tables give both.
     """
     d = df[[x, y]].dropna().sort_values(x)
     if len(d) == 0 or not d[x].min() <= target <= d[x].max():
@@ -26,6 +28,10 @@ def interpolate_at(df: pd.DataFrame, x: str, y: str, target: float) -> float:
     if len(d) == 1:
         return float(d[y].iloc[0])
     xs, ys = d[x].to_numpy(dtype=float), d[y].to_numpy(dtype=float)
+    if log_x:
+        if (xs <= 0).any() or target <= 0:
+            return float("nan")  # log x needs positive values
+        xs, target = np.log(xs), float(np.log(target))
     if (ys <= 0).any():  # zeros or negatives (a fraction, an explained variance): linear
         return float(np.interp(target, xs, ys))
     return float(np.exp(np.interp(target, xs, np.log(ys))))
@@ -50,51 +56,46 @@ def match_target(df: pd.DataFrame, methods, target: float = 0.0, x: str = "ce_in
 
 
 def matched(df: pd.DataFrame, methods, target: float, x: str = "ce_increase",
-            cols=("l0", "alive")) -> pd.DataFrame:  # fmt: skip
-    """One row per method: `cols` interpolated at `x == target` (NaN: sweep does not reach it)."""
+            cols=("l0", "alive"), log_x: bool = False) -> pd.DataFrame:  # fmt: skip
+    """One row per method: `cols` interpolated at `x == target` (NaN: sweep does not reach it),
+    linearly in `x` or, with `log_x`, in log `x`."""
     rows = []
     for m in methods:
         sub = df[df.method == m]
-        rows.append({"method": m, x: target} | {c: interpolate_at(sub, x, c, target) for c in cols})
+        rows.append({"method": m, x: target}
+                    | {c: interpolate_at(sub, x, c, target, log_x) for c in cols})  # fmt: skip
     return pd.DataFrame(rows, columns=["method", x, *cols]).set_index("method")
 
 
-def pareto_plot(df: pd.DataFrame, y: str = "ce_increase", xs=("l0", "alive"), path=None,
-                title: str | None = None):  # fmt: skip
-    """Braun et al. Fig. 1: `y` against each of `xs`, one line per method (sorted by x), in the
-    methods' shared style (`saelab.studies.plots`). An axis whose values span a decade or more
-    is log-scaled (CE increase usually does); alive latents get integer ticks."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    from saelab.studies import plots
-
-    fig, axes = plt.subplots(1, len(xs), figsize=(max(5.2 * len(xs), 6.4), 4.2), squeeze=False)
-    kw = plots.style_kwargs(df["method"])
-    for ax, x in zip(axes[0], xs, strict=True):
-        sns.lineplot(data=df.sort_values(x), x=x, y=y, hue="method", style="method",
-                     sort=False, estimator=None, ax=ax, markersize=7, **kw)  # fmt: skip
-        xlabel = {"l0": "L0 (active latents per token)", "alive": "alive latents"}.get(x, x)
-        ylabel = plots.LABELS.get(y, y)
-        ax.set(xlabel=xlabel, ylabel=ylabel, title=f"{ylabel.split(' (')[0]} against {xlabel}")
-        plots.log_if_spans(ax, "x", df[x]) or plots.tidy_ticks(ax, "x", integer=x == "alive")
-        plots.log_if_spans(ax, "y", df[y]) or plots.tidy_ticks(ax, "y")
-        plots.legend_labels(ax)
-        if ax is not axes[0, 0] and ax.get_legend() is not None:
-            ax.get_legend().remove()
-    default = "Pareto frontiers: CE increase against sparsity (lower left is better)"
-    plots.titled(fig, title or default)
-    fig.tight_layout()
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
-    return fig
+def bracket(df: pd.DataFrame, methods, target: float, x: str = "ce_increase",
+            within: float = 0.2) -> pd.DataFrame:  # fmt: skip
+    """Per method, the actual runs nearest `target` below and above it in `x`, and whether both
+    lie within `within` (relative) of it: an interpolation between two such runs is a short step,
+    not a guess across a jump. Index = method; columns `below`, `above` (their `x`), `run_below`,
+    `run_above`, `bracketed` (bool)."""
+    rows = []
+    for m in methods:
+        sub = df[df.method == m]
+        lo, hi = sub[sub[x] <= target], sub[sub[x] >= target]
+        b = lo.loc[lo[x].idxmax()] if len(lo) else None
+        a = hi.loc[hi[x].idxmin()] if len(hi) else None
+        ok = (b is not None and a is not None and b[x] >= (1 - within) * target
+              and a[x] <= (1 + within) * target)  # fmt: skip
+        rows.append(dict(
+            method=m, below=float("nan") if b is None else float(b[x]),
+            above=float("nan") if a is None else float(a[x]),
+            run_below=None if b is None else b.get("run"),
+            run_above=None if a is None else a.get("run"), bracketed=bool(ok),
+        ))  # fmt: skip
+    return pd.DataFrame(rows).set_index("method")
 
 
 def load_sweep(folder: str | Path) -> pd.DataFrame:
-    """The sweep table of a `05_pareto` run folder with each SAE's path (column `sae_path`).
+    """The sweep table of a `05_pareto` run folder with each SAE's path (column `sae_path`) and
+    training seed (column `seed`; 0 for runs made before 05 took several seeds).
 
-    Reads `folder/sweep.csv`; SAEs live in `folder/runs/<run>/saes/<site>/`.
+    Reads `folder/sweep.csv`; SAEs live in `folder/runs/<run>/saes/<site>/`. A study that
+    compares methods reads one seed (`first_seed`); the others are its between-seed null.
     """
     folder = Path(folder)
     table = folder / "sweep.csv"
@@ -110,7 +111,14 @@ def load_sweep(folder: str | Path) -> pd.DataFrame:
         if not saes:
             raise FileNotFoundError(f"no saved SAE under {folder / 'runs' / run / 'saes'}")
         paths.append(str(saes[0].parent))
+    if "seed" not in df:
+        df["seed"] = 0
     return df.assign(sae_path=paths)
+
+
+def first_seed(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a sweep trained with its first (lowest) seed."""
+    return df[df.seed == df.seed.min()] if "seed" in df else df
 
 
 def closest(df: pd.DataFrame, methods, target: float, x: str = "ce_increase") -> pd.DataFrame:

@@ -14,16 +14,14 @@ evaluated without its label, and seed statistics.
 
 from __future__ import annotations
 
-import math
 from dataclasses import fields
-
-import numpy as np
 
 from saelab.core.architectures.topk import TopKConfig
 from saelab.core.metrics import selection_overlap
 from saelab.core.models import parse_site
 from saelab.core.passes import clean_pass, excluded_positions, kept_positions, sae_inputs
 from saelab.core.sae import SAE
+from saelab.studies.analysis import seed_stats  # noqa: F401  (11_gsae_study reads it here)
 
 GRADIENT_FIELDS = ("beta", "value_mode", "grad_norm")
 
@@ -73,20 +71,6 @@ def held_out_overlaps(lm, pairs: dict, data, n_tokens: int, batch_size: int,
             sums[name] += selection_overlap(a, b, x, g) * n
         count += n
     return {name: s / count for name, s in sums.items()}
-
-
-def seed_stats(values, level: float = 0.95) -> dict:
-    """Mean, sample SD, n and the t-interval of the mean over seeds (NaN bounds for n < 2)."""
-    v = np.asarray([x for x in values if x == x], dtype=float)
-    n = len(v)
-    mean = float(v.mean()) if n else float("nan")
-    if n < 2:
-        return dict(mean=mean, sd=float("nan"), n=n, lo=float("nan"), hi=float("nan"))
-    from scipy.stats import t
-
-    sd = float(v.std(ddof=1))
-    half = float(t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
-    return dict(mean=mean, sd=sd, n=n, lo=mean - half, hi=mean + half)
 
 
 def seed_noise(values) -> float:

@@ -1,0 +1,44 @@
+"""Has a training run converged? A stated, checkable criterion for reference sweeps.
+
+A run counts as converged when its training loss has **plateaued over the last 20% of its
+steps**: the mean logged loss of the last 10% of steps is less than `tol` (2%) below the mean of
+the 10% before (ARCHITECTURE.md §5). With `TrainConfig`'s cosine schedule (decay to
+`min_lr_frac * lr`) the rate is near its floor there, so a loss still falling faster than that
+means more tokens would still change the SAE.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def loss_plateau(log: list[dict], last: float = 0.2, tol: float = 0.02) -> dict:
+    """The plateau check of one run's training log (`Run.log`: records with `kind == "train"`,
+    `step` and `loss`).
+
+    Splits the steps after `(1 - last) * n_steps` into two halves and compares their mean loss.
+    Returns `first`, `second` (the two means), `change` ((first - second) / |first|: the relative
+    fall over the second half), `n` (records in the window) and `converged` (change < tol).
+    Raises ValueError when the window holds fewer than 4 logged losses (log more often:
+    `TrainConfig.log_every`).
+    """
+    train = [r for r in log if r.get("kind") == "train" and "loss" in r]
+    if not 0 < last <= 1:
+        raise ValueError(f"last={last!r} must be in (0, 1]: the fraction of steps to check")
+    if not train:
+        raise ValueError("the log has no training losses (records with kind='train')")
+    n_steps = max(r["step"] for r in train)
+    start = (1 - last) * n_steps
+    window = [r for r in train if r["step"] > start]
+    if len(window) < 4:
+        raise ValueError(
+            f"only {len(window)} logged losses in the last {last:.0%} of {n_steps} steps; "
+            "need 4 or more (lower TrainConfig.log_every)"
+        )
+    mid = start + last * n_steps / 2
+    a = [r["loss"] for r in window if r["step"] <= mid]
+    b = [r["loss"] for r in window if r["step"] > mid]
+    first, second = sum(a) / len(a), sum(b) / len(b)
+    change = (first - second) / abs(first) if first else math.nan
+    return dict(first=first, second=second, change=change, n=len(window),
+                converged=bool(change < tol))  # fmt: skip

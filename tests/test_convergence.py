@@ -1,0 +1,32 @@
+"""The convergence criterion of the reference sweeps: a loss plateau over the last 20% of steps."""
+
+import math
+
+import pytest
+
+from saelab import loss_plateau
+
+
+def _log(losses):
+    return [{"step": i + 1, "kind": "train", "loss": v} for i, v in enumerate(losses)]
+
+
+def test_flat_tail_converges_and_falling_tail_does_not():
+    flat = [10 - 0.1 * i for i in range(80)] + [2.0] * 20  # flat over the last 20 steps
+    r = loss_plateau(_log(flat))
+    assert r["converged"] and r["change"] == pytest.approx(0.0) and r["n"] == 20
+    falling = [10 * math.exp(-i / 40) for i in range(100)]  # still ~12% down per 10 steps
+    r = loss_plateau(_log(falling))
+    assert not r["converged"] and r["change"] == pytest.approx(1 - math.exp(-10 / 40), rel=0.05)
+    assert loss_plateau(_log(falling), tol=0.5)["converged"]  # the threshold is the caller's
+
+
+def test_evaluation_records_are_ignored_and_short_logs_refused():
+    log = _log([1.0] * 50) + [{"step": 50, "kind": "eval", "ce_increase": 0.1}]
+    assert loss_plateau(log)["converged"]
+    with pytest.raises(ValueError, match="need 4 or more"):
+        loss_plateau(_log([1.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match="no training losses"):
+        loss_plateau([{"step": 1, "kind": "eval"}])
+    with pytest.raises(ValueError, match="last=0"):
+        loss_plateau(_log([1.0] * 10), last=0)
