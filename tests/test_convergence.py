@@ -26,7 +26,15 @@ def test_evaluation_records_are_ignored_and_short_logs_refused():
     assert loss_plateau(log)["converged"]
     with pytest.raises(ValueError, match="need 4 or more"):
         loss_plateau(_log([1.0, 1.0, 1.0]))
-    with pytest.raises(ValueError, match="no training losses"):
+    with pytest.raises(ValueError, match="no training 'loss'"):
         loss_plateau([{"step": 1, "kind": "eval"}])
+    with pytest.raises(ValueError, match=r"no training 'mse'.*'loss', 'step'"):
+        loss_plateau(_log([1.0] * 10), key="mse")
+
+
+def test_a_term_other_than_the_total_loss():
+    """TopK's total adds AuxK, on and off with the dead latents: the plateau of `mse` is read."""
+    log = [{"step": i + 1, "kind": "train", "mse": 1.0, "loss": 1.0 + (i % 2)} for i in range(50)]
+    assert loss_plateau(log, key="mse")["change"] == 0.0
     with pytest.raises(ValueError, match="last=0"):
         loss_plateau(_log([1.0] * 10), last=0)

@@ -28,6 +28,7 @@ SMOKE = {
     "05_pareto": dict(
         n_tokens=16 * 128 * 4, batch_size=16, local_sparsity=[1.0], e2e_sparsity=[1.0], ks=[8],
         batchtopk_ks=[8], jumprelu_l0_coeffs=[10.0], eval_tokens=4 * 128, alive_tokens=1024,
+        seeds=[0, 1],
     ),
     "06_feature_browser": dict(sae_run=PARETO, n_tokens=2048, n_latents=4, n_contexts=4),
     "07_geometry": dict(n_tokens=4096, batch_size=8, eval_tokens=512, n_boot=100, run_umap=False,

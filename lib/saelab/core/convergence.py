@@ -12,9 +12,12 @@ from __future__ import annotations
 import math
 
 
-def loss_plateau(log: list[dict], last: float = 0.2, tol: float = 0.02) -> dict:
+def loss_plateau(log: list[dict], last: float = 0.2, tol: float = 0.02, key: str = "loss") -> dict:
     """The plateau check of one run's training log (`Run.log`: records with `kind == "train"`,
-    `step` and `loss`).
+    `step` and the logged term `key`).
+
+    `key` is the total `loss` by default; a TopK SAE's total adds AuxK, which is 0 while no
+    latent is dead and jumps when one dies, so its plateau is better read on `mse`.
 
     Splits the steps after `(1 - last) * n_steps` into two halves and compares their mean loss.
     Returns `first`, `second` (the two means), `change` ((first - second) / |first|: the relative
@@ -22,11 +25,13 @@ def loss_plateau(log: list[dict], last: float = 0.2, tol: float = 0.02) -> dict:
     Raises ValueError when the window holds fewer than 4 logged losses (log more often:
     `TrainConfig.log_every`).
     """
-    train = [r for r in log if r.get("kind") == "train" and "loss" in r]
+    train = [r for r in log if r.get("kind") == "train" and key in r]
     if not 0 < last <= 1:
         raise ValueError(f"last={last!r} must be in (0, 1]: the fraction of steps to check")
     if not train:
-        raise ValueError("the log has no training losses (records with kind='train')")
+        have = sorted({k for r in log if r.get("kind") == "train" for k in r})
+        raise ValueError(f"the log has no training {key!r} (records with kind='train'; they "
+                         f"have {have})")  # fmt: skip
     n_steps = max(r["step"] for r in train)
     start = (1 - last) * n_steps
     window = [r for r in train if r["step"] > start]
@@ -36,8 +41,8 @@ def loss_plateau(log: list[dict], last: float = 0.2, tol: float = 0.02) -> dict:
             "need 4 or more (lower TrainConfig.log_every)"
         )
     mid = start + last * n_steps / 2
-    a = [r["loss"] for r in window if r["step"] <= mid]
-    b = [r["loss"] for r in window if r["step"] > mid]
+    a = [r[key] for r in window if r["step"] <= mid]
+    b = [r[key] for r in window if r["step"] > mid]
     first, second = sum(a) / len(a), sum(b) / len(b)
     change = (first - second) / abs(first) if first else math.nan
     return dict(first=first, second=second, change=change, n=len(window),

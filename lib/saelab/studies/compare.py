@@ -90,6 +90,38 @@ def bracket(df: pd.DataFrame, methods, target: float, x: str = "ce_increase",
     return pd.DataFrame(rows).set_index("method")
 
 
+def pareto_plot(df: pd.DataFrame, y: str = "ce_increase", xs=("l0", "alive"), path=None,
+                title: str | None = None):  # fmt: skip
+    """Braun et al. Fig. 1: `y` against each of `xs`, one line per method (sorted by x), in the
+    methods' shared style (`saelab.studies.plots`). An axis whose values span a decade or more
+    is log-scaled (CE increase usually does); alive latents get integer ticks."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from saelab.studies import plots
+
+    fig, axes = plt.subplots(1, len(xs), figsize=(max(5.2 * len(xs), 6.4), 4.2), squeeze=False)
+    kw = plots.style_kwargs(df["method"])
+    for ax, x in zip(axes[0], xs, strict=True):
+        sns.lineplot(data=df.sort_values(x), x=x, y=y, hue="method", style="method",
+                     sort=False, estimator=None, ax=ax, markersize=7, **kw)  # fmt: skip
+        xlabel = {"l0": "L0 (active latents per token)", "alive": "alive latents"}.get(x, x)
+        ylabel = plots.LABELS.get(y, y)
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=f"{ylabel.split(' (')[0]} against {xlabel}")
+        plots.log_if_spans(ax, "x", df[x]) or plots.tidy_ticks(ax, "x", integer=x == "alive")
+        plots.log_if_spans(ax, "y", df[y]) or plots.tidy_ticks(ax, "y")
+        plots.legend_labels(ax)
+        if ax is not axes[0, 0] and ax.get_legend() is not None:
+            ax.get_legend().remove()
+    default = "Pareto frontiers: CE increase against sparsity (lower left is better)"
+    plots.titled(fig, title or default)
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    return fig
+
+
 def load_sweep(folder: str | Path) -> pd.DataFrame:
     """The sweep table of a `05_pareto` run folder with each SAE's path (column `sae_path`) and
     training seed (column `seed`; 0 for runs made before 05 took several seeds).
