@@ -40,12 +40,13 @@ n_tokens: int = 200_000  # training tokens per SAE
 batch_size: int = 16  # rows per step
 lr: float = 0.01  # peak learning rate of the ReLU SAEs (Adam, warmup + cosine)
 local_sparsity: list = [0.1, 1.0]  # phi values of the local (MSE) SAEs
-e2e_sparsity: list = [1.0, 10.0]  # phi values of the e2e and e2e+ds SAEs
+e2e_sparsity: list = [1.0, 10.0]  # phi values of the e2e SAEs
+e2e_ds_sparsity: list = []  # phi values of the e2e+ds SAEs ([]: e2e_sparsity)
 kl_coeff_ds: float = 0.5  # e2e+ds KL weight (paper, GPT-2)
 ds_coeff: float = 2.5  # e2e+ds downstream MSE weight (paper, GPT-2)
 ks: list = [8, 32]  # k values of the TopK and g-SAE runs
 topk_dict_ratio: float = 32.0  # TopK / g-SAE latents per model dimension
-topk_lr: float = 0.004  # peak learning rate of the TopK / g-SAE runs
+topk_lr: float = 0.012  # peak learning rate of the TopK / g-SAE runs
 topk_n_tokens: int = 0  # training tokens per TopK-family and JumpReLU SAE (0: n_tokens)
 beta: float = 1.0  # g-SAE gradient weight
 batchtopk_ks: list = [8, 32]  # k values of the BatchTopK runs (mean L0 over the batch)
@@ -119,7 +120,7 @@ runs = (
     [("local", dict(sae="relu", loss="local", sparsity=p)) for p in local_sparsity]
     + [("e2e", dict(sae="relu", loss="e2e", sparsity=p)) for p in e2e_sparsity]
     + [("e2e+ds", dict(sae="relu", loss="e2e+ds", sparsity=p, kl_coeff=kl_coeff_ds,
-                       ds_coeff=ds_coeff)) for p in e2e_sparsity]
+                       ds_coeff=ds_coeff)) for p in e2e_ds_sparsity or e2e_sparsity]
     + [("topk", dict(sae="topk", loss="local", k=k, **topk)) for k in ks]
     + [("gtopk", dict(sae="gtopk", loss="local", k=k, beta=beta, **topk)) for k in ks]
     + [("batchtopk", dict(sae="batchtopk", loss="local", k=k, **topk)) for k in batchtopk_ks]

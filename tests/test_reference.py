@@ -180,13 +180,13 @@ def test_ci_rendering():
 
 def test_regeneration_never_replaces_a_completed_run(tmp_path, monkeypatch):
     root = _root(tmp_path)
-    monkeypatch.setattr(reference, "JOBS", (("91_nb", "default"),))
+    monkeypatch.setattr(reference, "JOBS", (("91_nb", "default", "ref"),))
     assert reference.plan(root) == []  # fresh: kept
     (root / "notebooks" / "91_nb.py").write_text(NB.replace("print(n)   ", "print(2 * n)"))
     with pytest.raises(runs.RunExists, match="outputs/reference/91_nb/ref: code cell 2"):
         reference.plan(root)
     (root / "outputs" / "reference" / "91_nb" / "ref" / "config.json").unlink()
-    assert reference.plan(root) == [("91_nb", "default")]  # no completed run there: made
+    assert reference.plan(root) == [("91_nb", "default", "ref")]  # no completed run: made
 
 
 def test_regenerate_runs_the_jobs_into_reference_ref_and_refuses_a_dirty_tree(
@@ -208,10 +208,19 @@ def test_regenerate_runs_the_jobs_into_reference_ref_and_refuses_a_dirty_tree(
         return Path(out_root) / nb / run_id
 
     monkeypatch.setattr(runs, "run_notebook", fake_run)
-    monkeypatch.setattr(reference, "JOBS", (("05_pareto", "default"), ("10_downstream", "default")))
-    reference.regenerate(root)
+    jobs = (("05_pareto", "default", "ref"), ("10_downstream", "default", "ref"),
+            ("05_pareto", "paper", "paper"), ("10_downstream", "default", "paper"))  # fmt: skip
+    monkeypatch.setattr(reference, "JOBS", jobs)
+    reference.regenerate(root, run_ids=["paper"])  # only the jobs of one run id
     ref = root / "outputs" / "reference"
     assert calls == [
+        ("05_pareto", {}, "paper", "paper", ref),
+        ("10_downstream", {"sae_run": "outputs/reference/05_pareto/paper"}, "default", "paper",
+         ref),
+    ]  # fmt: skip
+    calls.clear()
+    reference.regenerate(root)
+    assert calls[:2] == [
         ("05_pareto", {}, "default", "ref", ref),
         ("10_downstream", {"sae_run": "outputs/reference/05_pareto/ref"}, "default", "ref", ref),
     ]

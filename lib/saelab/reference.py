@@ -5,7 +5,7 @@ and papers/*/README.md, checked for staleness, and the results tables generated 
     python -m saelab.reference tables        # rewrite the generated tables in place
     python -m saelab.reference tables --check   # exit 1 listing the tables that differ
     python -m saelab.reference regenerate    # `make reference`: rerun every reference run, then
-                                             # rewrite the tables
+                                             # rewrite the tables (--run-id paper: only those)
 
 A reference run is **fresh** when its status is completed, its `config.json` records a clean git
 tree, and the code cells of its executed `notebook.ipynb` equal those of the current
@@ -39,19 +39,23 @@ from pathlib import Path
 from saelab import runs
 
 REFERENCE = Path("outputs") / "reference"  # relative to the repository root
-REF_ID = "ref"  # the run id `regenerate` writes: outputs/reference/<notebook>/ref
+REF_ID = "ref"  # the run id of the smoke-scale runs: outputs/reference/<notebook>/ref
+PAPER_ID = "paper"  # the converged reference sweep and its studies (the `paper` presets)
 DOCS = ("README.md", "papers/*/README.md")  # the files whose tables are generated
-# What `regenerate` runs, in order: (notebook, preset). 05_pareto is the main job's sweep; the
-# studies after it read its SAEs (sae_run) when they declare that parameter.
+# What `regenerate` runs, in order: (notebook, preset, run id). 05_pareto is the main job's sweep;
+# the studies after it, under the same run id, read its SAEs (sae_run) when they declare that
+# parameter, at their own preset of that name where they have one, else `default`.
 JOBS = (
-    ("00_storyworld", "report"),
-    ("01_local_sae", "default"),
-    ("02_e2e_sae", "default"),
-    ("03_e2e_ds_sae", "default"),
-    ("04_gradient_sae", "default"),
-    ("05_pareto", "default"),
-    *((study, "default") for study in runs.STUDIES),
-    ("11_gsae_study", "default"),  # trains its own TopK / g-SAE grid (reads no 05 run)
+    ("00_storyworld", "report", REF_ID),
+    ("01_local_sae", "default", REF_ID),
+    ("02_e2e_sae", "default", REF_ID),
+    ("03_e2e_ds_sae", "default", REF_ID),
+    ("04_gradient_sae", "default", REF_ID),
+    ("05_pareto", "default", REF_ID),
+    *((study, "default", REF_ID) for study in runs.STUDIES),
+    ("11_gsae_study", "default", REF_ID),  # trains its own TopK / g-SAE grid (reads no 05 run)
+    ("05_pareto", "paper", PAPER_ID),  # converged, 2 seeds: about 75 min on 2 CPU cores
+    *((study, runs.study_preset(study, "paper"), PAPER_ID) for study in runs.STUDIES),
 )
 
 
@@ -613,15 +617,18 @@ def tables(root: Path = runs.ROOT, write: bool = True) -> list[str]:
 # Regeneration
 
 
-def plan(root: Path = runs.ROOT, run_id: str = REF_ID) -> list[tuple[str, str]]:
-    """The jobs of `JOBS` whose `outputs/reference/<nb>/<run_id>` must be (re)run; raises
-    RunExists for a completed one that is stale (or would be: a study of a 05 run that is rerun),
-    since a completed reference run is never replaced: remove it (git rm -r) first."""
+def plan(root: Path = runs.ROOT, run_ids=None) -> list[tuple[str, str, str]]:
+    """The jobs `(notebook, preset, run id)` of `JOBS` (those with a run id in `run_ids`, or all)
+    whose `outputs/reference/<nb>/<run id>` must be (re)run; raises RunExists for a completed one
+    that is stale (or would be: a study of a 05 run that is rerun), since a completed reference
+    run is never replaced: remove it (git rm -r) first."""
     todo, stale = [], []
-    for nb, preset in JOBS:
-        folder = root / REFERENCE / nb / run_id
+    for nb, preset, rid in JOBS:
+        if run_ids is not None and rid not in run_ids:
+            continue
+        folder = root / REFERENCE / nb / rid
         status = runs.run_status(folder)
-        reads_05 = nb in runs.STUDIES and any(n == "05_pareto" for n, _ in todo)
+        reads_05 = nb in runs.STUDIES and ("05_pareto", rid) in {(n, r) for n, _, r in todo}
         if status == "completed":
             why = check_run(folder, root)
             if reads_05:
@@ -629,7 +636,7 @@ def plan(root: Path = runs.ROOT, run_id: str = REF_ID) -> list[tuple[str, str]]:
             if why:
                 stale.append(f"{folder.relative_to(root)}: {'; '.join(why)}")
             continue  # fresh: kept
-        todo.append((nb, preset))
+        todo.append((nb, preset, rid))
     if stale:
         raise runs.RunExists(
             "these completed reference runs are stale and are never overwritten; remove them "
@@ -639,21 +646,22 @@ def plan(root: Path = runs.ROOT, run_id: str = REF_ID) -> list[tuple[str, str]]:
     return todo
 
 
-def regenerate(root: Path = runs.ROOT, run_id: str = REF_ID) -> None:
-    """Run every job of `JOBS` that has no fresh completed run under `outputs/reference/<nb>/
-    <run_id>` (a failed or partial folder is moved aside by the runner), then write the tables.
-    Refuses a dirty git tree, since every run records it."""
+def regenerate(root: Path = runs.ROOT, run_ids=None) -> None:
+    """Run every job of `JOBS` (with a run id in `run_ids`, or all) that has no fresh completed
+    run under `outputs/reference/<nb>/<run id>` (a failed or partial folder is moved aside by the
+    runner), then write the tables. Refuses a dirty git tree, since every run records it."""
     if runs.git_state(root)["dirty"] is not False:
         raise RuntimeError("the git tree is dirty (or not a git checkout): commit first; a "
                            "reference run records the commit it ran")  # fmt: skip
-    todo = plan(root, run_id)
-    runs.say(f"reference: {len(todo)} runs to make ({', '.join(n for n, _ in todo) or 'none'})")
-    pareto = (REFERENCE / "05_pareto" / run_id).as_posix()  # relative: portable across checkouts
-    for nb, preset in todo:
+    todo = plan(root, run_ids)
+    runs.say(f"reference: {len(todo)} runs to make "
+             f"({', '.join(f'{n}/{r}' for n, _, r in todo) or 'none'})")  # fmt: skip
+    for nb, preset, rid in todo:
         params = {}
         if "sae_run" in runs._declared_parameters(runs.paired_notebook(nb)):
-            params["sae_run"] = pareto
-        runs.run_notebook(nb, params, preset, run_id, root / REFERENCE)
+            # relative: portable across checkouts
+            params["sae_run"] = (REFERENCE / "05_pareto" / rid).as_posix()
+        runs.run_notebook(nb, params, preset, rid, root / REFERENCE)
     changed = tables(root)
     runs.say(f"reference: tables rewritten ({len(changed)} changed)")
 
@@ -665,7 +673,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("check", help="list stale reference runs and notebooks without one")
     t = sub.add_parser("tables", help="rewrite the generated tables of README.md, papers/*")
     t.add_argument("--check", action="store_true", help="write nothing; exit 1 listing diffs")
-    sub.add_parser("regenerate", help="rerun the reference runs (make reference), then tables")
+    g = sub.add_parser("regenerate", help="rerun the reference runs (make reference), then tables")
+    g.add_argument("--run-id", action="append", help="only the jobs of this run id (repeatable)")
     a = ap.parse_args(argv)
     try:
         if a.cmd == "check":
@@ -676,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
             lines = tables(write=not a.check)
             print("\n".join(lines) if lines else "every table is up to date")
             return 1 if (lines and a.check) else 0
-        regenerate()
+        regenerate(run_ids=a.run_id)
         return 0
     except (TableError, runs.RunExists, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -515,14 +515,22 @@ def collect(folder: str | Path, name: str = "summary.json"):
 STUDIES = ("06_feature_browser", "07_geometry", "08_steering", "09_ground_truth", "10_downstream")
 
 
+def study_preset(notebook: str, preset: str) -> str:
+    """`preset` where `notebook` has a preset file of that name, else "default"."""
+    return preset if (NOTEBOOKS / "params" / f"{notebook}.{preset}.yaml").is_file() else "default"
+
+
 def main_job(
     run_id: str | None = None,
     studies=STUDIES,
     out_root: str | Path | None = None,
     overrides: dict[str, dict] | None = None,
+    preset: str = "default",
 ) -> Path:
-    """The main job: `05_pareto` at its default preset, then each study notebook (default preset)
-    on that run's SAEs, under the same run id; `STUDIES.md` in the 05 folder links them all.
+    """The main job: `05_pareto` at `preset` (`default`: the smoke-scale preview of `make run`;
+    `paper`: the converged reference sweep), then each study notebook on that run's SAEs, at its
+    own preset of that name if it has one (else `default`), under the same run id; `STUDIES.md`
+    in the 05 folder links them all.
 
     `overrides` maps a notebook name to parameters that replace its preset's (the tests use it
     for smoke sizes).
@@ -530,14 +538,14 @@ def main_job(
     overrides = overrides or {}
     t0 = time.time()
     say(f"main job: 05_pareto, then {len(studies)} studies ({', '.join(studies) or 'none'})")
-    out = run_notebook("05_pareto", overrides.get("05_pareto"), "default", run_id, out_root)
+    out = run_notebook("05_pareto", overrides.get("05_pareto"), preset, run_id, out_root)
     lines = [f"# Studies of the SAEs of this run ({out.name})", ""]
     done = [out]
     for nb in studies:
         params = dict(overrides.get(nb, {}))
         if "sae_run" in _declared_parameters(paired_notebook(nb)):
             params["sae_run"] = str(out)
-        study = run_notebook(nb, params, "default", out.name, out_root)
+        study = run_notebook(nb, params, study_preset(nb, preset), out.name, out_root)
         done.append(study)
         lines.append(f"- [{nb}](../../{nb}/{study.name}/notebook.ipynb)")
     (out / "STUDIES.md").write_text("\n".join(lines) + "\n")
@@ -566,6 +574,7 @@ def main(argv: list[str] | None = None) -> int:
     co.add_argument("folder")
     mj = sub.add_parser("main", help="the main job on the embedded default (05, then 06-10)")
     mj.add_argument("--run-id")
+    mj.add_argument("--preset", default="default", help="05's preset (paper: converged, slow)")
     mj.add_argument("--no-studies", action="store_true", help="only notebook 05_pareto")
     ap.add_argument("--debug", action="store_true", help="full tracebacks on errors")
     a = ap.parse_args(argv)
@@ -590,7 +599,7 @@ def _main(a) -> int:
         return 0
     if a.cmd == "main":
         # The main job: both papers' comparisons on the embedded default, then the studies.
-        out = main_job(a.run_id, () if a.no_studies else STUDIES)
+        out = main_job(a.run_id, () if a.no_studies else STUDIES, preset=a.preset)
     else:
         params = {k: parse_value(v) for k, v in a.p}
         out = run_notebook(a.notebook, params, a.preset, a.run_id, force=a.force)
