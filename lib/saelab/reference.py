@@ -245,6 +245,30 @@ def with_ci(rec: dict, key: str = "mean", digits: int = 3) -> str:
     return f"{num(rec[key], digits)} [{num(rec['ci_lo'], digits)}, {num(rec['ci_hi'], digits)}]"
 
 
+def seed_cell(values, digits: int = 3, scale: float = 1.0, suffix: str = "") -> str:
+    """`mean [lo, hi]` over seeds (95% t-interval, `saelab.studies.analysis.seed_stats`); a
+    single seed gives the value alone. `scale` multiplies (100 for percentages)."""
+    from saelab.studies.analysis import seed_stats
+
+    st = seed_stats([float(v) for v in values])
+    m = num(scale * st["mean"], digits) + suffix
+    if st["n"] < 2:
+        return m
+    return f"{m} [{num(scale * st['lo'], digits)}, {num(scale * st['hi'], digits)}]"
+
+
+def stats_cell(rec: dict, digits: int = 3) -> str:
+    """`mean [lo, hi]` from a record with `mean`, `lo`, `hi`, `n` (a `seed_stats` dict)."""
+    if rec.get("n", 0) < 2:
+        return num(rec["mean"], digits)
+    return f"{num(rec['mean'], digits)} [{num(rec['lo'], digits)}, {num(rec['hi'], digits)}]"
+
+
+def _seeds_note(run: Run) -> str:
+    n = len(run.get("seeds"))
+    return f"mean [95% t-interval] over {n} seeds" if n > 1 else "one seed: no interval"
+
+
 def pct(x, digits: int = 1) -> str:
     """A percentage; a nonzero value too small for `digits` decimals keeps 2 significant digits
     (0.049%, not 0.0%: a table must not show 0.0% against 0.0% and call one of them fewer)."""
@@ -326,14 +350,46 @@ def _last_layer(rec: dict) -> str:
     return max(keys, key=lambda k: int(k.rsplit(".", 1)[1]))
 
 
+def _diff_rec(run: Run, k, metric: str) -> dict:
+    for r in run.get("gsae_minus_topk"):
+        if float(r["k"]) == float(k) and r["metric"] == metric:
+            return r
+    raise TableError(f"table {run.table!r}: run {run.path}: summary.json['gsae_minus_topk'] has "
+                     f"no record for k={k}, metric={metric!r}")  # fmt: skip
+
+
+def _sign(rec: dict) -> str:
+    """lower / higher when the t-interval excludes 0 (one seed: the sign), else unclear."""
+    lo, hi = (rec["lo"], rec["hi"]) if rec.get("n", 0) > 1 else (rec["mean"], rec["mean"])
+    return "lower" if hi < 0 else "higher" if lo > 0 else "unclear"
+
+
+def _by_k(run: Run, metric: str, word: str) -> str:
+    ks, _, _ = _gsae_by_k(run, metric)
+    signs = {k: _sign(_diff_rec(run, k, metric)) for k in ks}
+    low = [k for k in ks if signs[k] == "lower"]
+    high = [k for k in ks if signs[k] == "higher"]
+    parts = [f"{word} at every k" if len(low) == len(ks) else
+             f"{word} at k = {', '.join(low)}" if low else f"not {word} at any k"]  # fmt: skip
+    if high:
+        parts.append(f"higher at k = {', '.join(high)}")
+    return "; ".join(parts)
+
+
 def render_claims(run: Run) -> str:
     target = run.get("target_ce_increase")
-    t2 = {m: run.record("table2", method=m) for m in ("local", "e2e")}
-    alive_e, alive_l = t2["e2e"]["alive"], t2["local"]["alive"]
+    t2 = run.get("table2_seeds")
+    by = {m: [r for r in t2 if r["method"] == m] for m in ("local", "e2e")}
+    alive_e = sum(r["alive"] for r in by["e2e"]) / len(by["e2e"])
+    alive_l = sum(r["alive"] for r in by["local"]) / len(by["local"])
     fewer = "fewer" if alive_e < alive_l * (1 - ALIVE_FEWER) else "not fewer"
+    ratio = run.get("l0_ratio")
     ks, dg, dt = _gsae_by_k(run, "dead_frac")
-    _, cg, ct = _gsae_by_k(run, "ce_increase")
-    ce_ratio = [g / t for g, t in zip(cg, ct, strict=True)]
+    ce_d = [_diff_rec(run, k, "ce_increase") for k in ks]
+    free_d = [_diff_rec(run, k, "ce_nolabel") for k in ks]
+    conv = run.get("convergence")
+    converged = ("yes, by both criteria" if conv["all"] else
+                 f"no: {conv['n_converged']} of {conv['n_tested']} runs plateau")  # fmt: skip
     ds = run.sibling("10_downstream")
     closest = {m: ds.record("closest_runs", method=m) for m in ("local", "e2e", "e2e+ds")}
     last = _last_layer(closest["local"])
@@ -357,16 +413,21 @@ def render_claims(run: Run) -> str:
     f1 = [num(gt.record("per_method", method=m)["mean_f1"])
           for m in ("local", "e2e", "e2e+ds", "topk", "gtopk")]  # fmt: skip
     return md_table(["claim", "paper", "storyworld"], [
+        ["SAEs converged (loss plateau over the last 20% of steps; NMSE falls with k)", "",
+         f"{converged} ({_seeds_note(run)} below)"],
         ["L0(e2e) / L0(local) at matched CE increase", "0.40 (GPT-2 L6, CE +0.145)",
-         f"{num(run.get('l0_ratio_e2e_local'), 2)} (CE +{num(target)})"],
+         f"{stats_cell(ratio['linear'], 2)} (CE +{num(target)}, linear in CE); "
+         f"{stats_cell(ratio['log_ce'], 2)} (log CE); {stats_cell(ratio['closest'], 2)} "
+         "(closest runs)"],
         ["fewer alive latents for e2e", "yes",
          f"{fewer}: e2e {alive_e:.0f} vs local {alive_l:.0f} alive at CE +{num(target)}"],
         ["g-SAE vs TopK at equal k: dead latents", "fewer",
-         f"{_where_lower(ks, dg, dt, 'fewer')} (k = {', '.join(ks)}: "
+         f"{_by_k(run, 'dead_frac', 'fewer')} (k = {', '.join(ks)}: "
          f"{'/'.join(pct(x) for x in dg)} vs {'/'.join(pct(x) for x in dt)})"],
         ["g-SAE vs TopK at equal k: CE increase", "lower",
-         f"{_where_lower(ks, cg, ct, 'lower')}; g-SAE / TopK "
-         f"{min(ce_ratio):.2f}–{max(ce_ratio):.2f}"],
+         f"{_by_k(run, 'ce_increase', 'lower')}; g-SAE − TopK "
+         f"{', '.join(stats_cell(d, 4) for d in ce_d)}; without the label "
+         f"{', '.join(stats_cell(d, 4) for d in free_d)} (k = {', '.join(ks)})"],
         ["downstream MSE at the last layer, e2e vs local (Fig. 2)",
          "e2e far higher, e2e+ds near local",
          f"e2e {num(ds.get('ds_mse_ratio_e2e_local'), 1)}x local, e2e+ds "
@@ -392,15 +453,18 @@ def render_e2e_sweep(run: Run) -> str:
     rows = [r for r in run.csv("sweep.csv") if r.get("method") in ("local", "e2e", "e2e+ds")]
     if not rows:
         raise TableError(f"table {run.table!r}: run {run.path}: sweep.csv has no ReLU rows")
-    for k in ("method", "sparsity", "l0", "alive", "ce_increase"):
+    for k in ("method", "sparsity", "l0", "alive", "ce_increase", "seed"):
         if k not in rows[0]:
             raise TableError(f"table {run.table!r}: run {run.path}: sweep.csv has no column "
                              f"{k!r} (it has {list(rows[0])})")  # fmt: skip
     order = {"local": 0, "e2e": 1, "e2e+ds": 2}
-    rows.sort(key=lambda r: (order[r["method"]], float(r["sparsity"])))
-    return md_table(["method", "phi", "L0", "alive", "CE increase"], [
-        [r["method"], f"{float(r['sparsity']):g}", num(r["l0"], 1), f"{float(r['alive']):.0f}",
-         num(r["ce_increase"], 4)] for r in rows
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], float(r["sparsity"])), []).append(r)
+    return md_table(["method", "phi", "seeds", "L0", "alive", "CE increase"], [
+        [m, f"{phi:g}", str(len(g)), seed_cell([r["l0"] for r in g], 1),
+         seed_cell([r["alive"] for r in g], 0), seed_cell([r["ce_increase"] for r in g], 4)]
+        for (m, phi), g in sorted(groups.items(), key=lambda kv: (order[kv[0][0]], kv[0][1]))
     ])  # fmt: skip
 
 
@@ -408,13 +472,35 @@ PAPER_TABLE2 = {"local": "69.4", "e2e": "27.5", "e2e+ds": "(similar to e2e)"}
 
 
 def render_e2e_table2(run: Run) -> str:
-    rows = [[m, num(run.need(r := run.record("table2", method=m), "l0", f"table2[{m}]"), 1),
-             f"{r['alive']:.0f}", PAPER_TABLE2[m]] for m in ("local", "e2e", "e2e+ds")]  # fmt: skip
-    rows.append(["**L0(e2e) / L0(local)**", f"**{num(run.get('l0_ratio_e2e_local'), 2)}**", "",
-                 "**0.40**"])  # fmt: skip
+    t2 = run.get("table2_seeds")
+    brackets = run.get("brackets")
     target = num(run.get("target_ce_increase"))
-    return md_table(["method", f"L0 at CE +{target}", "alive", "paper (GPT-2 L6, CE +0.145): L0"],
-                    rows)  # fmt: skip
+    rows = []
+    for m in ("local", "e2e", "e2e+ds"):
+        g = [r for r in t2 if r["method"] == m]
+        if not g:
+            raise TableError(f"table {run.table!r}: run {run.path}: table2_seeds has no {m!r}")
+        br = [b for b in brackets if b["method"] == m]
+        rows.append(
+            [
+                m,
+                seed_cell([r["l0"] for r in g], 1),
+                seed_cell([r["l0_log_ce"] for r in g], 1),
+                seed_cell([r["alive"] for r in g], 0),
+                f"{seed_cell([r['closest_ce'] for r in g])} / "
+                f"{seed_cell([r['closest_l0'] for r in g], 1)}",
+                f"{sum(bool(b['bracketed']) for b in br)} of {len(br)}",
+                PAPER_TABLE2[m],
+            ]
+        )
+    ratio = run.get("l0_ratio")
+    rows.append(["**L0(e2e) / L0(local)**", f"**{stats_cell(ratio['linear'], 2)}**",
+                 f"**{stats_cell(ratio['log_ce'], 2)}**", "",
+                 f"{stats_cell(ratio['closest'], 2)}", "", "**0.40**"])  # fmt: skip
+    return md_table([f"method ({_seeds_note(run)})", f"L0 at CE +{target}, linear in CE",
+                     "L0, log CE", "alive", "closest runs: CE / L0",
+                     "seeds with runs within 20% on both sides",
+                     "paper (GPT-2 L6, CE +0.145): L0"], rows)  # fmt: skip
 
 
 def render_e2e_downstream(run: Run) -> str:
@@ -506,10 +592,30 @@ def render_gsae_vs_topk(run: Run) -> str:
     ks, cg, ct = _gsae_by_k(run, "ce_increase")
     _, ng, nt = _gsae_by_k(run, "nmse")
     _, dg, dt = _gsae_by_k(run, "dead_frac")
-    return md_table(["k", "CE increase TopK", "CE increase g-SAE", "NMSE TopK", "NMSE g-SAE",
-                     "dead TopK", "dead g-SAE"],
-                    [[k, num(ct[i], 4), num(cg[i], 4), num(nt[i], 4), num(ng[i], 4), pct(dt[i]),
-                      pct(dg[i])] for i, k in enumerate(ks)])  # fmt: skip
+    rows = []
+    for i, k in enumerate(ks):
+        d = {m: _diff_rec(run, k, m) for m in ("ce_increase", "ce_nolabel", "nmse", "dead_frac")}
+        dead = d["dead_frac"]
+        dead_cell = (f"{pct(dead['mean'], 2)} [{pct(dead['lo'], 2)}, {pct(dead['hi'], 2)}]"
+                     if dead.get("n", 0) > 1 else pct(dead["mean"], 2))  # fmt: skip
+        rows.append(
+            [
+                k,
+                num(ct[i], 4),
+                num(cg[i], 4),
+                stats_cell(d["ce_increase"], 4),
+                stats_cell(d["ce_nolabel"], 4),
+                num(nt[i], 4),
+                num(ng[i], 4),
+                stats_cell(d["nmse"], 4),
+                pct(dt[i]),
+                pct(dg[i]),
+                dead_cell,
+            ]
+        )
+    return md_table([f"k ({_seeds_note(run)})", "CE increase TopK", "CE increase g-SAE",
+                     "g-SAE − TopK", "g-SAE without label − TopK", "NMSE TopK", "NMSE g-SAE",
+                     "g-SAE − TopK", "dead TopK", "dead g-SAE", "g-SAE − TopK"], rows)  # fmt: skip
 
 
 def _prob(x: float) -> str:
