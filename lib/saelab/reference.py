@@ -640,6 +640,40 @@ def render_steering(run: Run) -> str:
                      "paper"], rows)  # fmt: skip
 
 
+def _setting_cell(rec: dict, key: str, digits: int = 4, fmt: Callable | None = None) -> str:
+    """`rec[key] [rec[key_lo], rec[key_hi]]` (the value alone where there is no interval)."""
+    f = fmt or (lambda x: num(x, digits))
+    lo, hi = rec.get(f"{key}_lo"), rec.get(f"{key}_hi")
+    if lo is None or hi is None or lo != lo:
+        return f(rec[key])
+    return f"{f(rec[key])} [{f(lo)}, {f(hi)}]"
+
+
+def render_gsae_study(run: Run) -> str:
+    """11_gsae_study: every setting's overlap, CE (with and without the label), NMSE, dead
+    latents and steering ratio, mean [95% t-interval over seeds] (steering: bootstrap CI over
+    latents and contexts, seeds pooled), and the verdicts where the g-SAE differs from TopK."""
+    ratios = {(r["setting"], float(r["alpha"])): r for r in run.get("steering_ratios")}
+    verdicts = {v["setting"]: v for v in run.get("verdicts")}
+    rows = []
+    for rec in run.get("settings"):
+        name = rec["setting"]
+        steer = [ratios.get((name, a)) for a in (1.0, 2.0)]
+        steer_cells = [with_ci(r, "ratio", 2) if r else "—" for r in steer]
+        v = verdicts.get(name)
+        verdict = (f"faithfulness {v['faithfulness']}; dead latents {v['dead_latents']}; "
+                   f"steering {v['steering']}" if v else "")  # fmt: skip
+        rows.append([name, num(rec["overlap"], 2), _setting_cell(rec, "ce_increase"),
+                     _setting_cell(rec, "ce_nolabel"), _setting_cell(rec, "nmse"),
+                     _setting_cell(rec, "dead_frac", fmt=lambda x: pct(x, 2)), *steer_cells,
+                     verdict])  # fmt: skip
+    n = len(run.get("seeds"))
+    return md_table([f"setting (k {run.get('k')}, {n} seeds)", "overlap with TopK(z)",
+                     "CE increase (with label)", "CE increase (no label)", "NMSE", "dead",
+                     "steering ratio α 1", "steering ratio α 2",
+                     f"verdict (overlap <= {run.get('max_overlap'):g})"], rows)  # fmt: skip
+
+
 # name -> (renderer, the notebook of the run a marker must cite)
 RENDERERS: dict[str, tuple[Callable[[Run], str], str]] = {
     "storyworld_report": (render_storyworld_report, "00_storyworld"),
@@ -654,6 +688,7 @@ RENDERERS: dict[str, tuple[Callable[[Run], str], str]] = {
     "feature_browser": (render_feature_browser, "06_feature_browser"),
     "gsae_vs_topk": (render_gsae_vs_topk, "05_pareto"),
     "steering": (render_steering, "08_steering"),
+    "gsae_study": (render_gsae_study, "11_gsae_study"),
 }
 
 BLOCK = re.compile(
