@@ -55,3 +55,18 @@ def test_cli_run(nbdir, capsys, monkeypatch):
 def test_parse_value_reads_exponent_floats():
     assert runs.parse_value("5e-4") == 0.0005 and runs.parse_value("3") == 3
     assert runs.parse_value("[1, 2]") == [1, 2] and runs.parse_value("gpt2") == "gpt2"
+
+
+def test_a_study_runs_at_the_main_jobs_preset_where_it_has_one(nbdir, monkeypatch):
+    """`main --preset paper` runs 05 at `paper` and each study at its own `paper` preset if it has
+    one, else at `default`."""
+    assert runs.study_preset("90_tiny", "big") == "big"
+    assert runs.study_preset("90_tiny", "paper") == "default"  # no 90_tiny.paper.yaml
+    calls = []
+    monkeypatch.setattr(runs, "run_notebook", lambda nb, p, preset, rid, root: calls.append(
+        (nb, preset)) or nbdir / nb / (rid or "x"))  # fmt: skip
+    monkeypatch.setattr(runs, "_declared_parameters", lambda path: {"sae_run"})
+    monkeypatch.setattr(runs, "paired_notebook", lambda nb: nb)
+    (nbdir / "05_pareto" / "p").mkdir(parents=True)
+    runs.main_job("p", ["90_tiny", "91_other"], nbdir, preset="big")
+    assert calls == [("05_pareto", "big"), ("90_tiny", "big"), ("91_other", "default")]
