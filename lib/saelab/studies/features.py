@@ -121,15 +121,16 @@ def seed_rows(seed: int, key: str, table, cols=None, **fields) -> list[dict]:
     """Long rows `{seed, key, method, metric, value, **fields}` of one seed's numbers.
 
     `table` is either a DataFrame indexed by method (one row each; `cols`: the columns to take,
-    default every numeric one) or a number (a scalar summary key: `method` None, `metric` = key).
+    default every numeric one) or a number (a scalar summary key: `method` None and `metric` =
+    key unless `fields` name them).
     `key` names the summary.json entry that holds the seed-0 value; `fields` (e.g. `alpha=0.5`)
     qualify every row. Non-numeric cells are skipped.
     """
     import numbers
 
-    if not hasattr(table, "iterrows"):
-        return [dict(seed=int(seed), key=key, method=None, metric=key, **fields,
-                     value=float(table))]  # fmt: skip
+    if not hasattr(table, "iterrows"):  # `fields` may name the method and metric
+        return [dict(seed=int(seed), key=key, method=None, metric=key) | fields
+                | dict(value=float(table))]  # fmt: skip
     cols = list(table.columns) if cols is None else list(cols)
     rows = []
     for method, r in table.iterrows():
