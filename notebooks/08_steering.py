@@ -148,9 +148,11 @@ twin
 contexts = val.tokens[-n_contexts:, :n_ctx]  # the last rows: arbitrary held-out text
 rand = steering.prob_added(lm, site, dirs[s0]["random"] * norm, alphas, contexts,
                            assoc[s0]["random"])  # fmt: skip
-added_by = {s: {n: rand if n == "random" else steering.prob_added(
-    lm, site, d * norm, alphas, contexts, assoc[s][n]) for n, d in dirs[s].items()}
-    for s in seeds}  # fmt: skip
+added_by = {}  # seed -> {directions: prob_added [A, n]}
+for s in seeds:
+    added_by[s] = {n: steering.prob_added(lm, site, dirs[s][n] * norm, alphas, contexts,
+                                          assoc[s][n]) for n in ("topk", "g-sae")}  # fmt: skip
+    added_by[s]["random"] = rand
 summ_by = {s: steering.summarize(a, alphas, n_boot=n_boot, seed=seed) for s, a in added_by.items()}
 ratios_by = {s: steering.ratio_table(a["g-sae"], a["topk"], alphas, n_boot=n_boot, seed=seed)
              for s, a in added_by.items()}  # fmt: skip
