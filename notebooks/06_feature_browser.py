@@ -30,6 +30,16 @@
 # interpretability scores and qualitative feature studies (no significant loss). Here we build the
 # dashboards for one SAE per method at matched CE increase, browse them interactively
 # (`saelab.studies.browser.Browser`, ipywidgets), and export standalone HTML dashboards.
+#
+# **Seeds.** `05` trains every SAE once per seed. The dashboards, the browser's first view and
+# the summary's original keys (`methods`, `runs`, `target_ce_increase`) are the first seed's;
+# each other seed's runs are picked at its own target and summarised the same way, and
+# `summary.json["over_seeds"]` holds every number of `methods` (the report-wide ones:
+# `d_sae`, `alive`, `median_density_alive`, `latents_f1_over_threshold`, `concepts_covered`,
+# `n_concepts`, ...) and `target_ce_increase` over all seeds: one record
+# `{key, method, metric, mean, sd, n, lo, hi, seeds, per_seed}` per number (`key` the summary
+# entry holding the first seed's value, `method` None for a scalar; `lo`, `hi` the 95%
+# t-interval over seeds, NaN with one seed; `saelab.studies.features.over_seeds`).
 
 # %% tags=["parameters"]
 model: str = "storyworld"  # frozen model the SAEs were trained on
@@ -58,7 +68,7 @@ from IPython.display import HTML, Markdown, display
 import saelab as sl
 from saelab.runs import notebook_out_dir, resolve, resolve_input
 from saelab.studies import browser as br
-from saelab.studies import compare, plots
+from saelab.studies import compare, features, plots
 
 out = notebook_out_dir(out_dir)  # from the repo root; {time}: a fresh folder
 (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -74,16 +84,20 @@ print(f"{model}: {sl.model_info(lm)}; {data.n_tokens:,} held-out tokens{note}")
 # %% [markdown]
 # ## 1. One SAE per method, at matched CE increase
 #
-# From the sweep of notebook 05 we take, per method, the run whose CE increase is closest (in log
-# space) to one target: by default the middle of the range the three ReLU methods share
-# (`compare.common_target`; the median CE increase when their ranges do not overlap). TopK and
-# g-SAE runs vary k rather than a penalty, so theirs is the k nearest the same target.
+# From the sweep of notebook 05 we take, per method and seed, the run whose CE increase is
+# closest (in log space) to one target: by default the middle of the range the three ReLU methods
+# of that seed share (`compare.common_target`; the median CE increase when their ranges do not
+# overlap). TopK and g-SAE runs vary k rather than a penalty, so theirs is the k nearest the same
+# target. The table shows the first seed.
 
 # %%
 sweep = compare.load_sweep(resolve(sae_run))
+seeds = sorted(int(s) for s in sweep.seed.unique())
 relu = [m for m in ("local", "e2e", "e2e+ds") if m in set(sweep.method)]
-target = compare.match_target(sweep, relu or methods, target_ce)
-picked = compare.closest(sweep, methods, target)
+targets = {s: compare.match_target(sweep[sweep.seed == s], relu or methods, target_ce)
+           for s in seeds}  # fmt: skip
+picks = {s: compare.closest(sweep[sweep.seed == s], methods, targets[s]) for s in seeds}
+target, picked = targets[seeds[0]], picks[seeds[0]]
 picked[["run", "ce_increase", "l0", "alive"]]
 
 # %% [markdown]
@@ -109,15 +123,35 @@ fig = plots.density_hist({m: r.density for m, r in reports.items()},
 table
 
 # %% [markdown]
+# The same summary for every other seed's runs (reports built and dropped one at a time), and
+# each number's mean and 95% t-interval over seeds.
+
+# %%
+tables = {seeds[0]: table}
+for s in seeds[1:]:
+    tables[s] = pd.DataFrame.from_dict({m: br.summary(br.build_report(
+        lm, sl.load_sae(picks[s].loc[m, "sae_path"]), data, n_tokens, n_contexts=n_contexts),
+        f1_threshold=f1_threshold) for m in methods}, orient="index")  # fmt: skip
+rows = []
+for s, t in tables.items():
+    rows += features.seed_rows(s, "target_ce_increase", targets[s])
+    rows += features.seed_rows(s, "methods", t.drop(columns="run", errors="ignore"))
+over = features.over_seeds(rows)
+seed_table = pd.DataFrame(over).drop(columns=["seeds", "per_seed"])
+seed_table.to_csv(out / "over_seeds.csv", index=False)
+seed_table
+
+# %% [markdown]
 # **What we see.**
 
 # %% tags=["hide-input"]
 CLOSE = 1.5  # runs count as matched when their CE increases are within this factor
 ce = picked.ce_increase.astype(float)
-facts = dict(target=target, lo=ce.min(), hi=ce.max(), spread=ce.max() / ce.min(), close=CLOSE)
+facts = dict(target=target, lo=ce.min(), hi=ce.max(), spread=ce.max() / ce.min(), close=CLOSE,
+             seed=seeds[0])  # fmt: skip
 facts["matched"] = "closely matched" if facts["spread"] <= CLOSE else "only roughly matched"
 lines = [
-    "Matched at CE +{target:.3f}: the picked runs span CE +{lo:.3f} to +{hi:.3f} "
+    "Seed {seed}, matched at CE +{target:.3f}: the picked runs span CE +{lo:.3f} to +{hi:.3f} "
     "({spread:.1f}x apart), **{matched}** (close: within {close:g}x).".format(**facts)
 ]
 for m, row in table.iterrows():
@@ -231,8 +265,14 @@ if labelled:
                      "F1 > {thr:g}; they cover {cov} of {nc} concepts; median best F1 {med:.2f}"
                      .format(**facts))  # fmt: skip
     most = table.latents_f1_over_threshold / table.alive.clip(lower=1)
-    lines.append(f"\nMost concept detectors (share of alive latents): **"
+    lines.append(f"\nMost concept detectors (share of alive latents, seed {seeds[0]}): **"
                  f"{plots.method_label(most.astype(float).idxmax())}**.")  # fmt: skip
+    if len(seeds) > 1:
+        per = [f"{plots.method_label(m)} " + features.seed_text(features.seed_stat(
+            over, key="methods", method=m, metric="latents_f1_over_threshold"), ".1f")
+            for m in table.index]  # fmt: skip
+        lines.append(f"\nLatents with a concept at F1 > {f1_threshold:g}, over {len(seeds)} "
+                     f"seeds (mean [95% t-interval]): {'; '.join(per)}.")  # fmt: skip
     display(Markdown("\n".join(lines)))
 
 # %% [markdown]
@@ -262,7 +302,8 @@ summary = dict(
     sae_run=sae_run, target_ce_increase=target, method=method, order=order, n_tokens=n_tokens,
     dashboard=str(main_page), runs=picked["run"].to_dict(),
     methods=exported,
-    prompt_top_latent=i0, label_search={"concept": concept, "latent": best},
+    prompt_top_latent=i0, label_search={"concept": concept, "latent": best}, seeds=seeds,
+    over_seeds=over,
     seconds=time.time() - t_start,
 )  # fmt: skip
 (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")

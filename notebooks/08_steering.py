@@ -35,6 +35,15 @@
 #
 # The paper's exact steering scale, contexts and latent selection are not in our summary of it;
 # the choices above are ours, so compare the *ratio* with its 5x, not the raw probabilities.
+#
+# **Seeds.** `05` trains every SAE once per seed. Every seed's TopK and g-SAE pair (at this k) is
+# steered on its own, with its own bootstrap CIs; tables and figures show the first seed, as do
+# the summary's `ratios` and `prob_added`. `ratios_by_seed` has each seed's ratio with its CI,
+# and `over_seeds` every number of `ratios`, `prob_added` and the twin fractions over seeds: one
+# record `{key, method, metric, alpha, mean, sd, n, lo, hi, seeds, per_seed}` per number (`key`
+# the summary entry holding the first seed's value; `lo`, `hi` the 95% t-interval over seeds,
+# NaN with one seed; `saelab.studies.features.over_seeds`). The random directions do not depend
+# on the SAE seed, so theirs are the same for every seed.
 
 # %% tags=["parameters"]
 sae_run: str = "outputs/reference/05_pareto/ref"  # a 05_pareto run folder (sweep.csv, runs/)
@@ -56,59 +65,76 @@ out_dir: str = "outputs/08_steering/interactive-{time}"  # run folder (saelab.ru
 import json
 import time
 
+import pandas as pd
 from IPython.display import Markdown, display
 
 import saelab as sl
 from saelab.runs import notebook_out_dir, resolve, resolve_input
-from saelab.studies import analysis, compare, plots, steering
+from saelab.studies import analysis, compare, features, plots, steering
 
 out = notebook_out_dir(out_dir)  # from the repo root; {time}: a fresh folder
 (out / "figures").mkdir(parents=True, exist_ok=True)
 t_start = time.time()
 lm = sl.load_model(resolve_input(model))
 df = compare.load_sweep(resolve(sae_run))
-runs = df[df.method.isin(["topk", "gtopk"]) & (df["k"] == k)].set_index("method")
-if len(runs) != 2:
+pair = df[df.method.isin(["topk", "gtopk"]) & (df["k"] == k)]
+seeds = sorted(int(s) for s in pair.seed.unique() if len(pair[pair.seed == s]) == 2)
+if not seeds:
     ks = sorted(df[df.method.isin(["topk", "gtopk"])]["k"].dropna().astype(int).unique())
     raise ValueError(f"{sae_run} has no TopK and g-SAE pair with k={k}; its k values: {ks}")
-saes = {"topk": sl.load_sae(runs.loc["topk", "sae_path"]),
-        "g-sae": sl.load_sae(runs.loc["gtopk", "sae_path"])}  # fmt: skip
-site = saes["topk"].cfg.site
+by_seed = {s: pair[pair.seed == s].set_index("method") for s in seeds}
+runs = by_seed[seeds[0]]
+saes = {
+    s: {
+        "topk": sl.load_sae(r.loc["topk", "sae_path"]),
+        "g-sae": sl.load_sae(r.loc["gtopk", "sae_path"]),
+    }
+    for s, r in by_seed.items()
+}
+site = saes[seeds[0]]["topk"].cfg.site
 val = sl.token_dataset(
     resolve_input(dataset), lm.tokenizer, 128, split="validation", n_tokens=eval_tokens
 )
-print(f"{sae_run}: {runs['run'].tolist()} at {site}, d_sae {saes['topk'].cfg.d_sae}")
+print(f"{sae_run}: seeds {seeds}, {runs['run'].tolist()} at {site}, "
+      f"d_sae {saes[seeds[0]]['topk'].cfg.d_sae}")  # fmt: skip
 
 # %% [markdown]
 # ## 1. Latents, their tokens, and the unit of alpha
 #
 # Firing frequencies on the evaluation tokens (the g-SAE selects with `dL/dx`, as in training);
-# a seeded sample of alive latents per SAE; their associated tokens from the logit lens.
+# a seeded sample of alive latents per SAE and seed; their associated tokens from the logit lens.
 
 # %%
 norm = steering.site_norm(lm, site, val, n_tokens=eval_tokens)
-dirs, assoc, picked = {}, {}, {}
-for name, sae in saes.items():
-    freq = plots.firing_frequency(lm, sae, val, n_tokens=eval_tokens)
-    picked[name] = steering.choose_latents(freq, n_latents, latent_choice, seed=seed)
-    dirs[name] = sae.decoder_directions().detach()[picked[name]]
-    print(f"{name}: {int((freq > 0).sum())} alive; latents {picked[name][:6].tolist()} ...")
-dirs["random"] = steering.random_directions(n_latents, dirs["topk"].shape[1], seed=seed)
-for name, d in dirs.items():
-    assoc[name] = steering.associated_tokens(lm, d, n_assoc)
-    print(f"  {name:6s} e.g.", " | ".join(steering.example_tokens(lm, assoc[name], 3)))
+dirs, picked = {s: {} for s in seeds}, {s: {} for s in seeds}
+for s, name in [(s, n) for s in seeds for n in ("topk", "g-sae")]:
+    picked[s][name], dirs[s][name], n_alive = steering.latent_directions(
+        lm, saes[s][name], val, n_latents, latent_choice, seed, eval_tokens)  # fmt: skip
+    print(f"seed {s} {name}: {n_alive} alive; latents {picked[s][name][:6].tolist()} ...")
+d_in = dirs[seeds[0]]["topk"].shape[1]
+for s in seeds:  # the same random directions for every seed: they do not depend on an SAE
+    dirs[s]["random"] = steering.random_directions(n_latents, d_in, seed=seed)
+assoc = {s: {n: steering.associated_tokens(lm, d, n_assoc) for n, d in ds.items()}
+         for s, ds in dirs.items()}  # fmt: skip
+for name, a in assoc[seeds[0]].items():
+    print(f"  {name:6s} e.g.", " | ".join(steering.example_tokens(lm, a, 3)))
 print(f"mean ||x|| at {site}: {norm:.3f}; alpha 1 adds a vector of that length")
 
 # %% [markdown]
 # How different are the two dictionaries at all? Each g-SAE direction's nearest TopK direction
 # (`analysis.max_cos_sim`). Two SAEs trained from the same seed start from the same decoder; if
 # training moves the directions little, the two dictionaries stay nearly the same latents and
-# cannot steer very differently.
+# cannot steer very differently. That shared start means the fraction of near twins has no
+# meaning alone; the null is a dictionary from *another* seed: g-SAE s1 -> TopK s0, and TopK s1
+# -> TopK s0 (same method, other init), when the sweep has a second seed (`steering.twins`).
 
 # %%
-nearest = analysis.max_cos_sim(*(saes[n].decoder_directions().detach() for n in ("g-sae", "topk")))
-same = float((nearest > 0.9).float().mean())
-print(f"g-SAE -> TopK nearest direction: mean cos {nearest.mean():.3f}, {same:.0%} above 0.9")
+dec = {f"{n} s{s}": saes[s][n].decoder_directions().detach() for s in seeds for n in saes[s]}
+s0 = seeds[0]
+twin_pairs = [(f"g-sae s{s}", f"topk s{s}", True) for s in seeds]  # shared init, every seed
+twin_pairs += [(f"{n} s{s}", f"topk s{s0}", False) for s in seeds[1:2] for n in ("g-sae", "topk")]
+twin = steering.twins(dec, twin_pairs)
+twin
 
 # %% [markdown]
 # ## 2. Steering
@@ -120,24 +146,75 @@ print(f"g-SAE -> TopK nearest direction: mean cos {nearest.mean():.3f}, {same:.0
 
 # %%
 contexts = val.tokens[-n_contexts:, :n_ctx]  # the last rows: arbitrary held-out text
-added = {name: steering.prob_added(lm, site, d * norm, alphas, contexts, assoc[name])
-         for name, d in dirs.items()}  # fmt: skip
-summ = steering.summarize(added, alphas, n_boot=n_boot, seed=seed)
-ratios = steering.ratio_table(added["g-sae"], added["topk"], alphas, n_boot=n_boot, seed=seed)
+rand = steering.prob_added(lm, site, dirs[s0]["random"] * norm, alphas, contexts,
+                           assoc[s0]["random"])  # fmt: skip
+added_by = {}  # seed -> {directions: prob_added [A, n]}
+for s in seeds:
+    added_by[s] = {n: steering.prob_added(lm, site, dirs[s][n] * norm, alphas, contexts,
+                                          assoc[s][n]) for n in ("topk", "g-sae")}  # fmt: skip
+    added_by[s]["random"] = rand
+summ_by = {s: steering.summarize(a, alphas, n_boot=n_boot, seed=seed) for s, a in added_by.items()}
+ratios_by = {s: steering.ratio_table(a["g-sae"], a["topk"], alphas, n_boot=n_boot, seed=seed)
+             for s, a in added_by.items()}  # fmt: skip
+added, summ, ratios = added_by[s0], summ_by[s0], ratios_by[s0]  # the first seed
 fig = steering.steering_plot(summ, ratios, path=out / "figures" / "steering.png")
 
 # %%
 table = steering.wide_table(summ, ratios)
 table.to_csv(out / "steering.csv")
-steering.per_latent_table(added, alphas, picked).to_csv(out / "steering_latents.csv", index=False)
+steering.per_latent_table(added, alphas, picked[s0]).to_csv(out / "steering_latents.csv",
+                                                             index=False)  # fmt: skip
 table
+
+# %% [markdown]
+# ## 3. Over seeds
+#
+# Each seed's ratio g-SAE / TopK with its bootstrap CI over latents, and the mean and 95%
+# t-interval over seeds of the ratio, the probabilities added and the twin fractions.
+
+# %%
+ratios_seed = pd.concat([r.assign(seed=s) for s, r in ratios_by.items()], ignore_index=True)
+rows = []
+for s in seeds:
+    for r in ratios_by[s].itertuples():
+        rows += features.seed_rows(s, "ratios", r.ratio, method="g-sae / topk", metric="ratio",
+                                   alpha=r.alpha)  # fmt: skip
+    for r in summ_by[s].itertuples():
+        rows += features.seed_rows(s, "prob_added", r.mean, method=r.directions, metric="mean",
+                                   alpha=r.alpha)  # fmt: skip
+    t = twin.set_index("pair").loc[f"g-sae s{s} -> topk s{s}"]
+    for key in ("frac_above_0_9", "mean_cos"):
+        rows += features.seed_rows(s, "twins", t[key], method="g-sae -> topk", metric=key,
+                                   alpha=None)  # fmt: skip
+over = features.over_seeds(rows)
+ratio_over = {r["alpha"]: r for r in over if r["key"] == "ratios"}
+ratios_seed.pivot(index="alpha", columns="seed", values="ratio").assign(
+    mean=[ratio_over[a]["mean"] for a in alphas], lo=[ratio_over[a]["lo"] for a in alphas],
+    hi=[ratio_over[a]["hi"] for a in alphas])  # fmt: skip
 
 # %% [markdown]
 # **What we see.**
 
 # %% tags=["hide-input"]
-lines = [f"{same:.0%} of the g-SAE's directions have a TopK direction with cosine above 0.9 "
-         f"(mean nearest cosine {nearest.mean():.3f})"]  # fmt: skip
+MORE = 0.10  # "more twins than the null": at least 10 percentage points above it
+tw = twin.set_index("pair")
+same, nearest_cos = tw.loc[f"g-sae s{s0} -> topk s{s0}", ["frac_above_0_9", "mean_cos"]]
+line = (
+    f"{same:.0%} of the g-SAE's directions (seed {s0}) have a TopK direction of the same "
+    f"seed (shared init) with cosine above 0.9 (mean nearest cosine {nearest_cos:.3f})"
+)
+if len(seeds) > 1:
+    s1 = seeds[1]
+    null = tw.loc[f"topk s{s1} -> topk s{s0}", "frac_above_0_9"]
+    other = tw.loc[f"g-sae s{s1} -> topk s{s0}", "frac_above_0_9"]
+    verdict = "more" if same >= null + MORE else "no more"
+    line += (f"; the null, TopK seed {s1} -> TopK seed {s0} (other init): {null:.0%}; g-SAE seed "
+             f"{s1} -> TopK seed {s0}: {other:.0%}. The shared init leaves **{verdict}** near "
+             f"twins than the null (more: at least {MORE * 100:.0f} percentage points above "
+             "it)")  # fmt: skip
+else:
+    line += "; with one seed there is no null (a dictionary of another init) to compare with"
+lines = [line]
 verdicts = []
 for _, r in ratios.iterrows():
     # against the paper's 5x: "above" / "below" when the 95% CI excludes 5
@@ -145,6 +222,11 @@ for _, r in ratios.iterrows():
     verdicts.append(verdict)
     lines.append(f"alpha {r.alpha:g}: g-SAE / TopK = {r.ratio:.2f} [{r.ci_lo:.2f}, {r.ci_hi:.2f}]"
                  f" (**{verdict}** the paper's 5x)")  # fmt: skip
+    if len(seeds) > 1:
+        each = ratios_seed[ratios_seed.alpha == r.alpha].itertuples()
+        each = ", ".join(f"{x.ratio:.2f} [{x.ci_lo:.2f}, {x.ci_hi:.2f}]" for x in each)
+        over_r = features.seed_text(ratio_over[r.alpha], ".2f")
+        lines[-1] += f"; over seeds {over_r} (per seed: {each})"
 a_mid = min(alphas, key=lambda a: abs(a - 1.0))
 i = list(alphas).index(a_mid)
 for name in ("topk", "g-sae"):
@@ -161,15 +243,18 @@ head = (f"The paper's claim (g-SAE latents add > 5x the probability TopK latents
         f"here (reproduced: the 95% CI of the ratio lies above 5 at some steering strength; "
         f"excluded: below 5 at every one): above at {n_above}, below at {n_below} of "
         f"{len(verdicts)} strengths.")  # fmt: skip
+head = f"Seed {s0} of {seeds}. " + head
 display(Markdown(head + "\n\n" + "\n".join(f"- {line}" for line in lines)))
 
 # %%
 summary = dict(
     sae_run=sae_run, k=k, site=site, runs=runs["run"].to_dict(), mean_site_norm=norm,
     n_latents=n_latents, latent_choice=latent_choice, n_assoc=n_assoc,
-    contexts=list(contexts.shape), gsae_topk_nearest_cos=float(nearest.mean()),
-    gsae_topk_frac_above_0_9=same, ratios=ratios.to_dict(orient="records"),
-    prob_added=summ.to_dict(orient="records"), what_we_see=lines,
+    contexts=list(contexts.shape), gsae_topk_nearest_cos=float(nearest_cos),
+    gsae_topk_frac_above_0_9=float(same), ratios=ratios.to_dict(orient="records"),
+    prob_added=summ.to_dict(orient="records"), what_we_see=lines, seeds=seeds,
+    twins=twin.to_dict(orient="records"), ratios_by_seed=ratios_seed.to_dict(orient="records"),
+    over_seeds=over,
     seconds=time.time() - t_start,
 )  # fmt: skip
 (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")

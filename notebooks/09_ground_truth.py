@@ -37,6 +37,20 @@
 # *ball*" has no concept to match), and a frequent concept is easy to be precise about (a latent
 # firing at random has precision equal to the concept's frequency), so we also report the
 # explained fraction with only the *rare* concepts (frequency <= `rare_freq`) allowed.
+#
+# **Base rates.** F1 is meaningless for a concept on most tokens: a latent that always fires
+# has precision `p` (the base rate) and recall 1, so `F1 = 2p / (1 + p)`, above 0.67 for
+# `p > 0.5`. Concepts with base rate above `max_base_rate` are left out of the per-method means
+# (mean AUROC, mean F1, the fraction with F1 > `f1_threshold`, `n_concepts`); section 1 lists
+# them with their best latents' F1 beside the always-on F1 (`gt.base_rates`).
+#
+# **Seeds.** `05` trains every SAE once per seed. Each seed's runs are picked and scored on their
+# own (at that seed's target CE); tables, figures and the summary's original keys show the first
+# seed, and `summary.json["over_seeds"]` holds every number of `per_method`,
+# `interpolated_at_target` and `target_ce_increase` over all seeds: one record
+# `{key, method, metric, mean, sd, n, lo, hi, seeds, per_seed}` per number (`key` the summary
+# entry holding the first seed's value, `method` None for a scalar; `lo`, `hi` the 95%
+# t-interval over seeds, NaN with one seed; `saelab.studies.features.over_seeds`).
 
 # %% tags=["parameters"]
 sae_run: str = "outputs/reference/05_pareto/ref"  # a 05_pareto run folder (sweep.csv, runs/)
@@ -50,6 +64,7 @@ precision_threshold: float = 0.9  # a latent is explained when one concept has t
 min_fires: int = 10  # ... and it fires at least this many times
 rare_freq: float = 0.5  # stricter explained fraction: concepts on at most this share of tokens
 f1_threshold: float = 0.5  # a concept counts as recovered when its best F1 exceeds this
+max_base_rate: float = 0.5  # concepts on more of the tokens than this are left out of the means
 whole_sweep: bool = True  # also score every other run of the sweep (section 6)
 out_dir: str = "outputs/09_ground_truth/interactive-{time}"  # run folder (saelab.runs sets it)
 
@@ -69,7 +84,10 @@ out = notebook_out_dir(out_dir)  # from the repo root; {time}: a fresh folder
 (out / "figures").mkdir(parents=True, exist_ok=True)
 t_start = time.time()
 df = compare.load_sweep(resolve(sae_run))
-target = compare.match_target(df, ["local", "e2e", "e2e+ds"], target_ce)
+seeds = sorted(int(s) for s in df.seed.unique())
+targets = {s: compare.match_target(df[df.seed == s], ["local", "e2e", "e2e+ds"], target_ce)
+           for s in seeds}  # each seed's sweep matched on its own  # fmt: skip
+target = targets[seeds[0]]
 lm = sl.load_model(resolve_input(model))
 has_labels = dataset == "storyworld"
 data = sl.token_dataset(resolve_input(dataset), lm.tokenizer, n_ctx, split="validation",
@@ -95,19 +113,26 @@ labels_table = freq.groupby("label", sort=False).freq.agg(["count", "min", "max"
 labels_table.columns = ["concepts", "min freq", "max freq"]
 absent = freq.concept[freq.freq == 0].tolist()
 print(f"concepts absent from these tokens (skipped in the means): {absent or 'none'}")
+rates = gt.base_rates(y, names, max_base_rate) if has_labels else pd.DataFrame()
+common = rates[rates.excluded] if has_labels else rates
+shown = [f"{c} ({p:.3f})" for c, p in zip(common.concept, common.base_rate, strict=True)]
+print(f"concepts with base rate > {max_base_rate:g} (left out of the means): {shown or 'none'}")
 labels_table
 
 # %% [markdown]
 # ## 2. The SAEs, at matched CE increase
 #
-# Per method, the run of the sweep whose CE increase is nearest the target (in log space,
-# `compare.closest`). The sweeps are coarse (four sparsity coefficients per ReLU method), and
-# TopK and g-SAE runs differ in k only, so they sit at their own CE increase: read the rows below
-# before reading any difference as a method effect (section 6 interpolates instead). L0 and
-# alive latents are the sweep's evaluation.
+# Per method and seed, the run of that seed's sweep whose CE increase is nearest the seed's
+# target (in log space, `compare.closest`); the table shows the first seed. The sweeps are
+# coarse (four sparsity coefficients per ReLU method), and TopK and g-SAE runs differ in k only,
+# so they sit at their own CE increase: read the rows below before reading any difference as a
+# method effect (section 6 interpolates instead). L0 and alive latents are the sweep's
+# evaluation.
 
 # %%
-runs = compare.closest(df, methods, target) if methods else df.iloc[:0]
+picked = {s: compare.closest(df[df.seed == s], methods, targets[s]) if methods else df.iloc[:0]
+          for s in seeds}  # fmt: skip
+runs = picked[seeds[0]]
 runs[["run", "ce_increase", "l0", "alive"]].assign(d_sae=[
     sl.load_sae(p).cfg.d_sae for p in runs.sae_path
 ])  # fmt: skip
@@ -127,23 +152,32 @@ for m, r in runs.iterrows():
 # `gt.recover` then computes AUROC and F1 for every (concept, latent) pair with one matmul each.
 
 # %%
-todo = df[df.method.isin(methods)] if whole_sweep else runs.reset_index()
+todo = (df[df.method.isin(methods)] if whole_sweep
+        else pd.concat([p.reset_index() for p in picked.values()]))  # fmt: skip
 by_run = {}  # run name -> gt.Recovery
 for _, r in todo.iterrows():
     t0 = time.time()
     acts = features.collect(lm, sl.load_sae(r.sae_path), data, eval_tokens).flat
     by_run[r.run] = gt.recover(acts, y, names, precision_threshold, min_fires, rare_freq,
-                               f1_threshold)  # fmt: skip
+                               f1_threshold, max_base_rate)  # fmt: skip
     print(f"{r.run:22s} {acts.shape[1]} latents on {acts.shape[0]:,} tokens "
           f"({time.time() - t0:.1f} s)")  # fmt: skip
     del acts
-results = {m: by_run[r.run] for m, r in runs.iterrows()}  # the matched runs, by method
+results = {m: by_run[r.run] for m, r in runs.iterrows()}  # first seed's matched runs, by method
 frac_key = f"frac_f1_gt_{f1_threshold:g}"
 per_concept = pd.concat([res.table.assign(method=m) for m, res in results.items()],
                         ignore_index=True) if results else pd.DataFrame()  # fmt: skip
-per_method = pd.DataFrame({m: res.summary for m, res in results.items()}).T.rename_axis("method")
+
+
+def method_table(p):
+    """Per method: the recovery summary of the picked run `p.loc[method]`, its CE and sweep L0."""
+    t = pd.DataFrame({m: by_run[r.run].summary for m, r in p.iterrows()}).T.rename_axis("method")
+    return t.join(p[["run", "ce_increase"]].assign(sweep_l0=p.l0)) if len(p) else t
+
+
+per_seed = {s: method_table(p) for s, p in picked.items()}
+per_method = per_seed[seeds[0]]
 if results:
-    per_method = per_method.join(runs[["run", "ce_increase"]].assign(sweep_l0=runs.l0))
     per_concept.to_csv(out / "per_concept.csv", index=False)
     per_method.to_csv(out / "per_method.csv")
 per_method
@@ -159,6 +193,18 @@ per_method
 # %%
 if results:
     fig = gt.plot_best(per_concept, path=out / "figures" / "best_scores.png")
+
+# %% [markdown]
+# The concepts left out of the means (base rate above `max_base_rate`): each method's best
+# latent's F1 beside the F1 of a latent that always fires.
+
+# %%
+best_f1 = per_concept.pivot(index="concept", columns="method", values="f1") if results else None
+excluded = common.set_index("concept")[["base_rate", "always_on_f1"]] if has_labels else common
+if results:
+    excluded = excluded.join(best_f1.add_prefix("f1/"))
+excluded.to_csv(out / "excluded_concepts.csv")
+excluded
 
 # %% [markdown]
 # Per storyworld label, the mean over its concepts (its non-"none" values) of the best F1: a
@@ -194,16 +240,36 @@ if results:
 # the target, as TopK and g-SAE may not: their runs differ in k only).
 
 # %%
-sweep = pd.DataFrame([by_run[r.run].summary | {"method": r.method, "run": r.run,
+sweep = pd.DataFrame([by_run[r.run].summary | {"method": r.method, "run": r.run, "seed": r.seed,
                       "ce_increase": r.ce_increase} for _, r in todo.iterrows()])  # fmt: skip
 keys = ["mean_auroc", "mean_f1", frac_key, "explained_frac", "explained_frac_rare"]
 if whole_sweep and results:
     sweep.to_csv(out / "sweep_recovery.csv", index=False)
-    fig = gt.plot_sweep(sweep, ["mean_auroc", "mean_f1", "explained_frac_rare"], target,
+    fig = gt.plot_sweep(sweep[sweep.seed == seeds[0]], ["mean_auroc", "mean_f1",
+                        "explained_frac_rare"], target,
                         path=out / "figures" / "sweep_recovery.png")  # fmt: skip
-interp = compare.matched(sweep, [m for m in methods if m in set(sweep.method)], target,
-                         cols=keys + ["l0"]) if results else pd.DataFrame()  # fmt: skip
+swept = [m for m in methods if m in set(sweep.method)] if results else []
+interps = {s: compare.matched(sweep[sweep.seed == s], swept, targets[s], cols=keys + ["l0"])
+           if results else pd.DataFrame() for s in seeds}  # fmt: skip
+interp = interps[seeds[0]]
 interp
+
+# %% [markdown]
+# ## 7. Over seeds
+#
+# Every number of the per-method table (at each seed's matched runs) and of the interpolation,
+# for every seed: mean and 95% t-interval over seeds (NaN with one seed).
+
+# %%
+rows = []
+for s in seeds if results else []:
+    rows += features.seed_rows(s, "target_ce_increase", targets[s])
+    rows += features.seed_rows(s, "per_method", per_seed[s], [*keys, "ce_increase", "l0", "alive"])
+    rows += features.seed_rows(s, "interpolated_at_target", interps[s])
+over = features.over_seeds(rows)
+seed_table = pd.DataFrame(over).drop(columns=["seeds", "per_seed"], errors="ignore")
+seed_table.to_csv(out / "over_seeds.csv", index=False)
+seed_table[seed_table.key == "per_method"] if results else seed_table
 
 # %% [markdown]
 # **What we see.**
@@ -214,6 +280,16 @@ aggregates = {"mean_auroc": "mean best AUROC", "mean_f1": "mean best F1",
               "explained_frac": f"latents explained (precision >= {precision_threshold:g})",
               "explained_frac_rare": "latents explained by a rare concept"}  # fmt: skip
 lines = []
+if results and len(excluded):
+    f1_range = excluded.filter(like="f1/").agg(["min", "max"], axis=1)
+    listed = "; ".join(
+        f"`{c}` (p = {r.base_rate:.3f}, always-on F1 {r.always_on_f1:.2f}, best-latent F1 "
+        f"{f1_range.loc[c, 'min']:.2f}–{f1_range.loc[c, 'max']:.2f} over the methods)"
+        for c, r in excluded.iterrows()
+    )  # fmt: skip
+    lines.append(f"Left out of the means (base rate > {max_base_rate:g}, where an always-on latent "
+                 f"already scores F1 = 2p/(1+p) > 0.67): {listed}. The means are over "
+                 f"{int(per_method.n_concepts.iloc[0])} concepts.\n")  # fmt: skip
 for key, title in aggregates.items() if results else []:
     ranked = per_method[key].astype(float).sort_values(ascending=False)
     lines.append(f"- {title}: " + " > ".join(f"{plots.method_label(m)} {v:.3f}"
@@ -242,6 +318,12 @@ if {"topk", "gtopk"} <= set(results):
     lines.append(f"\n**g-SAE vs TopK**: mean best F1 {gk.mean_f1:.3f} vs {tk.mean_f1:.3f} "
                  f"(g-SAE **{ahead}** TopK), explained {gk.explained_frac:.3f} vs "
                  f"{tk.explained_frac:.3f} (alive {gk.alive:.0f} vs {tk.alive:.0f}).")  # fmt: skip
+if results and len(seeds) > 1:
+    f1s = {m: features.seed_stat(over, key="per_method", method=m, metric="mean_f1")
+           for m in per_method.index}  # fmt: skip
+    lines.append(f"\n**Over {len(seeds)} seeds**, mean best F1 (mean [95% t-interval]): "
+                 + "; ".join(f"{plots.method_label(m)} {features.seed_text(r)}"
+                             for m, r in f1s.items()))  # fmt: skip
 display(Markdown("\n".join(lines) or "No results (no labelled data)."))
 
 # %%
@@ -251,6 +333,10 @@ summary = dict(
     eval_tokens=int(len(y)) if has_labels else 0,
     per_method=per_method.reset_index().to_dict(orient="records"),
     interpolated_at_target=interp.reset_index().to_dict(orient="records"),
+    seeds=seeds,
+    max_base_rate=max_base_rate,
+    excluded_concepts=excluded.reset_index().to_dict(orient="records"),
+    over_seeds=over,
     seconds=time.time() - t_start,
 )
 (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")

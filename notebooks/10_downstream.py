@@ -27,6 +27,20 @@
 # `saelab.evaluate` already measures both for every run of the `05_pareto` sweep; this notebook
 # reads them at matched CE increase (interpolating each method's sweep, as `05` does for L0, or
 # taking each method's closest run when a sweep does not reach the target).
+#
+# **Seeds.** `05` trains every SAE once per seed. Each seed's sweep is matched on its own (its
+# own common target CE); tables, figures and the summary's original keys show the first seed,
+# and `summary.json["over_seeds"]` holds every number of `matched`, `closest_runs`,
+# `target_ce_increase` and the two downstream ratios over all seeds: one record
+# `{key, method, metric, [near], mean, sd, n, lo, hi, seeds, per_seed}` per number (`key` the
+# summary entry holding the first seed's value, `method` None for a scalar; `lo`, `hi` the 95%
+# t-interval over seeds, NaN with one seed; `saelab.studies.features.over_seeds`).
+#
+# **Which layers.** Ours: `resid_post.l` of every layer from the site's on, *including the final
+# residual*. e2e_sae (ApolloResearch) measures at `blocks.{l}.hook_resid_pre` of every later
+# block; since `resid_pre.{l+1} == resid_post.{l}`, its set is ours without the final residual.
+# `matched` gives the mean downstream MSE over both sets (`ds_mse_mean_ours`,
+# `ds_mse_mean_e2e_sae`).
 
 # %% tags=["parameters"]
 sae_run: str = "outputs/reference/05_pareto/ref"  # a 05_pareto run folder (sweep.csv, runs/)
@@ -42,49 +56,68 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from saelab.runs import notebook_out_dir, resolve
-from saelab.studies import compare, plots
+from saelab.studies import compare, features, plots
 
 out = notebook_out_dir(out_dir)  # from the repo root; {time}: a fresh folder
 (out / "figures").mkdir(parents=True, exist_ok=True)
 df = compare.load_sweep(resolve(sae_run))
+seeds = sorted(int(s) for s in df.seed.unique())
 relu = ["local", "e2e", "e2e+ds"]
-target = compare.match_target(df, relu, target_ce)
 ds_cols = [c for c in df.columns if c.startswith(("ds_mse/", "ds_ev/"))]
 layers = sorted({c.split("/", 1)[1] for c in ds_cols}, key=lambda s: int(s.rsplit(".", 1)[1]))
-print(f"{len(df)} runs from {sae_run}; later residual sites {layers}; matched at CE +{target:.4f}")
+e2e_layers = layers[:-1]  # e2e_sae: blocks.{l+1}.hook_resid_pre == resid_post.{l}; no final
+d0 = df[df.seed == seeds[0]]  # the first seed: tables and figures
+target = compare.match_target(d0, relu, target_ce)
+print(f"{len(df)} runs from {sae_run}, seeds {seeds}; later residual sites {layers} "
+      f"(e2e_sae's: {e2e_layers}); seed {seeds[0]} matched at CE +{target:.4f}")  # fmt: skip
 
 # %% [markdown]
 # ## 1. Downstream reconstruction, layer by layer (Figure 2)
 #
 # Each method's sweep interpolated at the same CE increase: the same damage to the output, so
-# any difference is in *how* the SAE-inserted activations get there.
+# any difference is in *how* the SAE-inserted activations get there. Per seed, `at_target`
+# matches that seed's sweeps (its closest runs where a sweep does not reach the target) and adds
+# the mean downstream MSE over our layers and over e2e_sae's.
 
 # %%
 cols = [*ds_cols, "l2_ratio", "l0"]
-matched = compare.matched(df, relu, target, cols=cols)
-if matched.isna().any().any():  # a sweep does not reach the target: take its closest run
-    matched = compare.closest(df, relu, target)[["ce_increase", *cols]]
-    print("not every sweep reaches the target; using each method's closest run instead")
+
+
+def at_target(d):
+    """(target CE, per-method table at it) for one seed's rows `d` of the sweep."""
+    t = compare.match_target(d, relu, target_ce)
+    m = compare.matched(d, relu, t, cols=cols)
+    if m.isna().any().any():  # a sweep does not reach the target: take its closest run
+        m = compare.closest(d, relu, t)[["ce_increase", *cols]].astype(float)
+        print(f"seed {d.seed.iloc[0]}: not every sweep reaches CE +{t:.4f}; closest runs instead")
+    m["ds_mse_mean_ours"] = m[[f"ds_mse/{r}" for r in layers]].mean(axis=1)
+    m["ds_mse_mean_e2e_sae"] = m[[f"ds_mse/{r}" for r in e2e_layers]].mean(axis=1)  # NaN if none
+    return t, m
+
+
+per_seed = {s: at_target(df[df.seed == s]) for s in seeds}
+target, matched = per_seed[seeds[0]]
 matched.to_csv(out / "downstream_matched.csv")
 fig = plots.downstream_plot(matched[ds_cols].to_dict(orient="index"),
                             path=out / "figures" / "downstream.png")  # fmt: skip
-matched[[c for c in ds_cols if c.startswith("ds_mse/")]]
+matched[[c for c in ds_cols if c.startswith("ds_mse/")] + ["ds_mse_mean_ours",
+                                                            "ds_mse_mean_e2e_sae"]]  # fmt: skip
 
 # %% [markdown]
-# The whole sweep, not just the matched point: downstream MSE at the last layer against CE
-# increase. A method whose line sits higher reaches the same output damage along a different
-# internal route.
+# The whole sweep (first seed), not just the matched point: downstream MSE at the last layer
+# against CE increase. A method whose line sits higher reaches the same output damage along a
+# different internal route.
 
 # %%
 import seaborn as sns  # noqa: E402
 
 last = f"ds_mse/{layers[-1]}"
-sweep = df[df.method.isin(relu)].sort_values("ce_increase")
+sweep = d0[d0.method.isin(relu)].sort_values("ce_increase")
 fig, ax = plt.subplots(figsize=(6.4, 4.2))
 sns.lineplot(data=sweep, x="ce_increase", y=last, hue="method", style="method", sort=False,
              estimator=None, markersize=7, ax=ax, **plots.style_kwargs(relu))  # fmt: skip
 ax.set(xlabel="CE loss increase (nats)", ylabel=f"downstream MSE at {layers[-1]}",
-       title=f"Downstream MSE at {layers[-1]} against CE increase, whole sweep")  # fmt: skip
+       title=f"Downstream MSE at {layers[-1]} against CE increase, seed {seeds[0]}")  # fmt: skip
 plots.log_if_spans(ax, "x", sweep["ce_increase"]) or plots.tidy_ticks(ax, "x")
 plots.log_if_spans(ax, "y", sweep[last]) or plots.tidy_ticks(ax, "y")
 fig.tight_layout()
@@ -96,29 +129,59 @@ fig.savefig(out / "figures" / "downstream_vs_ce.png", dpi=120)
 # `l2_ratio` = mean over tokens of `||x_hat|| / ||x||` at the site. Below 1 the SAE shrinks the
 # activation (the sparsity penalty pulls every latent towards 0); local SAEs pay for it in MSE,
 # e2e SAEs only if the output notices.
+#
+# Braun et al.'s Table 5 skips position 0. `saelab.evaluate` takes `l2_ratio` (like L0, MSE and
+# EV) only over the positions the SAEs see, which leave out `exclude_positions`: by default the
+# BOS position 0 whenever the data prepends a BOS, as storyworld's does (ARCHITECTURE.md §6).
+# Each run's `data.json` records the positions it left out; the cell below checks them.
 
 # %%
+excluded = {r: json.loads((resolve(sae_run) / "runs" / r / "data.json").read_text())
+            .get("excluded_positions") for r in df.run}  # fmt: skip
+skips_pos0 = all(e is not None and 0 in e for e in excluded.values())
+print(f"excluded positions per run: {sorted({str(e) for e in excluded.values()})}; l2_ratio "
+      f"{'skips' if skips_pos0 else 'does NOT skip'} position 0 in every run")  # fmt: skip
 l2 = pd.DataFrame({"matched (interpolated)": matched["l2_ratio"]})
-l2["sweep min"] = df.groupby("method")["l2_ratio"].min()
-l2["sweep max"] = df.groupby("method")["l2_ratio"].max()
-topk = df[df.method.isin(["topk", "gtopk"])].pivot_table(index="method", columns="k",
+l2["sweep min"] = d0.groupby("method")["l2_ratio"].min()
+l2["sweep max"] = d0.groupby("method")["l2_ratio"].max()
+topk = d0[d0.method.isin(["topk", "gtopk"])].pivot_table(index="method", columns="k",
                                                           values="l2_ratio")  # fmt: skip
 l2.to_csv(out / "l2_ratio.csv")
 l2
 
 # %% [markdown]
-# Interpolation mixes runs; at a few more CE increases, each method's *closest actual run*:
+# Interpolation mixes runs; at a few more CE increases, each method's *closest actual run*
+# (first seed; every seed's in `over_seeds`):
 
 # %%
-near = pd.concat(
-    [compare.closest(df, relu, t)[["run", "ce_increase", "l0", "l2_ratio", last]].assign(near=t)
-     for t in near_ce]
-)  # fmt: skip
+near_cols = ["run", "ce_increase", "l0", "l2_ratio", last]
+nears = {s: [compare.closest(df[df.seed == s], relu, t)[near_cols].assign(near=t)
+             for t in near_ce] for s in seeds}  # fmt: skip
+near = pd.concat(nears[seeds[0]])
 near.to_csv(out / "closest_runs.csv")
 near
 
 # %%
 topk  # TopK and g-SAE, by k (no sparsity penalty, so less shrinkage is expected)
+
+# %% [markdown]
+# ## 3. Over seeds
+#
+# The same numbers for every seed, each seed matched at its own target: mean and 95%
+# t-interval over seeds (NaN with one seed).
+
+# %%
+rows = []
+for s, (t, m) in per_seed.items():
+    rows += features.seed_rows(s, "target_ce_increase", t) + features.seed_rows(s, "matched", m)
+    for key, num in (("ds_mse_ratio_e2e_local", "e2e"), ("ds_mse_ratio_e2eds_local", "e2e+ds")):
+        rows += features.seed_rows(s, key, m.loc[num, last] / m.loc["local", last])
+    for t_near, c in zip(near_ce, nears[s], strict=True):
+        rows += features.seed_rows(s, "closest_runs", c.drop(columns="near"), near=t_near)
+over = features.over_seeds(rows)
+seed_table = pd.DataFrame(over).drop(columns=["seeds", "per_seed"])
+seed_table.to_csv(out / "over_seeds.csv", index=False)
+seed_table[seed_table.key != "closest_runs"]
 
 # %% [markdown]
 # **What we see.**
@@ -128,6 +191,10 @@ m = matched
 ratio_e2e = m.loc["e2e", last] / m.loc["local", last]
 ratio_ds = m.loc["e2e+ds", last] / m.loc["local", last]
 FAR, NEAR = 2.0, 1.5  # "far above": >= 2x local; "near": <= 1.5x local
+sr = {k: features.seed_text(features.seed_stat(over, key=k), ".2f")
+      for k in ("ds_mse_ratio_e2e_local", "ds_mse_ratio_e2eds_local")}  # fmt: skip
+rel = {(n, k): m.loc[k, f"ds_mse_mean_{n}"] / m.loc["local", f"ds_mse_mean_{n}"]
+       for n in ("ours", "e2e_sae") for k in ("e2e", "e2e+ds")}  # fmt: skip
 facts = dict(target=target, site=layers[-1], local=m.loc["local", last], e2e=m.loc["e2e", last],
              ds=m.loc["e2e+ds", last], r_e2e=ratio_e2e, r_ds=ratio_ds,
              l2_local=m.loc["local", "l2_ratio"], l2_e2e=m.loc["e2e", "l2_ratio"],
@@ -141,17 +208,29 @@ facts |= dict(
     else "does not shrink most",
     restores="restores" if gap > 0 and facts["l2_ds"] - facts["l2_e2e"] >= gap / 2
     else "does not restore",
-    FAR=FAR, NEAR=NEAR,
+    FAR=FAR, NEAR=NEAR, n_seeds=len(seeds), s0=seeds[0], sr_e2e=sr["ds_mse_ratio_e2e_local"],
+    sr_ds=sr["ds_mse_ratio_e2eds_local"], ours=", ".join(f"`{r}`" for r in layers),
+    theirs=", ".join(f"`{r}`" for r in e2e_layers) or "none (no later block)",
+    r_mean_ours=rel["ours", "e2e"], r_mean_e2e=rel["e2e_sae", "e2e"],
+    r_mean_ds_ours=rel["ours", "e2e+ds"], r_mean_ds_e2e=rel["e2e_sae", "e2e+ds"],
+    pos0="skips position 0 (as Table 5)" if skips_pos0 else "includes position 0 in some run "
+    "(unlike Table 5; re-evaluate with `exclude_positions=[0]` to compare)",
 )  # fmt: skip
 WHAT_WE_SEE = """
-- At CE +{target:.3f}, downstream MSE at `{site}`: local {local:.4f}, e2e {e2e:.4f}
-  (**{r_e2e:.2f}x** local), e2e+ds {ds:.4f} (**{r_ds:.2f}x** local). Paper (Fig. 2): e2e far
-  above local, e2e+ds near it. Counting "far above" as at least {FAR:g}x local and "near" as at
-  most {NEAR:g}x, e2e {far} far above and e2e+ds {near} near: storyworld **{fig2}** Figure 2
-  at this CE increase.
+- Seed {s0} (of {n_seeds}), at CE +{target:.3f}, downstream MSE at `{site}`: local {local:.4f},
+  e2e {e2e:.4f} (**{r_e2e:.2f}x** local), e2e+ds {ds:.4f} (**{r_ds:.2f}x** local).
+  Paper (Fig. 2): e2e far above local, e2e+ds near it. Counting "far above" as at least
+  {FAR:g}x local and "near" as at most {NEAR:g}x, e2e {far} far above and e2e+ds {near} near:
+  storyworld **{fig2}** Figure 2 at this CE increase. Over seeds, e2e / local at `{site}`:
+  {sr_e2e}; e2e+ds / local: {sr_ds}.
+- Mean downstream MSE over layers, e2e / local: **{r_mean_ours:.2f}x** over ours ({ours}: every
+  later residual, the final one included) and **{r_mean_e2e:.2f}x** over e2e_sae's ({theirs}:
+  `resid_pre` of each later block, no final residual); e2e+ds / local {r_mean_ds_ours:.2f}x and
+  {r_mean_ds_e2e:.2f}x.
 - L2 ratio `||x_hat|| / ||x||` at matched CE: local {l2_local:.2f}, e2e {l2_e2e:.2f}, e2e+ds
   {l2_ds:.2f}. Paper (Table 5): e2e shrinks most, e2e+ds restores. Here e2e **{shrinks}** and
-  e2e+ds **{restores}** the norm (restoring: closing at least half of the gap from e2e to local).
+  e2e+ds **{restores}** the norm (restoring: closing at least half of the gap from e2e to
+  local). The ratio {pos0}.
 """
 display(Markdown(WHAT_WE_SEE.format(**facts)))
 
@@ -164,6 +243,10 @@ summary = dict(
     ds_mse_ratio_e2eds_local=ratio_ds,
     l2_ratio=l2.reset_index().to_dict(orient="records"),
     closest_runs=near.reset_index().to_dict(orient="records"),
+    seeds=seeds,
+    l2_ratio_skips_position_0=skips_pos0,
+    ds_layers=dict(ours=layers, e2e_sae=e2e_layers),
+    over_seeds=over,
 )
 (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
 print(f"outputs in {out}")

@@ -122,3 +122,25 @@ def test_average_ranks_share_ties_and_are_centred():
     # column 0: 0,0 -> ranks 1,2 (avg 1.5); 1 -> 3; 2,2,2 -> 4,5,6 (avg 5); mean rank 3.5
     assert r[:, 0].tolist() == [1.5, -2.0, 1.5, -0.5, -2.0, 1.5]
     assert r[:, 1].tolist() == [0.0] * 6  # a never-firing latent: one tie, centred to 0
+
+
+def test_base_rates_flag_concepts_above_half_and_give_the_always_on_f1():
+    y = torch.zeros(10, 3, dtype=torch.bool)
+    y[:8, 0], y[:5, 1], y[:1, 2] = True, True, True  # base rates 0.8, 0.5, 0.1
+    br = gt.base_rates(y, ["common", "half", "rare"])
+    assert br.base_rate.tolist() == pytest.approx([0.8, 0.5, 0.1])
+    assert br.always_on_f1.tolist() == pytest.approx([1.6 / 1.8, 1 / 1.5, 0.2 / 1.1])
+    assert br.excluded.tolist() == [True, False, False]  # "more than half" only
+    # an always-on latent reaches exactly that F1
+    f1 = gt.f1_at_firing(torch.ones(10, 1), y).f1[:, 0]
+    assert f1.tolist() == pytest.approx(br.always_on_f1.tolist())
+    assert gt.base_rates(y, list("abc"), max_rate=0.05).excluded.all()
+
+
+def test_summarize_leaves_out_concepts_above_the_base_rate():
+    t = pd.DataFrame({"n_pos": [5, 5, 5], "freq": [0.9, 0.2, 0.1], "auroc": [0.9, 0.7, 0.5],
+                      "f1": [0.95, 0.6, 0.2]})  # fmt: skip
+    s = gt.summarize(t, max_base_rate=0.5)
+    assert s["n_concepts"] == 2 and s["mean_f1"] == pytest.approx(0.4)
+    assert s["mean_auroc"] == pytest.approx(0.6) and s["frac_f1_gt_0.5"] == pytest.approx(0.5)
+    assert gt.summarize(t)["n_concepts"] == 3

@@ -103,3 +103,15 @@ def test_ratio_table_and_summary():
     assert w.loc[0.5, "ratio"] == pytest.approx(5.0)
     lat = st.per_latent_table({"a": num}, [0.5, 1.0], {"a": torch.tensor([7, 8, 9])})
     assert len(lat) == 6 and lat.latent.tolist()[:3] == [7, 8, 9]
+
+
+def test_twins_counts_directions_with_a_near_copy_in_the_other_dictionary():
+    torch.manual_seed(0)
+    base = torch.nn.functional.normalize(torch.randn(20, 16), dim=-1)
+    half = base.clone()
+    half[10:] = torch.nn.functional.normalize(torch.randn(10, 16), dim=-1)  # 10 moved away
+    t = st.twins({"a": base, "b": half, "c": base}, [("b", "a", False), ("c", "a", True)])
+    assert list(t.columns) == ["pair", "shared_init", "frac_above_0_9", "mean_cos"]
+    assert t.pair.tolist() == ["b -> a", "c -> a"] and t.shared_init.tolist() == [False, True]
+    assert t.frac_above_0_9.tolist() == pytest.approx([0.5, 1.0])
+    assert t.mean_cos[1] == pytest.approx(1.0) and t.mean_cos[0] < 1.0

@@ -182,13 +182,35 @@ def per_label(table: pd.DataFrame, cols=("auroc", "f1")) -> pd.DataFrame:
     return table.groupby(keys, sort=False)[list(cols)].mean().reset_index()
 
 
-def summarize(table: pd.DataFrame, f1_threshold: float = 0.5) -> dict:
+def base_rates(y: Tensor, names: list[str], max_rate: float = 0.5) -> pd.DataFrame:
+    """Each concept's base rate and the F1 a latent that always fires would get for it.
+
+    y `[N, C]` bool, names `[C]`. An always-on latent has precision `p` (the base rate) and
+    recall 1, so `F1 = 2p / (1 + p)`: above 0.67 for `p > 0.5`, where "best F1 > 0.5" then says
+    nothing about the SAE. Columns: concept, base_rate (`p`, fraction of the N tokens),
+    always_on_f1, excluded (`p > max_rate`; `summarize(max_base_rate=...)` leaves those out).
+    """
+    p = y.float().mean(0) if y.shape[0] else torch.zeros(y.shape[1])
+    return pd.DataFrame({
+        "concept": list(names),
+        "base_rate": p.tolist(),
+        "always_on_f1": (2 * p / (1 + p)).tolist(),
+        "excluded": (p > max_rate).tolist(),
+    })  # fmt: skip
+
+
+def summarize(table: pd.DataFrame, f1_threshold: float = 0.5,
+              max_base_rate: float | None = None) -> dict:  # fmt: skip
     """Aggregates over one SAE's `best_latents` table (concepts absent from the data skipped).
 
     mean_auroc, mean_f1 (means of the best latent's score over concepts) and frac_f1 (fraction of
-    concepts whose best F1 exceeds `f1_threshold`), n_concepts (present in the data).
+    concepts whose best F1 exceeds `f1_threshold`), n_concepts (the concepts averaged over).
+    `max_base_rate`: leave out concepts on more than this fraction of the tokens (`base_rates`:
+    an always-on latent already scores F1 > 0.67 on a concept with base rate > 0.5).
     """
     t = table[table.n_pos > 0]
+    if max_base_rate is not None:
+        t = t[t.freq <= max_base_rate]
     return {
         "mean_auroc": float(t.auroc.mean()),
         "mean_f1": float(t.f1.mean()),
@@ -214,10 +236,12 @@ def recover(
     min_fires: int = 10,
     rare_freq: float = 0.5,
     f1_threshold: float = 0.5,
+    max_base_rate: float | None = None,
 ) -> Recovery:
     """All of the above for one SAE: acts `[N, n_lat]`, concepts y `[N, C]` bool named `names`.
 
-    summary keys: mean_auroc, mean_f1, frac_f1_gt_<f1_threshold>, n_concepts, explained_frac
+    summary keys: mean_auroc, mean_f1, frac_f1_gt_<f1_threshold>, n_concepts (over the concepts
+    with base rate <= `max_base_rate`, all when None; `summarize`), explained_frac
     (alive latents with precision >= `threshold` for some concept and >= `min_fires` firings),
     explained_frac_rare (the same with only concepts of frequency <= `rare_freq`), n_excluded
     (latents `min_fires` rules out), alive (latents firing at least once here), l0.
@@ -229,7 +253,7 @@ def recover(
     ex = explained_fraction(firing.precision, alive, **kw)
     rare = torch.tensor((table.freq <= rare_freq).to_numpy())
     ex_rare = explained_fraction(firing.precision, alive, concept_mask=rare, **kw)
-    summary = summarize(table, f1_threshold) | {
+    summary = summarize(table, f1_threshold, max_base_rate) | {
         "explained_frac": ex.fraction,
         "explained_frac_rare": ex_rare.fraction,
         "n_excluded": ex.n_excluded,

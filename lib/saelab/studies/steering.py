@@ -47,6 +47,41 @@ def site_norm(lm, site, data, n_tokens: int = 16_384, batch_size: int = 32) -> f
     return total / count
 
 
+def latent_directions(lm, sae, data, n_latents: int, how: str = "random", seed: int = 0,
+                      n_tokens: int = 16_384) -> tuple[Tensor, Tensor, int]:  # fmt: skip
+    """(latents `[n]`, their unit decoder directions `[n, d_in]`, alive latents) of one SAE.
+
+    Firing frequencies on the first ~`n_tokens` of `data` (a g-SAE selects with `dL/dx`, as in
+    training; `plots.firing_frequency`), then `choose_latents(freq, n_latents, how, seed)`.
+    """
+    from saelab.studies.plots import firing_frequency
+
+    freq = firing_frequency(lm, sae, data, n_tokens=n_tokens)
+    picked = choose_latents(freq, n_latents, how, seed=seed)
+    return picked, sae.decoder_directions().detach()[picked], int((freq > 0).sum())
+
+
+def twins(decoders: dict[str, Tensor], pairs, threshold: float = 0.9) -> pd.DataFrame:
+    """How many directions of one dictionary have a near twin in another.
+
+    `decoders` maps a name to unit decoder directions `[d_sae, d_in]`; `pairs` lists
+    `(a, b, shared_init)`. Per pair, each direction of `a` is matched to its nearest direction of
+    `b` (`analysis.max_cos_sim`); columns: pair ("a -> b"), shared_init (whether the two started
+    from the same decoder: then twins are expected however training went), frac_above_<threshold>
+    (the fraction of `a`'s directions with nearest cosine above `threshold`), mean_cos.
+    """
+    from saelab.studies.analysis import max_cos_sim
+
+    frac = f"frac_above_{threshold:g}".replace(".", "_")  # frac_above_0_9
+    rows = []
+    for a, b, shared in pairs:
+        near = max_cos_sim(decoders[a], decoders[b])
+        above = float((near > threshold).float().mean())
+        rows.append({"pair": f"{a} -> {b}", "shared_init": bool(shared), frac: above,
+                     "mean_cos": float(near.mean())})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def associated_tokens(lm, directions: Tensor, n_assoc: int = 5) -> Tensor:
     """Token ids `[n, n_assoc]` each direction of `directions [n, d]` promotes most (logit lens)."""
     return logit_effects(lm, directions).topk(n_assoc, dim=-1).indices
