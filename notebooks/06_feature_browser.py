@@ -39,7 +39,7 @@
 # `n_concepts`, ...) and `target_ce_increase` over all seeds: one record
 # `{key, method, metric, mean, sd, n, lo, hi, seeds, per_seed}` per number (`key` the summary
 # entry holding the first seed's value, `method` None for a scalar; `lo`, `hi` the 95%
-# t-interval over seeds, NaN with one seed; `saelab.studies.features.over_seeds`).
+# t-interval over seeds, NaN with one seed; `saelab.studies.stats.over_seeds`).
 
 # %% tags=["parameters"]
 model: str = "storyworld"  # frozen model the SAEs were trained on
@@ -68,7 +68,7 @@ from IPython.display import HTML, Markdown, display
 import saelab as sl
 from saelab.runs import notebook_out_dir, resolve, resolve_input
 from saelab.studies import browser as br
-from saelab.studies import compare, features, plots
+from saelab.studies import compare, plots, stats
 
 out = notebook_out_dir(out_dir)  # from the repo root; {time}: a fresh folder
 (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -134,9 +134,9 @@ for s in seeds[1:]:
         f1_threshold=f1_threshold) for m in methods}, orient="index")  # fmt: skip
 rows = []
 for s, t in tables.items():
-    rows += features.seed_rows(s, "target_ce_increase", targets[s])
-    rows += features.seed_rows(s, "methods", t.drop(columns="run", errors="ignore"))
-over = features.over_seeds(rows)
+    rows += stats.seed_rows(s, "target_ce_increase", targets[s])
+    rows += stats.seed_rows(s, "methods", t.drop(columns="run", errors="ignore"))
+over = stats.over_seeds(rows)
 seed_table = pd.DataFrame(over).drop(columns=["seeds", "per_seed"])
 seed_table.to_csv(out / "over_seeds.csv", index=False)
 seed_table
@@ -268,7 +268,7 @@ if labelled:
     lines.append(f"\nMost concept detectors (share of alive latents, seed {seeds[0]}): **"
                  f"{plots.method_label(most.astype(float).idxmax())}**.")  # fmt: skip
     if len(seeds) > 1:
-        per = [f"{plots.method_label(m)} " + features.seed_text(features.seed_stat(
+        per = [f"{plots.method_label(m)} " + stats.seed_text(stats.seed_stat(
             over, key="methods", method=m, metric="latents_f1_over_threshold"), ".1f")
             for m in table.index]  # fmt: skip
         lines.append(f"\nLatents with a concept at F1 > {f1_threshold:g}, over {len(seeds)} "

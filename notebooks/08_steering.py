@@ -42,7 +42,7 @@
 # and `over_seeds` every number of `ratios`, `prob_added` and the twin fractions over seeds: one
 # record `{key, method, metric, alpha, mean, sd, n, lo, hi, seeds, per_seed}` per number (`key`
 # the summary entry holding the first seed's value; `lo`, `hi` the 95% t-interval over seeds,
-# NaN with one seed; `saelab.studies.features.over_seeds`). The random directions do not depend
+# NaN with one seed; `saelab.studies.stats.over_seeds`). The random directions do not depend
 # on the SAE seed, so theirs are the same for every seed.
 
 # %% tags=["parameters"]
@@ -70,7 +70,7 @@ from IPython.display import Markdown, display
 
 import saelab as sl
 from saelab.runs import notebook_out_dir, resolve, resolve_input
-from saelab.studies import analysis, compare, features, plots, steering
+from saelab.studies import analysis, compare, plots, stats, steering
 
 out = notebook_out_dir(out_dir)  # from the repo root; {time}: a fresh folder
 (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -177,16 +177,16 @@ ratios_seed = pd.concat([r.assign(seed=s) for s, r in ratios_by.items()], ignore
 rows = []
 for s in seeds:
     for r in ratios_by[s].itertuples():
-        rows += features.seed_rows(s, "ratios", r.ratio, method="g-sae / topk", metric="ratio",
+        rows += stats.seed_rows(s, "ratios", r.ratio, method="g-sae / topk", metric="ratio",
                                    alpha=r.alpha)  # fmt: skip
     for r in summ_by[s].itertuples():
-        rows += features.seed_rows(s, "prob_added", r.mean, method=r.directions, metric="mean",
+        rows += stats.seed_rows(s, "prob_added", r.mean, method=r.directions, metric="mean",
                                    alpha=r.alpha)  # fmt: skip
     t = twin.set_index("pair").loc[f"g-sae s{s} -> topk s{s}"]
     for key in ("frac_above_0_9", "mean_cos"):
-        rows += features.seed_rows(s, "twins", t[key], method="g-sae -> topk", metric=key,
+        rows += stats.seed_rows(s, "twins", t[key], method="g-sae -> topk", metric=key,
                                    alpha=None)  # fmt: skip
-over = features.over_seeds(rows)
+over = stats.over_seeds(rows)
 ratio_over = {r["alpha"]: r for r in over if r["key"] == "ratios"}
 ratios_seed.pivot(index="alpha", columns="seed", values="ratio").assign(
     mean=[ratio_over[a]["mean"] for a in alphas], lo=[ratio_over[a]["lo"] for a in alphas],
@@ -225,7 +225,7 @@ for _, r in ratios.iterrows():
     if len(seeds) > 1:
         each = ratios_seed[ratios_seed.alpha == r.alpha].itertuples()
         each = ", ".join(f"{x.ratio:.2f} [{x.ci_lo:.2f}, {x.ci_hi:.2f}]" for x in each)
-        over_r = features.seed_text(ratio_over[r.alpha], ".2f")
+        over_r = stats.seed_text(ratio_over[r.alpha], ".2f")
         lines[-1] += f"; over seeds {over_r} (per seed: {each})"
 a_mid = min(alphas, key=lambda a: abs(a - 1.0))
 i = list(alphas).index(a_mid)

@@ -50,7 +50,7 @@
 # `interpolated_at_target` and `target_ce_increase` over all seeds: one record
 # `{key, method, metric, mean, sd, n, lo, hi, seeds, per_seed}` per number (`key` the summary
 # entry holding the first seed's value, `method` None for a scalar; `lo`, `hi` the 95%
-# t-interval over seeds, NaN with one seed; `saelab.studies.features.over_seeds`).
+# t-interval over seeds, NaN with one seed; `saelab.studies.stats.over_seeds`).
 
 # %% tags=["parameters"]
 sae_run: str = "outputs/reference/05_pareto/ref"  # a 05_pareto run folder (sweep.csv, runs/)
@@ -77,7 +77,7 @@ from IPython.display import Markdown, display
 
 import saelab as sl
 from saelab.runs import notebook_out_dir, resolve, resolve_input
-from saelab.studies import compare, features, plots
+from saelab.studies import compare, features, plots, stats
 from saelab.studies import groundtruth as gt
 
 out = notebook_out_dir(out_dir)  # from the repo root; {time}: a fresh folder
@@ -263,10 +263,10 @@ interp
 # %%
 rows = []
 for s in seeds if results else []:
-    rows += features.seed_rows(s, "target_ce_increase", targets[s])
-    rows += features.seed_rows(s, "per_method", per_seed[s], [*keys, "ce_increase", "l0", "alive"])
-    rows += features.seed_rows(s, "interpolated_at_target", interps[s])
-over = features.over_seeds(rows)
+    rows += stats.seed_rows(s, "target_ce_increase", targets[s])
+    rows += stats.seed_rows(s, "per_method", per_seed[s], [*keys, "ce_increase", "l0", "alive"])
+    rows += stats.seed_rows(s, "interpolated_at_target", interps[s])
+over = stats.over_seeds(rows)
 seed_table = pd.DataFrame(over).drop(columns=["seeds", "per_seed"], errors="ignore")
 seed_table.to_csv(out / "over_seeds.csv", index=False)
 seed_table[seed_table.key == "per_method"] if results else seed_table
@@ -319,10 +319,10 @@ if {"topk", "gtopk"} <= set(results):
                  f"(g-SAE **{ahead}** TopK), explained {gk.explained_frac:.3f} vs "
                  f"{tk.explained_frac:.3f} (alive {gk.alive:.0f} vs {tk.alive:.0f}).")  # fmt: skip
 if results and len(seeds) > 1:
-    f1s = {m: features.seed_stat(over, key="per_method", method=m, metric="mean_f1")
+    f1s = {m: stats.seed_stat(over, key="per_method", method=m, metric="mean_f1")
            for m in per_method.index}  # fmt: skip
     lines.append(f"\n**Over {len(seeds)} seeds**, mean best F1 (mean [95% t-interval]): "
-                 + "; ".join(f"{plots.method_label(m)} {features.seed_text(r)}"
+                 + "; ".join(f"{plots.method_label(m)} {stats.seed_text(r)}"
                              for m, r in f1s.items()))  # fmt: skip
 display(Markdown("\n".join(lines) or "No results (no labelled data)."))
 

@@ -34,7 +34,7 @@
 # `target_ce_increase` and the two downstream ratios over all seeds: one record
 # `{key, method, metric, [near], mean, sd, n, lo, hi, seeds, per_seed}` per number (`key` the
 # summary entry holding the first seed's value, `method` None for a scalar; `lo`, `hi` the 95%
-# t-interval over seeds, NaN with one seed; `saelab.studies.features.over_seeds`).
+# t-interval over seeds, NaN with one seed; `saelab.studies.stats.over_seeds`).
 #
 # **Which layers.** Ours: `resid_post.l` of every layer from the site's on, *including the final
 # residual*. e2e_sae (ApolloResearch) measures at `blocks.{l}.hook_resid_pre` of every later
@@ -56,7 +56,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from saelab.runs import notebook_out_dir, resolve
-from saelab.studies import compare, features, plots
+from saelab.studies import compare, plots, stats
 
 out = notebook_out_dir(out_dir)  # from the repo root; {time}: a fresh folder
 (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -173,12 +173,12 @@ topk  # TopK and g-SAE, by k (no sparsity penalty, so less shrinkage is expected
 # %%
 rows = []
 for s, (t, m) in per_seed.items():
-    rows += features.seed_rows(s, "target_ce_increase", t) + features.seed_rows(s, "matched", m)
+    rows += stats.seed_rows(s, "target_ce_increase", t) + stats.seed_rows(s, "matched", m)
     for key, num in (("ds_mse_ratio_e2e_local", "e2e"), ("ds_mse_ratio_e2eds_local", "e2e+ds")):
-        rows += features.seed_rows(s, key, m.loc[num, last] / m.loc["local", last])
+        rows += stats.seed_rows(s, key, m.loc[num, last] / m.loc["local", last])
     for t_near, c in zip(near_ce, nears[s], strict=True):
-        rows += features.seed_rows(s, "closest_runs", c.drop(columns="near"), near=t_near)
-over = features.over_seeds(rows)
+        rows += stats.seed_rows(s, "closest_runs", c.drop(columns="near"), near=t_near)
+over = stats.over_seeds(rows)
 seed_table = pd.DataFrame(over).drop(columns=["seeds", "per_seed"])
 seed_table.to_csv(out / "over_seeds.csv", index=False)
 seed_table[seed_table.key != "closest_runs"]
@@ -191,7 +191,7 @@ m = matched
 ratio_e2e = m.loc["e2e", last] / m.loc["local", last]
 ratio_ds = m.loc["e2e+ds", last] / m.loc["local", last]
 FAR, NEAR = 2.0, 1.5  # "far above": >= 2x local; "near": <= 1.5x local
-sr = {k: features.seed_text(features.seed_stat(over, key=k), ".2f")
+sr = {k: stats.seed_text(stats.seed_stat(over, key=k), ".2f")
       for k in ("ds_mse_ratio_e2e_local", "ds_mse_ratio_e2eds_local")}  # fmt: skip
 rel = {(n, k): m.loc[k, f"ds_mse_mean_{n}"] / m.loc["local", f"ds_mse_mean_{n}"]
        for n in ("ours", "e2e_sae") for k in ("e2e", "e2e+ds")}  # fmt: skip

@@ -86,8 +86,8 @@ def test_every_notebook_has_a_smoke_preset_in_this_file():
 
 @pytest.fixture(scope="module")
 def pareto_run(tmp_path_factory):
-    """The smoke-sized main job (05_pareto's 5 SAEs: local, e2e, e2e+ds, topk, gtopk, and one
-    study of them), made once."""
+    """The smoke-sized main job (05_pareto's 7 SAEs x 2 seeds: local, e2e, e2e+ds, topk, gtopk,
+    batchtopk, jumprelu; and one study of them), made once."""
     root = tmp_path_factory.mktemp("pareto")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SAELAB_CACHE", str(root / "cache"))
@@ -100,7 +100,7 @@ def test_notebook_runs_through_papermill(name, tmp_path, monkeypatch, request):
     monkeypatch.setenv("SAELAB_CACHE", str(tmp_path / "cache"))
     if name == "05_pareto":
         out = request.getfixturevalue("pareto_run")
-        assert len(list((out / "runs").glob("*/saes/*/sae.safetensors"))) == 7
+        assert len(list((out / "runs").glob("*/saes/*/sae.safetensors"))) == 7 * 2  # 2 seeds
         link = "../../10_downstream/smoke/notebook.ipynb"
         assert link in (out / "STUDIES.md").read_text() and (out / link).exists()
         study = json.loads((out / link).with_name("config.json").read_text())

@@ -14,8 +14,8 @@ to a similar CE loss increase, using only *alive* latents and their *unit-norm d
 Everything here is a pure function of tensors (or of an SAE's weights); confidence intervals are
 percentile bootstraps over latents, which treat the directions as independent samples (they are
 not quite: a nearest-neighbour pair contributes twice). Seed-to-seed spread is a separate check.
-`seed_stats` gives the mean and t-interval of a metric over training seeds (the unit a claim
-about training methods needs). Two references make the numbers readable: `random_directions`
+(`seed_stats`, the mean and t-interval over training seeds, lives in `saelab.studies.stats`
+and is re-exported here.) Two references make the numbers readable: `random_directions`
 (chance level for as many directions in as many dimensions) and `cos_to_init` (how far training
 moved each direction from its seeded random initialisation; geometry that is still the init's
 says little about the loss).
@@ -27,7 +27,6 @@ says little about the loss).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import numpy as np
@@ -35,6 +34,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from saelab.studies.stats import seed_stats  # noqa: F401  (05_pareto imports it from here)
 
 # Braun et al. 2024 §3.3, GPT-2 layer 6: mean within-SAE max cosine similarity differences.
 PAPER_WITHIN_DIFF = {"local - e2e": 0.166, "local - e2e+ds": 0.04}
@@ -136,20 +137,6 @@ def _stat_rows(samples: np.ndarray, stat: Callable) -> np.ndarray:
 def _interval(boot: np.ndarray, level: float) -> tuple[float, float]:
     q = (1 - level) / 2
     return float(np.nanquantile(boot, q)), float(np.nanquantile(boot, 1 - q))
-
-
-def seed_stats(values, level: float = 0.95) -> dict:
-    """Mean, sample SD, n and the t-interval of the mean over seeds (NaN bounds for n < 2)."""
-    v = np.asarray([x for x in values if x == x], dtype=float)
-    n = len(v)
-    mean = float(v.mean()) if n else float("nan")
-    if n < 2:
-        return dict(mean=mean, sd=float("nan"), n=n, lo=float("nan"), hi=float("nan"))
-    from scipy.stats import t
-
-    sd = float(v.std(ddof=1))
-    half = float(t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
-    return dict(mean=mean, sd=sd, n=n, lo=mean - half, hi=mean + half)
 
 
 def bootstrap_ci(

@@ -8,9 +8,7 @@ The shared ground of the feature studies (browser, ground-truth recovery, steeri
   (label, value) with value != "none";
 - `logit_effects` reads a decoder direction through the final norm's gain and the unembedding:
   the tokens a latent promotes and suppresses when it is written into the residual stream
-  (the "logit lens" of the direction; Olmo et al. 2024 §5 use these tokens for steering);
-- `seed_rows` / `over_seeds` put the studies' per-seed numbers into one summary.json shape: a
-  record per number with its mean and 95% t-interval over the sweep's training seeds.
+  (the "logit lens" of the direction; Olmo et al. 2024 §5 use these tokens for steering).
 """
 
 from __future__ import annotations
@@ -112,68 +110,3 @@ def top_tokens(lm, effects: Tensor, k: int = 10, largest: bool = True) -> list[l
     """The `k` token strings with the largest (or smallest) effect, per row of `effects [n, V]`."""
     idx = effects.topk(k, dim=-1, largest=largest).indices
     return [[lm.tokenizer.decode([int(t)]) for t in row] for row in idx]
-
-
-# --- numbers over training seeds (the studies 06, 08, 09, 10) ------------------------------------
-
-
-def seed_rows(seed: int, key: str, table, cols=None, **fields) -> list[dict]:
-    """Long rows `{seed, key, method, metric, value, **fields}` of one seed's numbers.
-
-    `table` is either a DataFrame indexed by method (one row each; `cols`: the columns to take,
-    default every numeric one) or a number (a scalar summary key: `method` None and `metric` =
-    key unless `fields` name them).
-    `key` names the summary.json entry that holds the seed-0 value; `fields` (e.g. `alpha=0.5`)
-    qualify every row. Non-numeric cells are skipped.
-    """
-    import numbers
-
-    if not hasattr(table, "iterrows"):  # `fields` may name the method and metric
-        return [dict(seed=int(seed), key=key, method=None, metric=key) | fields
-                | dict(value=float(table))]  # fmt: skip
-    cols = list(table.columns) if cols is None else list(cols)
-    rows = []
-    for method, r in table.iterrows():
-        for c in cols:
-            v = r.get(c)
-            if isinstance(v, numbers.Number) and not isinstance(v, bool):
-                rows.append(dict(seed=int(seed), key=key, method=method, metric=c, **fields,
-                                 value=float(v)))  # fmt: skip
-    return rows
-
-
-def over_seeds(rows: list[dict]) -> list[dict]:
-    """Mean and 95% t-interval over seeds of each number in `rows` (from `seed_rows`).
-
-    Rows agreeing in every field but `seed` and `value` are one number measured per seed; each
-    gives a record `{key, method, metric, (fields), mean, sd, n, lo, hi, seeds, per_seed}`
-    (`analysis.seed_stats`: NaN values are left out of the statistics, and with fewer than two
-    seeds `sd`, `lo` and `hi` are NaN), `per_seed` the values in the order of `seeds`.
-    """
-    from saelab.studies.analysis import seed_stats
-
-    groups: dict[tuple, list[tuple[int, float]]] = {}
-    for r in rows:
-        q = tuple((k, v) for k, v in r.items() if k not in ("seed", "value"))
-        groups.setdefault(q, []).append((int(r["seed"]), float(r["value"])))
-    out = []
-    for q, sv in groups.items():
-        sv.sort()
-        values = [v for _, v in sv]
-        out.append(dict(q) | seed_stats(values) | dict(seeds=[s for s, _ in sv], per_seed=values))
-    return out
-
-
-def seed_stat(records: list[dict], **match) -> dict:
-    """The one record of `over_seeds(...)` whose fields equal `match` (a clear error if none)."""
-    hits = [r for r in records if all(r.get(k) == v for k, v in match.items())]
-    if len(hits) != 1:
-        raise KeyError(f"{len(hits)} seed records match {match}")
-    return hits[0]
-
-
-def seed_text(rec: dict, fmt: str = ".3f") -> str:
-    """`mean [lo, hi] over n seeds`, or `mean (1 seed)` when there is no interval."""
-    if rec["n"] < 2:
-        return f"{rec['mean']:{fmt}} ({rec['n']} seed)"
-    return f"{rec['mean']:{fmt}} [{rec['lo']:{fmt}}, {rec['hi']:{fmt}}] over {rec['n']} seeds"
