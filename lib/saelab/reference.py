@@ -264,6 +264,15 @@ def stats_cell(rec: dict, digits: int = 3) -> str:
     return f"{num(rec['mean'], digits)} [{num(rec['lo'], digits)}, {num(rec['hi'], digits)}]"
 
 
+def _over(run: Run, **match) -> dict:
+    """The record of a study's `over_seeds` (saelab.studies.stats) whose fields equal `match`."""
+    hits = [r for r in run.get("over_seeds") if all(r.get(k) == v for k, v in match.items())]
+    if len(hits) != 1:
+        raise TableError(f"table {run.table!r}: run {run.path}: summary.json['over_seeds'] has "
+                         f"{len(hits)} records with {match}, not one")  # fmt: skip
+    return hits[0]
+
+
 def _seeds_note(run: Run) -> str:
     n = len(run.get("seeds"))
     return f"mean [95% t-interval] over {n} seeds" if n > 1 else "one seed: no interval"
@@ -292,8 +301,8 @@ def _method(m: str) -> str:
 
 
 def _phi(run_name: str) -> str:
-    """'local_sparsity=0.3' -> 'phi 0.3'; 'topk_k=32' -> 'k 32'."""
-    key, _, value = run_name.partition("=")
+    """'local_sparsity=0.3' -> 'phi 0.3'; 'topk_k=32_seed=1' -> 'k 32' (the seed is a column)."""
+    key, _, value = re.sub(r"_seed=\d+$", "", run_name).partition("=")
     value = value[:-2] if value.endswith(".0") else value
     return f"{'k' if key.endswith('_k') else 'phi'} {value}"
 
@@ -396,21 +405,31 @@ def render_claims(run: Run) -> str:
     near = ds.need(closest["local"], "near", "closest_runs")
     r_e = closest["e2e"][last] / closest["local"][last]
     r_ds = closest["e2e+ds"][last] / closest["local"][last]
-    l2 = {m: ds.need(ds.record("matched", method=m), "l2_ratio", f"matched[{m}]")
+    l2 = {m: _over(ds, key="matched", method=m, metric="l2_ratio")
           for m in ("local", "e2e", "e2e+ds")}  # fmt: skip
-    restores = l2["e2e+ds"] - l2["e2e"] >= RESTORES * (l2["local"] - l2["e2e"])
+    l2m = {m: r["mean"] for m, r in l2.items()}
+    restores = l2m["e2e+ds"] - l2m["e2e"] >= RESTORES * (l2m["local"] - l2m["e2e"])
+    ds_r = {k: stats_cell(_over(ds, key=k), 1)
+            for k in ("ds_mse_ratio_e2e_local", "ds_mse_ratio_e2eds_local")}  # fmt: skip
     geo = run.sibling("07_geometry")
-    d_e = geo.record("within_differences", difference="local - e2e", seed=0)
-    d_ds = geo.record("within_differences", difference="local - e2e+ds", seed=0)
+    d_e = [geo.record("within_differences", difference="local - e2e", seed=s) for s in (0, 1)]
+    d_ds = [geo.record("within_differences", difference="local - e2e+ds", seed=s) for s in (0, 1)]
     st = run.sibling("08_steering")
-    ratios = st.get("ratios")
-    lo, hi = min(r["ratio"] for r in ratios), max(r["ratio"] for r in ratios)
-    ci_lo, ci_hi = min(r["ci_lo"] for r in ratios), max(r["ci_hi"] for r in ratios)
-    steer = ("reproduced" if all(r["ci_lo"] > STEER_PAPER for r in ratios) else
-             "g-SAE steers better, below 5x" if all(r["ci_lo"] > 1 for r in ratios) else
+    by_seed = st.get("ratios_by_seed")  # every seed's ratios with their bootstrap CIs
+    alphas = sorted({float(r["alpha"]) for r in by_seed})
+    over = [_over(st, key="ratios", method="g-sae / topk", metric="ratio", alpha=a)
+            for a in alphas]  # fmt: skip
+    steer = ("reproduced" if all(r["ci_lo"] > STEER_PAPER for r in by_seed) else
+             "g-SAE steers better, below 5x" if all(r["ci_lo"] > 1 for r in by_seed) else
              "not reproduced")  # fmt: skip
+    twins = st.get("twins")
+    shared = next(t for t in twins if t["shared_init"])
+    null = next((t for t in twins if t["pair"].startswith("topk")), None)
+    twin_text = (f"{pct(shared['frac_above_0_9'])} of g-SAE directions have a TopK twin (cos > "
+                 f"0.9, same init); other-seed TopK null "
+                 f"{pct(null['frac_above_0_9']) if null else 'n/a'}")  # fmt: skip
     gt = run.sibling("09_ground_truth")
-    f1 = [num(gt.record("per_method", method=m)["mean_f1"])
+    f1 = [stats_cell(_over(gt, key="per_method", method=m, metric="mean_f1"))
           for m in ("local", "e2e", "e2e+ds", "topk", "gtopk")]  # fmt: skip
     return md_table(["claim", "paper", "storyworld"], [
         ["SAEs converged (loss plateau over the last 20% of steps; NMSE falls with k)", "",
@@ -430,17 +449,20 @@ def render_claims(run: Run) -> str:
          f"{', '.join(stats_cell(d, 4) for d in free_d)} (k = {', '.join(ks)})"],
         ["downstream MSE at the last layer, e2e vs local (Fig. 2)",
          "e2e far higher, e2e+ds near local",
-         f"e2e {num(ds.get('ds_mse_ratio_e2e_local'), 1)}x local, e2e+ds "
-         f"{num(ds.get('ds_mse_ratio_e2eds_local'), 1)}x "
-         f"(CE +{num(ds.get('target_ce_increase'))}); "
-         f"{r_e:.1f}x and {r_ds:.1f}x (closest runs to CE +{near:g})"],
-        ["L2 ratio `‖x̂‖/‖x‖` (Table 5)", "e2e shrinks, e2e+ds restores",
-         f"e2e {num(l2['e2e'], 2)} vs local {num(l2['local'], 2)}; e2e+ds "
-         f"{'restores' if restores else 'does not restore'} ({num(l2['e2e+ds'], 2)})"],
+         f"e2e {ds_r['ds_mse_ratio_e2e_local']}x local, e2e+ds "
+         f"{ds_r['ds_mse_ratio_e2eds_local']}x (CE +{num(ds.get('target_ce_increase'))}); "
+         f"{r_e:.1f}x and {r_ds:.1f}x (first seed's closest runs to CE +{near:g})"],
+        ["L2 ratio `‖x̂‖/‖x‖` (Table 5, positions > 0)", "e2e shrinks, e2e+ds restores",
+         f"e2e {stats_cell(l2['e2e'], 2)} vs local {stats_cell(l2['local'], 2)}; e2e+ds "
+         f"{'restores' if restores else 'does not restore'} ({stats_cell(l2['e2e+ds'], 2)})"],
         ["within-SAE NN cosine, local − e2e / local − e2e+ds (Fig. 3)", "0.166 / 0.04",
-         f"{with_ci(d_e, 'ours')} / {with_ci(d_ds, 'ours')} (seed 0)"],
+         f"{with_ci(d_e[0], 'ours')} / {with_ci(d_ds[0], 'ours')} (seed 0); "
+         f"{with_ci(d_e[1], 'ours')} / {with_ci(d_ds[1], 'ours')} (seed 1)"],
         ["steering: probability added, g-SAE / TopK", "> 5x",
-         f"{lo:.2f}–{hi:.2f} (CIs within [{ci_lo:.2f}, {ci_hi:.2f}]); {steer}"],
+         ", ".join(f"{stats_cell(o, 2)} (α {a:g})" for a, o in zip(alphas, over, strict=True))
+         + f"; {steer} (by every seed's bootstrap CI)"],
+        ["g-SAE directions near-copies of TopK's (the steering test's premise)", "",
+         twin_text],
         ["ground truth: mean best single-latent F1, local / e2e / e2e+ds / TopK / g-SAE",
          "(autointerp: e2e no worse)", " / ".join(f1)],
     ])  # fmt: skip
@@ -508,24 +530,36 @@ def render_e2e_downstream(run: Run) -> str:
     layers = sorted((k for k in recs[0] if k.startswith("ds_mse/")),
                     key=lambda k: int(k.rsplit(".", 1)[1]))  # fmt: skip
     last = layers[-1].replace("ds_mse/", "ds_ev/")
-    header = [f"method (interpolated at CE +{num(run.get('target_ce_increase'))})"]
-    header += [f"ds MSE {k.split('/')[1]}" for k in layers] + [f"ds EV {last.split('/')[1]}",
-                                                                 "L2 ratio"]  # fmt: skip
-    return md_table(header, [
-        [r["method"], *(num(r[k]) for k in layers), num(run.need(r, last, "matched")),
-         num(run.need(r, "l2_ratio", "matched"), 2)] for r in recs
-    ])  # fmt: skip
+    cols = [*layers, "ds_mse_mean_ours", "ds_mse_mean_e2e_sae", last, "l2_ratio"]
+
+    def cell(m, c):
+        return stats_cell(_over(run, key="matched", method=m, metric=c), 2 if c == "l2_ratio"
+                          else 3)  # fmt: skip
+
+    header = [f"method (interpolated at CE +{num(run.get('target_ce_increase'))}; "
+              f"{_seeds_note(run)})"]  # fmt: skip
+    header += [f"ds MSE {k.split('/')[1]}" for k in layers]
+    header += ["mean ds MSE, ours (all later resid_post)",
+               "mean ds MSE, e2e_sae's (later resid_pre)", f"ds EV {last.split('/')[1]}",
+               "L2 ratio (positions > 0)"]  # fmt: skip
+    return md_table(header, [[r["method"], *(cell(r["method"], c) for c in cols)]
+                             for r in recs])  # fmt: skip
 
 
 def render_e2e_downstream_closest(run: Run) -> str:
     recs = [run.record("closest_runs", method=m) for m in ("local", "e2e", "e2e+ds")]
     last = _last_layer(recs[0])
     near = run.need(recs[0], "near", "closest_runs")
+
+    def cell(m, c, digits=3):
+        return stats_cell(_over(run, key="closest_runs", method=m, metric=c, near=near), digits)
+
     return md_table(
-        [f"method (closest run to CE +{near:g})", "run", "CE increase", "L0",
-         f"ds MSE {last.split('/')[1]}", "L2 ratio"],
-        [[r["method"], _phi(r["run"]), num(r["ce_increase"]), num(r["l0"], 1), num(r[last]),
-          num(r["l2_ratio"], 2)] for r in recs],
+        [f"method (closest run to CE +{near:g}; {_seeds_note(run)})", "run (first seed)",
+         "CE increase", "L0", f"ds MSE {last.split('/')[1]}", "L2 ratio"],
+        [[r["method"], _phi(r["run"]), cell(r["method"], "ce_increase"),
+          cell(r["method"], "l0", 1), cell(r["method"], last), cell(r["method"], "l2_ratio", 2)]
+         for r in recs],
     )  # fmt: skip
 
 
@@ -563,12 +597,23 @@ def render_ground_truth(run: Run) -> str:
     rows = []
     for m in ("local", "e2e", "e2e+ds", "topk", "gtopk"):
         r = run.record("per_method", method=m)
-        f = lambda k, r=r, m=m: run.need(r, k, f"per_method[{m}]")  # noqa: E731
-        rows.append([_method(m), _phi(f("run")), num(f("ce_increase")), num(f("l0"), 1),
-                     f"{f('alive'):.0f}", num(f("mean_auroc")), num(f("mean_f1")),
-                     pct(f("frac_f1_gt_0.5")), pct(f("explained_frac")),
-                     pct(f("explained_frac_rare"))])  # fmt: skip
-    return md_table(["method", "run", "CE increase", "L0", "alive", "mean best AUROC",
+
+        def c(k, digits=3, m=m):
+            return stats_cell(_over(run, key="per_method", method=m, metric=k), digits)
+
+        def p(k, m=m):
+            rec = _over(run, key="per_method", method=m, metric=k)
+            if rec.get("n", 0) < 2:
+                return pct(rec["mean"])
+            return f"{pct(rec['mean'])} [{pct(rec['lo'])}, {pct(rec['hi'])}]"
+
+        rows.append([_method(m), _phi(run.need(r, "run", f"per_method[{m}]")),
+                     c("ce_increase"), c("l0", 1), c("alive", 0), c("mean_auroc"), c("mean_f1"),
+                     p("frac_f1_gt_0.5"), p("explained_frac"),
+                     p("explained_frac_rare")])  # fmt: skip
+    n_out = len(run.get("excluded_concepts"))
+    return md_table([f"method ({_seeds_note(run)})", "run (first seed)", "CE increase", "L0",
+                     "alive", f"mean best AUROC ({n_out} concepts over half the tokens left out)",
                      "mean best F1", "concepts with F1 > 0.5", "explained (any)",
                      "explained (rare)"], rows)  # fmt: skip
 
@@ -578,11 +623,15 @@ def render_feature_browser(run: Run) -> str:
     for m in ("local", "e2e", "e2e+ds", "topk", "gtopk"):
         r = run.get("methods", m)
         f = lambda k, r=r, m=m: run.need(r, k, f"methods[{m}]")  # noqa: E731
-        rows.append([_method(m), f"{f('latents_f1_over_threshold')} of {f('d_sae')}",
-                     f"{f('concepts_covered')} of {f('n_concepts')}",
-                     f"{f('median_density_alive'):.4f}"])  # fmt: skip
-    return md_table(["method", "latents with a concept at F1 > 0.5", "concepts covered",
-                     "median density of alive latents"], rows)  # fmt: skip
+
+        def c(k, digits=1, m=m):
+            return stats_cell(_over(run, key="methods", method=m, metric=k), digits)
+
+        rows.append([_method(m), f"{c('latents_f1_over_threshold')} of {f('d_sae')}",
+                     f"{c('concepts_covered')} of {f('n_concepts')}",
+                     c("median_density_alive", 4)])  # fmt: skip
+    return md_table([f"method ({_seeds_note(run)})", "latents with a concept at F1 > 0.5",
+                     "concepts covered", "median density of alive latents"], rows)  # fmt: skip
 
 
 # --- papers/g-sae ------------------------------------------------------------------------------
@@ -635,9 +684,21 @@ def render_steering(run: Run) -> str:
                 raise TableError(f"table {run.table!r}: run {run.path}: prob_added has no "
                                  f"{d!r} record at alpha {a}")  # fmt: skip
             cells.append(_prob(by[d]["mean"]))
-        rows.append([f"{a:g}", *cells, with_ci(r, "ratio", 2), r.get("paper", "> 5")])
-    return md_table(["alpha", "TopK", "g-SAE", "random directions", "g-SAE / TopK [95% CI]",
-                     "paper"], rows)  # fmt: skip
+        over = _over(run, key="ratios", method="g-sae / topk", metric="ratio", alpha=a)
+        rows.append([f"{a:g}", *cells, with_ci(r, "ratio", 2), stats_cell(over, 2),
+                     r.get("paper", "> 5")])  # fmt: skip
+    return md_table(["alpha", "TopK", "g-SAE", "random directions",
+                     "g-SAE / TopK, first seed [95% bootstrap CI]",
+                     f"g-SAE / TopK ({_seeds_note(run)})", "paper"], rows)  # fmt: skip
+
+
+def render_twins(run: Run) -> str:
+    """08_steering: how many directions of one SAE have a near-copy (cosine > 0.9) in another;
+    a g-SAE and the TopK SAE of its seed share their initialisation, another seed is the null."""
+    return md_table(["directions of -> nearest in", "shared init", "with a twin (cos > 0.9)",
+                     "mean nearest cosine"],
+                    [[r["pair"], "yes" if r["shared_init"] else "no", pct(r["frac_above_0_9"]),
+                      num(r["mean_cos"])] for r in run.get("twins")])  # fmt: skip
 
 
 def _setting_cell(rec: dict, key: str, digits: int = 4, fmt: Callable | None = None) -> str:
@@ -688,6 +749,7 @@ RENDERERS: dict[str, tuple[Callable[[Run], str], str]] = {
     "feature_browser": (render_feature_browser, "06_feature_browser"),
     "gsae_vs_topk": (render_gsae_vs_topk, "05_pareto"),
     "steering": (render_steering, "08_steering"),
+    "twins": (render_twins, "08_steering"),
     "gsae_study": (render_gsae_study, "11_gsae_study"),
 }
 
