@@ -25,11 +25,13 @@
 #   e2e SAE find the local SAE's directions? We compare across seeds (e2e seed 0 against local
 #   seed 1): SAEs with the same seed start from the same decoder, which would count as similarity.
 #
-# A 05_pareto run has one seed per setting, so this notebook trains its own six ReLU SAEs
-# (3 types x 2 seeds) at sparsity coefficients that land at a similar CE increase (chosen from
-# the full-size sweep `outputs/05_pareto/main-v1`: local phi 0.3, e2e phi 1, e2e+ds phi 3 all
-# reach CE +0.04 to +0.05 there). Intervals are 95% percentile bootstraps over directions
-# (`saelab.studies.analysis`); they do not include seed-to-seed variation, which the two seeds show.
+# This notebook trains its own six ReLU SAEs (3 types x 2 seeds), one sparsity coefficient per
+# type chosen so that the three land at a similar CE increase: the presets take them from a
+# 05_pareto sweep at the same token budget (`default`: 500k tokens, local phi 0.3, e2e phi 1,
+# e2e+ds phi 3; `paper`: 2M tokens, phi values read off `outputs/reference/05_pareto/paper` near
+# its target CE, the preset file says which). Intervals are 95% percentile bootstraps over
+# directions (`saelab.studies.analysis`); they do not include seed-to-seed variation, which the
+# two seeds show.
 
 # %% tags=["parameters"]
 model: str = "storyworld"  # frozen LM: "storyworld", a hub id such as "gpt2", or a local HF dir

@@ -576,7 +576,7 @@ def render_e2e_geometry(run: Run) -> str:
     methods = ("local", "e2e", "e2e+ds", "random")
     return md_table(["comparison", *methods], [
         ["within SAE, seed 0", *(cell(f"{m} s0", m != "random") for m in methods)],
-        ["within SAE, seed 1", *(cell(f"{m} s1", False) for m in methods)],
+        ["within SAE, seed 1", *(cell(f"{m} s1", m != "random") for m in methods)],
         ["cross-seed (seed 0 -> seed 1)", *(cell(f"{m} s0 -> s1", m != "random") for m in methods)],
         ["cross-type (seed 0 -> local seed 1)", "",
          *(cell(f"{m} s0 -> local s1", m != "random") for m in methods[1:])],
