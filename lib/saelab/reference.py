@@ -831,7 +831,11 @@ def plan(root: Path = runs.ROOT, run_ids=None) -> list[tuple[str, str, str]]:
             continue
         folder = root / REFERENCE / nb / rid
         status = runs.run_status(folder)
-        reads_05 = nb in runs.STUDIES and ("05_pareto", rid) in {(n, r) for n, _, r in todo}
+        reads_05 = (
+            ("05_pareto", rid) in {(n, r) for n, _, r in todo}
+            and nb in runs.STUDIES
+            and "sae_run" in runs._declared_parameters(runs.paired_notebook(nb))
+        )
         if status == "completed":
             why = check_run(folder, root)
             if reads_05:
