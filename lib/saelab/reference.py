@@ -246,32 +246,31 @@ def with_ci(rec: dict, key: str = "mean", digits: int = 3) -> str:
     return f"{num(rec[key], digits)} [{num(rec['ci_lo'], digits)}, {num(rec['ci_hi'], digits)}]"
 
 
-def seed_cell(values, digits: int = 3, scale: float = 1.0, suffix: str = "") -> str:
-    """`mean [lo, hi]` over seeds (95% t-interval, `saelab.studies.analysis.seed_stats`); a
-    single seed gives the value alone. `scale` multiplies (100 for percentages)."""
-    from saelab.studies.analysis import seed_stats
-
-    st = seed_stats([float(v) for v in values])
-    m = num(scale * st["mean"], digits) + suffix
-    if st["n"] < 2:
-        return m
-    return f"{m} [{num(scale * st['lo'], digits)}, {num(scale * st['hi'], digits)}]"
-
-
-def stats_cell(rec: dict, digits: int = 3) -> str:
-    """`mean [lo, hi]` from a record with `mean`, `lo`, `hi`, `n` (a `seed_stats` dict)."""
+def stats_cell(rec: dict, digits: int = 3, fmt: Callable | None = None) -> str:
+    """`mean [lo, hi]` from a record with `mean`, `lo`, `hi`, `n` (a `seed_stats` dict); the mean
+    alone for one seed. `fmt` formats each number (default: `digits` decimals; e.g. `pct`)."""
+    f = fmt or (lambda x: num(x, digits))
     if rec.get("n", 0) < 2:
-        return num(rec["mean"], digits)
-    return f"{num(rec['mean'], digits)} [{num(rec['lo'], digits)}, {num(rec['hi'], digits)}]"
+        return f(rec["mean"])
+    return f"{f(rec['mean'])} [{f(rec['lo'])}, {f(rec['hi'])}]"
+
+
+def seed_cell(values, digits: int = 3) -> str:
+    """`stats_cell` of values measured once per seed (95% t-interval, `studies.stats`)."""
+    from saelab.studies.stats import seed_stats
+
+    return stats_cell(seed_stats([float(v) for v in values]), digits)
 
 
 def _over(run: Run, **match) -> dict:
     """The record of a study's `over_seeds` (saelab.studies.stats) whose fields equal `match`."""
-    hits = [r for r in run.get("over_seeds") if all(r.get(k) == v for k, v in match.items())]
-    if len(hits) != 1:
-        raise TableError(f"table {run.table!r}: run {run.path}: summary.json['over_seeds'] has "
-                         f"{len(hits)} records with {match}, not one")  # fmt: skip
-    return hits[0]
+    from saelab.studies.stats import seed_stat
+
+    try:
+        return seed_stat(run.get("over_seeds"), **match)
+    except KeyError as e:
+        raise TableError(f"table {run.table!r}: run {run.path}: summary.json['over_seeds']: "
+                         f"{e.args[0]}, not one") from None  # fmt: skip
 
 
 def _seeds_note(run: Run) -> str:
@@ -603,10 +602,7 @@ def render_ground_truth(run: Run) -> str:
             return stats_cell(_over(run, key="per_method", method=m, metric=k), digits)
 
         def p(k, m=m):
-            rec = _over(run, key="per_method", method=m, metric=k)
-            if rec.get("n", 0) < 2:
-                return pct(rec["mean"])
-            return f"{pct(rec['mean'])} [{pct(rec['lo'])}, {pct(rec['hi'])}]"
+            return stats_cell(_over(run, key="per_method", method=m, metric=k), fmt=pct)
 
         rows.append([_method(m), _phi(run.need(r, "run", f"per_method[{m}]")),
                      c("ce_increase"), c("l0", 1), c("alive", 0), c("mean_auroc"), c("mean_f1"),
@@ -645,9 +641,7 @@ def render_gsae_vs_topk(run: Run) -> str:
     rows = []
     for i, k in enumerate(ks):
         d = {m: _diff_rec(run, k, m) for m in ("ce_increase", "ce_nolabel", "nmse", "dead_frac")}
-        dead = d["dead_frac"]
-        dead_cell = (f"{pct(dead['mean'], 2)} [{pct(dead['lo'], 2)}, {pct(dead['hi'], 2)}]"
-                     if dead.get("n", 0) > 1 else pct(dead["mean"], 2))  # fmt: skip
+        dead_cell = stats_cell(d["dead_frac"], fmt=lambda x: pct(x, 2))
         rows.append(
             [
                 k,
@@ -703,12 +697,10 @@ def render_twins(run: Run) -> str:
 
 
 def _setting_cell(rec: dict, key: str, digits: int = 4, fmt: Callable | None = None) -> str:
-    """`rec[key] [rec[key_lo], rec[key_hi]]` (the value alone where there is no interval)."""
-    f = fmt or (lambda x: num(x, digits))
+    """`stats_cell` of an 11_gsae_study setting, whose intervals are `key_lo`, `key_hi`."""
     lo, hi = rec.get(f"{key}_lo"), rec.get(f"{key}_hi")
-    if lo is None or hi is None or lo != lo:
-        return f(rec[key])
-    return f"{f(rec[key])} [{f(lo)}, {f(hi)}]"
+    n = 1 if lo is None or hi is None or lo != lo else 2  # no interval: the value alone
+    return stats_cell(dict(mean=rec[key], lo=lo, hi=hi, n=n), digits, fmt)
 
 
 def render_gsae_study(run: Run) -> str:

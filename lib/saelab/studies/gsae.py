@@ -21,7 +21,7 @@ from saelab.core.metrics import selection_overlap
 from saelab.core.models import parse_site
 from saelab.core.passes import clean_pass, excluded_positions, kept_positions, sae_inputs
 from saelab.core.sae import SAE
-from saelab.studies.analysis import seed_stats  # noqa: F401  (11_gsae_study reads it here)
+from saelab.studies.stats import seed_stats  # noqa: F401  (11_gsae_study reads it here)
 
 GRADIENT_FIELDS = ("beta", "value_mode", "grad_norm")
 
