@@ -48,6 +48,7 @@ ks: list = [8, 32]  # k values of the TopK and g-SAE runs
 topk_dict_ratio: float = 32.0  # TopK / g-SAE latents per model dimension
 topk_lr: float = 0.012  # peak learning rate of the TopK / g-SAE runs
 topk_n_tokens: int = 0  # training tokens per TopK-family and JumpReLU SAE (0: n_tokens)
+e2e_n_tokens: int = 0  # training tokens per e2e SAE (0: n_tokens); KL-only training is slower
 beta: float = 1.0  # g-SAE gradient weight
 batchtopk_ks: list = [8, 32]  # k values of the BatchTopK runs (mean L0 over the batch)
 jumprelu_l0_coeffs: list = [10.0, 100.0]  # lambda values of the JumpReLU runs (L0 penalty / d_in)
@@ -70,7 +71,7 @@ from IPython.display import Markdown, display
 import saelab as sl
 from saelab.runs import notebook_out_dir, resolve_input
 from saelab.studies import compare, gsae, plots
-from saelab.studies.analysis import seed_stats
+from saelab.studies.stats import interval_sign, seed_stats
 
 out = notebook_out_dir(out_dir)  # from the repo root; {time}: a fresh folder
 (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -81,7 +82,7 @@ train_data = sl.token_dataset(
     lm.tokenizer,
     n_ctx,
     split="train",
-    n_tokens=max(n_tokens, topk_n_tokens),
+    n_tokens=max(n_tokens, topk_n_tokens, e2e_n_tokens),
 )
 val = sl.token_dataset(
     resolve_input(dataset),
@@ -90,19 +91,30 @@ val = sl.token_dataset(
     split="validation",
     n_tokens=max(eval_tokens, alive_tokens + alive_tokens // (n_ctx - 1) + n_ctx),
 )
-common = dict(sites=(site,), dict_ratio=dict_ratio, n_tokens=n_tokens, batch_size=batch_size,
-              lr=lr, eval_tokens=eval_tokens, alive_tokens=alive_tokens)  # fmt: skip
-common["dead_tokens"] = max(n_tokens // 4, 1)  # "dead" scaled to the run (ARCHITECTURE.md §3, AuxK)
-n_steps = n_tokens // (batch_size * n_ctx)
-common["log_every"] = max(1, n_steps // 100)  # ~100 losses per run: enough to test a plateau
-# the 2048-latent TopK-family and JumpReLU SAEs may need more tokens than the ReLU ones
-topk_budget = dict(
-    n_tokens=topk_n_tokens or n_tokens,
-    dead_tokens=max((topk_n_tokens or n_tokens) // 4, 1),
-    log_every=max(1, (topk_n_tokens or n_tokens) // (batch_size * n_ctx) // 100),
-)
-print(f"{model}: {sl.model_info(lm)}; {n_tokens:,} training tokens per ReLU SAE, "
-      f"{topk_budget['n_tokens']:,} per TopK-family / JumpReLU SAE")  # fmt: skip
+
+
+def budget(n: int, heldout: bool = True) -> dict:
+    """The fields of a run that scale with its token budget `n` (`heldout`: the 80% evaluation)."""
+    steps = n // (batch_size * n_ctx)
+    return dict(
+        n_tokens=n,
+        dead_tokens=max(n // 4, 1),  # "dead" scaled to the run (ARCHITECTURE.md §3, AuxK)
+        log_every=max(1, steps // 100),  # ~100 losses per run: enough to test a plateau
+        # one held-out evaluation at 80% of the steps: the end of training is compared with it on
+        # the validation tokens, which shared training batches cannot bias (section 2)
+        eval_every=int(0.8 * steps) if heldout and steps >= 10 else 0,
+    )
+
+
+common = dict(sites=(site,), dict_ratio=dict_ratio, batch_size=batch_size, lr=lr,
+              eval_tokens=eval_tokens, alive_tokens=alive_tokens) | budget(n_tokens)  # fmt: skip
+# the 2048-latent TopK-family and JumpReLU SAEs, and e2e (KL only), may need more tokens; L0 of
+# the TopK family is fixed, so its check is NMSE falling with k instead of the held-out one
+topk_budget = budget(topk_n_tokens or n_tokens, heldout=False)
+e2e_budget = budget(e2e_n_tokens or n_tokens)
+tokens = f"{n_tokens:,} local and e2e+ds, {e2e_budget['n_tokens']:,} e2e"
+print(f"{model}: {sl.model_info(lm)}; training tokens per SAE: {tokens}, "
+      f"{topk_budget['n_tokens']:,} TopK family / JumpReLU")  # fmt: skip
 
 # %% [markdown]
 # ## 1. The sweep
@@ -118,7 +130,7 @@ topk = dict(dict_ratio=topk_dict_ratio, lr=topk_lr) | topk_budget
 jumprelu = dict(topk, threshold_init=jumprelu_threshold_init)
 runs = (
     [("local", dict(sae="relu", loss="local", sparsity=p)) for p in local_sparsity]
-    + [("e2e", dict(sae="relu", loss="e2e", sparsity=p)) for p in e2e_sparsity]
+    + [("e2e", dict(sae="relu", loss="e2e", sparsity=p, **e2e_budget)) for p in e2e_sparsity]
     + [("e2e+ds", dict(sae="relu", loss="e2e+ds", sparsity=p, kl_coeff=kl_coeff_ds,
                        ds_coeff=ds_coeff)) for p in e2e_ds_sparsity or e2e_sparsity]
     + [("topk", dict(sae="topk", loss="local", k=k, **topk)) for k in ks]
@@ -159,7 +171,15 @@ for group in groups.values():
         except ValueError:
             plateau = dict(change=float("nan"), converged=None)
         row = dict(method=method, point=point, run=name, seed=cfg.seed, **kw) | rep
-        row |= dict(train_s=share, loss_change=plateau["change"], converged=plateau["converged"])
+        row |= dict(train_s=share, loss_change=plateau["change"], converged=plateau["converged"],
+                    n_tokens=cfg.n_tokens)  # fmt: skip
+        # the held-out check: L0 and CE at 80% of the steps vs the end, same validation tokens
+        evals = [r for r in run.log if r.get("kind") == "eval"]
+        if len(evals) > 1:
+            mid = evals[-2]
+            row |= dict(l0_80=mid["l0"], ce_80=mid["ce_increase"],
+                        heldout_l0_change=rep["l0"] / mid["l0"] - 1,
+                        heldout_ce_change=rep["ce_increase"] - mid["ce_increase"])  # fmt: skip
         if run.sae.cfg.needs_grad:
             free = sl.evaluate(lm, gsae.label_free(run.sae), val, n_tokens=eval_tokens,
                                batch_size=batch_size, alive_tokens=None)  # fmt: skip
@@ -183,6 +203,12 @@ by_point = df.groupby(["method", "point"], as_index=False, sort=False)[list(nume
 # reconstruction term, since AuxK is 0 until a latent dies), and for each TopK-family sweep
 # **NMSE falls monotonically in k** (more active latents must reconstruct better; an SAE that
 # does not is still learning its dictionary).
+#
+# A training loss can also flatten or fall because of the batches it happens to see (all the runs
+# of one seed see the same ones). So each ReLU SAE is also evaluated on the held-out validation
+# tokens at 80% of its steps (`TrainConfig.eval_every`), and the table below gives how much its
+# L0 and CE increase moved from there to the end: a check the training batches cannot bias,
+# reported beside the criteria.
 
 # %%
 mono = [dict(method=m, seed=s, nmse_by_k=g.sort_values("k")["nmse"].round(4).tolist(),
@@ -201,7 +227,16 @@ convergence = dict(
 print(f"loss plateau: {n_conv} of {int(tested.sum())} runs (largest fall over the last 10%: "
       f"{convergence['max_loss_change']:+.2%})")  # fmt: skip
 display(not_conv) if len(not_conv) else None
-mono
+display(mono)
+if "heldout_l0_change" in df:  # runs with the 80% evaluation
+    held = df.dropna(subset=["heldout_l0_change"])
+    heldout = held.groupby("method", sort=False).agg(
+        n=("run", "size"), n_tokens=("n_tokens", "first"),
+        l0_change_mean=("heldout_l0_change", "mean"), l0_change_min=("heldout_l0_change", "min"),
+        ce_change_mean=("heldout_ce_change", "mean"), ce_change_max=("heldout_ce_change", "max"),
+    ).reset_index()  # fmt: skip
+    convergence["heldout"] = heldout.to_dict("records")
+    display(heldout.round(4))
 
 # %% tags=["hide-input"]
 if convergence["all"]:
@@ -223,8 +258,16 @@ else:
             f"{untested} runs too short to test" if untested else "",
             f"NMSE does not fall with k for {', '.join(nm)}" if nm else "",
         ] if x)
-        + ". Read the comparisons below as a preview (more tokens: the `paper` preset)."
+        + ". Read the comparisons below with that in mind"
+        + (" (more tokens: the `paper` preset)." if max(n_tokens, e2e_n_tokens) < 2_000_000
+           else ".")
     )  # fmt: skip
+for h in convergence.get("heldout", []):
+    verdict_conv += (
+        f" Held out, from 80% of the steps to the end, {h['method']} L0 moved "
+        f"{h['l0_change_mean']:+.1%} on average (lowest {h['l0_change_min']:+.1%}) and CE increase "
+        f"{h['ce_change_mean']:+.4f} (highest {h['ce_change_max']:+.4f})."
+    )
 display(Markdown(verdict_conv))
 
 # %% [markdown]
@@ -385,14 +428,8 @@ if ks:
 # %% tags=["hide-input"]
 
 
-def sign(rec) -> str:
-    """lower / higher when the interval excludes 0 (one seed: the sign), else unclear."""
-    lo, hi = (rec["lo"], rec["hi"]) if rec["n"] > 1 else (rec["mean"], rec["mean"])
-    return "lower" if hi < 0 else "higher" if lo > 0 else "unclear"
-
-
 if ks:
-    at = {m: [sign(r) for r in diffs[diffs.metric == m].to_dict("records")] for m in
+    at = {m: [interval_sign(r) for r in diffs[diffs.metric == m].to_dict("records")] for m in
           (*METRICS, "ce_nolabel")}  # fmt: skip
 
     def where(m):

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import jupytext
+import pandas as pd
 import pytest
 
 from saelab import runs
@@ -28,7 +29,7 @@ SMOKE = {
     "05_pareto": dict(
         n_tokens=16 * 128 * 4, batch_size=16, local_sparsity=[1.0], e2e_sparsity=[1.0], ks=[8],
         batchtopk_ks=[8], jumprelu_l0_coeffs=[10.0], eval_tokens=4 * 128, alive_tokens=1024,
-        seeds=[0, 1],
+        seeds=[0, 1], e2e_n_tokens=16 * 128 * 10,  # 10 steps: e2e gets the held-out 80% check
     ),
     "06_feature_browser": dict(sae_run=PARETO, n_tokens=2048, n_latents=4, n_contexts=4),
     "07_geometry": dict(n_tokens=4096, batch_size=8, eval_tokens=512, n_boot=100, run_umap=False,
@@ -105,6 +106,15 @@ def test_notebook_runs_through_papermill(name, tmp_path, monkeypatch, request):
         assert link in (out / "STUDIES.md").read_text() and (out / link).exists()
         study = json.loads((out / link).with_name("config.json").read_text())
         assert study["parameters"]["sae_run"] == str(out)
+        sweep = pd.read_csv(out / "sweep.csv")
+        e2e = sweep.method == "e2e"
+        assert (sweep.loc[e2e, "n_tokens"] == 16 * 128 * 10).all()
+        assert (sweep.loc[~e2e, "n_tokens"] == 16 * 128 * 4).all()
+        # the held-out evaluation at 80% of the steps: only runs long enough to have one
+        assert sweep.loc[e2e, "heldout_l0_change"].notna().all()
+        assert sweep.loc[~e2e, "heldout_l0_change"].isna().all()
+        held = json.loads((out / "summary.json").read_text())["convergence"]["heldout"]
+        assert [h["method"] for h in held] == ["e2e"] and held[0]["n"] == 2
         return
     params = SMOKE[name]
     if PARETO in params.values():

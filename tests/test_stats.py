@@ -33,3 +33,12 @@ def test_one_seed_has_nan_interval_and_extra_fields_qualify_records():
     assert stats.seed_text(recs[0]) == "2.000 (1 seed)"
     with pytest.raises(KeyError, match="0 seed records"):
         stats.seed_stat(recs, alpha=2.0)
+
+
+def test_interval_sign_needs_the_interval_to_exclude_zero():
+    assert stats.interval_sign(dict(mean=-0.2, lo=-0.3, hi=-0.1, n=2)) == "lower"
+    assert stats.interval_sign(dict(mean=0.2, lo=0.1, hi=0.3, n=2)) == "higher"
+    assert stats.interval_sign(dict(mean=-0.2, lo=-0.5, hi=0.1, n=2)) == "unclear"
+    # one seed: no interval, the sign of the mean
+    assert stats.interval_sign(dict(mean=-0.2, lo=math.nan, hi=math.nan, n=1)) == "lower"
+    assert stats.interval_sign(stats.seed_stats([1.0, 1.2, 0.9])) == "higher"

@@ -367,15 +367,11 @@ def _diff_rec(run: Run, k, metric: str) -> dict:
                      f"no record for k={k}, metric={metric!r}")  # fmt: skip
 
 
-def _sign(rec: dict) -> str:
-    """lower / higher when the t-interval excludes 0 (one seed: the sign), else unclear."""
-    lo, hi = (rec["lo"], rec["hi"]) if rec.get("n", 0) > 1 else (rec["mean"], rec["mean"])
-    return "lower" if hi < 0 else "higher" if lo > 0 else "unclear"
-
-
 def _by_k(run: Run, metric: str, word: str) -> str:
+    from saelab.studies.stats import interval_sign
+
     ks, _, _ = _gsae_by_k(run, metric)
-    signs = {k: _sign(_diff_rec(run, k, metric)) for k in ks}
+    signs = {k: interval_sign(_diff_rec(run, k, metric)) for k in ks}
     low = [k for k in ks if signs[k] == "lower"]
     high = [k for k in ks if signs[k] == "higher"]
     parts = [f"{word} at every k" if len(low) == len(ks) else

@@ -14,8 +14,8 @@ to a similar CE loss increase, using only *alive* latents and their *unit-norm d
 Everything here is a pure function of tensors (or of an SAE's weights); confidence intervals are
 percentile bootstraps over latents, which treat the directions as independent samples (they are
 not quite: a nearest-neighbour pair contributes twice). Seed-to-seed spread is a separate check.
-(`seed_stats`, the mean and t-interval over training seeds, lives in `saelab.studies.stats`
-and is re-exported here.) Two references make the numbers readable: `random_directions`
+(`seed_stats`, the mean and t-interval over training seeds, lives in `saelab.studies.stats`.)
+Two references make the numbers readable: `random_directions`
 (chance level for as many directions in as many dimensions) and `cos_to_init` (how far training
 moved each direction from its seeded random initialisation; geometry that is still the init's
 says little about the loss).
@@ -34,8 +34,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-from saelab.studies.stats import seed_stats  # noqa: F401  (05_pareto imports it from here)
 
 # Braun et al. 2024 §3.3, GPT-2 layer 6: mean within-SAE max cosine similarity differences.
 PAPER_WITHIN_DIFF = {"local - e2e": 0.166, "local - e2e+ds": 0.04}

@@ -89,3 +89,10 @@ def seed_text(rec: dict, fmt: str = ".3f") -> str:
     if rec["n"] < 2:
         return f"{rec['mean']:{fmt}} ({rec['n']} seed)"
     return f"{rec['mean']:{fmt}} [{rec['lo']:{fmt}}, {rec['hi']:{fmt}}] over {rec['n']} seeds"
+
+
+def interval_sign(rec: dict) -> str:
+    """ "lower" / "higher" when the interval of `rec` (a `seed_stats` record: mean, lo, hi, n)
+    excludes 0, else "unclear"; with one seed there is no interval and the mean's sign decides."""
+    lo, hi = (rec["lo"], rec["hi"]) if rec.get("n", 0) > 1 else (rec["mean"], rec["mean"])
+    return "lower" if hi < 0 else "higher" if lo > 0 else "unclear"
