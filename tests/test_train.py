@@ -294,3 +294,19 @@ def test_train_many_refuses_configs_that_cannot_share_batches(lm, data, tmp_path
         tr.train_many(lm, data, [a, b], progress=False)
     with pytest.raises(ValueError, match="out_dirs repeat"):
         tr.train_many(lm, data, [a, a], [tmp_path / "x", tmp_path / "x"], progress=False)
+
+
+def test_train_records_hold_the_mean_of_their_steps(lm, data, tmp_path):
+    """A record every `log_every` steps holds the mean over those steps, not the last batch's
+    value (a plateau test on one batch in `log_every` would read batch noise)."""
+    kw = dict(n_tokens=16 * 128 * 6, warmup=1, eval_tokens=4 * 128)
+    each = tr.train(lm, data, _small(log_every=1, **kw), tmp_path / "a", progress=False).log
+    every3 = tr.train(lm, data, _small(log_every=3, **kw), tmp_path / "b", progress=False).log
+    per_step = [r for r in each if r["kind"] == "train"]
+    rec = [r for r in every3 if r["kind"] == "train"]
+    assert [r["step"] for r in rec] == [3, 6]
+    for r, steps in zip(rec, (per_step[:3], per_step[3:]), strict=True):
+        for key in ("loss", "mse", "l0"):
+            mean = sum(s[key] for s in steps) / 3
+            assert r[key] == pytest.approx(mean, rel=1e-6), key
+            assert r[key] != pytest.approx(steps[-1][key], rel=1e-6), key  # not the last step's

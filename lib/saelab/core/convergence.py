@@ -5,6 +5,11 @@ steps**: the mean logged loss of the last 10% of steps is less than `tol` (2%) b
 the 10% before (ARCHITECTURE.md §5). With `TrainConfig`'s cosine schedule (decay to
 `min_lr_frac * lr`) the rate is near its floor there, so a loss still falling faster than that
 means more tokens would still change the SAE.
+
+Each train record holds the mean of its `log_every` steps (`saelab.core.training`). Before
+2026-12-02 a record held its last batch's value; with `log_every` 9 the test then compared about
+11 single batches per half, and the batches alone moved it by up to 1.4% (LOG.md 2026-12-02,
+"How noisy is the plateau test?").
 """
 
 from __future__ import annotations

@@ -91,7 +91,7 @@ class TrainConfig:
     grad_clip: float = 10.0
     batch_size: int = 32
     n_tokens: int = 1_000_000  # training tokens (n_steps = n_tokens // (batch_size * n_ctx))
-    log_every: int = 10  # steps
+    log_every: int = 10  # steps per train record; each holds the mean of those steps' values
     eval_every: int = 0  # steps between evaluations (0: only at the end)
     eval_tokens: int = 32_768
     # evaluations count alive / dead latents over this many SAE positions of the eval data
@@ -753,6 +753,9 @@ def train_many(
               + (f" (from step {step})" if step else ""))  # fmt: skip
     batches = _batches(data, cfg0, start=step)
     t0, step0, eta_said = time.time(), step, False
+    # each train record holds the mean over the steps since the last one, not the last batch's
+    # value: a plateau test on one batch in `log_every` reads mostly batch-to-batch noise
+    since = {id(m): {} for m in members}
     while step < n_steps:
         batch = dd.shard(next(batches), w).to(facts["device"])
         clean = None
@@ -771,9 +774,16 @@ def train_many(
                                         overwrite)  # fmt: skip
             state.step += 1
             log_to = m.out if writes else None
+            acc = since[id(m)]
+            for k, v in logs.items():
+                acc[k] = acc.get(k, 0.0) + v
+            acc[None] = acc.get(None, 0) + 1  # steps summed
             if state.step % cfg.log_every == 0 or state.step == n_steps:
                 n_tok = batch.shape[0] * batch.shape[1] * w.size
                 tps = (state.step - step0) * n_tok / (time.time() - t0 + 1e-9)
+                n = acc.pop(None)
+                logs = {k: v / n for k, v in acc.items()}
+                acc.clear()
                 rec = {"step": state.step, "kind": "train", "loss": logs.pop("loss"), "lr": lr}
                 write_log(state, rec | logs | {"tokens_per_s": tps}, log_to)
                 if len(members) == 1:
