@@ -19,7 +19,8 @@ def _load(name: str):
 
 
 def test_every_benchmark_script_has_a_smoke_test():
-    assert {p.stem for p in BENCH.glob("*.py")} == {"throughput", "real_shapes", "vs_e2e_sae"}
+    scripts = {p.stem for p in BENCH.glob("*.py")}
+    assert scripts == {"throughput", "real_shapes", "vs_e2e_sae", "evaluate_many"}
 
 
 @pytest.mark.slow
@@ -77,3 +78,13 @@ def test_vs_e2e_sae_alternates_saelab_model_and_sweep_workers(tmp_path):
         assert r["saelab_tok_s"] > 0 and r["model_tok_s"] > 0 and r["sweep4_cost_in_runs"] > 0
         assert "e2e_sae_tok_s" not in r
     assert json.loads(out.read_text())["rows"] == rows
+
+
+def test_evaluate_many_times_both_ways_and_checks_they_agree(tmp_path):
+    out = tmp_path / "e.json"
+    args = ["--n-saes", "2", "--n-ctx", "16", "--batch-size", "4", "--eval-tokens", "64",
+            "--alive-tokens", "150", "--threads", "1", "--out", str(out)]  # fmt: skip
+    (row,) = _load("evaluate_many").main(args)
+    assert row["alive_window"] == 150 and row["s_alone"] > 0 and row["s_many"] > 0
+    assert row["max_rel_diff"] < 1e-5
+    assert json.loads(out.read_text())["rows"] == [row]

@@ -76,9 +76,3 @@ def test_bracket_names_the_runs_either_side_and_whether_they_are_close():
     assert b.loc["e2e", "below"] == 0.02 and b.loc["e2e", "above"] == 0.5
     one_side = compare.bracket(runs, ["local"], 0.01)
     assert math.isnan(one_side.loc["local", "below"]) and not one_side.loc["local", "bracketed"]
-
-
-def test_first_seed_keeps_the_lowest_seed():
-    df = SWEEP.assign(seed=[1, 0, 0, 1, 0])
-    assert set(compare.first_seed(df).seed) == {0} and len(compare.first_seed(df)) == 3
-    assert len(compare.first_seed(SWEEP)) == len(SWEEP)  # no seed column: every row

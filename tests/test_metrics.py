@@ -82,6 +82,30 @@ def test_alive_window_with_two_sites_reads_the_spliced_residual(lm, data):
     assert wide["alive_window_tokens"] == 24 * 31
 
 
+def test_evaluate_many_gives_each_set_its_own_evaluation(lm, data):
+    # one clean pass per batch for all sets (dL/dx for the g-SAE, ignored by the others), yet
+    # every report is the set's own evaluation, alive window past the eval rows included
+    relu = _sae("relu", sparsity=1.0)
+    with torch.no_grad():
+        relu.b_enc.sub_(1.5)  # rarely firing latents: alive depends on the window
+    sets = [relu, _sae("topk", seed=1), _sae("gtopk", seed=2, beta=4.0)]
+    kw = dict(n_tokens=4 * N_CTX, batch_size=8, alive_tokens=40 * 31)
+    many = sl.evaluate_many(lm, sets, data, **kw)
+    assert len(many) == 3 and len({r["alive"] for r in many}) == 3
+    for sae, rep in zip(sets, many, strict=True):
+        alone = _quiet(lm, sae, data, **kw)
+        assert rep.keys() == alone.keys()
+        for key, v in alone.items():
+            assert rep[key] == pytest.approx(v, rel=1e-6, abs=1e-9), key
+
+
+def test_evaluate_many_refuses_sets_at_different_sites(lm, data):
+    a, b = _sae("topk"), _sae("topk", site="resid_pre.2")
+    with pytest.raises(ValueError, match="same sites"):
+        sl.evaluate_many(lm, [a, b], data, n_tokens=2 * N_CTX)
+    assert sl.evaluate_many(lm, [], data) == []
+
+
 def test_cached_alive_window_equals_the_live_one(lm, data, tmp_path):
     cache = sl.cache_activations(lm, data, "resid_pre.3", tmp_path / "c", progress=False)
     sae = _sae("topk")

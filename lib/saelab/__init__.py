@@ -27,7 +27,7 @@ if _os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false",
 from saelab.core.cache import ActivationCache, cache_activations, load_cache
 from saelab.core.convergence import loss_plateau
 from saelab.core.data import TokenDataset, token_dataset
-from saelab.core.metrics import evaluate, selected_latents, selection_overlap
+from saelab.core.metrics import evaluate, evaluate_many, selected_latents, selection_overlap
 from saelab.core.models import Site, load_model, model_info, parse_site, valid_sites
 from saelab.core.objectives import OBJECTIVES, Objective, objective
 from saelab.core.sae import SAE, SAEConfig, architecture, architectures, load_sae, save_sae
@@ -48,6 +48,7 @@ __all__ = [
     "architectures",
     "cache_activations",
     "evaluate",
+    "evaluate_many",
     "export_saelens",
     "load_cache",
     "load_model",

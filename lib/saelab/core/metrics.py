@@ -110,100 +110,146 @@ def evaluate(
     CE). Capped at the rows `data` holds, with a warning naming both numbers; `alive_tokens=None`
     counts over the eval rows only (saelab's meaning until 2026-12-01).
     """
-    saes = as_sites(saes)
+    return evaluate_many(lm, [saes], data, n_tokens, batch_size, exclude_positions,
+                         alive_tokens)[0]  # fmt: skip
+
+
+def evaluate_many(
+    lm,
+    sets: list,
+    data,
+    n_tokens: int = 65_536,
+    batch_size: int = 32,
+    exclude_positions=None,
+    alive_tokens: int | None = ALIVE_TOKENS,
+) -> list[dict]:
+    """`evaluate` of several SAE sets (each {site: SAE} or one SAE, all at the same sites) on the
+    same rows: one report per set, each equal to `evaluate(lm, set, ...)` alone
+    (tests/test_metrics.py).
+
+    Each batch's clean pass (logits, later residuals, dL/dx where any SAE needs it) and its zero
+    ablation run once for all sets; only the spliced pass is per set. Over the alive window's
+    rows past the eval rows, single-site sets need no pass of their own at all. A sweep's final
+    evaluation (`train_many`) thus costs about one spliced pass per SAE instead of a full
+    evaluation each: with 18 g-SAEs, whose alive window needs dL/dx over 500k tokens, that was
+    more than the training (LOG.md 2026-12-02, "The g-SAE study with beta up to 1024").
+    """
+    sets = [as_sites(s) for s in sets]
+    if not sets:
+        return []
+    sites = list(sets[0])
+    for other in sets[1:]:
+        if sorted(map(str, other)) != sorted(map(str, sites)):
+            raise ValueError(
+                f"evaluate_many needs SAE sets at the same sites; got {[str(s) for s in sites]} "
+                f"and {[str(s) for s in other]} (evaluate each set on its own)"
+            )
     excluded = excluded_positions(exclude_positions, data)
     keep = kept_positions(data.n_ctx, excluded, lm.device)
     per_row = data.n_ctx if keep is None else len(keep)
     n_rows = max(1, min(len(data), n_tokens // data.n_ctx))
     n_alive = alive_rows(alive_tokens, per_row, len(data), n_rows)
-    with eval_mode(saes.values()):
-        rep = _evaluate(lm, saes, data, n_rows, batch_size, keep, n_alive)
-    rep["alive_window_tokens"] = n_alive * per_row
-    return rep
+    with eval_mode([sae for saes in sets for sae in saes.values()]):
+        reps = _evaluate(lm, sets, data, n_rows, batch_size, keep, n_alive)
+    for rep in reps:
+        rep["alive_window_tokens"] = n_alive * per_row
+    return reps
 
 
-def _fired_after(lm, saes: dict, data, start: int, stop: int, batch_size: int, keep,
-                 fired: dict) -> None:  # fmt: skip
-    """OR into `fired` the latents that fire on rows `[start, stop)`, as the eval sees them
-    (several sites: each SAE reads the residual with the earlier SAEs spliced in)."""
-    sites = list(saes)
-    needs_grad = any(s.needs_grad for s in saes.values())
+def _fired_after(lm, sets: list[dict], data, start: int, stop: int, batch_size: int, keep,
+                 fired: list[dict]) -> None:  # fmt: skip
+    """OR into `fired[j]` the latents of `sets[j]` that fire on rows `[start, stop)`, as the eval
+    sees them (several sites: each SAE reads the residual with the earlier SAEs spliced in)."""
+    sites = list(sets[0])
+    needs_grad = any(sae.needs_grad for saes in sets for sae in saes.values())
     for i in range(start, stop, batch_size):
         tokens = data.tokens[i : min(i + batch_size, stop)].to(lm.device)
         clean = clean_pass(lm, tokens, sites, grads=needs_grad)  # stops after the last site
-        with torch.no_grad():
-            if len(sites) == 1:
-                (s,) = sites
-                sae = saes[s]
-                grad = None if clean.grads is None else select(clean.grads[s], keep, sae.dtype)
-                outs = {s: sae(select(clean.acts[s], keep, sae.dtype), grad=grad)}
-            else:
-                outs = spliced_pass(lm, tokens, saes, clean, logits=False, keep=keep).outs
-        for s in sites:
-            fired[s] |= outs[s].stats()[0].to(fired[s].device)
+        for saes, fired_j in zip(sets, fired, strict=True):
+            with torch.no_grad():
+                if len(sites) == 1:
+                    (s,) = sites
+                    sae = saes[s]
+                    grad = (None if clean.grads is None or not sae.needs_grad
+                            else select(clean.grads[s], keep, sae.dtype))  # fmt: skip
+                    outs = {s: sae(select(clean.acts[s], keep, sae.dtype), grad=grad)}
+                else:
+                    outs = spliced_pass(lm, tokens, saes, clean, logits=False, keep=keep).outs
+            for s in sites:
+                fired_j[s] |= outs[s].stats()[0].to(fired_j[s].device)
 
 
-def _evaluate(lm, saes: dict, data, n_rows: int, batch_size: int, keep, n_alive: int) -> dict:
-    sites = list(saes)
+def _evaluate(lm, sets: list[dict], data, n_rows: int, batch_size: int, keep,
+              n_alive: int) -> list[dict]:  # fmt: skip
+    sites = list(sets[0])
     d_model = model_info(lm)["d_model"]
-    for s, sae in saes.items():  # else a bare matmul shape error from inside the trace
-        if sae.cfg.d_in != d_model:
-            raise ValueError(
-                f"the SAE for {s} has d_in={sae.cfg.d_in}, but {s} of this model has width "
-                f"{d_model}; was it trained on another model ({sae.cfg.model_name!r})?"
-            )
+    for saes in sets:
+        for s, sae in saes.items():  # else a bare matmul shape error from inside the trace
+            if sae.cfg.d_in != d_model:
+                raise ValueError(
+                    f"the SAE for {s} has d_in={sae.cfg.d_in}, but {s} of this model has width "
+                    f"{d_model}; was it trained on another model ({sae.cfg.model_name!r})?"
+                )
     later = later_sites(lm, sites)
-    needs_grad = any(s.needs_grad for s in saes.values())
+    needs_grad = any(sae.needs_grad for saes in sets for sae in saes.values())
     tokens_all = data.tokens[:n_rows]
     tag = (lambda s: "") if len(sites) == 1 else (lambda s: f"{s}/")
-    sums = defaultdict(float)
-    ev = {s: StreamingEV() for s in sites}
-    ds = {s: StreamingEV() for s in later}
-    fired = {s: torch.zeros(saes[s].cfg.d_sae, dtype=torch.bool, device=saes[s].device)
-             for s in sites}  # fmt: skip
+    shared = defaultdict(float)  # the clean and zero-ablated CE: the same for every set
+    sums = [defaultdict(float) for _ in sets]
+    ev = [{s: StreamingEV() for s in sites} for _ in sets]
+    ds = [{s: StreamingEV() for s in later} for _ in sets]
+    fired = [{s: torch.zeros(saes[s].cfg.d_sae, dtype=torch.bool, device=saes[s].device)
+              for s in sites} for saes in sets]  # fmt: skip
     for i in range(0, n_rows, batch_size):
         tokens = tokens_all[i : i + batch_size].to(lm.device)  # the CE targets, on the GPU too
-        n_pred = tokens[:, 1:].numel()
         clean = clean_pass(lm, tokens, sites, later, logits=True, grads=needs_grad)
         with torch.no_grad():
-            sp = spliced_pass(lm, tokens, saes, clean, later, keep=keep)
             zero = spliced_pass(lm, tokens, None, clean, zero_sites=sites, keep=keep)
-        sums["ce_clean"] += float(next_token_ce(clean.logits, tokens, "sum"))
-        sums["ce_sae"] += float(next_token_ce(sp.logits, tokens, "sum"))
-        sums["ce_zero_abl"] += float(next_token_ce(zero.logits, tokens, "sum"))
-        sums["kl"] += _sum_kl(clean.logits[:, :-1], sp.logits[:, :-1])
-        sums["n_pred"] += n_pred
-        for s in sites:
-            out, x = sp.outs[s], select(clean.acts[s], keep, saes[s].dtype)
-            ev[s].add(out.x_hat, x)
-            active = out.c != 0
-            sums[f"{s}.l0"] += float(active.sum())
-            ratio = out.x_hat.norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-8)
-            sums[f"{s}.l2"] += float(ratio.sum())
-            fired[s] |= active[: max(0, n_alive - i)].flatten(0, -2).any(0)  # window rows only
-        for s, a, b in zip(later, sp.later, clean.later, strict=True):
-            ds[s].add(a, b)
-    _fired_after(lm, saes, data, n_rows, n_alive, batch_size, keep, fired)
+        shared["ce_clean"] += float(next_token_ce(clean.logits, tokens, "sum"))
+        shared["ce_zero_abl"] += float(next_token_ce(zero.logits, tokens, "sum"))
+        shared["n_pred"] += tokens[:, 1:].numel()
+        for j, saes in enumerate(sets):
+            with torch.no_grad():
+                sp = spliced_pass(lm, tokens, saes, clean, later, keep=keep)
+            sums[j]["ce_sae"] += float(next_token_ce(sp.logits, tokens, "sum"))
+            sums[j]["kl"] += _sum_kl(clean.logits[:, :-1], sp.logits[:, :-1])
+            for s in sites:
+                out, x = sp.outs[s], select(clean.acts[s], keep, saes[s].dtype)
+                ev[j][s].add(out.x_hat, x)
+                active = out.c != 0
+                sums[j][f"{s}.l0"] += float(active.sum())
+                ratio = out.x_hat.norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-8)
+                sums[j][f"{s}.l2"] += float(ratio.sum())
+                # window rows only
+                fired[j][s] |= active[: max(0, n_alive - i)].flatten(0, -2).any(0)
+            for s, a, b in zip(later, sp.later, clean.later, strict=True):
+                ds[j][s].add(a, b)
+    _fired_after(lm, sets, data, n_rows, n_alive, batch_size, keep, fired)
     n_tok = n_rows * (data.n_ctx if keep is None else len(keep))
-    rep = {k: sums[k] / sums["n_pred"] for k in ("ce_clean", "ce_sae", "ce_zero_abl", "kl")}
-    rep["ce_increase"] = rep["ce_sae"] - rep["ce_clean"]
-    denom = rep["ce_zero_abl"] - rep["ce_clean"]
-    rep["ce_loss_score"] = (rep["ce_zero_abl"] - rep["ce_sae"]) / denom if denom else float("nan")
-    for s in sites:
-        alive = int(fired[s].sum())
-        rep |= {
-            f"{tag(s)}l0": sums[f"{s}.l0"] / n_tok,
-            f"{tag(s)}alive": alive,
-            f"{tag(s)}dead_frac": 1 - alive / saes[s].cfg.d_sae,
-            f"{tag(s)}mse": ev[s].mse(),
-            f"{tag(s)}explained_var": ev[s].ev(),
-            f"{tag(s)}l2_ratio": sums[f"{s}.l2"] / n_tok,
-        }
-    for s in later:
-        rep[f"ds_mse/{s}"] = ds[s].mse()
-        rep[f"ds_ev/{s}"] = ds[s].ev()
-    rep["n_tokens"] = n_tok
-    return rep
+    reps = []
+    for j, saes in enumerate(sets):
+        tot = shared | sums[j]
+        rep = {k: tot[k] / tot["n_pred"] for k in ("ce_clean", "ce_sae", "ce_zero_abl", "kl")}
+        rep["ce_increase"] = rep["ce_sae"] - rep["ce_clean"]
+        denom = rep["ce_zero_abl"] - rep["ce_clean"]
+        rep["ce_loss_score"] = ((rep["ce_zero_abl"] - rep["ce_sae"]) / denom if denom
+                                else float("nan"))  # fmt: skip
+        for s in sites:
+            alive = int(fired[j][s].sum())
+            rep |= {
+                f"{tag(s)}l0": sums[j][f"{s}.l0"] / n_tok,
+                f"{tag(s)}alive": alive,
+                f"{tag(s)}dead_frac": 1 - alive / saes[s].cfg.d_sae,
+                f"{tag(s)}mse": ev[j][s].mse(),
+                f"{tag(s)}explained_var": ev[j][s].ev(),
+                f"{tag(s)}l2_ratio": sums[j][f"{s}.l2"] / n_tok,
+            }
+        for s in later:
+            rep[f"ds_mse/{s}"] = ds[j][s].mse()
+            rep[f"ds_ev/{s}"] = ds[j][s].ev()
+        rep["n_tokens"] = n_tok
+        reps.append(rep)
+    return reps
 
 
 # --- selection overlap (g-SAE study) --------------------------------------------------------------

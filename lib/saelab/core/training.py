@@ -466,6 +466,30 @@ def evaluate_run(lm, state: TrainState, data, cfg: TrainConfig, excluded=()) -> 
     return {"step": state.step, "kind": "eval", **rep}
 
 
+def evaluate_runs(lm, states: list[TrainState], data, cfgs: list[TrainConfig],
+                  excluded=()) -> list[dict]:  # fmt: skip
+    """`evaluate_run` of several runs at once: runs with the same eval settings share each
+    batch's clean pass (`saelab.core.metrics.evaluate_many`); each record equals its own
+    `evaluate_run`. On a cache (`lm` None) each run is evaluated alone (SAE-only, no model)."""
+    from saelab.core.metrics import evaluate_many
+
+    recs: list[dict | None] = [None] * len(states)
+    groups: dict[tuple, list[int]] = {}
+    for i, cfg in enumerate(cfgs):
+        groups.setdefault((cfg.eval_tokens, cfg.batch_size, cfg.alive_tokens), []).append(i)
+    for (n_tok, bs, alive), idx in groups.items():
+        if lm is None or len(idx) == 1:
+            for i in idx:
+                recs[i] = evaluate_run(lm, states[i], data, cfgs[i], excluded)
+            continue
+        sets = [{str(s): v for s, v in states[i].saes.items()} for i in idx]
+        reps = evaluate_many(lm, sets, data, n_tokens=n_tok, batch_size=bs,
+                             exclude_positions=excluded, alive_tokens=alive)  # fmt: skip
+        for i, rep in zip(idx, reps, strict=True):
+            recs[i] = {"step": states[i].step, "kind": "eval", **rep}
+    return recs
+
+
 # --- the loop ------------------------------------------------------------------------------------
 
 
@@ -789,8 +813,14 @@ def train_many(
                 if len(members) == 1:
                     bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items()
                                      if "l0" in k or k in ("kl", "mse")})  # fmt: skip
-            if cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < n_steps:
-                write_log(state, _evaluate(lm, state, cache, eval_data, cfg, excluded), log_to)
+        # the members due an evaluation share its clean passes (`evaluate_runs`); then the
+        # checkpoints, which hold the log with the evaluation in it
+        due = [m for m in members if m.cfg.eval_every and m.state.step < n_steps
+               and m.state.step % m.cfg.eval_every == 0]  # fmt: skip
+        for m, rec in zip(due, _evaluate(lm, due, cache, eval_data, excluded), strict=True):
+            write_log(m.state, rec, m.out if writes else None)
+        for m in members:
+            cfg, state = m.cfg, m.state
             if (m.ckpt is not None and writes and cfg.checkpoint_every
                     and state.step % cfg.checkpoint_every == 0):  # fmt: skip
                 save_checkpoint(m.ckpt, state, cfg, data_fp)
@@ -810,12 +840,18 @@ def train_many(
     # 4. the final evaluation, checkpoint and SAEs of each config
     runs = []
     for m in members:
-        cfg, state, log_to = m.cfg, m.state, (m.out if writes else None)
         if not m.started:  # a resume of a finished checkpoint takes no step
-            begin_files(m.out if writes else None, cfg, state, data_record, overwrite)
-        last = state.log[-1] if state.log else {}
-        if last.get("kind") != "eval" or last["step"] != state.step:
-            write_log(state, _evaluate(lm, state, cache, eval_data, cfg, excluded), log_to)
+            begin_files(m.out if writes else None, m.cfg, m.state, data_record, overwrite)
+
+    def evaluated(m) -> bool:
+        last = m.state.log[-1] if m.state.log else {}
+        return last.get("kind") == "eval" and last["step"] == m.state.step
+
+    due = [m for m in members if not evaluated(m)]
+    for m, rec in zip(due, _evaluate(lm, due, cache, eval_data, excluded), strict=True):
+        write_log(m.state, rec, m.out if writes else None)
+    for m in members:
+        cfg, state = m.cfg, m.state
         if m.ckpt is not None and writes:
             save_checkpoint(m.ckpt, state, cfg, data_fp)
         extra = {"train_config": asdict(cfg), "data": data_record}
@@ -832,8 +868,12 @@ def train_many(
             for m, _ in runs]  # fmt: skip
 
 
-def _evaluate(lm, state: TrainState, cache, eval_data, cfg: TrainConfig, excluded) -> dict:
-    return evaluate_run(lm, state, cache if lm is None else eval_data, cfg, excluded)
+def _evaluate(lm, members: list, cache, eval_data, excluded) -> list[dict]:
+    """Eval records of `members` (shared clean passes on the model; SAE-only on a cache)."""
+    if not members:
+        return []
+    return evaluate_runs(lm, [m.state for m in members], cache if lm is None else eval_data,
+                         [m.cfg for m in members], excluded)  # fmt: skip
 
 
 def _describe(data) -> dict:

@@ -126,8 +126,8 @@ def load_sweep(folder: str | Path) -> pd.DataFrame:
     """The sweep table of a `05_pareto` run folder with each SAE's path (column `sae_path`) and
     training seed (column `seed`; 0 for runs made before 05 took several seeds).
 
-    Reads `folder/sweep.csv`; SAEs live in `folder/runs/<run>/saes/<site>/`. A study that
-    compares methods reads one seed (`first_seed`); the others are its between-seed null.
+    Reads `folder/sweep.csv`; SAEs live in `folder/runs/<run>/saes/<site>/`. Studies compute
+    their numbers per seed and report them over seeds (`saelab.studies.stats.over_seeds`).
     """
     folder = Path(folder)
     table = folder / "sweep.csv"
@@ -146,11 +146,6 @@ def load_sweep(folder: str | Path) -> pd.DataFrame:
     if "seed" not in df:
         df["seed"] = 0
     return df.assign(sae_path=paths)
-
-
-def first_seed(df: pd.DataFrame) -> pd.DataFrame:
-    """The rows of a sweep trained with its first (lowest) seed."""
-    return df[df.seed == df.seed.min()] if "seed" in df else df
 
 
 def closest(df: pd.DataFrame, methods, target: float, x: str = "ce_increase") -> pd.DataFrame:
