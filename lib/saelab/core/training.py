@@ -457,20 +457,15 @@ def write_log(state: TrainState, rec: dict, out: Path | None) -> None:
 
 def evaluate_run(lm, state: TrainState, data, cfg: TrainConfig, excluded=()) -> dict:
     """An eval record of the run's SAEs: `saelab.core.metrics.evaluate`, or SAE-only on a cache."""
-    from saelab.core.metrics import evaluate
-
-    named = {str(s): v for s, v in state.saes.items()}
-    kw = dict(n_tokens=cfg.eval_tokens, batch_size=cfg.batch_size, exclude_positions=excluded,
-              alive_tokens=cfg.alive_tokens)  # fmt: skip
-    rep = evaluate_cached(named, data, **kw) if lm is None else evaluate(lm, named, data, **kw)
-    return {"step": state.step, "kind": "eval", **rep}
+    return evaluate_runs(lm, [state], data, [cfg], excluded)[0]
 
 
 def evaluate_runs(lm, states: list[TrainState], data, cfgs: list[TrainConfig],
                   excluded=()) -> list[dict]:  # fmt: skip
-    """`evaluate_run` of several runs at once: runs with the same eval settings share each
-    batch's clean pass (`saelab.core.metrics.evaluate_many`); each record equals its own
-    `evaluate_run`. On a cache (`lm` None) each run is evaluated alone (SAE-only, no model)."""
+    """Eval records of several runs: those with the same eval settings share each batch's clean
+    pass (`saelab.core.metrics.evaluate_many`; of one run, that is `evaluate`), and each record
+    equals the run's own evaluation. On a cache (`lm` None) each run is evaluated alone, SAE-only
+    (`evaluate_cached`)."""
     from saelab.core.metrics import evaluate_many
 
     recs: list[dict | None] = [None] * len(states)
@@ -478,13 +473,12 @@ def evaluate_runs(lm, states: list[TrainState], data, cfgs: list[TrainConfig],
     for i, cfg in enumerate(cfgs):
         groups.setdefault((cfg.eval_tokens, cfg.batch_size, cfg.alive_tokens), []).append(i)
     for (n_tok, bs, alive), idx in groups.items():
-        if lm is None or len(idx) == 1:
-            for i in idx:
-                recs[i] = evaluate_run(lm, states[i], data, cfgs[i], excluded)
-            continue
+        kw = dict(n_tokens=n_tok, batch_size=bs, exclude_positions=excluded, alive_tokens=alive)
         sets = [{str(s): v for s, v in states[i].saes.items()} for i in idx]
-        reps = evaluate_many(lm, sets, data, n_tokens=n_tok, batch_size=bs,
-                             exclude_positions=excluded, alive_tokens=alive)  # fmt: skip
+        if lm is None:
+            reps = [evaluate_cached(named, data, **kw) for named in sets]
+        else:
+            reps = evaluate_many(lm, sets, data, **kw)
         for i, rep in zip(idx, reps, strict=True):
             recs[i] = {"step": states[i].step, "kind": "eval", **rep}
     return recs
