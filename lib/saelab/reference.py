@@ -40,7 +40,7 @@ from saelab import runs
 
 REFERENCE = Path("outputs") / "reference"  # relative to the repository root
 REF_ID = "ref"  # the run id of the smoke-scale runs: outputs/reference/<notebook>/ref
-PAPER_ID = "paper"  # the converged reference sweep and its studies (the `paper` presets)
+PAPER_ID = "paper"  # the long reference sweep and its studies (the `paper` presets)
 DOCS = ("README.md", "papers/*/README.md")  # the files whose tables are generated
 # What `regenerate` runs, in order: (notebook, preset, run id). 05_pareto is the main job's sweep;
 # the studies after it, under the same run id, read its SAEs (sae_run) when they declare that

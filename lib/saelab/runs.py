@@ -528,7 +528,7 @@ def main_job(
     preset: str = "default",
 ) -> Path:
     """The main job: `05_pareto` at `preset` (`default`: the smoke-scale preview of `make run`;
-    `paper`: the converged reference sweep), then each study notebook on that run's SAEs, at its
+    `paper`: the long reference sweep), then each study notebook on that run's SAEs, at its
     own preset of that name if it has one (else `default`), under the same run id; `STUDIES.md`
     in the 05 folder links them all.
 
