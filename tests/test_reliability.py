@@ -144,9 +144,13 @@ def test_a_failed_run_records_its_error(nbdir):
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupted_run_is_recorded_as_interrupted(nbdir, sig):
     tiny = (nbdir / "notebooks" / "90_tiny.py").read_text()
-    # a cell far longer than the test: the run can only end by the signal, however slowly a loaded
-    # machine starts the kernel (a 60 s cell once finished before a busy suite's poll saw it)
-    slow = tiny.replace('assert a >= 0, "a must be >= 0"', "import time\ntime.sleep(900)")
+    # a cell far longer than the test, so the run can only end by the signal, and one that marks
+    # when it runs: papermill writes notebook.ipynb before the kernel has started, and a signal
+    # sent then (a busy suite once took > 3 s to start it) was not acted on within 120 s
+    marker = nbdir / "in_cell"
+    slow = tiny.replace('assert a >= 0, "a must be >= 0"',
+                        f"import pathlib, time\npathlib.Path({str(marker)!r}).touch()\n"
+                        "time.sleep(900)")  # fmt: skip
     (nbdir / "notebooks" / "91_slow.py").write_text(slow)
     # the run folder goes under the test's folder (runs.ROOT), never the repository's outputs/
     code = (f"import sys; from pathlib import Path; from saelab import runs; "
@@ -160,11 +164,11 @@ def test_an_interrupted_run_is_recorded_as_interrupted(nbdir, sig):
     out = nbdir / "outputs" / "91_slow" / "s"
     try:
         deadline = time.time() + 300
-        while runs.run_status(out) != "running" or not (out / "notebook.ipynb").exists():
+        while runs.run_status(out) != "running" or not marker.exists():
             assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
             assert time.time() < deadline, "the run did not start within 300 s"
             time.sleep(0.2)
-        time.sleep(3)  # the kernel is in the sleeping cell
+        time.sleep(1)  # the kernel is in the sleeping cell
         proc.send_signal(sig)
         text = proc.communicate(timeout=120)[0].decode()
         # our CLI's own last word is one line (the kernel, signalled too, may log its own)
