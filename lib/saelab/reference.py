@@ -54,7 +54,7 @@ JOBS = (
     ("05_pareto", "default", REF_ID),
     *((study, "default", REF_ID) for study in runs.STUDIES),
     ("11_gsae_study", "default", REF_ID),  # trains its own TopK / g-SAE grid (reads no 05 run)
-    ("05_pareto", "paper", PAPER_ID),  # converged, 2 seeds: about 80 min on 2 CPU cores
+    ("05_pareto", "paper", PAPER_ID),  # long (not converged), 2 seeds: ~80 min on 2 CPU cores
     *((study, runs.study_preset(study, "paper"), PAPER_ID) for study in runs.STUDIES),
     ("11_gsae_study", "paper", PAPER_ID),  # 141 min on 2 CPU cores (3 seeds, 19 SAEs each)
 )
