@@ -23,8 +23,10 @@
 # If storyworld does not reproduce a direction, the tables below say so. Every SAE is trained
 # once per seed (`seeds`); each claim is read off every seed's sweep and given as the mean with a
 # 95% t-interval over seeds. The `default` preset (`make run`) is a **smoke-scale preview**
-# (500k tokens, one seed): its SAEs have not converged. The `paper` preset is the converged
-# reference (`papers/`), and section 2 prints whether its SAEs meet the convergence criteria.
+# (500k tokens, one seed): its SAEs have not converged. The `paper` preset is the longer
+# reference (`papers/`, 2M tokens for every method): section 2 prints whether its SAEs meet the
+# criteria checked within a run, and notebook 12_doubling whether its results move when the
+# budget doubles (its twin at half the budget, preset `paper_half`), the test that tells.
 # Two more architectures
 # that SAE users expect sit beside them as extra curves, trained locally: BatchTopK (Bussmann et
 # al. 2024; k over the batch, a global threshold at inference) and JumpReLU (Rajamanoharan et al.
@@ -209,6 +211,11 @@ by_point = df.groupby(["method", "point"], as_index=False, sort=False)[list(nume
 # tokens at 80% of its steps (`TrainConfig.eval_every`), and the table below gives how much its
 # L0 and CE increase moved from there to the end: a check the training batches cannot bias,
 # reported beside the criteria.
+#
+# None of these can tell a run that has settled from one that has not under the cosine schedule
+# (ARCHITECTURE.md §5): the annealing alone makes e2e's loss fall over the last steps, and a flat
+# local loss at 2M tokens still moves a lot at 4M. Notebook 12_doubling runs the test that does,
+# the same sweep at half the budget.
 
 # %%
 mono = [dict(method=m, seed=s, nmse_by_k=g.sort_values("k")["nmse"].round(4).tolist(),

@@ -41,6 +41,7 @@ from saelab import runs
 REFERENCE = Path("outputs") / "reference"  # relative to the repository root
 REF_ID = "ref"  # the run id of the smoke-scale runs: outputs/reference/<notebook>/ref
 PAPER_ID = "paper"  # the long reference sweep and its studies (the `paper` presets)
+HALF_ID = "paper-half"  # the paper sweep at half its token budget (`paper_half`)
 DOCS = ("README.md", "papers/*/README.md")  # the files whose tables are generated
 # What `regenerate` runs, in order: (notebook, preset, run id). 05_pareto is the main job's sweep;
 # the studies after it, under the same run id, read its SAEs (sae_run) when they declare that
@@ -54,8 +55,10 @@ JOBS = (
     ("05_pareto", "default", REF_ID),
     *((study, "default", REF_ID) for study in runs.STUDIES),
     ("11_gsae_study", "default", REF_ID),  # trains its own TopK / g-SAE grid (reads no 05 run)
-    ("05_pareto", "paper", PAPER_ID),  # long (not converged), 2 seeds: ~80 min on 2 CPU cores
+    ("05_pareto", "paper", PAPER_ID),  # long (not converged), 2 seeds: ~1 h on 2 CPU cores
     *((study, runs.study_preset(study, "paper"), PAPER_ID) for study in runs.STUDIES),
+    # the paper sweep's twin at half its budget, for the doubling test (12_doubling)
+    ("05_pareto", "paper_half", HALF_ID),
     ("11_gsae_study", "paper", PAPER_ID),  # 141 min on 2 CPU cores (3 seeds, 19 SAEs each)
 )
 
