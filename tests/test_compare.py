@@ -76,3 +76,37 @@ def test_bracket_names_the_runs_either_side_and_whether_they_are_close():
     assert b.loc["e2e", "below"] == 0.02 and b.loc["e2e", "above"] == 0.5
     one_side = compare.bracket(runs, ["local"], 0.01)
     assert math.isnan(one_side.loc["local", "below"]) and not one_side.loc["local", "bracketed"]
+
+
+def _sweep(l0s, ces, seeds=(0, 1), method="local"):
+    pairs = list(enumerate(zip(l0s, ces, strict=True)))
+    return pd.DataFrame([dict(method=method, seed=s, run=f"{method}_{i}_seed={s}", l0=l0,
+                              ce_increase=ce) for s in seeds for i, (l0, ce) in pairs])  # fmt: skip
+
+
+def test_doubling_reads_each_budget_at_the_target_and_gives_the_relative_change():
+    half = _sweep([20.0, 10.0], [0.04, 0.08])
+    full = pd.concat([_sweep([16.0, 12.0, 10.0, 8.0], [0.04, 0.055, 0.065, 0.08]),
+                      _sweep([4.0, 2.0], [0.04, 0.08], seeds=(0,), method="e2e")])  # fmt: skip
+    d = compare.doubling(half, full, ["local", "e2e"], 0.06)
+    assert list(d.method) == ["local", "local"]  # e2e: not in the half sweep, so no row
+    # half: log-linear in L0 halfway between 20 and 10; full: halfway between 12 and 10
+    assert d.half.iloc[0] == pytest.approx(math.sqrt(200))
+    assert d.full.iloc[0] == pytest.approx(math.sqrt(120))
+    assert d.change.iloc[0] == pytest.approx(math.sqrt(120 / 200) - 1)
+    # the half sweep's runs are 33% away from the target; the full one has runs within 20%
+    assert not d.bracketed_half.any() and d.bracketed_full.all()
+    unreached = compare.doubling(half, full, ["local"], 0.2)
+    assert unreached.half.isna().all() and unreached.change.isna().all()
+
+
+@pytest.mark.parametrize(
+    "changes, verdict",
+    [([0.01, 0.02], "settled"), ([-0.25, -0.24], "moving"), ([0.3, 0.31], "moving"),
+     ([-0.3, 0.0], "undecided"), ([0.05], "settled"), ([-0.2], "moving"),
+     ([float("nan")], "undecided"), ([], "undecided")],
+)  # fmt: skip
+def test_settled_reads_the_seed_interval_against_the_tolerance(changes, verdict):
+    got = compare.settled(changes, tol=0.1)
+    assert got["verdict"] == verdict and got["settled"] == (verdict == "settled")
+    assert got["n"] == sum(1 for c in changes if c == c)

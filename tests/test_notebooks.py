@@ -12,6 +12,7 @@ from saelab import runs
 NOTEBOOKS = sorted(runs.NOTEBOOKS.glob("[0-9]*.py"))
 # Notebooks 06+ study the SAEs of a 05_pareto run; in the tests, of this module's smoke run.
 PARETO = "<pareto_run>"
+HALF = "<half_pareto_run>"  # 12_doubling's second sweep: the smoke run's ReLU SAEs at half budget
 # Smoke-sized parameters per notebook: each run takes well under a minute on 2 CPU cores.
 SMOKE = {
     "00_storyworld": dict(
@@ -38,6 +39,7 @@ SMOKE = {
                         n_ctx=16, eval_tokens=1024, n_boot=100),
     "09_ground_truth": dict(sae_run=PARETO, eval_tokens=1024),
     "10_downstream": dict(sae_run=PARETO),
+    "12_doubling": dict(sae_run=PARETO, half_run=HALF, target_ce=0.0),
     "11_gsae_study": dict(
         n_tokens=4096, batch_size=8, betas=[1.0, 64.0], grad_norms=["unit", "none"],
         eval_tokens=1024, alive_tokens=1024, n_latents=8, n_contexts=2, steer_ctx=16, n_boot=100,
@@ -96,6 +98,25 @@ def pareto_run(tmp_path_factory):
         return runs.main_job("smoke", ["10_downstream"], root, smoke)
 
 
+@pytest.fixture(scope="module")
+def half_pareto_run(tmp_path_factory):
+    """The smoke 05_pareto run's local, e2e and e2e+ds SAEs on half their budgets (no TopK)."""
+    root = tmp_path_factory.mktemp("half")
+    smoke = SMOKE["05_pareto"]
+    half = smoke | dict(n_tokens=smoke["n_tokens"] // 2, e2e_n_tokens=smoke["e2e_n_tokens"] // 2,
+                        ks=[], batchtopk_ks=[], jumprelu_l0_coeffs=[])  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SAELAB_CACHE", str(root / "cache"))
+        return runs.run_notebook("05_pareto", half, run_id="half", out_root=root)
+
+
+def test_the_doubling_test_refuses_sweeps_whose_budgets_do_not_double(pareto_run, tmp_path):
+    """12_doubling compared with itself: equal budgets, so the test would mean nothing."""
+    with pytest.raises(Exception, match="twice its half budget; local: half 8,192 tokens"):
+        runs.run_notebook("12_doubling", dict(sae_run=str(pareto_run), half_run=str(pareto_run)),
+                          run_id="same", out_root=tmp_path)  # fmt: skip
+
+
 @pytest.mark.parametrize("name", sorted(SMOKE))
 def test_notebook_runs_through_papermill(name, tmp_path, monkeypatch, request):
     monkeypatch.setenv("SAELAB_CACHE", str(tmp_path / "cache"))
@@ -117,14 +138,25 @@ def test_notebook_runs_through_papermill(name, tmp_path, monkeypatch, request):
         assert [h["method"] for h in held] == ["e2e"] and held[0]["n"] == 2
         return
     params = SMOKE[name]
-    if PARETO in params.values():
-        pareto = str(request.getfixturevalue("pareto_run"))
-        params = {k: pareto if v == PARETO else v for k, v in params.items()}
+    for tag, fixture in ((PARETO, "pareto_run"), (HALF, "half_pareto_run")):
+        if tag in params.values():
+            path = str(request.getfixturevalue(fixture))
+            params = {k: path if v == tag else v for k, v in params.items()}
     out = runs.run_notebook(name, params, run_id="smoke", out_root=tmp_path / "outputs")
     assert (out / "notebook.ipynb").exists()
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["parameters"]["out_dir"] == str(out)
     assert {"sha", "dirty"} <= set(cfg["git"]) and cfg["versions"]["torch"]
+    if name == "12_doubling":
+        s = json.loads((out / "summary.json").read_text())
+        assert [b["method"] for b in s["budgets"]] == ["local", "e2e", "e2e+ds"]
+        assert all(b["full"] == 2 * b["half"] for b in s["budgets"])
+        results = {(r["result"], r["how"]) for r in s["doubling"]}
+        assert ("L0(e2e) / L0(local)", "log_ce") in results and len(results) == 2 * 5
+        assert all(r["verdict"] in ("settled", "moving", "undecided") for r in s["doubling"])
+        assert (out / "figures" / "frontiers.png").exists() and "Doubling the budget" in s[
+            "verdict"
+        ]
     if name == "00_storyworld":
         m = json.loads((out / "metrics.json").read_text())
         assert m["train_tokens"] == 6 * 16 * 128 and m["vocab_size"] == 512

@@ -112,6 +112,65 @@ def test_a_study_of_a_missing_or_newer_sweep_is_stale(tmp_path):
     assert "run again after it" in "\n".join(reference.check(root))
 
 
+def test_a_run_reading_a_newer_half_budget_sweep_is_stale(tmp_path):
+    """12_doubling reads two sweeps (`sae_run`, `half_run`): either one rerun makes it stale."""
+    root = _root(tmp_path)
+    run = root / "outputs" / "reference" / "91_nb" / "ref"
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["parameters"] |= {"half_run": "outputs/05_pareto/half", "other": "x"}
+    (run / "config.json").write_text(json.dumps(cfg))
+    sweep = root / "outputs" / "05_pareto" / "half"
+    sweep.mkdir(parents=True)
+    (sweep / "config.json").write_text(json.dumps({"started": "2025-12-01T00:00:00"}))
+    assert reference.check(root) == []  # older than the run that read it: fresh
+    (sweep / "config.json").write_text(json.dumps({"started": "2026-02-01T00:00:00"}))
+    line = reference.check(root)[0]
+    assert "outputs/05_pareto/half (half_run), which was run again after it" in line
+
+
+def test_the_jobs_read_the_runs_their_presets_name():
+    paper = "outputs/reference/05_pareto/paper"
+    assert reference._job_params("12_doubling", "paper", "paper") == {
+        "sae_run": paper, "half_run": "outputs/reference/05_pareto/paper-half"}  # fmt: skip
+    assert reference._job_params("10_downstream", "paper", "paper") == {"sae_run": paper}
+    assert reference._job_params("05_pareto", "paper_half", "paper-half") == {}
+    jobs = [j[:2] + (j[2],) for j in reference.JOBS]
+    # the doubling test runs after both sweeps it reads
+    assert jobs.index(("12_doubling", "paper", "paper")) > max(
+        jobs.index(("05_pareto", "paper", "paper")),
+        jobs.index(("05_pareto", "paper_half", "paper-half")))  # fmt: skip
+
+
+def test_the_doubling_table_gives_each_change_with_its_interval_and_verdict(tmp_path):
+    run = tmp_path / "outputs" / "reference" / "12_doubling" / "paper"
+    run.mkdir(parents=True)
+    stats = dict(n=2, sd=0.01)
+    recs = [
+        dict(result="L0 local", how="linear", half=20.0, full=15.0, mean=-0.25, lo=-0.3,
+             hi=-0.2, verdict="moving", **stats),
+        dict(result="L0 local", how="log_ce", half=20.0, full=15.5, mean=-0.225, lo=-0.3,
+             hi=-0.15, verdict="moving", **stats),
+        dict(result="L0 e2e", how="linear", half=8.0, full=6.0, mean=-0.25, lo=-0.5, hi=0.0,
+             verdict="undecided", **stats),
+        dict(result="L0(e2e) / L0(local)", how="linear", half=0.4, full=0.4, mean=0.0, lo=-0.05,
+             hi=0.05, verdict="settled", **stats),
+        dict(result="L0(e2e+ds) / L0(local)", how="linear", half=float("nan"), full=0.5,
+             mean=float("nan"), lo=float("nan"), hi=float("nan"), verdict="undecided", n=0),
+    ]  # fmt: skip
+    summary = dict(target_ce_increase=0.06, tol=0.1, doubling=recs,
+                   budgets=[dict(method="local", half=1_000_000, full=2_000_000)])  # fmt: skip
+    (run / "summary.json").write_text(json.dumps(summary))
+    text = reference.render("doubling", "outputs/reference/12_doubling/paper", tmp_path)
+    assert "| half budget (1M) | full budget (2M) |" in text
+    assert "| L0 local | 20.0 | 15.0 | -25.0% [-30.0%, -20.0%] | -22.5% [-30.0%, -15.0%] | " \
+           "**moving** |" in text  # fmt: skip
+    assert "| L0(e2e) / L0(local) | 0.40 | 0.40 | 0.0% [-5.0%, +5.0%] |  | **settled** |" in text
+    assert "| L0(e2e+ds) / L0(local) | n/a | 0.50 | n/a |  | **undecided** |" in text
+    claim = reference._doubling_claim(reference.Run(run.relative_to(tmp_path), tmp_path, "c"))
+    assert claim.startswith("1M → 2M tokens: L0 at CE +0.060 local -25.0% [-30.0%, -20.0%]")
+    assert "L0(e2e) / L0(local) 0.40 → 0.40, 0.0% [-5.0%, +5.0%] (settled" in claim
+
+
 METRICS = dict(val_ce=1.2345, unigram_ce=5.5, bigram_ce=2.4, pronoun_agreement=0.99,
                n_pronoun_positions=5000, quote_close_acc=0.98, n_quote_close_positions=900,
                n_params=439296, train_tokens=32768000, train_time_s=3135.0,

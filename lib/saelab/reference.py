@@ -59,6 +59,7 @@ JOBS = (
     *((study, runs.study_preset(study, "paper"), PAPER_ID) for study in runs.STUDIES),
     # the paper sweep's twin at half its budget, for the doubling test (12_doubling)
     ("05_pareto", "paper_half", HALF_ID),
+    ("12_doubling", "paper", PAPER_ID),  # reads both: the doubling test (seconds)
     ("11_gsae_study", "paper", PAPER_ID),  # 141 min on 2 CPU cores (3 seeds, 19 SAEs each)
 )
 
@@ -134,17 +135,22 @@ def check_run(folder: Path, root: Path = runs.ROOT) -> list[str]:
                            _source_cells(source))  # fmt: skip
         if diff:
             why.append(diff)
-    sae_run = (cfg.get("parameters") or {}).get("sae_run")
-    if sae_run:
-        read = Path(sae_run) if Path(sae_run).is_absolute() else root / sae_run
+    for name, value in read_runs(cfg.get("parameters") or {}).items():
+        read = Path(value) if Path(value).is_absolute() else root / value
         try:
             read_cfg = json.loads((read / "config.json").read_text())
         except (OSError, json.JSONDecodeError):
-            why.append(f"reads the SAEs of {sae_run}, which is not a run folder")
+            why.append(f"reads the run {value} ({name}), which is not a run folder")
         else:
             if str(read_cfg.get("started", "")) > str(cfg.get("started", "")):
-                why.append(f"reads the SAEs of {sae_run}, which was run again after it")
+                why.append(f"reads the run {value} ({name}), which was run again after it")
     return why
+
+
+def read_runs(params: dict) -> dict[str, str]:
+    """The run folders a notebook's parameters name: every non-empty `*_run` string (`sae_run`
+    of the studies, `half_run` of 12_doubling)."""
+    return {k: v for k, v in params.items() if k.endswith("_run") and isinstance(v, str) and v}
 
 
 def check(root: Path = runs.ROOT) -> list[str]:
@@ -433,6 +439,8 @@ def render_claims(run: Run) -> str:
     return md_table(["claim", "paper", "storyworld"], [
         ["SAEs converged (loss plateau over the last 20% of steps; NMSE falls with k)", "",
          f"{converged} ({_seeds_note(run)} below)"],
+        ["results settled: the doubling test (the sweep again at half the budget)", "",
+         _doubling_claim(run.sibling("12_doubling"))],
         ["L0(e2e) / L0(local) at matched CE increase", "0.40 (GPT-2 L6, CE +0.145)",
          f"{stats_cell(ratio['linear'], 2)} (CE +{num(target)}, linear in CE); "
          f"{stats_cell(ratio['log_ce'], 2)} (log CE); {stats_cell(ratio['closest'], 2)} "
@@ -728,6 +736,60 @@ def render_gsae_study(run: Run) -> str:
 
 
 # name -> (renderer, the notebook of the run a marker must cite)
+# --- 12_doubling ------------------------------------------------------------------------------
+
+
+def _signed_pct(x) -> str:
+    if x is None or x != x:
+        return "n/a"
+    return ("+" if float(x) > 0 else "") + pct(x)
+
+
+def _doubling_rows(run: Run, how: str = "linear") -> list[dict]:
+    return [r for r in run.get("doubling") if r["how"] == how]
+
+
+def _doubling_change(rec: dict) -> str:
+    return stats_cell(rec, fmt=_signed_pct)
+
+
+def _tokens(n) -> str:
+    return f"{int(n) / 1e6:g}M"
+
+
+def render_doubling(run: Run) -> str:
+    budgets = run.get("budgets")
+    half, full = _tokens(min(b["half"] for b in budgets)), _tokens(min(b["full"] for b in budgets))
+    target, tol = run.get("target_ce_increase"), run.get("tol")
+    log = {r["result"]: r for r in _doubling_rows(run, "log_ce")}
+    rows = []
+    for r in _doubling_rows(run):
+        ratio = "/" in r["result"]
+        f = (lambda x: num(x, 2)) if ratio else (lambda x: num(x, 1))
+        rows.append([r["result"], f(r["half"]), f(r["full"]), _doubling_change(r),
+                     _doubling_change(log[r["result"]]) if r["result"] in log else "",
+                     f"**{r['verdict']}**"])  # fmt: skip
+    return md_table(
+        [f"at CE +{num(target)}", f"half budget ({half})", f"full budget ({full})",
+         "change, linear in CE", "change, log CE", f"verdict (±{pct(tol, 0)}, linear)"],
+        rows,
+    )  # fmt: skip
+
+
+def _doubling_claim(run: Run) -> str:
+    """The claims table's cell: the doubling test of the sweep (12_doubling beside it)."""
+    rows = _doubling_rows(run)
+    l0 = [r for r in rows if r["result"].startswith("L0 ")]
+    budgets = run.get("budgets")
+    half, full = _tokens(min(b["half"] for b in budgets)), _tokens(min(b["full"] for b in budgets))
+    ratio = next(r for r in rows if r["result"] == "L0(e2e) / L0(local)")
+    return (f"{half} → {full} tokens: L0 at CE +{num(run.get('target_ce_increase'))} "
+            + ", ".join(f"{r['result'][3:]} {_doubling_change(r)} ({r['verdict']})" for r in l0)
+            + f"; L0(e2e) / L0(local) {num(ratio['half'], 2)} → {num(ratio['full'], 2)}, "
+            f"{_doubling_change(ratio)} ({ratio['verdict']}; settled = inside "
+            f"±{pct(run.get('tol'), 0)})")  # fmt: skip
+
+
 RENDERERS: dict[str, tuple[Callable[[Run], str], str]] = {
     "storyworld_report": (render_storyworld_report, "00_storyworld"),
     "claims": (render_claims, "05_pareto"),
@@ -743,6 +805,7 @@ RENDERERS: dict[str, tuple[Callable[[Run], str], str]] = {
     "steering": (render_steering, "08_steering"),
     "twins": (render_twins, "08_steering"),
     "gsae_study": (render_gsae_study, "11_gsae_study"),
+    "doubling": (render_doubling, "12_doubling"),
 }
 
 BLOCK = re.compile(
@@ -823,15 +886,11 @@ def plan(root: Path = runs.ROOT, run_ids=None) -> list[tuple[str, str, str]]:
             continue
         folder = root / REFERENCE / nb / rid
         status = runs.run_status(folder)
-        reads_05 = (
-            ("05_pareto", rid) in {(n, r) for n, _, r in todo}
-            and nb in runs.STUDIES
-            and "sae_run" in runs._declared_parameters(runs.paired_notebook(nb))
-        )
+        rerun = {(REFERENCE / n / r).as_posix() for n, _, r in todo}
+        reads = [v for v in _job_params(nb, preset, rid).values() if v in rerun]
         if status == "completed":
             why = check_run(folder, root)
-            if reads_05:
-                why.append("its 05_pareto run is rerun")
+            why += [f"it reads {v}, which is rerun" for v in reads]
             if why:
                 stale.append(f"{folder.relative_to(root)}: {'; '.join(why)}")
             continue  # fresh: kept
@@ -845,6 +904,19 @@ def plan(root: Path = runs.ROOT, run_ids=None) -> list[tuple[str, str, str]]:
     return todo
 
 
+def _job_params(notebook: str, preset: str, rid: str) -> dict[str, str]:
+    """The run folders a job of `JOBS` reads (`read_runs` of its preset): a study's `sae_run` is
+    the 05_pareto run of its own run id (relative: portable across checkouts)."""
+    try:
+        params = read_runs(runs.load_preset(notebook, preset))
+        declared = runs._declared_parameters(runs.paired_notebook(notebook))
+    except FileNotFoundError:  # no such notebook or preset: it reads nothing (its run says why)
+        return {}
+    if "sae_run" in declared:
+        params["sae_run"] = (REFERENCE / "05_pareto" / rid).as_posix()
+    return params
+
+
 def regenerate(root: Path = runs.ROOT, run_ids=None) -> None:
     """Run every job of `JOBS` (with a run id in `run_ids`, or all) that has no fresh completed
     run under `outputs/reference/<nb>/<run id>` (a failed or partial folder is moved aside by the
@@ -856,10 +928,8 @@ def regenerate(root: Path = runs.ROOT, run_ids=None) -> None:
     runs.say(f"reference: {len(todo)} runs to make "
              f"({', '.join(f'{n}/{r}' for n, _, r in todo) or 'none'})")  # fmt: skip
     for nb, preset, rid in todo:
-        params = {}
-        if "sae_run" in runs._declared_parameters(runs.paired_notebook(nb)):
-            # relative: portable across checkouts
-            params["sae_run"] = (REFERENCE / "05_pareto" / rid).as_posix()
+        reads = _job_params(nb, preset, rid)
+        params = {"sae_run": reads["sae_run"]} if "sae_run" in reads else {}
         runs.run_notebook(nb, params, preset, rid, root / REFERENCE)
     changed = tables(root)
     runs.say(f"reference: tables rewritten ({len(changed)} changed)")

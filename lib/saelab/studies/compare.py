@@ -158,3 +158,64 @@ def closest(df: pd.DataFrame, methods, target: float, x: str = "ce_increase") ->
         dist = (np.log(sub[x].clip(lower=1e-9)) - np.log(max(target, 1e-9))).abs()
         rows.append(sub.loc[dist.idxmin()])
     return pd.DataFrame(rows).set_index("method")
+
+
+def doubling(
+    half: pd.DataFrame,
+    full: pd.DataFrame,
+    methods,
+    target: float,
+    x: str = "ce_increase",
+    y: str = "l0",
+    log_x: bool = False,
+) -> pd.DataFrame:
+    """The doubling test's numbers (ARCHITECTURE.md §5): per method and seed, `y` at `x ==
+    target` in the sweep trained on half the budget (`half`) and on the full one (`full`), each
+    interpolated as `matched` does (linearly in `x`, or in log `x`).
+
+    `half`, `full`: sweep tables (`load_sweep`, columns `method`, `seed`, `x`, `y`, `run`) of the
+    same settings at the two budgets. Returns one row per (method, seed) present in both:
+    `method`, `seed`, `half`, `full` (`y` at the target; NaN where that sweep does not reach it),
+    `change` (`full / half - 1`: the relative move when the budget doubled) and `bracketed_half`,
+    `bracketed_full` (`bracket`: runs within 20% of the target on both sides).
+    """
+    rows = []
+    for m in methods:
+        seeds = sorted(
+            set(half.loc[half.method == m, "seed"]) & set(full.loc[full.method == m, "seed"])
+        )
+        for s in seeds:
+            row = dict(method=m, seed=int(s))
+            for name, df in (("half", half), ("full", full)):
+                d = df[(df.method == m) & (df.seed == s)]
+                row[name] = interpolate_at(d, x, y, target, log_x)
+                row[f"bracketed_{name}"] = bool(bracket(d, [m], target, x).loc[m, "bracketed"])
+            row["change"] = row["full"] / row["half"] - 1 if row["half"] else float("nan")
+            rows.append(row)
+    cols = ["method", "seed", "half", "full", "change", "bracketed_half", "bracketed_full"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def settled(changes, tol: float = 0.1) -> dict:
+    """The doubling test's verdict on one result measured per seed (`changes`: its relative move
+    per seed when the budget doubled, e.g. `doubling(...).change`).
+
+    With two or more seeds the verdict reads the 95% t-interval of the mean change
+    (`seed_stats`); with one, the change itself: **settled** when it lies inside `(-tol, tol)`,
+    **moving** when it lies wholly beyond `tol` on one side, else **undecided** (the interval
+    straddles `±tol`: more seeds would tell). Returns `seed_stats`' `mean`, `sd`, `n`, `lo`,
+    `hi`, `verdict` and `settled` (verdict == "settled"); no finite change: "undecided".
+    """
+    from saelab.studies.stats import seed_stats
+
+    st = seed_stats(changes)
+    lo, hi = (st["lo"], st["hi"]) if st["n"] > 1 else (st["mean"], st["mean"])
+    if st["n"] == 0:
+        verdict = "undecided"
+    elif -tol < lo and hi < tol:
+        verdict = "settled"
+    elif lo >= tol or hi <= -tol:
+        verdict = "moving"
+    else:
+        verdict = "undecided"
+    return st | dict(verdict=verdict, settled=verdict == "settled")
