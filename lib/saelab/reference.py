@@ -735,7 +735,6 @@ def render_gsae_study(run: Run) -> str:
                      f"verdict (overlap <= {run.get('max_overlap'):g})"], rows)  # fmt: skip
 
 
-# name -> (renderer, the notebook of the run a marker must cite)
 # --- 12_doubling ------------------------------------------------------------------------------
 
 
@@ -790,6 +789,7 @@ def _doubling_claim(run: Run) -> str:
             f"±{pct(run.get('tol'), 0)})")  # fmt: skip
 
 
+# name -> (renderer, the notebook of the run a marker must cite)
 RENDERERS: dict[str, tuple[Callable[[Run], str], str]] = {
     "storyworld_report": (render_storyworld_report, "00_storyworld"),
     "claims": (render_claims, "05_pareto"),
