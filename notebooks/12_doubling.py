@@ -151,17 +151,23 @@ tests, ratio_rows = [], []
 for how, log_x in (("linear", False), ("log_ce", True)):
     d = compare.doubling(half, full, relu, target, log_x=log_x)
     for m, g in d.groupby("method", sort=False):
-        tests.append(dict(result=f"L0 {m}", how=how, half=g.half.mean(), full=g.full.mean(),
+        both_at = g.dropna(subset=["half", "full"])  # the seeds the change is taken over
+        tests.append(dict(result=f"L0 {m}", how=how, half=both_at.half.mean(),
+                          full=both_at.full.mean(),
                           per_seed=g.change.round(4).tolist(),
                           bracketed=f"{int(g.bracketed_half.sum() + g.bracketed_full.sum())}"
                                     f" of {2 * len(g)}")
                      | compare.settled(g.change, tol))  # fmt: skip
     wide = d.pivot(index="seed", columns="method", values=["half", "full"])
-    for m in [m for m in relu if m != "local"] if "local" in relu else []:
+    for m in [m for m in relu if m != "local"] if "local" in set(d.method) else []:
+        if m not in set(d.method):
+            continue  # no seed of this method in both sweeps
         r_half = wide[("half", m)] / wide[("half", "local")]
         r_full = wide[("full", m)] / wide[("full", "local")]
-        ratio_rows.append(dict(result=f"L0({m}) / L0(local)", how=how, half=r_half.mean(),
-                               full=r_full.mean(), per_seed=(r_full / r_half - 1).round(4).tolist(),
+        ok = r_half.notna() & r_full.notna()
+        ratio_rows.append(dict(result=f"L0({m}) / L0(local)", how=how, half=r_half[ok].mean(),
+                               full=r_full[ok].mean(),
+                               per_seed=(r_full / r_half - 1).round(4).tolist(),
                                bracketed="")
                           | compare.settled(r_full / r_half - 1, tol))  # fmt: skip
 test = pd.DataFrame(tests + ratio_rows)
@@ -199,7 +205,7 @@ plateau
 
 # %%
 m = "e2e" if "e2e" in relu else relu[0]
-s0 = int(full.seed.min())
+s0 = int(budgets.loc[m, "seeds"][0]) if budgets.loc[m, "seeds"] else int(full.seed.min())
 point = compare.closest(full[full.seed == s0], [m], target).iloc[0].point
 
 
@@ -240,7 +246,8 @@ fig.savefig(out / "figures" / "schedule.png", dpi=120)
 
 def line(r):
     if r["n"] == 0:  # a sweep does not reach the target
-        return f"{r['result']}: not reached by both sweeps at this CE (**{r['verdict']}**)"
+        return (f"{r['result']}: fewer than two seeds with both sweeps reaching this CE "
+                f"(**{r['verdict']}**)")  # fmt: skip
     ci = "" if r["n"] < 2 else f" [{r['lo']:+.1%}, {r['hi']:+.1%}]"
     return (f"{r['result']}: {r['half']:.3g} -> {r['full']:.3g}, change {r['mean']:+.1%}{ci} "
             f"(**{r['verdict']}**)")  # fmt: skip
@@ -250,10 +257,13 @@ lin = test[test.how == "linear"].to_dict("records")
 n_seeds = int(max(len(s) for s in budgets.seeds))
 verdict = (
     f"Doubling the budget from {budgets.half.min():,} to {budgets.full.min():,} tokens per SAE, "
-    f"at CE +{target:.4f} (linear in CE, mean over {n_seeds} seeds with its 95% t-interval; "
-    f"settled = the interval inside ±{tol:.0%}): " + "; ".join(line(r) for r in lin) + ". "
+    f"at CE +{target:.4f} (linear in CE, mean over the {n_seeds} seeds with its 95% "
+    f"t-interval; settled = the interval inside ±{tol:.0%}, fewer than two seeds: undecided): "
+    + "; ".join(line(r) for r in lin)
+    + ". "
 )
-moving = [r["result"] for r in lin if r["result"].startswith("L0 ") and r["verdict"] != "settled"]
+moving = [r["result"] for r in lin
+          if r["result"].startswith("L0 ") and r["n"] and r["verdict"] != "settled"]  # fmt: skip
 ratios = [r for r in lin if "/" in r["result"]]
 if moving:
     verdict += (f"So {', '.join(moving)} {'has' if len(moving) == 1 else 'have'} not been shown "

@@ -134,7 +134,7 @@ def test_the_jobs_read_the_runs_their_presets_name():
         "sae_run": paper, "half_run": "outputs/reference/05_pareto/paper-half"}  # fmt: skip
     assert reference._job_params("10_downstream", "paper", "paper") == {"sae_run": paper}
     assert reference._job_params("05_pareto", "paper_half", "paper-half") == {}
-    jobs = [j[:2] + (j[2],) for j in reference.JOBS]
+    jobs = list(reference.JOBS)
     # the doubling test runs after both sweeps it reads
     assert jobs.index(("12_doubling", "paper", "paper")) > max(
         jobs.index(("05_pareto", "paper", "paper")),
@@ -286,3 +286,23 @@ def test_regenerate_runs_the_jobs_into_reference_ref_and_refuses_a_dirty_tree(
     (root / "new.py").write_text("x = 1\n")  # an uncommitted source file: refused
     with pytest.raises(RuntimeError, match="dirty"):
         reference.regenerate(root)
+
+
+def test_plan_reruns_a_reader_of_a_rerun_sweep_and_refuses_a_missing_one(tmp_path, monkeypatch):
+    root = tmp_path / "repo"
+    (root / "outputs" / "reference").mkdir(parents=True)
+    jobs = (("05_pareto", "paper_half", "paper-half"), ("12_doubling", "paper", "paper"))
+    monkeypatch.setattr(reference, "JOBS", jobs)
+    # 12 reads 05_pareto/paper, which neither exists nor is among the jobs: refused up front
+    with pytest.raises(runs.RunExists, match="reads outputs/reference/05_pareto/paper, which"):
+        reference.plan(root)
+    monkeypatch.setattr(reference, "check_run", lambda folder, root: [])
+    monkeypatch.setattr(runs, "run_status", lambda folder: "completed")
+    assert reference.plan(root) == []  # everything completed and fresh: kept
+    monkeypatch.setattr(
+        runs, "run_status", lambda f: None if "paper-half" in str(f) else "completed"
+    )
+    with pytest.raises(
+        runs.RunExists, match="12_doubling/paper: it reads .*paper-half, which is rerun"
+    ):
+        reference.plan(root)

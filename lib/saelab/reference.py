@@ -781,7 +781,7 @@ def _doubling_claim(run: Run) -> str:
     l0 = [r for r in rows if r["result"].startswith("L0 ")]
     budgets = run.get("budgets")
     half, full = _tokens(min(b["half"] for b in budgets)), _tokens(min(b["full"] for b in budgets))
-    ratio = next(r for r in rows if r["result"] == "L0(e2e) / L0(local)")
+    ratio = run.record("doubling", how="linear", result="L0(e2e) / L0(local)")
     return (f"{half} → {full} tokens: L0 at CE +{num(run.get('target_ce_increase'))} "
             + ", ".join(f"{r['result'][3:]} {_doubling_change(r)} ({r['verdict']})" for r in l0)
             + f"; L0(e2e) / L0(local) {num(ratio['half'], 2)} → {num(ratio['full'], 2)}, "
@@ -895,6 +895,14 @@ def plan(root: Path = runs.ROOT, run_ids=None) -> list[tuple[str, str, str]]:
                 stale.append(f"{folder.relative_to(root)}: {'; '.join(why)}")
             continue  # fresh: kept
         todo.append((nb, preset, rid))
+    made = {(REFERENCE / n / r).as_posix() for n, _, r in todo}
+    missing = [f"{REFERENCE / nb / rid}: reads {v}, which is neither a completed run nor made "
+               f"by these jobs (add its run id: --run-id {Path(v).name})"
+               for nb, preset, rid in todo for v in _job_params(nb, preset, rid).values()
+               if v not in made and runs.run_status(root / v) != "completed"]  # fmt: skip
+    if missing:
+        raise runs.RunExists("jobs that would read a run that is not there:\n  "
+                             + "\n  ".join(missing))  # fmt: skip
     if stale:
         raise runs.RunExists(
             "these completed reference runs are stale and are never overwritten; remove them "

@@ -200,21 +200,21 @@ def settled(changes, tol: float = 0.1) -> dict:
     """The doubling test's verdict on one result measured per seed (`changes`: its relative move
     per seed when the budget doubled, e.g. `doubling(...).change`).
 
-    With two or more seeds the verdict reads the 95% t-interval of the mean change
-    (`seed_stats`); with one, the change itself: **settled** when it lies inside `(-tol, tol)`,
-    **moving** when it lies wholly beyond `tol` on one side, else **undecided** (the interval
-    straddles `±tol`: more seeds would tell). Returns `seed_stats`' `mean`, `sd`, `n`, `lo`,
-    `hi`, `verdict` and `settled` (verdict == "settled"); no finite change: "undecided".
+    The verdict reads the 95% t-interval of the mean change over seeds (`seed_stats`):
+    **settled** when it lies inside `(-tol, tol)`, **moving** when it lies wholly beyond `tol` on
+    one side, else **undecided** (the interval straddles `±tol`: more seeds would tell). Fewer
+    than two finite changes (one seed, or a sweep that misses the target) have no interval:
+    undecided. Returns `seed_stats`' `mean`, `sd`, `n`, `lo`, `hi`, `verdict` and `settled`
+    (verdict == "settled").
     """
     from saelab.studies.stats import seed_stats
 
     st = seed_stats(changes)
-    lo, hi = (st["lo"], st["hi"]) if st["n"] > 1 else (st["mean"], st["mean"])
-    if st["n"] == 0:
+    if st["n"] < 2:
         verdict = "undecided"
-    elif -tol < lo and hi < tol:
+    elif -tol < st["lo"] and st["hi"] < tol:
         verdict = "settled"
-    elif lo >= tol or hi <= -tol:
+    elif st["lo"] >= tol or st["hi"] <= -tol:
         verdict = "moving"
     else:
         verdict = "undecided"
