@@ -756,9 +756,14 @@ def _tokens(n) -> str:
     return f"{int(n) / 1e6:g}M"
 
 
-def render_doubling(run: Run) -> str:
+def _doubling_budgets(run: Run) -> tuple[str, str]:
+    """The half and full token budgets of a 12_doubling run, e.g. ("1M", "2M")."""
     budgets = run.get("budgets")
-    half, full = _tokens(min(b["half"] for b in budgets)), _tokens(min(b["full"] for b in budgets))
+    return _tokens(min(b["half"] for b in budgets)), _tokens(min(b["full"] for b in budgets))
+
+
+def render_doubling(run: Run) -> str:
+    half, full = _doubling_budgets(run)
     target, tol = run.get("target_ce_increase"), run.get("tol")
     log = {r["result"]: r for r in _doubling_rows(run, "log_ce")}
     rows = []
@@ -779,8 +784,7 @@ def _doubling_claim(run: Run) -> str:
     """The claims table's cell: the doubling test of the sweep (12_doubling beside it)."""
     rows = _doubling_rows(run)
     l0 = [r for r in rows if r["result"].startswith("L0 ")]
-    budgets = run.get("budgets")
-    half, full = _tokens(min(b["half"] for b in budgets)), _tokens(min(b["full"] for b in budgets))
+    half, full = _doubling_budgets(run)
     ratio = run.record("doubling", how="linear", result="L0(e2e) / L0(local)")
     return (f"{half} → {full} tokens: L0 at CE +{num(run.get('target_ce_increase'))} "
             + ", ".join(f"{r['result'][3:]} {_doubling_change(r)} ({r['verdict']})" for r in l0)
