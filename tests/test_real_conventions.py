@@ -176,7 +176,7 @@ def test_saes_saved_before_normalisation_load_as_raw(tmp_path):
     del meta["normalize_activations"]  # as every cfg.json written before the option
     (tmp_path / "s" / "cfg.json").write_text(json.dumps(meta))
     back = sl.load_sae(tmp_path / "s")
-    assert back.cfg.normalize_activations == "none" and not hasattr(back, "act_scale")
+    assert back.cfg.normalize_activations == "none" and float(back.act_scale) == 1.0
 
 
 @pytest.mark.parametrize("chunk", [7, 64, None])

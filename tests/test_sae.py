@@ -317,3 +317,35 @@ def test_truncated_weights_raise_clear_error(tmp_path):
     weights.write_bytes(b"\x00" * 3)
     with pytest.raises(ValueError, match="truncated or corrupt"):
         load_sae(tmp_path)
+
+
+def test_every_sae_has_an_act_scale_of_one_until_set():
+    for norm in ("none", "expected_average_only_in"):
+        sae = make("relu", normalize_activations=norm)
+        assert float(sae.act_scale) == 1.0 and "act_scale" in sae.state_dict()
+    with pytest.raises(ValueError, match="stays 1.0"):
+        make("relu", normalize_activations="none").set_act_scale(3.0)
+
+
+def test_unscaled_sae_saved_without_act_scale_loads_as_one(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    sae = make("topk", normalize_activations="none")
+    save_sae(sae, tmp_path)
+    tensors = load_file(tmp_path / "sae.safetensors")
+    del tensors["act_scale"]  # as every unscaled SAE was saved before all SAEs had the buffer
+    save_file(tensors, tmp_path / "sae.safetensors")
+    back = load_sae(tmp_path)
+    assert float(back.act_scale) == 1.0
+    x = torch.randn(5, D_IN)
+    assert torch.equal(back(x).x_hat, sae.eval()(x).x_hat)
+    fresh = make("topk", seed=1, normalize_activations="none")
+    fresh.load_state_dict(tensors)  # a checkpoint's state without the buffer
+    assert float(fresh.act_scale) == 1.0
+    # a normalising SAE without its scale is still a broken file
+    save_sae(make("topk"), tmp_path / "scaled")
+    tensors = load_file(tmp_path / "scaled" / "sae.safetensors")
+    del tensors["act_scale"]
+    save_file(tensors, tmp_path / "scaled" / "sae.safetensors")
+    with pytest.raises(ValueError, match="act_scale"):
+        load_sae(tmp_path / "scaled")

@@ -58,7 +58,7 @@ def test_saelab_to_saelens_to_saelab_is_identical(tmp_path, arch, kw, norm, pre)
     assert cfg["metadata"]["model_name"] == "storyworld" and cfg["apply_b_dec_to_input"] == pre
     assert torch.allclose(theirs.W_dec.norm(dim=-1), torch.ones(D_SAE), atol=1e-5)  # unit rows
     x = torch.randn(5, 7, D_IN) * 3
-    scale = float(sae.act_scale) if norm != "none" else 1.0
+    scale = float(sae.act_scale)
     with torch.no_grad():
         ours_c, ours_x = sae.encode(x)[0], sae(x).x_hat
         c = theirs.encode(x)

@@ -291,10 +291,16 @@ class SAE(nn.Module):
         self.W_dec = nn.Parameter(W_dec.contiguous())
         self.b_enc = nn.Parameter(b_enc)
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
-        if cfg.normalize_activations != "none":
-            # set before training (`set_act_scale`); saved and loaded with the weights, so a loaded
-            # SAE takes and returns raw activations
-            self.register_buffer("act_scale", torch.tensor(1.0))
+        # Every SAE has one (1.0 with normalize_activations="none"; ARCHITECTURE.md §6): set
+        # before training (`set_act_scale`), saved and loaded with the weights, so a loaded SAE
+        # takes and returns raw activations. Multiplying by 1.0 is exact, so unscaled SAEs
+        # compute what they computed without it.
+        self.register_buffer("act_scale", torch.tensor(1.0))
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """`nn.Module.load_state_dict`; a state without `act_scale` loads as 1.0 where the SAE
+        does not normalise (`with_act_scale`: checkpoints written before every SAE had one)."""
+        return super().load_state_dict(with_act_scale(self.cfg, state_dict), strict, assign)
 
     def init_params(self, d_in: int, d_sae: int) -> tuple[Tensor, Tensor, Tensor]:
         """`W_enc [d_in, d_sae]`, `b_enc [d_sae]`, `W_dec [d_sae, d_in]` at initialisation."""
@@ -324,13 +330,13 @@ class SAE(nn.Module):
 
     def normalize(self, x: Tensor) -> Tensor:
         """`x [..., d_in]` in the units the SAE works in: `x * act_scale` (or `x` unchanged)."""
-        return x * self.act_scale if hasattr(self, "act_scale") else x
+        return x * self.act_scale
 
     @torch.no_grad()
     def set_act_scale(self, mean_norm: float) -> None:
         """Set `act_scale = sqrt(d_in) / mean_norm` from the mean norm of raw activations."""
-        if not hasattr(self, "act_scale"):
-            raise ValueError("normalize_activations='none': this SAE has no activation scale")
+        if self.cfg.normalize_activations == "none":
+            raise ValueError("normalize_activations='none': this SAE's act_scale stays 1.0")
         if not (mean_norm > 0 and math.isfinite(mean_norm)):
             raise ValueError(f"mean activation norm {mean_norm!r} must be finite and > 0")
         self.act_scale.fill_(math.sqrt(self.cfg.d_in) / mean_norm)
@@ -372,8 +378,7 @@ class SAE(nn.Module):
 
     def decode(self, c: Tensor) -> Tensor:
         """Reconstruction `x_hat [..., d_in]` of latents `c [..., d_sae]`, in raw units."""
-        x_hat = c @ self.decoder_directions() + self.b_dec
-        return x_hat / self.act_scale if hasattr(self, "act_scale") else x_hat
+        return (c @ self.decoder_directions() + self.b_dec) / self.act_scale
 
     # "auto": the sparse kernels where the architecture has them (`sparse_codes`) and they pay
     # at this shape (`sparse_pays`); "sparse": wherever it has them; "dense": never. Not part of
@@ -413,9 +418,7 @@ class SAE(nn.Module):
             pre = torch.addmm(self.b_enc, x_in, self.W_enc)
         g = grad.reshape(-1, d_in) if self.needs_grad else None
         codes = self.sparse_codes(x_in, pre, g)
-        x_hat = sparse.decode(codes, self.decoder_directions()) + self.b_dec
-        if hasattr(self, "act_scale"):
-            x_hat = x_hat / self.act_scale
+        x_hat = (sparse.decode(codes, self.decoder_directions()) + self.b_dec) / self.act_scale
         return ForwardOutput(x_hat.view(*lead, d_in), pre=pre.view(*lead, -1), codes=codes,
                              enc_in=x_in)  # fmt: skip
 
@@ -451,6 +454,14 @@ class SAE(nn.Module):
     def after_step_(self, out: ForwardOutput) -> None:
         """Called by the trainer after the optimiser step with the step's output."""
         self.normalize_decoder_()
+
+
+def with_act_scale(cfg: SAEConfig, state: dict) -> dict:
+    """`state` (tensor name -> tensor) with `act_scale = 1.0` added when it lacks one and `cfg`
+    does not normalise: such SAEs were saved without the buffer (only normalising SAEs had it)."""
+    if "act_scale" in state or cfg.normalize_activations != "none":
+        return state
+    return {**state, "act_scale": torch.tensor(1.0)}
 
 
 @contextmanager
@@ -586,6 +597,7 @@ def load_sae(
     if bad:
         raise ValueError(f"SAE weights {weights_path} hold NaN or inf values in {bad}; refusing "
                          "to load a broken SAE")  # fmt: skip
+    tensors = with_act_scale(cfg, tensors)
     with torch.random.fork_rng(devices=[]):  # building the module must not move the global RNG
         sae = SAE(cfg)
     expected = {name: tuple(t.shape) for name, t in sae.state_dict().items()}

@@ -61,7 +61,7 @@ def raw_weights(sae: SAE, allow_gtopk: bool = False) -> tuple[str, dict[str, tor
     if cfg.architecture not in EXPORT_NAMES:
         raise ValueError(f"architecture={cfg.architecture!r} has no SAELens equivalent; "
                          f"exportable: {sorted(EXPORT_NAMES)}")  # fmt: skip
-    s = float(sae.act_scale) if hasattr(sae, "act_scale") else 1.0
+    s = float(sae.act_scale)
     with torch.no_grad():
         w = dict(
             W_enc=sae.W_enc.detach().float().clone(),
@@ -171,7 +171,7 @@ def from_saelens(meta: dict, w: dict[str, torch.Tensor], where: str = "SAELens S
     if meta.get("reshape_activations", "none") not in ("none", None):
         raise ValueError(f"{where}: reshape_activations={meta['reshape_activations']!r} "
                          "(hook_z SAEs) is not supported")  # fmt: skip
-    w = dict(w)
+    w = dict(w, act_scale=torch.tensor(1.0))  # SAELens SAEs read raw activations (checked above)
     if meta.get("rescale_acts_by_decoder_norm"):
         # SAELens scales z by each decoder row's norm before selecting and divides it out after:
         # the same SAE as one with the norms folded into the encoder and unit decoder rows
