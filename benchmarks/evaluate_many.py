@@ -51,9 +51,9 @@ def main(argv=None) -> list[dict]:
     saes = []
     for i in range(args.n_saes):
         torch.manual_seed(i)
-        cfg = sl.SAEConfig(architecture=args.arch, d_in=d, d_sae=int(args.dict_ratio * d),
+        cfg = sl.SAEConfig.create(architecture=args.arch, d_in=d, d_sae=int(args.dict_ratio * d),
                            site=args.site, **kw)  # fmt: skip
-        saes.append(sl.SAE(cfg).eval())
+        saes.append(sl.SAE.from_config(cfg).eval())
     ev = dict(n_tokens=args.eval_tokens, batch_size=args.batch_size, alive_tokens=args.alive_tokens)
     t0 = time.perf_counter()
     alone = [sl.evaluate(lm, sae, data, **ev) for sae in saes]

@@ -106,7 +106,7 @@ def run_one(args) -> dict:
         arch, loss = args.one.split(":")
         kw = {"k": 32} if arch == "gtopk" else {}
         ds = dict(kl_coeff=0.5, ds_coeff=2.5) if loss == "e2e+ds" else {}
-        sae = sl.SAEConfig(
+        sae = sl.SAEConfig.create(
             architecture=arch, dict_ratio=args.dict_ratio, normalize_activations="none", **kw
         )
         cfg = training.TrainConfig(sites=(str(site),), loss=loss, sae=sae,

@@ -38,7 +38,7 @@ SAE_FIELDS = {"relu": {}, "jumprelu": {}}
 def make_cfg(arch: str, loss: str, args) -> training.TrainConfig:
     """The TrainConfig of one combination (papers' e2e+ds coefficients)."""
     kw = {} if arch in SAE_FIELDS else {"k": args.k}
-    sae = sl.SAEConfig(architecture=arch, dict_ratio=args.dict_ratio, **kw)
+    sae = sl.SAEConfig.create(architecture=arch, dict_ratio=args.dict_ratio, **kw)
     ds = loss == "e2e+ds"
     return training.TrainConfig(sites=(args.site,), sae=sae, loss=loss, batch_size=args.batch_size,
                                 kl_coeff=0.5 if ds else 1.0, ds_coeff=2.5 if ds else 0.0,

@@ -69,7 +69,7 @@ def saelab_worker(spec: dict):
     cfgs = []
     for i in range(n):
         kw = {"sparsity": phis[i]} if arch == "relu" else {"k": ks[i]}
-        sae = sl.SAEConfig(architecture=arch, dict_ratio=ratio, **kw)
+        sae = sl.SAEConfig.create(architecture=arch, dict_ratio=ratio, **kw)
         ds = loss == "e2e+ds"
         cfgs.append(
             training.TrainConfig(

@@ -69,7 +69,9 @@ out = notebook_out_dir(out_dir)  # from the repo root; {time}: a fresh folder
 (out / "figures").mkdir(parents=True, exist_ok=True)
 t_start = time.time()
 log_every = max(1, n_tokens // (batch_size * n_ctx) // 40)  # about 40 points per curve
-sae_cfg = sl.SAEConfig(architecture="relu", dict_ratio=dict_ratio, sparsity=sparsity, **sae_options)
+sae_cfg = sl.SAEConfig.create(
+    architecture="relu", dict_ratio=dict_ratio, sparsity=sparsity, **sae_options
+)
 cfg = sl.TrainConfig(
     sites=site, sae=sae_cfg, loss="local", lr=lr, warmup=warmup, batch_size=batch_size,
     n_tokens=n_tokens, eval_tokens=eval_tokens, alive_tokens=alive_tokens, seed=seed,
@@ -112,7 +114,7 @@ print(f"train {train_data.n_tokens:,} tokens, held out {eval_data.n_tokens:,} to
 # %%
 S = sl.parse_site(site)
 torch.manual_seed(seed)  # sl.train seeds the init the same way
-sae = sl.SAE(cfg.sae_config(site, info["d_model"])).to(lm.device)
+sae = sl.SAE.from_config(cfg.sae_config(site, info["d_model"])).to(lm.device)
 keep = training_positions(train_data, cfg.exclude_positions, lm.device)  # [T']: all but BOS
 estimate_act_scales(lm, train_data, {S: sae}, keep, batch_size)
 tokens = train_data.tokens[:batch_size].to(lm.device)  # [B, T]
@@ -124,7 +126,7 @@ tokens = train_data.tokens[:batch_size].to(lm.device)  # [B, T]
 # %%
 with torch.no_grad(), lm.trace(tokens):
     x = get_site(lm, site).save()  # [B, T, d_model]
-scale = getattr(sae, "act_scale", 1.0)  # 1.0 when normalize_activations="none"
+scale = sae.act_scale  # 1.0 when normalize_activations="none"
 x_in = x[:, keep].float() * scale  # [B, T', d_in]: what the SAE reconstructs
 torch.testing.assert_close(x_in, sae_input(lm, tokens, sae, keep))  # as training sees it
 print(f"x {tuple(x.shape)} -> x_in {tuple(x_in.shape)}; mean ||x_in|| = "

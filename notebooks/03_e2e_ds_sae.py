@@ -68,7 +68,9 @@ out = notebook_out_dir(out_dir)  # from the repo root; {time}: a fresh folder
 (out / "figures").mkdir(parents=True, exist_ok=True)
 t_start = time.time()
 log_every = max(1, n_tokens // (batch_size * n_ctx) // 40)  # about 40 points per curve
-sae_cfg = sl.SAEConfig(architecture="relu", dict_ratio=dict_ratio, sparsity=sparsity, **sae_options)
+sae_cfg = sl.SAEConfig.create(
+    architecture="relu", dict_ratio=dict_ratio, sparsity=sparsity, **sae_options
+)
 base = dict(
     sites=site, sae=sae_cfg, lr=lr, warmup=warmup, batch_size=batch_size, n_tokens=n_tokens,
     eval_tokens=eval_tokens, alive_tokens=alive_tokens, seed=seed, log_every=log_every,
@@ -116,7 +118,7 @@ S = sl.parse_site(site)
 cfg = configs["e2e+ds"]
 later = cfg.objective.later(lm, [S])
 torch.manual_seed(seed)  # sl.train seeds the init the same way
-sae = sl.SAE(cfg.sae_config(site, sl.model_info(lm)["d_model"])).to(lm.device)
+sae = sl.SAE.from_config(cfg.sae_config(site, sl.model_info(lm)["d_model"])).to(lm.device)
 keep = training_positions(train_data, cfg.exclude_positions, lm.device)  # [T']: all but BOS
 estimate_act_scales(lm, train_data, {S: sae}, keep, batch_size)
 tokens = train_data.tokens[:batch_size].to(lm.device)  # [B, T]
@@ -131,7 +133,7 @@ print("later sites:", [str(s) for s in later])
 # (sites in execution order: the SAE's site, the later ones, the logits).
 
 # %%
-scale = getattr(sae, "act_scale", 1.0)
+scale = sae.act_scale
 resid_sae = []
 with lm.trace(tokens):
     x = get_site(lm, site)

@@ -94,8 +94,8 @@ METRICS = ["ce_increase", "nmse", "dead_frac"]
 
 def gsae_config(b: float) -> sl.TrainConfig:
     """The g-SAE TrainConfig at gradient weight `b`."""
-    sae = sl.SAEConfig(architecture="gtopk", beta=b, value_mode=value_mode, grad_norm=grad_norm,
-                       **shape)  # fmt: skip
+    sae = sl.SAEConfig.create(architecture="gtopk", beta=b, value_mode=value_mode,
+                              grad_norm=grad_norm, **shape)  # fmt: skip
     return sl.TrainConfig(sae=sae, **base)
 
 
@@ -134,7 +134,7 @@ print(f"{model} at {site}; train {train_data.n_tokens:,} tokens, held out {eval_
 S = sl.parse_site(site)
 cfg = gsae_config(beta)
 torch.manual_seed(seed)  # sl.train seeds the init the same way
-sae = sl.SAE(cfg.sae_config(site, sl.model_info(lm)["d_model"])).to(lm.device)
+sae = sl.SAE.from_config(cfg.sae_config(site, sl.model_info(lm)["d_model"])).to(lm.device)
 keep = training_positions(train_data, cfg.exclude_positions, lm.device)  # [T']: all but BOS
 estimate_act_scales(lm, train_data, {S: sae}, keep, batch_size)
 tokens = train_data.tokens[:batch_size].to(lm.device)  # [B, T]
@@ -154,7 +154,7 @@ with lm.trace(tokens):
 # `ReLU(z)` (`value_mode="plain"`).
 
 # %%
-scale = getattr(sae, "act_scale", 1.0)
+scale = sae.act_scale
 x_in, g = x_saved[:, keep].float() * scale, g_saved[:, keep].float()  # [B, T', d_in]
 x_enc = x_in - sae.b_dec if sae.cfg.pre_subtract_b_dec else x_in
 z = x_enc @ sae.W_enc + sae.b_enc  # [B, T', d_sae]
@@ -211,7 +211,7 @@ pd.Series(sel_overlap, name="overlap with TopK(z)").rename_axis("beta").to_frame
 # %%
 runs, train_s = {}, {}
 for name, cfg in {
-    "topk": sl.TrainConfig(sae=sl.SAEConfig(architecture="topk", **shape), **base),
+    "topk": sl.TrainConfig(sae=sl.SAEConfig.create(architecture="topk", **shape), **base),
     "g-sae": gsae_config(beta),
 }.items():
     t0 = time.time()

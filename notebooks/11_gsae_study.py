@@ -130,9 +130,11 @@ def setting_name(gn: str, b: float, vm: str = "plain") -> str:
 def config(seed: int, gn: str | None = None, b: float = 0.0, vm: str = "plain"):
     """TopK (gn None) or the g-SAE at (gn, b, vm), trained with `seed`."""
     if gn is None:
-        sae = sl.SAEConfig(architecture="topk", **shape)
+        sae = sl.SAEConfig.create(architecture="topk", **shape)
     else:
-        sae = sl.SAEConfig(architecture="gtopk", beta=b, grad_norm=gn, value_mode=vm, **shape)
+        sae = sl.SAEConfig.create(
+            architecture="gtopk", beta=b, grad_norm=gn, value_mode=vm, **shape
+        )
     return sl.TrainConfig(sae=sae, seed=seed, **base)
 
 

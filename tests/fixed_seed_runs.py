@@ -25,7 +25,7 @@ RUNS = {
 def train_run(lm, name: str, out_dir: Path):
     """Train run `name` of RUNS (12 steps of 8 x 64 tokens, seed 0) into `out_dir`; its SAE."""
     spec = dict(RUNS[name])
-    sae = sl.SAEConfig(**spec.pop("sae"))
+    sae = sl.SAEConfig.create(**spec.pop("sae"))
     data = sl.token_dataset("storyworld", lm.tokenizer, n_ctx=64, n_tokens=20_000)
     cfg = sl.TrainConfig(
         sites=(SITE,), sae=sae, **spec, batch_size=8,

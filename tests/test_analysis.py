@@ -34,7 +34,7 @@ def test_max_cos_sim_known_geometry():
 
 def test_alive_directions_from_mask_frequencies_and_activations():
     torch.manual_seed(0)
-    sae = SAE(SAEConfig(d_in=6, d_sae=10, architecture="relu"))
+    sae = SAE.from_config(SAEConfig.create(d_in=6, d_sae=10, architecture="relu"))
     with torch.no_grad():
         sae.W_dec.mul_(torch.arange(1, 11.0)[:, None])  # rows not unit norm: directions are
     mask = torch.zeros(10, dtype=torch.bool)
@@ -154,9 +154,11 @@ def test_init_directions_match_sl_train_and_keep_the_global_rng():
     import saelab as sl
     from saelab.core.training import TrainConfig
 
-    cfg = TrainConfig(sae=sl.SAEConfig(architecture="relu", d_sae=16)).sae_config("resid_pre.0", 8)
+    cfg = TrainConfig(sae=sl.SAEConfig.create(architecture="relu", d_sae=16)).sae_config(
+        "resid_pre.0", 8
+    )
     torch.manual_seed(5)  # what sl.train does before building the SAE
-    trained = SAE(cfg)
+    trained = SAE.from_config(cfg)
     init = trained.decoder_directions().detach().clone()
     with torch.no_grad():
         trained.W_dec[:4] = torch.randn(4, 8)  # "training" moved four latents

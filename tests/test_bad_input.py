@@ -182,6 +182,8 @@ def test_train_and_evaluate_reject_what_only_they_can_see(lm, data, tmp_path):
         tr.train(lm, short, _cfg(), out, progress=False)
     assert not out.exists()  # refused before anything was written
     # an SAE of another width spliced into this model
-    sae = sl.SAE(sl.SAEConfig(d_in=32, d_sae=64, architecture="relu", model_name="other"))
+    sae = sl.SAE.from_config(
+        sl.SAEConfig.create(d_in=32, d_sae=64, architecture="relu", model_name="other")
+    )
     with pytest.raises(ValueError, match=r"d_in=32, but resid_pre.3 of this model has width 64"):
         sl.evaluate(lm, {"resid_pre.3": sae}, data, n_tokens=128)

@@ -15,7 +15,9 @@ D_IN, D_SAE, K = 8, 32, 4
 
 def make(**kw) -> SAE:
     torch.manual_seed(0)
-    sae = SAE(SAEConfig(architecture="batchtopk", d_in=D_IN, d_sae=D_SAE, k=K, **kw))
+    sae = SAE.from_config(
+        SAEConfig.create(architecture="batchtopk", d_in=D_IN, d_sae=D_SAE, k=K, **kw)
+    )
     with torch.no_grad():
         sae.b_enc.normal_(0, 0.1)
     return sae
@@ -89,7 +91,7 @@ def test_trains_with_every_objective(lm, storyworld_data, loss):
     data = storyworld_data(32, n_tokens=8 * 32 * 5)
     ds = dict(kl_coeff=0.5, ds_coeff=2.5) if loss == "e2e+ds" else {}
     cfg = tr.TrainConfig(sites=("resid_pre.3",), loss=loss, batch_size=8, n_tokens=8 * 32 * 4,
-                         sae=sl.SAEConfig(architecture="batchtopk", k=4, dict_ratio=2),
+                         sae=sl.SAEConfig.create(architecture="batchtopk", k=4, dict_ratio=2),
                          warmup=1, log_every=1, eval_tokens=4 * 32, **ds)  # fmt: skip
     run = sl.train(lm, data, cfg, None, progress=False)
     assert run.sae.threshold > 0 and not run.sae.training
@@ -100,7 +102,7 @@ def test_trains_with_every_objective(lm, storyworld_data, loss):
 
 def test_gradient_informed_batchtopk_trains_but_not_from_a_cache(lm, storyworld_data, tmp_path):
     data = storyworld_data(32, n_tokens=8 * 32 * 5)
-    sae = sl.SAEConfig(architecture="batchtopk", k=4, dict_ratio=2, beta=1.0)
+    sae = sl.SAEConfig.create(architecture="batchtopk", k=4, dict_ratio=2, beta=1.0)
     cfg = tr.TrainConfig(sites=("resid_pre.3",), sae=sae, batch_size=8, n_tokens=8 * 32 * 2,
                          warmup=1, eval_tokens=4 * 32)  # fmt: skip
     assert sl.train(lm, data, cfg, None, progress=False).sae.threshold > 0

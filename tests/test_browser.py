@@ -45,7 +45,9 @@ def sae(lm, data):
     proj = x @ W
     b = -proj.quantile(0.8, dim=0)
     b[NAME_LATENT] = -(proj[is_name, NAME_LATENT].mean() + proj[~is_name, NAME_LATENT].mean()) / 2
-    s = SAE(SAEConfig(d_in=x.shape[1], d_sae=D_SAE, architecture="relu", site=SITE))
+    s = SAE.from_config(
+        SAEConfig.create(d_in=x.shape[1], d_sae=D_SAE, architecture="relu", site=SITE)
+    )
     with torch.no_grad():
         s.W_enc.copy_(W)
         s.b_enc.copy_(b)
@@ -158,7 +160,7 @@ def test_label_search_finds_the_planted_latent(browser, acts):
 
 
 def test_gtopk_prompt_uses_the_gradient(lm):
-    s = SAE(SAEConfig(d_in=64, d_sae=32, architecture="gtopk", k=3, site=SITE))
+    s = SAE.from_config(SAEConfig.create(d_in=64, d_sae=32, architecture="gtopk", k=3, site=SITE))
     tokens, a, n_added = br.prompt_activations(lm, s, "Tom ran to the park.")
     assert n_added == 1 and len(tokens) == a.shape[0] and a.shape[1] == 32
     assert ((a > 0).sum(1) <= 3).all() and (a > 0).any()

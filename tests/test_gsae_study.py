@@ -16,9 +16,9 @@ SITE = "resid_pre.3"
 
 def _gsae(beta: float, d_in: int = 64, grad_norm: str = "unit", seed: int = 0) -> sl.SAE:
     torch.manual_seed(seed)
-    cfg = sl.SAEConfig(architecture="gtopk", d_in=d_in, d_sae=128, k=4, beta=beta,
+    cfg = sl.SAEConfig.create(architecture="gtopk", d_in=d_in, d_sae=128, k=4, beta=beta,
                        grad_norm=grad_norm, site=SITE)  # fmt: skip
-    return sl.SAE(cfg).eval()
+    return sl.SAE.from_config(cfg).eval()
 
 
 def test_label_free_is_the_gsae_at_beta_zero_as_a_plain_topk():
@@ -30,7 +30,7 @@ def test_label_free_is_the_gsae_at_beta_zero_as_a_plain_topk():
     assert free.cfg.architecture == "topk" and not free.cfg.needs_grad
     assert free.cfg.k == sae.cfg.k and free.cfg.d_sae == sae.cfg.d_sae
     x, g = torch.randn(5, 16), torch.randn(5, 16)
-    at_zero = sl.SAE(replace(sae.cfg, beta=0.0))
+    at_zero = sl.SAE.from_config(replace(sae.cfg, beta=0.0))
     at_zero.load_state_dict(sae.state_dict())
     with torch.no_grad():
         assert torch.allclose(free(x).x_hat, at_zero.eval()(x, grad=g).x_hat, atol=1e-6)

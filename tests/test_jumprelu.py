@@ -17,7 +17,7 @@ D_IN, D_SAE = 8, 32
 
 def make(**kw) -> SAE:
     torch.manual_seed(0)
-    return SAE(SAEConfig(architecture="jumprelu", d_in=D_IN, d_sae=D_SAE, **kw))
+    return SAE.from_config(SAEConfig.create(architecture="jumprelu", d_in=D_IN, d_sae=D_SAE, **kw))
 
 
 def test_activation_is_z_times_step_and_thresholds_start_at_init():
@@ -92,7 +92,7 @@ def test_trains_with_every_objective_and_the_penalty_raises_thresholds(lm, story
     ds = dict(kl_coeff=0.5, ds_coeff=2.5) if loss == "e2e+ds" else {}
     means = []
     for l0_coeff in (0.0, 10.0):
-        sae = sl.SAEConfig(architecture="jumprelu", dict_ratio=2, l0_coeff=l0_coeff,
+        sae = sl.SAEConfig.create(architecture="jumprelu", dict_ratio=2, l0_coeff=l0_coeff,
                            threshold_init=0.01)  # fmt: skip
         cfg = tr.TrainConfig(sites=("resid_pre.3",), loss=loss, sae=sae, batch_size=8,
                              n_tokens=8 * 32 * 6, lr=0.01, warmup=1, log_every=1,

@@ -23,9 +23,9 @@ def _sae(arch: str, site: str = "resid_pre.3", seed: int = 0, **kw):
     torch.manual_seed(seed)
     if arch != "relu":
         kw.setdefault("k", 1)
-    cfg = sl.SAEConfig(architecture=arch, d_in=64, d_sae=512, site=site,
+    cfg = sl.SAEConfig.create(architecture=arch, d_in=64, d_sae=512, site=site,
                        normalize_activations="none", **kw)  # fmt: skip
-    return sl.SAE(cfg).eval()
+    return sl.SAE.from_config(cfg).eval()
 
 
 def _quiet(*args, **kw):
@@ -125,8 +125,10 @@ def test_cached_alive_window_equals_the_live_one(lm, data, tmp_path):
 
 def _tiny(arch: str = "topk", W_enc=None, b_enc=None, W_dec=None, **kw):
     """A 4 x 4 SAE with k = 2 and the given weights (pre-activations z = x W_enc + b_enc)."""
-    cfg = sl.SAEConfig(architecture=arch, d_in=4, d_sae=4, k=2, normalize_activations="none", **kw)
-    sae = sl.SAE(cfg)
+    cfg = sl.SAEConfig.create(
+        architecture=arch, d_in=4, d_sae=4, k=2, normalize_activations="none", **kw
+    )
+    sae = sl.SAE.from_config(cfg)
     with torch.no_grad():
         sae.W_enc.copy_(torch.eye(4) if W_enc is None else W_enc)
         sae.b_enc.copy_(torch.zeros(4) if b_enc is None else b_enc)

@@ -93,7 +93,7 @@ def test_excluded_positions_stay_clean_and_out_of_the_sae_losses(family, text_di
     site = parse_site(SITE)
     tokens = data.tokens[:4]
     keep = kept_positions(16, (0,))
-    sae = sl.SAE(sl.SAEConfig(architecture="relu", d_in=32, d_sae=64, site=SITE))
+    sae = sl.SAE.from_config(sl.SAEConfig.create(architecture="relu", d_in=32, d_sae=64, site=SITE))
     clean = clean_pass(lm, tokens, [site], later=[parse_site("resid_post.1")], logits=True)
     sp = spliced_pass(lm, tokens, {site: sae}, clean, [parse_site("resid_post.1")], keep=keep)
     assert sp.outs[site].x_hat.shape == (4, 15, 32)  # the SAE never saw position 0
@@ -102,7 +102,7 @@ def test_excluded_positions_stay_clean_and_out_of_the_sae_losses(family, text_di
     assert torch.allclose(sp.logits[:, 0], clean.logits[:, 0], atol=1e-5)
     assert not torch.allclose(sp.logits[:, 1:], clean.logits[:, 1:], atol=1e-3)
     # training: the BOS outlier cannot dominate; inflate position 0 and nothing changes
-    cfg = tr.TrainConfig(sites=(SITE,), sae=sl.SAEConfig(architecture="relu", dict_ratio=2),
+    cfg = tr.TrainConfig(sites=(SITE,), sae=sl.SAEConfig.create(architecture="relu", dict_ratio=2),
                          batch_size=4, n_tokens=4 * 16 * 3, warmup=1, log_every=1,
                          eval_tokens=4 * 16)  # fmt: skip
     run = sl.train(lm, data, cfg, None, progress=False)
@@ -124,8 +124,8 @@ def test_training_positions_and_sae_input_are_what_train_step_sees(family, text_
     assert training_positions(plain).tolist() == list(range(16))  # never None
     assert training_positions(data, (0, 3)).tolist() == [p for p in range(16) if p not in (0, 3)]
     site = parse_site(SITE)
-    cfg = tr.TrainConfig(sites=(SITE,), sae=sl.SAEConfig(architecture="relu", dict_ratio=2))
-    sae = sl.SAE(cfg.sae_config(SITE, 32))
+    cfg = tr.TrainConfig(sites=(SITE,), sae=sl.SAEConfig.create(architecture="relu", dict_ratio=2))
+    sae = sl.SAE.from_config(cfg.sae_config(SITE, 32))
     sae.set_act_scale(3.0)
     tokens = data.tokens[:4]
     with torch.no_grad(), lm.trace(tokens):
@@ -147,7 +147,7 @@ def test_activation_scale_is_estimated_saved_and_applied_to_raw_activations(
 ):
     _, lm = llama
     data = sl.token_dataset(str(text_dir), lm.tokenizer, 16, n_tokens=2000, cache=False)
-    sae = sl.SAEConfig(architecture="topk", k=4, dict_ratio=2)
+    sae = sl.SAEConfig.create(architecture="topk", k=4, dict_ratio=2)
     cfg = tr.TrainConfig(sites=(SITE,), sae=sae, batch_size=4, n_tokens=4 * 16 * 2, warmup=1,
                          eval_tokens=4 * 16)  # fmt: skip
     run = sl.train(lm, data, cfg, tmp_path / "run", progress=False)
@@ -167,7 +167,9 @@ def test_activation_scale_is_estimated_saved_and_applied_to_raw_activations(
 
 
 def test_saes_saved_before_normalisation_load_as_raw(tmp_path):
-    sae = sl.SAE(sl.SAEConfig(architecture="relu", d_in=8, d_sae=16, normalize_activations="none"))
+    sae = sl.SAE.from_config(
+        sl.SAEConfig.create(architecture="relu", d_in=8, d_sae=16, normalize_activations="none")
+    )
     sl.save_sae(sae, tmp_path / "s")
     cfg = (tmp_path / "s" / "cfg.json").read_text()
     import json
@@ -208,7 +210,7 @@ def test_a_bfloat16_model_trains_float32_saes(llama, text_dir):
     data = sl.token_dataset(str(text_dir), lm.tokenizer, 16, n_tokens=2000, cache=False)
     for arch, loss, kw in [("relu", "e2e", {}), ("gtopk", "local", {"k": 4})]:
         cfg = tr.TrainConfig(sites=(SITE,), loss=loss, batch_size=4, n_tokens=4 * 16 * 2,
-                             sae=sl.SAEConfig(architecture=arch, dict_ratio=2, **kw),
+                             sae=sl.SAEConfig.create(architecture=arch, dict_ratio=2, **kw),
                              warmup=1, log_every=1, eval_tokens=4 * 16)  # fmt: skip
         run = sl.train(lm, data, cfg, None, progress=False)
         assert run.sae.dtype == torch.float32

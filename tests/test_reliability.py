@@ -264,7 +264,7 @@ def test_damaged_activation_cache_shards_and_manifests_are_errors(lm, data, tmp_
 
 
 def test_non_finite_sae_weights_are_refused(tmp_path):
-    sae = sl.SAE(sl.SAEConfig(architecture="relu", d_in=8, d_sae=16))
+    sae = sl.SAE.from_config(sl.SAEConfig.create(architecture="relu", d_in=8, d_sae=16))
     sl.save_sae(sae, tmp_path / "s")
     w = load_file(tmp_path / "s" / "sae.safetensors")
     w["b_enc"][3] = float("nan")

@@ -21,7 +21,7 @@ def make(architecture="topk", seed=0, **kw) -> SAE:
         kw.setdefault("k", K)
     if architecture != "gtopk":
         kw.pop("beta", None)  # a g-SAE field only
-    sae = SAE(SAEConfig(d_in=D_IN, d_sae=D_SAE, architecture=architecture, **kw))
+    sae = SAE.from_config(SAEConfig.create(d_in=D_IN, d_sae=D_SAE, architecture=architecture, **kw))
     with torch.no_grad():
         sae.b_enc.normal_(0, 0.1)
         sae.b_dec.normal_(0, 0.1)
@@ -72,7 +72,7 @@ def test_relu_init_is_e2e_saes_raw_orthogonal_decoder(d_in, d_sae):
     # e2e_sae: decoder.weight [d_in, d_sae] = orthogonal_(weight.T).T, so our W_dec [d_sae, d_in]
     # has orthonormal columns and rows of norm ~sqrt(d_in / d_sae); nn.Linear's biases
     torch.manual_seed(0)
-    sae = SAE(SAEConfig(architecture="relu", d_in=d_in, d_sae=d_sae))
+    sae = SAE.from_config(SAEConfig.create(architecture="relu", d_in=d_in, d_sae=d_sae))
     assert sae.cfg.decoder_init == "orthogonal_raw"
     W = sae.W_dec.detach()
     assert torch.allclose(W.T @ W, torch.eye(d_in), atol=1e-5)
@@ -87,9 +87,11 @@ def test_relu_init_is_e2e_saes_raw_orthogonal_decoder(d_in, d_sae):
 
 def test_relu_unit_init_is_the_old_one():
     torch.manual_seed(0)
-    raw = SAE(SAEConfig(architecture="relu", d_in=D_IN, d_sae=D_SAE))
+    raw = SAE.from_config(SAEConfig.create(architecture="relu", d_in=D_IN, d_sae=D_SAE))
     torch.manual_seed(0)
-    unit = SAE(SAEConfig(architecture="relu", d_in=D_IN, d_sae=D_SAE, decoder_init="unit"))
+    unit = SAE.from_config(
+        SAEConfig.create(architecture="relu", d_in=D_IN, d_sae=D_SAE, decoder_init="unit")
+    )
     assert torch.allclose(unit.W_dec.norm(dim=-1), torch.ones(D_SAE), atol=1e-6)
     assert torch.equal(unit.b_dec, torch.zeros(D_IN))
     # the same draws: the same encoder and the same initial directions, only the row norms differ
@@ -253,13 +255,13 @@ def test_decoder_projection_and_parallel_grad_removal():
 def test_config_validation(kwargs, message):
     kwargs = {"d_in": D_IN, "d_sae": D_SAE, **kwargs}
     with pytest.raises(ValueError, match=message):
-        SAEConfig(**kwargs)
+        SAEConfig.create(**kwargs)
 
 
 def test_k_aux_default():
-    assert SAEConfig(d_in=8, d_sae=32, architecture="topk", k=4).n_aux == 4
-    assert SAEConfig(d_in=128, d_sae=32, architecture="topk", k=4).n_aux == 32
-    assert SAEConfig(d_in=8, d_sae=32, architecture="topk", k=4, k_aux=7).n_aux == 7
+    assert SAEConfig.create(d_in=8, d_sae=32, architecture="topk", k=4).n_aux == 4
+    assert SAEConfig.create(d_in=128, d_sae=32, architecture="topk", k=4).n_aux == 32
+    assert SAEConfig.create(d_in=8, d_sae=32, architecture="topk", k=4, k_aux=7).n_aux == 7
 
 
 @pytest.mark.parametrize("architecture", ["relu", "topk", "gtopk"])
@@ -349,3 +351,17 @@ def test_unscaled_sae_saved_without_act_scale_loads_as_one(tmp_path):
     save_file(tensors, tmp_path / "scaled" / "sae.safetensors")
     with pytest.raises(ValueError, match="act_scale"):
         load_sae(tmp_path / "scaled")
+
+
+def test_the_factories_build_the_registered_classes():
+    from saelab.core.sae import architecture
+
+    cfg = SAEConfig.create(architecture="topk", d_in=D_IN, d_sae=D_SAE, k=K)
+    assert type(cfg) is architecture("topk").cfg_class
+    assert type(SAE.from_config(cfg)) is architecture("topk")
+    with pytest.raises(ValueError, match=r"has no field\(s\) \['k'\]"):
+        SAEConfig.create(architecture="relu", k=K)
+    with pytest.raises(ValueError, match="needs architecture"):
+        SAEConfig.create(k=K)
+    with pytest.raises(TypeError, match="needs an SAEConfig"):
+        SAE.from_config({"architecture": "topk"})

@@ -22,8 +22,9 @@ ARCHS = [("relu", {}), ("topk", {"k": 4}), ("jumprelu", {}), ("batchtopk", {"k":
 def _trained_like(arch: str, kw: dict, norm: str, pre: bool, seed: int = 0) -> sl.SAE:
     """An SAE with non-trivial biases, decoder norms, thresholds and activation scale."""
     torch.manual_seed(seed)
-    sae = sl.SAE(sl.SAEConfig(architecture=arch, d_in=D_IN, d_sae=D_SAE, normalize_activations=norm,
-                              pre_subtract_b_dec=pre, **kw))  # fmt: skip
+    cfg = sl.SAEConfig.create(architecture=arch, d_in=D_IN, d_sae=D_SAE, normalize_activations=norm,
+                              pre_subtract_b_dec=pre, **kw)  # fmt: skip
+    sae = sl.SAE.from_config(cfg)
     with torch.no_grad():
         sae.b_enc.normal_(0, 0.3)
         sae.b_dec.normal_(0, 0.3)
@@ -133,7 +134,7 @@ def test_saebench_contract(tmp_path):
 
 def test_export_cli_and_finetuning_an_imported_local_sae_end_to_end(lm, storyworld_data, tmp_path):
     data = storyworld_data(32, n_tokens=8 * 32 * 6)
-    sae = sl.SAEConfig(architecture="relu", dict_ratio=2)
+    sae = sl.SAEConfig.create(architecture="relu", dict_ratio=2)
     local = tr.TrainConfig(sites=("resid_pre.3",), sae=sae, batch_size=8, n_tokens=8 * 32 * 3,
                            warmup=1, eval_tokens=4 * 32)  # fmt: skip
     run = sl.train(lm, data, local, tmp_path / "local", progress=False)
@@ -142,18 +143,18 @@ def test_export_cli_and_finetuning_an_imported_local_sae_end_to_end(lm, storywor
     imported = sl.load_sae(tmp_path / "sl")
     assert imported.cfg.model_name == "storyworld" and imported.cfg.normalize_activations == "none"
     e2e = tr.TrainConfig(sites=("resid_pre.3",), loss="e2e", batch_size=8, n_tokens=8 * 32 * 2,
-                         sae=sl.SAEConfig(architecture="relu", dict_ratio=2,
+                         sae=sl.SAEConfig.create(architecture="relu", dict_ratio=2,
                                           normalize_activations="none"),
                          init_from=str(tmp_path / "sl"), warmup=1, eval_tokens=4 * 32)  # fmt: skip
     tuned = sl.train(lm, data, e2e, tmp_path / "e2e", progress=False)
     assert tuned.log[-1]["kind"] == "eval"
     with torch.no_grad():  # it started from the imported SAE, not from a fresh init
         x = torch.randn(4, 64)
-        start = sl.SAE(tuned.sae.cfg)
+        start = sl.SAE.from_config(tuned.sae.cfg)
         tr.init_sae(start, str(tmp_path / "sl"))
         assert torch.allclose(start(x).x_hat, run.sae(x).x_hat, atol=1e-4)
     with pytest.raises(ValueError, match="its normalize_activations is 'none'"):
-        bad = tr.TrainConfig(sites=("resid_pre.3",), sae=sl.SAEConfig(architecture="relu",
+        bad = tr.TrainConfig(sites=("resid_pre.3",), sae=sl.SAEConfig.create(architecture="relu",
                              dict_ratio=2), init_from=str(tmp_path / "sl"))  # fmt: skip
         sl.train(lm, data, bad, None, progress=False)
 

@@ -25,13 +25,13 @@ CASES = {
 def pair(kw: dict, seed: int = 0) -> tuple[SAE, SAE]:
     """Two copies of one randomly initialised SAE: sparse kernels and dense."""
     torch.manual_seed(seed)
-    sae = SAE(sl.SAEConfig(d_in=D_IN, d_sae=D_SAE, **kw))
+    sae = SAE.from_config(sl.SAEConfig.create(d_in=D_IN, d_sae=D_SAE, **kw))
     with torch.no_grad():  # a non-trivial state: biases, a scale, rows not exactly unit
         sae.b_enc.normal_(0, 0.1)
         sae.b_dec.normal_(0, 0.1)
         sae.act_scale.fill_(1.7)
     sae.kernels = "sparse"
-    dense = SAE(sae.cfg)
+    dense = SAE.from_config(sae.cfg)
     dense.load_state_dict(sae.state_dict())
     dense.kernels = "dense"
     assert sae.uses_sparse and not dense.uses_sparse
@@ -106,7 +106,7 @@ def test_train_step_sparse_equals_dense(lm, storyworld_data):
         loss="e2e",
         batch_size=4,
         dead_tokens=1,
-        sae=sl.SAEConfig(architecture="topk", k=4, dict_ratio=2.0),
+        sae=sl.SAEConfig.create(architecture="topk", k=4, dict_ratio=2.0),
     )
     facts = dict(d_in=sl.model_info(lm)["d_model"], model_name="t", device=torch.device("cpu"))
     states = []
@@ -133,11 +133,15 @@ def test_codes_layout():
 
 
 def test_auto_kernels_follow_the_shape_and_bad_values_are_refused():
-    small = SAE(sl.SAEConfig(architecture="topk", k=32, d_in=64, d_sae=256))
-    wide = SAE(sl.SAEConfig(architecture="topk", k=32, d_in=64, d_sae=3200))
+    small = SAE.from_config(sl.SAEConfig.create(architecture="topk", k=32, d_in=64, d_sae=256))
+    wide = SAE.from_config(sl.SAEConfig.create(architecture="topk", k=32, d_in=64, d_sae=3200))
     assert not small.uses_sparse and wide.uses_sparse
-    assert SAE(sl.SAEConfig(architecture="topk", k=64, d_in=768, d_sae=1536)).uses_sparse
-    assert not SAE(sl.SAEConfig(architecture="relu", d_in=64, d_sae=3200)).uses_sparse
+    assert SAE.from_config(
+        sl.SAEConfig.create(architecture="topk", k=64, d_in=768, d_sae=1536)
+    ).uses_sparse
+    assert not SAE.from_config(
+        sl.SAEConfig.create(architecture="relu", d_in=64, d_sae=3200)
+    ).uses_sparse
     small.kernels = "sparse"
     assert small.uses_sparse
     small.kernels = "fast"

@@ -43,7 +43,7 @@ def _small(**kw) -> tr.TrainConfig:
 
 def _identity_sae(d: int, site: str) -> SAE:
     """A ReLU SAE that reconstructs exactly: c = [relu(x), relu(-x)], x_hat = c @ [I; -I]."""
-    sae = SAE(sl.SAEConfig(d_in=d, d_sae=2 * d, architecture="relu", site=site))
+    sae = SAE.from_config(sl.SAEConfig.create(d_in=d, d_sae=2 * d, architecture="relu", site=site))
     eye = torch.eye(d)
     with torch.no_grad():
         sae.W_enc.copy_(torch.cat([eye, -eye], 1))
@@ -69,7 +69,7 @@ def test_e2e_lowers_kl_and_leaves_model_untouched(lm, data, tmp_path):
     before = {k: v.clone() for k, v in lm._module.state_dict().items()}
     cfg = _small(loss="e2e", sparsity=0.5)
     torch.manual_seed(cfg.seed)
-    init = SAE(cfg.sae_config(SITE, 64))
+    init = SAE.from_config(cfg.sae_config(SITE, 64))
     kl0 = evaluate(lm, init, data, n_tokens=8 * 128, batch_size=8)["kl"]
     run = tr.train(lm, data, cfg, tmp_path, progress=False)
     kl1 = run.log[-1]["kl"]
@@ -101,12 +101,16 @@ def test_gtopk_selection_equals_direct_autograd(lm, hf, data):
     (g_ref,) = torch.autograd.grad(ce, x)
     assert torch.allclose(clean.grads[site], g_ref, atol=1e-7, rtol=1e-4)
     torch.manual_seed(0)
-    sae = SAE(sl.SAEConfig(d_in=64, d_sae=256, architecture="gtopk", k=8, beta=4.0))
+    sae = SAE.from_config(
+        sl.SAEConfig.create(d_in=64, d_sae=256, architecture="gtopk", k=8, beta=4.0)
+    )
     c, _ = sae.encode(clean.acts[site], grad=clean.grads[site])
     c_ref, _ = sae.encode(clean.acts[site], grad=g_ref)
     assert torch.equal(c != 0, c_ref != 0)
     # and the gradient matters: beta=0 (plain TopK) picks differently somewhere
-    sae0 = SAE(sl.SAEConfig(d_in=64, d_sae=256, architecture="gtopk", k=8, beta=0.0))
+    sae0 = SAE.from_config(
+        sl.SAEConfig.create(d_in=64, d_sae=256, architecture="gtopk", k=8, beta=0.0)
+    )
     sae0.load_state_dict(sae.state_dict())
     c0, _ = sae0.encode(clean.acts[site], grad=g_ref)
     assert not torch.equal(c0 != 0, c != 0)
@@ -116,7 +120,7 @@ def test_downstream_mse_equals_plain_torch_hooks(lm, hf, data):
     tokens = data.tokens[:4]
     site = parse_site(SITE)
     torch.manual_seed(1)
-    sae = SAE(sl.SAEConfig(d_in=64, d_sae=256, architecture="relu"))
+    sae = SAE.from_config(sl.SAEConfig.create(d_in=64, d_sae=256, architecture="relu"))
     later = later_sites(lm, [site])
     assert [str(s) for s in later] == ["resid_post.3", "resid_post.4", "resid_post.5"]
     clean = clean_pass(lm, tokens, [site], later, logits=True)
@@ -219,7 +223,7 @@ def test_flat_sae_fields_in_the_constructor_name_the_nested_form():
     ):
         tr.TrainConfig(sae="topk", k=8)
     flat = tr.TrainConfig.from_dict(dict(sae="topk", k=8, dict_ratio=4, beta=2.0))  # old presets
-    nested = tr.TrainConfig(sae=sl.SAEConfig(architecture="topk", k=8, dict_ratio=4))
+    nested = tr.TrainConfig(sae=sl.SAEConfig.create(architecture="topk", k=8, dict_ratio=4))
     assert flat == nested  # beta is not a TopK field: dropped, as the old sae_config did
     assert tr.TrainConfig.from_dict(json.loads(json.dumps(asdict(nested)))) == nested
 

@@ -1,13 +1,13 @@
 """The SAE base class, the architecture registry, and saving/loading.
 
-An architecture is one class in one file under `saelab.core.architectures` (ARCHITECTURE.md,
-"Adding an architecture"): a config subclass with its own fields and an `SAE` subclass that owns
-its init, activation (`activation`), decoder constraint, whether it needs dL/dx, its own loss
-terms and any extra parameters. Both are registered by name with `@register`; `SAEConfig(
-architecture=name, ...)` and `SAE(cfg)` dispatch to the registered classes, so callers never
-test architecture names. Shapes: `x [..., d_in]`, `c [..., d_sae]`.
+An architecture is one file under `saelab.core.architectures` (ARCHITECTURE.md §7): a config
+subclass with its own fields and an `SAE` subclass that owns its init, activation
+(`activation`), decoder constraint, whether it needs dL/dx, its own loss terms, any extra
+parameters and its SAELens mapping. It is registered by name with `@register`; the factories
+`SAEConfig.create(architecture=name, ...)` and `SAE.from_config(cfg)` look the classes up, so
+callers never test architecture names. Shapes: `x [..., d_in]`, `c [..., d_sae]`.
 
-    sae = SAE(SAEConfig(architecture="topk", d_in=64, d_sae=512, k=16))
+    sae = SAE.from_config(SAEConfig.create(architecture="topk", d_in=64, d_sae=512, k=16))
     x_hat, c, pre = sae(x)
     save_sae(sae, "outputs/sae"); sae = load_sae("outputs/sae", d_in=64)
 """
@@ -106,8 +106,9 @@ def check_fits(d_in: int, d_sae: int, bytes_per_value: int = 4) -> None:
 class SAEConfig:
     """Shape, architecture and provenance of an SAE; each architecture subclasses it.
 
-    `SAEConfig(architecture="topk", k=16, ...)` builds the registered subclass (`TopKConfig`),
-    so one constructor takes every architecture's fields. `d_in` / `d_sae` may stay None in a
+    `SAEConfig.create(architecture="topk", k=16, ...)` builds the registered subclass
+    (`TopKConfig(k=16, ...)`), so one factory takes every architecture's fields; the base class
+    itself is not an SAE's config. `d_in` / `d_sae` may stay None in a
     training spec (`TrainConfig.sae`): they are filled in from the model (`d_sae = round(
     dict_ratio * d_in)` unless given) when the SAE is built.
     """
@@ -131,20 +132,24 @@ class SAEConfig:
     saved_defaults: ClassVar[dict[str, Any]] = {"normalize_activations": "none"}
 
     def __new__(cls, *args, **kwargs):
-        if cls is SAEConfig:  # dispatch to the architecture's own config class
-            arch = kwargs.get("architecture")
-            if arch is None:
-                raise ValueError(f"SAEConfig needs architecture=...; valid: {architectures()}")
-            cls = architecture(arch).cfg_class
-            known = {f.name for f in fields(cls)}
-            unknown = sorted(set(kwargs) - known)
-            if unknown:
-                raise ValueError(
-                    f"architecture={arch!r} has no field(s) {unknown}; its fields: {sorted(known)}"
-                )
+        # Transitional: `SAEConfig(architecture=...)` still dispatches until core/training.py
+        # calls `SAEConfig.create` (issue 25); then this method goes.
+        if cls is SAEConfig:
+            cls = _config_class(kwargs)
         return object.__new__(cls)
 
+    @staticmethod
+    def create(**kw: Any) -> SAEConfig:
+        """The config of architecture `kw["architecture"]` from its fields: `SAEConfig.create(
+        architecture="topk", k=16)` is `TopKConfig(k=16)`. A field the architecture lacks is an
+        error that lists its fields."""
+        return _config_class(kw)(**kw)
+
     def __post_init__(self):
+        if type(self) is SAEConfig:
+            raise ValueError("SAEConfig is the base of the architectures' configs; build one "
+                             "with SAEConfig.create(architecture=..., ...); valid: "
+                             f"{architectures()}")  # fmt: skip
         own = type(self).__dataclass_fields__["architecture"].default
         if self.architecture != own:
             raise ValueError(f"{type(self).__name__} has architecture={own!r}, "
@@ -190,6 +195,20 @@ class SAEConfig:
         # saved before the field existed: what those SAEs were (normalize_activations: raw
         # activations; relu's decoder_init: unit rows)
         return target(**(target.saved_defaults | kw))
+
+
+def _config_class(kw: dict) -> type[SAEConfig]:
+    """The config class of architecture `kw["architecture"]`, after checking `kw`'s field names."""
+    arch = kw.get("architecture")
+    if arch is None:
+        raise ValueError(f"an SAE config needs architecture=...; valid: {architectures()}")
+    cls = architecture(arch).cfg_class
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(kw) - known)
+    if unknown:
+        raise ValueError(f"architecture={arch!r} has no field(s) {unknown}; its fields: "
+                         f"{sorted(known)}")  # fmt: skip
+    return cls
 
 
 class ForwardOutput:
@@ -260,7 +279,8 @@ Term = tuple[float, Tensor]  # (coefficient, unweighted scalar loss); the traine
 class SAE(nn.Module):
     """Sparse autoencoder `x [..., d_in] -> c [..., d_sae] -> x_hat [..., d_in]`.
 
-    `SAE(cfg)` builds the class registered for `cfg.architecture`. The base class holds what
+    `SAE.from_config(cfg)` builds the class registered for `cfg.architecture`, freshly
+    initialised (from the global RNG). The base class holds what
     every architecture shares: `W_enc [d_in, d_sae]`, `b_enc [d_sae]`, `W_dec [d_sae, d_in]`,
     `b_dec [d_in]`, the affine encoder and decoder, and unit-norm decoder rows kept by
     projection (Gao et al. 2024 §A.1). Subclasses override `activation` and, where they differ,
@@ -270,13 +290,25 @@ class SAE(nn.Module):
     cfg_class: ClassVar[type[SAEConfig]] = SAEConfig
 
     def __new__(cls, cfg: SAEConfig | None = None, *args, **kwargs):
+        # Transitional: `SAE(cfg)` still dispatches until core/training.py calls
+        # `SAE.from_config` (issue 25); then this method goes.
         if cls is SAE:
             if not isinstance(cfg, SAEConfig):
                 raise TypeError(f"SAE(cfg) needs an SAEConfig, got {type(cfg).__name__}")
-            cls = architecture(cfg.architecture)
+            cls = architecture(cfg.architecture)  # uninitialised: type.__call__ runs __init__
         return super().__new__(cls)
 
+    @staticmethod
+    def from_config(cfg: SAEConfig) -> SAE:
+        """A new SAE of `cfg`'s architecture (the class registered as `cfg.architecture`)."""
+        if not isinstance(cfg, SAEConfig):
+            raise TypeError(f"SAE.from_config needs an SAEConfig, got {type(cfg).__name__}")
+        return architecture(cfg.architecture)(cfg)
+
     def __init__(self, cfg: SAEConfig):
+        if type(self) is SAE:
+            raise TypeError("SAE is the base of the architectures; build one with "
+                            "SAE.from_config(cfg)")  # fmt: skip
         super().__init__()
         if not isinstance(cfg, self.cfg_class):
             raise TypeError(f"{type(self).__name__} needs a {self.cfg_class.__name__}, "
@@ -599,7 +631,7 @@ def load_sae(
                          "to load a broken SAE")  # fmt: skip
     tensors = with_act_scale(cfg, tensors)
     with torch.random.fork_rng(devices=[]):  # building the module must not move the global RNG
-        sae = SAE(cfg)
+        sae = SAE.from_config(cfg)
     expected = {name: tuple(t.shape) for name, t in sae.state_dict().items()}
     if set(tensors) != set(expected):
         raise ValueError(

@@ -197,7 +197,7 @@ def from_saelens(meta: dict, w: dict[str, torch.Tensor], where: str = "SAELens S
     if arch == "jumprelu" and (w["threshold"] < 0).any():
         raise ValueError(f"{where}: negative JumpReLU thresholds are not supported")
     with torch.random.fork_rng(devices=[]):
-        sae = SAE(SAEConfig(**kw))
+        sae = SAE.from_config(SAEConfig.create(**kw))
     missing = sorted(set(sae.state_dict()) - set(w))
     if missing:
         raise ValueError(f"{where}: {WEIGHTS} lacks {missing}")

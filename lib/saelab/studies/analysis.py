@@ -110,7 +110,7 @@ def init_directions(sae, seed: int) -> Tensor:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return SAE(sae.cfg).decoder_directions().detach().float()
+        return SAE.from_config(sae.cfg).decoder_directions().detach().float()
 
 
 def cos_to_init(sae, seed: int, acts_or_mask=None) -> Tensor:

@@ -38,7 +38,7 @@ def label_free(sae: SAE) -> SAE:
         raise ValueError(f"label_free needs a gradient-informed SAE, got {cfg.architecture!r}")
     own = {f.name for f in fields(TopKConfig)} - {"architecture"}
     kw = {name: getattr(cfg, name) for name in own if hasattr(cfg, name)}
-    topk = SAE(TopKConfig(architecture="topk", **kw))
+    topk = SAE.from_config(TopKConfig(architecture="topk", **kw))
     topk.load_state_dict(sae.state_dict())
     return topk.to(next(sae.parameters()).device).eval()
 
