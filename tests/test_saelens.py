@@ -186,3 +186,13 @@ def test_a_saelens_batchtopk_training_folder_loads_with_its_threshold(tmp_path):
     x = torch.randn(5, D_IN)
     z = ours.pre_acts(x)
     assert torch.equal(ours(x).c, torch.relu(z) * (z > 0.25))
+
+
+def test_each_saelens_architecture_is_read_by_the_architecture_that_declares_it():
+    from saelab.core.saelens import reader
+
+    got = {a: reader(a)[0] for a in ("standard", "topk", "jumprelu", "batchtopk")}
+    assert got == {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu",
+                   "batchtopk": "batchtopk"}  # fmt: skip
+    with pytest.raises(ValueError, match="architecture='gated' is not supported"):
+        reader("gated")

@@ -256,17 +256,16 @@ def _evaluate(lm, sets: list[dict], data, n_rows: int, batch_size: int, keep,
 
 
 def _per_token_k(sae, what: str) -> int:
-    """`sae.cfg.k` of an SAE that selects k latents per token (topk, gtopk); else a clear error."""
-    from saelab.core.architectures.batchtopk import BatchTopKSAE
-    from saelab.core.architectures.topk import TopKSAE
-
-    if not isinstance(sae, TopKSAE) or isinstance(sae, BatchTopKSAE):
+    """`sae.per_token_k` of an SAE that selects k latents per token (topk, gtopk); else a clear
+    error."""
+    k = sae.per_token_k
+    if k is None:
         raise ValueError(
             f"{what} is a {sae.cfg.architecture!r} SAE, which selects no fixed set of k latents "
             "per token; selected_latents and selection_overlap need a per-token TopK selection "
             "(topk, gtopk)"
         )
-    return sae.cfg.k
+    return k
 
 
 @torch.no_grad()

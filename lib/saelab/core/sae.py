@@ -21,12 +21,15 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from saelab.core.saelens import SAELensForm
 
 CFG_FILE = "cfg.json"
 NORMALIZATIONS = ("none", "expected_average_only_in")
@@ -461,6 +464,36 @@ class SAE(nn.Module):
         `dead [d_sae]` marks latents that have not fired for `TrainConfig.dead_tokens` tokens.
         Returns `{name: (coefficient, scalar)}`; none by default.
         """
+        return {}
+
+    @property
+    def per_token_k(self) -> int | None:
+        """How many latents the SAE selects for every token, where that number is fixed (the
+        per-token TopK selections: topk, gtopk); None otherwise (`metrics.selected_latents`)."""
+        return None
+
+    # --- SAELens v6 interop (`saelab.core.saelens`; ARCHITECTURE.md §7) --------------------------
+
+    # The SAELens architectures this class reads. Declared by each class for itself and never
+    # inherited (`saelens.reader`): a subclass does not read what its parent reads.
+    saelens_reads: ClassVar[tuple[str, ...]] = ()
+
+    def to_saelens(self, scale: float, allow_reduced: bool = False) -> SAELensForm:
+        """This SAE as SAELens writes it, beyond the shared `W_enc`, `W_dec`, `b_enc`, `b_dec`
+        (`saelens.raw_weights`): SAELens' architecture name, extra raw-unit weights (thresholds
+        `[d_sae]` divided by `scale`, the act_scale), cfg fields and metadata. `allow_reduced`:
+        an SAE that selects with dL/dx may export what it reduces to without it. Raises where
+        SAELens has no equivalent."""
+        ok = [n for n in architectures() if architecture(n).to_saelens is not SAE.to_saelens]
+        raise ValueError(f"architecture={self.cfg.architecture!r} has no SAELens equivalent; "
+                         f"exportable: {sorted(ok)}")  # fmt: skip
+
+    @classmethod
+    def saelens_fields(cls, meta: dict, w: dict[str, Tensor], where: str) -> dict[str, Any]:
+        """This architecture's config fields read from a SAELens `cfg.json` dict `meta` of an
+        architecture in `saelens_reads`. Turns the SAELens weights `w` (name -> float tensor,
+        changed in place) into this class's state; raises, naming `where`, what it cannot
+        reproduce exactly."""
         return {}
 
     @torch.no_grad()

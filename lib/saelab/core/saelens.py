@@ -6,6 +6,9 @@ architecture `k` for topk) and `sae_weights.safetensors` (`W_enc [d_in, d_sae]`,
 d_in]`, `b_enc`, `b_dec`, and `threshold [d_sae]` for jumprelu). Its forward pass:
 `z = (x - b_dec * apply_b_dec_to_input) W_enc + b_enc`, `c = act(z)`, `x_hat = c W_dec + b_dec`.
 
+Each architecture declares its own mapping (`SAE.to_saelens`, `saelens_reads`,
+`saelens_fields` in its file); this module holds what they share. Today's mappings:
+
 | saelab | SAELens | folding |
 |---|---|---|
 | relu | standard | decoder rows normalised (saelab normalises inside forward) |
@@ -13,6 +16,9 @@ d_in]`, `b_enc`, `b_dec`, and `threshold [d_sae]` for jumprelu). Its forward pas
 | jumprelu | jumprelu | - |
 | batchtopk | jumprelu | its global inference threshold, one value per latent |
 | gtopk | topk, with `allow_gtopk=True` | the TopK it reduces to without dL/dx (flagged) |
+
+Read back: standard -> relu, topk -> topk, jumprelu -> jumprelu, batchtopk (a SAELens training
+folder) -> batchtopk.
 
 An activation scale `s` (`normalize_activations`) is folded in so that the export works on raw
 activations with unit-norm decoder rows: the latents become `c / s` (ReLU, TopK and JumpReLU are
@@ -24,20 +30,45 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from saelab.core.sae import SAE, SAEConfig
+from saelab.core.sae import SAE, SAEConfig, architecture, architectures
 
 WEIGHTS = "sae_weights.safetensors"
 CFG = "cfg.json"
-# what SAELens calls each saelab architecture on export
-EXPORT_NAMES = {"relu": "standard", "topk": "topk", "jumprelu": "jumprelu",
-                "batchtopk": "jumprelu", "gtopk": "topk"}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SAELensForm:
+    """An SAE as SAELens v6 writes it: SAELens' architecture name, raw-unit weights (name ->
+    tensor), extra `cfg.json` fields and extra metadata (`SAE.to_saelens`, `raw_weights`)."""
+
+    architecture: str
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    cfg: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def reader(arch: str, where: str = "SAELens SAE") -> tuple[str, type[SAE]]:
+    """The saelab architecture `(name, class)` that reads SAELens architecture `arch`: the one
+    whose class itself declares it in `saelens_reads`."""
+    readers: dict[str, tuple[str, type[SAE]]] = {}
+    for name in architectures():
+        cls = architecture(name)
+        for sl_name in cls.__dict__.get("saelens_reads", ()):
+            if sl_name in readers:
+                raise ValueError(f"SAELens architecture {sl_name!r} is read by both "
+                                 f"{readers[sl_name][0]!r} and {name!r}")  # fmt: skip
+            readers[sl_name] = (name, cls)
+    if arch not in readers:
+        raise ValueError(f"{where}: architecture={arch!r} is not supported; saelab reads "
+                         f"{sorted(readers)}")  # fmt: skip
+    return readers[arch]
 
 
 def _sae_lens_version() -> str:
@@ -49,41 +80,22 @@ def _sae_lens_version() -> str:
         return "6.0.0"
 
 
-def raw_weights(sae: SAE, allow_gtopk: bool = False) -> tuple[str, dict[str, torch.Tensor], dict]:
-    """(SAELens architecture, raw-unit weights with unit-norm decoder rows, extra cfg fields)."""
-    cfg = sae.cfg
-    if cfg.architecture == "gtopk" and not allow_gtopk:
-        raise ValueError(
-            "a gtopk SAE selects its latents with dL/dx, which SAELens has no way to do; "
-            "pass allow_gtopk=True to export the TopK it reduces to without the gradient "
-            "(flagged in the metadata), knowing its outputs differ from the g-SAE's"
-        )
-    if cfg.architecture not in EXPORT_NAMES:
-        raise ValueError(f"architecture={cfg.architecture!r} has no SAELens equivalent; "
-                         f"exportable: {sorted(EXPORT_NAMES)}")  # fmt: skip
+def raw_weights(sae: SAE, allow_gtopk: bool = False) -> SAELensForm:
+    """`sae` in SAELens' form: raw-unit weights with unit-norm decoder rows (`W_enc [d_in,
+    d_sae]`, `W_dec [d_sae, d_in]`, `b_enc [d_sae]`, `b_dec [d_in]` and the architecture's own,
+    `SAE.to_saelens`), the activation scale folded in (module docstring)."""
     s = float(sae.act_scale)
     with torch.no_grad():
+        form = sae.to_saelens(s, allow_reduced=allow_gtopk)
         w = dict(
             W_enc=sae.W_enc.detach().float().clone(),
             W_dec=sae.decoder_directions().detach().float().clone(),
             b_enc=sae.b_enc.detach().float() / s,
             b_dec=sae.b_dec.detach().float() / s,
         )
-        extra: dict[str, Any] = {}
-        if cfg.architecture in ("topk", "gtopk"):
-            extra["k"] = cfg.k
-            extra["rescale_acts_by_decoder_norm"] = False
-        elif cfg.architecture == "jumprelu":
-            w["threshold"] = sae.threshold.detach().float().clamp_min(0) / s
-        elif cfg.architecture == "batchtopk":
-            if cfg.needs_grad:
-                raise ValueError("a gradient-informed BatchTopK (beta > 0) needs dL/dx; SAELens "
-                                 "cannot select with it")  # fmt: skip
-            if float(sae.threshold) < 0:
-                raise ValueError("this BatchTopK SAE has no inference threshold yet (it was never "
-                                 "trained); train it first")  # fmt: skip
-            w["threshold"] = torch.full((cfg.d_sae,), float(sae.threshold) / s)
-    return EXPORT_NAMES[cfg.architecture], {k: v.contiguous() for k, v in w.items()}, extra
+        w |= form.weights
+    return SAELensForm(form.architecture, {k: v.contiguous() for k, v in w.items()}, form.cfg,
+                       form.metadata)  # fmt: skip
 
 
 def export_saelens(
@@ -101,7 +113,7 @@ def export_saelens(
     the metadata.
     """
     sae = sae_or_run.sae if hasattr(sae_or_run, "saes") else sae_or_run
-    arch, weights, extra = raw_weights(sae, allow_gtopk)
+    form = raw_weights(sae, allow_gtopk)
     data = (getattr(sae, "extra", None) or {}).get("data") or {}
     cfg = sae.cfg
     meta = dict(
@@ -118,15 +130,15 @@ def export_saelens(
         saelab_version=_saelab_version(),
         saelab_architecture=cfg.architecture,
         saelab_site=cfg.site,
+        **form.metadata,
     )
-    if cfg.architecture == "gtopk":
-        meta["saelab_reduced_from"] = "gtopk: exported as the TopK it reduces to without dL/dx"
-    out = dict(architecture=arch, d_in=cfg.d_in, d_sae=cfg.d_sae, dtype="float32", device="cpu",
-               apply_b_dec_to_input=cfg.pre_subtract_b_dec, normalize_activations="none",
-               reshape_activations="none", metadata=meta, **extra)  # fmt: skip
+    out = dict(architecture=form.architecture, d_in=cfg.d_in, d_sae=cfg.d_sae, dtype="float32",
+               device="cpu", apply_b_dec_to_input=cfg.pre_subtract_b_dec,
+               normalize_activations="none", reshape_activations="none", metadata=meta,
+               **form.cfg)  # fmt: skip
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    save_file(weights, path / WEIGHTS)
+    save_file(form.weights, path / WEIGHTS)
     (path / CFG).write_text(json.dumps(out, indent=2) + "\n")
     return path
 
@@ -145,11 +157,12 @@ def is_saelens_folder(path: Path) -> bool:
 def load_saelens(path: str | os.PathLike) -> SAE:
     """A saelab SAE equal to the SAELens SAE in folder `path` (same encode and decode).
 
-    standard -> relu (decoder rows as stored), topk -> topk, jumprelu -> jumprelu, batchtopk
-    (a SAELens training folder: its `topk_threshold` is the inference threshold) -> batchtopk;
-    `apply_b_dec_to_input` -> `pre_subtract_b_dec`. Refuses what saelab cannot reproduce
-    exactly: activation normalisation other than "none", hook_z reshaping, a TopK that
-    rescales by decoder norms, negative JumpReLU thresholds, other architectures.
+    The architecture that declares SAELens' in its `saelens_reads` reads it (module docstring:
+    standard -> relu with decoder rows as stored, batchtopk's `topk_threshold` -> the inference
+    threshold, ...); `apply_b_dec_to_input` -> `pre_subtract_b_dec`. Refuses what saelab cannot
+    reproduce exactly: activation normalisation other than "none", hook_z reshaping, negative
+    JumpReLU thresholds, architectures no saelab architecture reads. A TopK that rescales by
+    decoder norms is folded into the encoder.
     """
     path = Path(path)
     meta = json.loads((path / CFG).read_text())
@@ -159,11 +172,7 @@ def load_saelens(path: str | os.PathLike) -> SAE:
 
 def from_saelens(meta: dict, w: dict[str, torch.Tensor], where: str = "SAELens SAE") -> SAE:
     """A saelab SAE from a SAELens config dict and its float weights (`load_saelens`' rules)."""
-    arch = meta.get("architecture", "standard")
-    names = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu", "batchtopk": "batchtopk"}
-    if arch not in names:
-        raise ValueError(f"{where}: architecture={arch!r} is not supported; saelab reads "
-                         f"{sorted(names)}")  # fmt: skip
+    name, cls = reader(meta.get("architecture", "standard"), where)
     norm = meta.get("normalize_activations", "none")
     if norm not in ("none", None):
         raise ValueError(f"{where}: normalize_activations={norm!r} cannot be honoured (SAELens "
@@ -178,33 +187,17 @@ def from_saelens(meta: dict, w: dict[str, torch.Tensor], where: str = "SAELens S
         n = w["W_dec"].norm(dim=-1)
         w["W_enc"], w["b_enc"], w["W_dec"] = w["W_enc"] * n, w["b_enc"] * n, w["W_dec"] / n[:, None]
     md = meta.get("metadata") or {}
-    kw: dict[str, Any] = dict(architecture=names[arch], d_in=meta["d_in"], d_sae=meta["d_sae"],
+    kw: dict[str, Any] = dict(architecture=name, d_in=meta["d_in"], d_sae=meta["d_sae"],
                               pre_subtract_b_dec=bool(meta.get("apply_b_dec_to_input", False)),
                               normalize_activations="none", hook_name=md.get("hook_name") or "",
                               model_name=md.get("model_name") or "")  # fmt: skip
-    if arch in ("topk", "batchtopk"):
-        k = meta["k"]
-        if isinstance(k, float) and not k.is_integer():
-            raise ValueError(f"{where}: k={k} is not a whole number of latents")
-        kw["k"] = int(k)
-    if arch == "batchtopk":
-        if "topk_threshold" not in w:
-            raise ValueError(f"{where}: a batchtopk folder without topk_threshold")
-        w["threshold"] = w.pop("topk_threshold").reshape(())
-    if arch == "standard":
-        unit = torch.allclose(w["W_dec"].norm(dim=-1), torch.ones(meta["d_sae"]), atol=1e-5)
-        kw["normalize_decoder"] = bool(unit)  # rows as stored unless they are unit already
-    if arch == "jumprelu" and (w["threshold"] < 0).any():
-        raise ValueError(f"{where}: negative JumpReLU thresholds are not supported")
+    kw |= cls.saelens_fields(meta, w, where)  # the architecture's own fields; may rewrite w
     with torch.random.fork_rng(devices=[]):
         sae = SAE.from_config(SAEConfig.create(**kw))
     missing = sorted(set(sae.state_dict()) - set(w))
     if missing:
         raise ValueError(f"{where}: {WEIGHTS} lacks {missing}")
-    state = {k: w[k] for k in sae.state_dict()}
-    if arch == "standard" and kw["normalize_decoder"]:
-        state["W_dec"] = F.normalize(state["W_dec"], dim=-1)
-    sae.load_state_dict(state, strict=True)
+    sae.load_state_dict({k: w[k] for k in sae.state_dict()}, strict=True)
     return sae.eval()
 
 
@@ -277,18 +270,18 @@ def to_saebench(
 
     from saelab.core.models import parse_site
 
-    arch, weights, extra = raw_weights(sae, allow_gtopk)
+    form = raw_weights(sae, allow_gtopk)
     site = parse_site(sae.cfg.site) if sae.cfg.site else None
     cfg = SimpleNamespace(
-        d_in=sae.cfg.d_in, d_sae=sae.cfg.d_sae, architecture=arch, model_name=lm_name,
+        d_in=sae.cfg.d_in, d_sae=sae.cfg.d_sae, architecture=form.architecture, model_name=lm_name,
         hook_layer=hook_layer if hook_layer is not None else (site.layer if site else 0),
         hook_name=sae.cfg.hook_name, context_size=context_size, prepend_bos=prepend_bos,
         dtype="float32", device="cpu", apply_b_dec_to_input=sae.cfg.pre_subtract_b_dec,
         normalize_activations="none", dataset_trust_remote_code=False, seqpos_slice=(None,),
     )  # fmt: skip
-    meta = dict(architecture=arch, d_in=sae.cfg.d_in, d_sae=sae.cfg.d_sae,
-                apply_b_dec_to_input=sae.cfg.pre_subtract_b_dec, **extra)  # fmt: skip
-    return SAEBenchSAE(from_saelens(meta, weights), cfg)
+    meta = dict(architecture=form.architecture, d_in=sae.cfg.d_in, d_sae=sae.cfg.d_sae,
+                apply_b_dec_to_input=sae.cfg.pre_subtract_b_dec, **form.cfg)  # fmt: skip
+    return SAEBenchSAE(from_saelens(meta, form.weights), cfg)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ rule.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,7 @@ from saelab.core import sparse
 from saelab.core.architectures.gtopk import GradientSelection, gradient_scores, score_at
 from saelab.core.architectures.topk import TopKConfig, TopKSAE
 from saelab.core.sae import ForwardOutput, check_number, register
+from saelab.core.saelens import SAELensForm
 
 SAMPLE_STRIDE = 97  # batch_top estimates its threshold from every 97th entry (a prime stride)
 
@@ -97,6 +99,33 @@ class BatchTopKSAE(TopKSAE):
         # theta < 0: not estimated yet. A buffer, so it is saved, loaded and moved with the SAE.
         self.register_buffer("threshold", torch.tensor(-1.0))
         self._batch_min: Tensor | None = None  # the last training batch's smallest kept value
+
+    @property
+    def per_token_k(self) -> int | None:
+        """None: the batch selection gives each token as many latents as it needs."""
+        return None
+
+    saelens_reads = ("batchtopk",)  # a SAELens training folder (its `topk_threshold`)
+
+    def to_saelens(self, scale: float, allow_reduced: bool = False) -> SAELensForm:
+        """SAELens' "jumprelu" with every threshold at the global inference threshold theta."""
+        if self.cfg.needs_grad:
+            raise ValueError("a gradient-informed BatchTopK (beta > 0) needs dL/dx; SAELens "
+                             "cannot select with it")  # fmt: skip
+        if float(self.threshold) < 0:
+            raise ValueError("this BatchTopK SAE has no inference threshold yet (it was never "
+                             "trained); train it first")  # fmt: skip
+        theta = torch.full((self.cfg.d_sae,), float(self.threshold) / scale)
+        return SAELensForm("jumprelu", weights={"threshold": theta})
+
+    @classmethod
+    def saelens_fields(cls, meta: dict, w: dict[str, Tensor], where: str) -> dict[str, Any]:
+        """`k`, and SAELens' `topk_threshold` as the inference threshold theta."""
+        kw = super().saelens_fields(meta, w, where)
+        if "topk_threshold" not in w:
+            raise ValueError(f"{where}: a batchtopk folder without topk_threshold")
+        w["threshold"] = w.pop("topk_threshold").reshape(())
+        return kw
 
     def select_and_carry(self, pre: Tensor, grad: Tensor | None) -> tuple[Tensor, Tensor]:
         """The selection score `[..., d_sae]` and the value a selected latent carries."""

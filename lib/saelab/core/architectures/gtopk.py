@@ -10,7 +10,7 @@ can be gradient-informed too.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,7 @@ from torch import Tensor
 from saelab.core import sparse
 from saelab.core.architectures.topk import TopKConfig, TopKSAE, scatter_topk
 from saelab.core.sae import check_choice, check_number, register
+from saelab.core.saelens import SAELensForm
 
 VALUE_MODES = ("plain", "score")
 GRAD_NORMS = ("unit", "rms", "none")
@@ -98,6 +99,19 @@ class GTopKSAE(TopKSAE):
     def selection_scores(self, pre: Tensor, grad: Tensor | None) -> Tensor:
         """The score `s [N, d_sae]` the selection ranks (no autograd: indices only)."""
         return self.scores(pre, grad)
+
+    # reads nothing from SAELens (no SAELens SAE selects with dL/dx): `saelens_reads` is not
+    # inherited from TopK
+    def to_saelens(self, scale: float, allow_reduced: bool = False) -> SAELensForm:
+        """With `allow_reduced` only: the TopK it reduces to without dL/dx, flagged."""
+        if not allow_reduced:
+            raise ValueError(
+                "a gtopk SAE selects its latents with dL/dx, which SAELens has no way to do; "
+                "pass allow_gtopk=True to export the TopK it reduces to without the gradient "
+                "(flagged in the metadata), knowing its outputs differ from the g-SAE's"
+            )
+        flag = "gtopk: exported as the TopK it reduces to without dL/dx"
+        return replace(super().to_saelens(scale), metadata={"saelab_reduced_from": flag})
 
     def carry(self, x_in, pre, grad, rows, latents, offsets) -> sparse.SparseCodes:
         """ReLU(z) ("plain") or ReLU(s) ("score") at the selected entries, sparse backward."""

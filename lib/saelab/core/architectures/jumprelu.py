@@ -23,11 +23,13 @@ thresholds moved by 16% whatever the L0 coefficient, leaving L0 at ~600 of 2048 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from saelab.core.sae import SAE, ForwardOutput, SAEConfig, Term, check_number, register
+from saelab.core.saelens import SAELensForm
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,6 +125,20 @@ class JumpReLUSAE(SAE):
         """`{"l0_penalty": (lambda, mean_tokens ||c||_0 / d_in)}` with the STE in theta."""
         l0 = step(out.pre, self.threshold, self.cfg.bandwidth).sum(-1).mean() / x.shape[-1]
         return {"l0_penalty": (self.cfg.l0_coeff, l0)}
+
+    saelens_reads = ("jumprelu",)
+
+    def to_saelens(self, scale: float, allow_reduced: bool = False) -> SAELensForm:
+        """SAELens' "jumprelu" with the thresholds in raw units."""
+        theta = self.threshold.detach().float().clamp_min(0) / scale
+        return SAELensForm("jumprelu", weights={"threshold": theta})
+
+    @classmethod
+    def saelens_fields(cls, meta: dict, w: dict[str, Tensor], where: str) -> dict[str, Any]:
+        """No fields beyond the shared ones; negative thresholds are refused."""
+        if (w["threshold"] < 0).any():
+            raise ValueError(f"{where}: negative JumpReLU thresholds are not supported")
+        return {}
 
     @torch.no_grad()
     def after_step_(self, out: ForwardOutput) -> None:

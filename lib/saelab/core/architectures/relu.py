@@ -32,6 +32,7 @@ from saelab.core.sae import (
     check_number,
     register,
 )
+from saelab.core.saelens import SAELensForm
 
 # "orthogonal_raw": e2e_sae's init (Braun et al. 2024; e2e_sae/models/sparsifiers.py): W_dec
 #   [d_sae, d_in] with orthonormal columns, rows stored at their raw norms ~sqrt(d_in / d_sae),
@@ -108,6 +109,20 @@ class ReLUSAE(SAE):
                 losses.sparsity_loss(out.c, x.shape[-1], cfg.sparsity_p, nonnegative=True),
             )
         }
+
+    saelens_reads = ("standard",)
+
+    def to_saelens(self, scale: float, allow_reduced: bool = False) -> SAELensForm:
+        """SAELens' "standard" SAE; `saelens.raw_weights` writes the normalised decoder rows."""
+        return SAELensForm("standard")
+
+    @classmethod
+    def saelens_fields(cls, meta: dict, w: dict[str, Tensor], where: str) -> dict[str, Any]:
+        """`normalize_decoder`: False (rows used as stored) unless SAELens' rows are unit."""
+        unit = torch.allclose(w["W_dec"].norm(dim=-1), torch.ones(meta["d_sae"]), atol=1e-5)
+        if unit:
+            w["W_dec"] = F.normalize(w["W_dec"], dim=-1)
+        return {"normalize_decoder": bool(unit)}
 
     def remove_parallel_decoder_grad_(self) -> None:
         """No-op: the decoder is normalised inside forward, not projected."""

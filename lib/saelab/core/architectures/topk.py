@@ -10,6 +10,7 @@ each row is removed before it (Gao et al. 2024 §A.1, openai/sparse_autoencoder)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,7 @@ from torch import Tensor
 
 from saelab.core import losses, sparse
 from saelab.core.sae import SAE, ForwardOutput, SAEConfig, Term, check_number, is_int, register
+from saelab.core.saelens import SAELensForm
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,6 +68,25 @@ class TopKSAE(SAE):
         """The k largest of `pre [..., d_sae]` with ReLU, zeros elsewhere."""
         values, indices = pre.topk(self.cfg.k, dim=-1, sorted=False)
         return torch.zeros_like(pre).scatter(-1, indices, F.relu(values))
+
+    @property
+    def per_token_k(self) -> int | None:
+        """`k`: exactly k latents are selected for every token."""
+        return self.cfg.k
+
+    saelens_reads = ("topk",)
+
+    def to_saelens(self, scale: float, allow_reduced: bool = False) -> SAELensForm:
+        """SAELens' "topk" with the same `k`, selecting on the pre-activations as they are."""
+        return SAELensForm("topk", cfg={"k": self.cfg.k, "rescale_acts_by_decoder_norm": False})
+
+    @classmethod
+    def saelens_fields(cls, meta: dict, w: dict[str, Tensor], where: str) -> dict[str, Any]:
+        """`k` from the SAELens config, which must be a whole number."""
+        k = meta["k"]
+        if isinstance(k, float) and not k.is_integer():
+            raise ValueError(f"{where}: k={k} is not a whole number of latents")
+        return {"k": int(k)}
 
     def sparse_pays(self) -> bool:
         """Sparse kernels from d_sae >= 16 k, or from d_in >= 256 at any d_sae: below that the
