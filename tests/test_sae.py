@@ -3,25 +3,31 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from saelab.core.architectures.gtopk import normalize_grad
-from saelab.core.sae import SAE, SAEConfig, load_sae, save_sae
+from saelab.core.sae import SAE, SAEConfig, architecture, architectures, load_sae, save_sae
 
 D_IN, D_SAE, K = 8, 32, 4
+# the contract tests run over every registered architecture, so a new one is covered at once
+ARCHITECTURES = architectures()
 
 
-def make(architecture="topk", seed=0, **kw) -> SAE:
-    """A small SAE with randomised biases, so tests do not depend on zero-bias init."""
+def make(architecture_name="topk", seed=0, **kw) -> SAE:
+    """A small SAE with randomised biases, so tests do not depend on zero-bias init. `k` is `K`
+    where the architecture has the field; fields it lacks (`beta`: gradient-informed selections
+    only) are dropped."""
     torch.manual_seed(seed)
-    if architecture != "relu":
+    own = {f.name for f in fields(architecture(architecture_name).cfg_class)}
+    if "k" in own:
         kw.setdefault("k", K)
-    if architecture != "gtopk":
-        kw.pop("beta", None)  # a g-SAE field only
-    sae = SAE.from_config(SAEConfig.create(d_in=D_IN, d_sae=D_SAE, architecture=architecture, **kw))
+    kw = {name: value for name, value in kw.items() if name in own}
+    cfg = SAEConfig.create(d_in=D_IN, d_sae=D_SAE, architecture=architecture_name, **kw)
+    sae = SAE.from_config(cfg)
     with torch.no_grad():
         sae.b_enc.normal_(0, 0.1)
         sae.b_dec.normal_(0, 0.1)
@@ -35,14 +41,39 @@ def hand_scores(sae, x, grad):
     return z + sae.cfg.beta * z * (g @ sae.W_dec.T).abs()
 
 
-@pytest.mark.parametrize("architecture", ["relu", "topk", "gtopk"])
-def test_shapes(architecture):
-    sae = make(architecture)
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_shapes(name):
+    sae = make(name)
     x = torch.randn(2, 5, D_IN)
-    out = sae(x, grad=torch.randn(2, 5, D_IN))
-    assert out.x_hat.shape == (2, 5, D_IN)
-    assert out.c.shape == out.pre.shape == (2, 5, D_SAE)
+    for mode in (True, False):
+        out = sae.train(mode)(x, grad=torch.randn(2, 5, D_IN))
+        assert out.x_hat.shape == (2, 5, D_IN)
+        assert out.c.shape == out.pre.shape == (2, 5, D_SAE)
+        c, pre = sae.encode(x, grad=torch.randn(2, 5, D_IN))
+        assert c.shape == pre.shape == (2, 5, D_SAE) and sae.decode(c).shape == (2, 5, D_IN)
     assert sae.device == torch.device("cpu") and sae.dtype == torch.float32
+    assert sae.decoder_directions().shape == (D_SAE, D_IN) and float(sae.act_scale) == 1.0
+    assert sae.per_token_k is None or 1 <= sae.per_token_k <= D_SAE
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_one_training_step(name):
+    """What the trainer asks of every architecture (ARCHITECTURE.md §2): forward, its own terms,
+    backward, before_step_, an optimiser step, after_step_."""
+    sae = make(name)
+    x, grad = torch.randn(16, D_IN), torch.randn(16, D_IN)
+    before = {k: v.detach().clone() for k, v in sae.state_dict().items()}
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    out = sae(x, grad=grad if sae.needs_grad else None)
+    terms = sae.loss_terms(x, out, torch.ones(D_SAE, dtype=torch.bool))  # every latent dead
+    loss = F.mse_loss(out.x_hat, x) + sum(coeff * value for coeff, value in terms.values())
+    assert all(value.dim() == 0 for _, value in terms.values()) and torch.isfinite(loss)
+    loss.backward()
+    sae.before_step_()
+    opt.step()
+    sae.after_step_(out)
+    assert not torch.equal(sae.W_enc, before["W_enc"])
+    assert all(torch.isfinite(t).all() for t in sae.state_dict().values())
 
 
 def test_deterministic_under_manual_seed():
@@ -264,18 +295,35 @@ def test_k_aux_default():
     assert SAEConfig.create(d_in=8, d_sae=32, architecture="topk", k=4, k_aux=7).n_aux == 7
 
 
-@pytest.mark.parametrize("architecture", ["relu", "topk", "gtopk"])
-def test_save_load_round_trip(tmp_path, architecture):
-    sae = make(architecture, beta=0.7, hook_name="blocks.1.hook_resid_pre", site="resid_pre.1")
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_save_load_round_trip(tmp_path, name):
+    sae = make(name, beta=0.7, hook_name="blocks.1.hook_resid_pre", site="resid_pre.1")
+    sae.set_act_scale(2.0)
     save_sae(sae, tmp_path / "sae", extra={"run": "abc"})
     state = torch.random.get_rng_state()
     loaded = load_sae(tmp_path / "sae", d_in=D_IN)
     assert torch.equal(torch.random.get_rng_state(), state)  # loading leaves the RNG alone
     assert loaded.cfg == sae.cfg
     x, grad = torch.randn(3, D_IN), torch.randn(3, D_IN)
+    sae.eval()  # as load_sae returns it
     for a, b in zip(sae(x, grad), loaded(x, grad), strict=True):
         assert torch.equal(a, b)
+    for key, value in sae.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
     assert not list((tmp_path / "sae").glob("*.tmp"))  # temporary files renamed away
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_saelens_export_or_a_clear_refusal(name):
+    from saelab.core.saelens import raw_weights
+
+    sae = make(name)
+    try:
+        form = raw_weights(sae)
+    except ValueError as e:
+        assert str(e)  # refused with a reason (gtopk: allow_gtopk; BatchTopK: no theta yet)
+        return
+    assert form.weights["W_enc"].shape == (D_IN, D_SAE) and isinstance(form.architecture, str)
 
 
 def test_cfg_json_uses_saelens_names(tmp_path):
@@ -354,8 +402,6 @@ def test_unscaled_sae_saved_without_act_scale_loads_as_one(tmp_path):
 
 
 def test_the_factories_build_the_registered_classes():
-    from saelab.core.sae import architecture
-
     cfg = SAEConfig.create(architecture="topk", d_in=D_IN, d_sae=D_SAE, k=K)
     assert type(cfg) is architecture("topk").cfg_class
     assert type(SAE.from_config(cfg)) is architecture("topk")
