@@ -47,7 +47,8 @@ def main(argv=None) -> list[dict]:
     rows_needed = args.alive_tokens // (args.n_ctx - 1) + 2 + args.eval_tokens // args.n_ctx
     data = sl.token_dataset(args.data, lm.tokenizer, args.n_ctx, split="validation",
                             n_tokens=rows_needed * args.n_ctx)  # fmt: skip
-    kw = {} if args.arch in ("relu", "jumprelu") else {"k": args.k}
+    has_k = "k" in sl.architecture(args.arch).cfg_class.__dataclass_fields__
+    kw = {"k": args.k} if has_k else {}
     saes = []
     for i in range(args.n_saes):
         torch.manual_seed(i)

@@ -31,13 +31,12 @@ from saelab.core.distributed import World
 from saelab.core.models import parse_site
 from saelab.core.passes import clean_pass
 
-# what each architecture needs beyond dict_ratio; the rest are its defaults
-SAE_FIELDS = {"relu": {}, "jumprelu": {}}
-
 
 def make_cfg(arch: str, loss: str, args) -> training.TrainConfig:
-    """The TrainConfig of one combination (papers' e2e+ds coefficients)."""
-    kw = {} if arch in SAE_FIELDS else {"k": args.k}
+    """The TrainConfig of one combination (papers' e2e+ds coefficients); an architecture with a
+    `k` field gets `--k`, the rest of its fields their defaults."""
+    has_k = "k" in sl.architecture(arch).cfg_class.__dataclass_fields__
+    kw = {"k": args.k} if has_k else {}
     sae = sl.SAEConfig.create(architecture=arch, dict_ratio=args.dict_ratio, **kw)
     ds = loss == "e2e+ds"
     return training.TrainConfig(sites=(args.site,), sae=sae, loss=loss, batch_size=args.batch_size,

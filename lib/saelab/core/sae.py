@@ -603,6 +603,45 @@ def save_sae(sae: SAE, path: str | os.PathLike, extra: dict | None = None) -> Pa
     return path
 
 
+def _read_cfg(cfg_path: Path) -> tuple[dict, SAEConfig]:
+    """`cfg.json`'s dict and the config it describes; clear errors for a missing or bad file."""
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"no SAE config at {cfg_path}")
+    try:
+        meta = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"SAE config {cfg_path} is not valid JSON: {e}") from e
+    if not isinstance(meta, dict):
+        raise ValueError(f"SAE config {cfg_path} must hold a JSON object")
+    for name in ("d_in", "d_sae", "architecture"):
+        if name not in meta:
+            raise ValueError(f"SAE config {cfg_path} lacks the required field {name!r}")
+    if meta.get("k") is None and isinstance(meta.get("activation_fn_kwargs"), dict):
+        meta["k"] = meta["activation_fn_kwargs"].get("k")  # a SAELens-only config
+    try:
+        return meta, SAEConfig.from_dict(meta)
+    except ValueError as e:
+        raise ValueError(f"SAE config {cfg_path}: {e}") from e
+
+
+def _read_weights(weights_path: Path) -> dict[str, Tensor]:
+    """The tensors of `sae.safetensors`; clear errors for a missing, corrupt or non-finite file."""
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"no SAE weights at {weights_path}")
+    try:
+        tensors = load_file(weights_path)
+    except Exception as e:  # safetensors raises its own error type on a truncated/corrupt file
+        raise ValueError(
+            f"cannot read SAE weights {weights_path} (truncated or corrupt?): {e}"
+        ) from e
+    bad = sorted(name for name, t in tensors.items()
+                 if t.is_floating_point() and not torch.isfinite(t).all())  # fmt: skip
+    if bad:
+        raise ValueError(f"SAE weights {weights_path} hold NaN or inf values in {bad}; refusing "
+                         "to load a broken SAE")  # fmt: skip
+    return tensors
+
+
 def load_sae(
     path: str | os.PathLike,
     d_in: int | None = None,
@@ -628,41 +667,11 @@ def load_sae(
         if d_in is not None and sae.cfg.d_in != d_in:
             raise ValueError(f"SAE at {path} has d_in={sae.cfg.d_in} but the site has d_in={d_in}")
         return sae.to(device) if device is not None else sae
-    cfg_path, weights_path = path / CFG_FILE, path / WEIGHTS_FILE
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"no SAE config at {cfg_path}")
-    try:
-        meta = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"SAE config {cfg_path} is not valid JSON: {e}") from e
-    if not isinstance(meta, dict):
-        raise ValueError(f"SAE config {cfg_path} must hold a JSON object")
-    for name in ("d_in", "d_sae", "architecture"):
-        if name not in meta:
-            raise ValueError(f"SAE config {cfg_path} lacks the required field {name!r}")
-    if meta.get("k") is None and isinstance(meta.get("activation_fn_kwargs"), dict):
-        meta["k"] = meta["activation_fn_kwargs"].get("k")  # a SAELens-only config
-    try:
-        cfg = SAEConfig.from_dict(meta)
-    except ValueError as e:
-        raise ValueError(f"SAE config {cfg_path}: {e}") from e
+    meta, cfg = _read_cfg(path / CFG_FILE)
     if d_in is not None and cfg.d_in != d_in:
         raise ValueError(f"SAE at {path} has d_in={cfg.d_in} but the site has d_in={d_in}")
-
-    if not weights_path.is_file():
-        raise FileNotFoundError(f"no SAE weights at {weights_path}")
-    try:
-        tensors = load_file(weights_path)
-    except Exception as e:  # safetensors raises its own error type on a truncated/corrupt file
-        raise ValueError(
-            f"cannot read SAE weights {weights_path} (truncated or corrupt?): {e}"
-        ) from e
-    bad = sorted(name for name, t in tensors.items()
-                 if t.is_floating_point() and not torch.isfinite(t).all())  # fmt: skip
-    if bad:
-        raise ValueError(f"SAE weights {weights_path} hold NaN or inf values in {bad}; refusing "
-                         "to load a broken SAE")  # fmt: skip
-    tensors = with_act_scale(cfg, tensors)
+    weights_path = path / WEIGHTS_FILE
+    tensors = with_act_scale(cfg, _read_weights(weights_path))
     with torch.random.fork_rng(devices=[]):  # building the module must not move the global RNG
         sae = SAE.from_config(cfg)
     expected = {name: tuple(t.shape) for name, t in sae.state_dict().items()}

@@ -7,9 +7,9 @@
                 that the batch selection kept (Bussmann et al. 2024 §3). That minimum is the
                 (k * N)-th largest activation of the batch, a quantile of thousands of values
                 and stable from batch to batch, so a short horizon (0.9, ~10 steps) lets theta
-                follow the encoder as it trains. dictionary_learning's 0.999 keeps the untrained
-                encoder's value for ~1000 steps: after a 97-step storyworld run its theta was
-                1.19 and the eval L0 0.3 instead of 16 (LOG.md, 2026-12-01).
+                follow the encoder as it trains; dictionary_learning's 0.999 would hold the
+                untrained encoder's value for ~1000 steps, past the end of short runs
+                (measured: LOG.md, 2026-12-01, "BatchTopK's threshold decay").
     own loss term: AuxK, as TopK
 
 With `beta > 0` the selection is gradient-informed as in the g-SAE (Olmo et al. 2024 §3): the

@@ -37,7 +37,7 @@ from saelab.core.saelens import SAELensForm
 # "orthogonal_raw": e2e_sae's init (Braun et al. 2024; e2e_sae/models/sparsifiers.py): W_dec
 #   [d_sae, d_in] with orthonormal columns, rows stored at their raw norms ~sqrt(d_in / d_sae),
 #   and nn.Linear's random decoder bias; "unit": the same directions, rows normalised, b_dec = 0
-#   (saelab's init until 2026-12-01; SAEs saved without the field are read as "unit")
+#   (a cfg.json without the field is read as "unit": `ReLUConfig.saved_defaults`)
 DECODER_INITS = ("orthogonal_raw", "unit")
 
 
