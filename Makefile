@@ -1,6 +1,8 @@
 # saelab: `make run` runs the main job on the embedded storyworld default; `make test` runs the tests;
 # `make lab` starts JupyterLab on the notebooks; `make reference` regenerates outputs/reference/ and the
-# results tables of README.md and papers/ from them (README, "Reference runs").
+# results tables of README.md and papers/ from them, and `make check-reference` fails while any
+# reference run's notebook changed since it ran (README, "Reference runs"; the project's lab
+# tooling, lib/saelab_lab, not part of the library).
 # Both create .venv and install the project first if needed.
 PY ?= python3
 VENV := .venv
@@ -9,7 +11,7 @@ STAMP := $(VENV)/.installed
 # torch is pinned and installed first: here it is a local CPU wheel; an unpinned torch pulls CUDA.
 TORCH ?= torch==2.13.0
 
-.PHONY: install run test lint format notebooks lab reference clean
+.PHONY: install run test lint format notebooks lab reference check-reference clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,14 +36,18 @@ lab: notebooks
 run: notebooks
 	$(BIN)/python -m saelab.runs main
 
-# Every reference run from the current source, then the generated tables (saelab.reference).
+# Every reference run from the current source, then the generated tables (saelab_lab).
 # Refused on a dirty tree (outputs/ aside: an interrupted regeneration resumes); completed fresh
 # runs under outputs/reference/<nb>/ref are kept, stale completed ones refused, never replaced.
 reference: notebooks
 	@test -z "$$(git status --porcelain -- . ':(exclude)outputs')" || { \
 		echo "make reference: the git tree is dirty; commit first (each run records its commit)"; \
 		git status --short -- . ':(exclude)outputs'; exit 1; }
-	$(BIN)/python -m saelab.reference regenerate
+	$(BIN)/python -m saelab_lab regenerate
+
+# Before a result is published: every reference run made from the notebook as it is now.
+check-reference: notebooks
+	$(BIN)/python -m saelab_lab check --strict
 
 test: notebooks
 	$(BIN)/python -m pytest -q tests

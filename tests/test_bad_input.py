@@ -7,7 +7,6 @@ notebook parameters, damaged training checkpoints, and the bad inputs only `trai
 `evaluate` can see.
 """
 
-import ast
 import json
 
 import pytest
@@ -107,9 +106,8 @@ def test_compatible_parameter_values_run(nbdir):
     ],
 )
 def test_annotation_checks(annotation, good, bad):
-    ann = ast.parse(annotation, mode="eval").body
-    assert all(runs._type_ok(v, ann) for v in good)
-    assert not any(runs._type_ok(v, ann) for v in bad)
+    assert all(runs.type_ok(v, annotation) for v in good)
+    assert not any(runs.type_ok(v, annotation) for v in bad)
 
 
 # --- training: damaged checkpoints and inputs only train/evaluate can see -----------------------

@@ -21,11 +21,11 @@ n: int = 3  # loop length
 out_dir: str = "outputs/91_print/interactive-{time}"  # run folder
 
 # %%
-import saelab  # noqa: F401  (sets tqdm up as the runner asks)
-from tqdm.auto import tqdm
+from saelab.core.progress import progress_bar  # what train and the cache show
 
-for _ in tqdm(range(n), disable=False):
-    pass
+with progress_bar(True, total=n) as bar:
+    for _ in range(n):
+        bar.update()
 print("hello from the kernel", flush=True)
 """
 

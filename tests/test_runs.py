@@ -65,7 +65,7 @@ def test_a_study_runs_at_the_main_jobs_preset_where_it_has_one(nbdir, monkeypatc
     calls = []
     monkeypatch.setattr(runs, "run_notebook", lambda nb, p, preset, rid, root: calls.append(
         (nb, preset)) or nbdir / nb / (rid or "x"))  # fmt: skip
-    monkeypatch.setattr(runs, "_declared_parameters", lambda path: {"sae_run"})
+    monkeypatch.setattr(runs, "notebook_parameters", lambda nb: {"sae_run": {}})
     monkeypatch.setattr(runs, "paired_notebook", lambda nb: nb)
     (nbdir / "05_pareto" / "p").mkdir(parents=True)
     runs.main_job("p", ["90_tiny", "91_other"], nbdir, preset="big")

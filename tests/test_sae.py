@@ -413,12 +413,6 @@ def test_the_factories_build_the_registered_classes():
         SAE.from_config({"architecture": "topk"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="core/training.py estimate_act_scales still selects SAEs by hasattr(sae, 'act_scale'); "
-    "once it selects by sae.cfg.normalize_activations != 'none' this passes: remove this marker",
-)
 def test_an_unscaled_sae_trains_from_scratch_with_act_scale_one(lm, storyworld_data):
     import saelab as sl
 

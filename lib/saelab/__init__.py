@@ -3,7 +3,7 @@
 import saelab as sl
 lm = sl.load_model("storyworld")
 data = sl.token_dataset("storyworld", lm.tokenizer, n_ctx=128)
-sae = sl.SAEConfig(architecture="topk", k=16)
+sae = sl.SAEConfig.create(architecture="topk", k=16)
 cfg = sl.TrainConfig(sites=("resid_pre.3",), sae=sae, loss="e2e")
 run = sl.train(lm, data, cfg, "outputs/x")
 sl.evaluate(lm, run.sae, data)
@@ -13,16 +13,6 @@ objectives, training, metrics, caches, data-parallel training), `saelab.studies`
 browser, geometry, steering, ground truth, plots) and `saelab.storyworld` (the embedded corpus
 and model); `saelab.runs` executes the notebooks with papermill. The names below are the API.
 """
-
-import os as _os
-
-if _os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false", "no"):
-    # papermill runs (saelab.runs sets TQDM_DISABLE=1 for the kernel): a notebook widget bar
-    # would be saved frozen at 0% in the .ipynb. Done before core.training imports tqdm.auto,
-    # so it also silences bars whose caller passes disable=False explicitly.
-    from saelab.runs import quiet_tqdm as _quiet_tqdm
-
-    _quiet_tqdm()
 
 from saelab.core.cache import ActivationCache, cache_activations, load_cache
 from saelab.core.convergence import loss_plateau

@@ -24,7 +24,6 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -50,9 +49,6 @@ def resolve_input(name: str) -> str:
     return str(p) if p.exists() else name
 
 
-INTERACTIVE = "interactive-{time}"  # the default run folder name of a notebook opened by hand
-
-
 def notebook_out_dir(out_dir: str | Path) -> Path:
     """The folder a notebook writes to, from its `out_dir` parameter, created.
 
@@ -71,21 +67,6 @@ def notebook_out_dir(out_dir: str | Path) -> Path:
         )
     out.mkdir(parents=True, exist_ok=True)
     return out
-
-
-def quiet_tqdm() -> None:
-    """Make `tqdm.auto.tqdm` (and `tqdm.autonotebook.tqdm`) a disabled text bar, even where the
-    caller passes `disable=False`; `saelab` calls it on import when `TQDM_DISABLE` is set."""
-    import tqdm.auto
-    import tqdm.autonotebook
-    from tqdm.std import tqdm as std_tqdm
-
-    class DisabledTqdm(std_tqdm):
-        def __init__(self, *args, **kwargs):
-            kwargs["disable"] = True
-            super().__init__(*args, **kwargs)
-
-    tqdm.auto.tqdm = tqdm.autonotebook.tqdm = DisabledTqdm
 
 
 def say(*parts) -> None:
@@ -225,10 +206,10 @@ def run_notebook(
     source = paired_notebook(notebook)  # fails before any folder is made for a bad name
     preset_values = load_preset(notebook, preset)
     # checked before the run folder exists: a typo or a wrong type costs nothing
-    declared = _declared_parameters(source)
+    declared = notebook_parameters(notebook)
     where = NOTEBOOKS / "params" / f"{notebook}.{preset}.yaml"
-    _check_parameters(notebook, preset_values, declared, f" (from preset {where})")
-    _check_parameters(notebook, params or {}, declared, "")
+    check_parameters(notebook, preset_values, declared, f" (from preset {where})")
+    check_parameters(notebook, params or {}, declared)
     params = preset_values | (params or {})
     run_id = run_id or time.strftime("%Y%m%d-%H%M%S")
     out = Path(out_root or ROOT / "outputs") / notebook / run_id
@@ -301,45 +282,34 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-@dataclass(frozen=True)
-class _Declared:
-    """A parameter of a notebook's `parameters` cell: its annotation, default and source line."""
+def notebook_parameters(notebook: str) -> dict[str, dict]:
+    """The parameters of `notebook`'s cell tagged `parameters`, in papermill's shape:
+    `{name: {"name", "inferred_type_name", "default", "help"}}` (the annotation's text, e.g.
+    "int" or "tuple[str, ...]", "None" when unannotated; the default as written; the line's
+    trailing comment). Read with `ast`, not `papermill.inspect_notebook`, whose line regex skips
+    annotations such as `int | None` and `tuple[str, ...]` without a word."""
+    import jupytext
 
-    name: str
-    annotation: ast.expr | None  # None: unannotated, checked against the default's type
-    default: ast.expr | None
-    line: str
-
-
-def _declared_parameters(source: Path) -> dict[str, _Declared]:
-    """The parameters declared in the `parameters`-tagged cell of the notebook at `source`."""
-    import nbformat
-
-    nb = nbformat.read(source, as_version=4)
-    cell = next((c for c in nb.cells if "parameters" in c.metadata.get("tags", [])), None)
-    if cell is None:
-        return {}
-    try:
-        tree = ast.parse(cell.source)
-    except SyntaxError:  # not plain Python (magics?): fall back to papermill's line parser
-        from papermill.translators import PythonTranslator
-
-        found = PythonTranslator.inspect(cell)
-        return {p.name: _Declared(p.name, None, None, p.name) for p in found}
-    lines = cell.source.splitlines()
-    out = {}
-    for node in tree.body:
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            name, ann, default = node.target.id, node.annotation, node.value
-        elif (
-            isinstance(node, ast.Assign)
-            and len(node.targets) == 1
-            and isinstance(node.targets[0], ast.Name)
-        ):
-            name, ann, default = node.targets[0].id, None, node.value
+    cells = jupytext.read(NOTEBOOKS / f"{notebook}.py").cells
+    src = next(("".join(c.source) for c in cells if "parameters" in c.metadata.get("tags", [])), "")
+    lines, out = src.splitlines(), {}
+    for node in ast.parse(src).body:
+        if isinstance(node, ast.AnnAssign):
+            target = node.target
+        elif isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
         else:
             continue
-        out[name] = _Declared(name, ann, default, lines[node.lineno - 1].strip())
+        if not isinstance(target, ast.Name) or node.value is None:
+            continue
+        ann = getattr(node, "annotation", None)
+        rest = lines[node.end_lineno - 1][node.end_col_offset :].strip()
+        out[target.id] = {
+            "name": target.id,
+            "inferred_type_name": ast.get_source_segment(src, ann) if ann else "None",
+            "default": ast.get_source_segment(src, node.value),
+            "help": rest[1:].strip() if rest.startswith("#") else "",
+        }
     return out
 
 
@@ -353,41 +323,39 @@ _SIMPLE = {
     "dict": lambda v: isinstance(v, dict),
     "None": lambda v: v is None,
 }
-_ALIASES = {"List": "list", "Tuple": "tuple", "Dict": "dict", "Sequence": "list",
-            "NoneType": "None"}  # fmt: skip
 
 
-def _type_ok(value, ann: ast.expr) -> bool:
-    """Whether `value` fits the annotation `ann`; unknown annotations accept anything."""
-    if isinstance(ann, ast.Constant):
-        if ann.value is None:
-            return value is None
-        if isinstance(ann.value, str):  # a string annotation: "int"
-            try:
-                return _type_ok(value, ast.parse(ann.value, mode="eval").body)
-            except SyntaxError:
-                return True
+def type_ok(value, annotation: str) -> bool:
+    """Whether `value` fits a parameter annotation written as text ("int", "float | None",
+    "list[int]", "tuple[int, ...]", 'Literal["a", "b"]'); an annotation this does not know
+    accepts anything (papermill itself checks no types)."""
+    try:
+        return _fits(value, ast.parse(annotation, mode="eval").body)
+    except SyntaxError:
         return True
+
+
+def _fits(value, ann: ast.expr) -> bool:
+    if isinstance(ann, ast.Constant):
+        if isinstance(ann.value, str):  # a quoted annotation: 'float'
+            return type_ok(value, ann.value)
+        return value is None if ann.value is None else True
     if isinstance(ann, ast.BinOp) and isinstance(ann.op, ast.BitOr):  # int | None
-        return _type_ok(value, ann.left) or _type_ok(value, ann.right)
-    if isinstance(ann, ast.Name | ast.Attribute):  # int, typing.Any, ...
-        name = ann.id if isinstance(ann, ast.Name) else ann.attr
-        check = _SIMPLE.get(_ALIASES.get(name, name))
+        return _fits(value, ann.left) or _fits(value, ann.right)
+    if isinstance(ann, ast.Name):  # int, str, ...
+        check = _SIMPLE.get(ann.id)
         return check(value) if check else True
-    if isinstance(ann, ast.Subscript):
-        base = ann.value.id if isinstance(ann.value, ast.Name) else getattr(ann.value, "attr", "")
-        base = _ALIASES.get(base, base)
+    if isinstance(ann, ast.Subscript) and isinstance(ann.value, ast.Name):
+        base = ann.value.id
         args = list(ann.slice.elts) if isinstance(ann.slice, ast.Tuple) else [ann.slice]
-        if base == "Optional":
-            return value is None or _type_ok(value, args[0])
-        if base == "Union":
-            return any(_type_ok(value, a) for a in args)
         if base == "Literal":
             return any(isinstance(a, ast.Constant) and a.value == value for a in args)
+        if base in ("Optional", "Union"):
+            return (base == "Optional" and value is None) or any(_fits(value, a) for a in args)
         if base in ("list", "tuple") and _SIMPLE[base](value):
             if base == "tuple" and not (len(args) == 2 and _is_ellipsis(args[1])):
-                return len(value) == len(args) and all(map(_type_ok, value, args))
-            return all(_type_ok(v, args[0]) for v in value)
+                return len(value) == len(args) and all(map(_fits, value, args))
+            return all(_fits(v, args[0]) for v in value)
         check = _SIMPLE.get(base)
         return check(value) if check else True
     return True
@@ -397,22 +365,21 @@ def _is_ellipsis(node: ast.expr) -> bool:
     return isinstance(node, ast.Constant) and node.value is Ellipsis
 
 
-def _expected(p: _Declared) -> tuple[ast.expr | None, str]:
-    """The annotation to check against and its text; unannotated: the default literal's type."""
-    if p.annotation is not None:
-        return p.annotation, ast.unparse(p.annotation)
+def _expected(p: dict) -> str | None:
+    """The annotation to check a value of parameter `p` against: its own, else the type of its
+    literal default; None when neither says anything."""
+    if p["inferred_type_name"] != "None":
+        return p["inferred_type_name"]
     try:
-        default = ast.literal_eval(p.default) if p.default is not None else None
-    except ValueError:  # not a literal: nothing to infer a type from
-        return None, "any"
-    if default is None:
-        return None, "any"
-    name = type(default).__name__
-    return ast.Name(name), name
+        default = ast.literal_eval(p["default"])
+    except (ValueError, SyntaxError):  # not a literal: nothing to infer a type from
+        return None
+    return None if default is None else type(default).__name__
 
 
-def _check_parameters(notebook: str, values: dict, declared: dict, origin: str) -> None:
-    """Raise TypeError for a value that is not a declared parameter or has the wrong type."""
+def check_parameters(notebook: str, values: dict, declared: dict, origin: str = "") -> None:
+    """Raise TypeError for a value that is not a parameter of `notebook` (`declared`:
+    `notebook_parameters`) or whose type does not fit its annotation."""
     import difflib
 
     for name, value in values.items():
@@ -424,11 +391,13 @@ def _check_parameters(notebook: str, values: dict, declared: dict, origin: str) 
             valid = ", ".join(declared) or "none (it has no cell tagged 'parameters')"
             raise TypeError(f"notebook {notebook!r} has no parameter {name!r}{hint}{origin}; "
                             f"its parameters are: {valid}")  # fmt: skip
-        ann, text = _expected(declared[name])
-        if ann is not None and not _type_ok(value, ann):
+        want = _expected(declared[name])
+        if want is not None and not type_ok(value, want):
+            p = declared[name]
+            line = f"{name}: {p['inferred_type_name']} = {p['default']}"
             raise TypeError(
-                f"parameter {name!r} of notebook {notebook!r} expects {text}, got {value!r} "
-                f"({type(value).__name__}){origin}; declared as `{declared[name].line}`"
+                f"parameter {name!r} of notebook {notebook!r} expects {want}, got {value!r} "
+                f"({type(value).__name__}){origin}; declared as `{line}`"
             )
 
 
@@ -543,7 +512,7 @@ def main_job(
     done = [out]
     for nb in studies:
         params = dict(overrides.get(nb, {}))
-        if "sae_run" in _declared_parameters(paired_notebook(nb)):
+        if "sae_run" in notebook_parameters(nb):
             params["sae_run"] = str(out)
         study = run_notebook(nb, params, study_preset(nb, preset), out.name, out_root)
         done.append(study)

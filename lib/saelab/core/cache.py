@@ -35,11 +35,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from saelab.core.data import TokenDataset
 from saelab.core.models import model_info, parse_site
 from saelab.core.passes import clean_pass
+from saelab.core.progress import progress_bar
 
 FORMAT = "saelab.activation_cache/1"
 MANIFEST = "manifest.json"
@@ -360,7 +360,7 @@ def _write_shards(lm, data, site, folder: Path, dtype, batch_size, rows_per_shar
                            "sha256": file_sha256(f)})  # fmt: skip
             pending, n_pending = ([rest] if len(rest) else []), len(rest)
 
-    bar = tqdm(total=len(data), desc=f"cache {site}", unit="row", disable=not progress)
+    bar = progress_bar(progress, total=len(data), desc=f"cache {site}", unit="row")
     for tokens in data.batches(batch_size, drop_last=False):
         raw = clean_pass(lm, tokens, [site]).acts[site]
         x = raw.to("cpu", dtype)

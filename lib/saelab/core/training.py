@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from saelab.core import losses
 from saelab.core.cache import ActivationCache, evaluate_cached
@@ -34,6 +33,7 @@ from saelab.core.passes import (
     sae_inputs,
     spliced_pass,
 )
+from saelab.core.progress import progress_bar
 from saelab.core.sae import SAE, SAEConfig, architectures, check_number, is_int, save_sae
 
 LOSSES = tuple(OBJECTIVES)
@@ -276,8 +276,8 @@ def train_step(
     tag = (lambda s: "") if len(sites) == 1 else (lambda s: f"{s}/")
     for s in sites:
         sae, out = saes[s], outs[s]
-        if hasattr(sae, "act_scale"):  # the SAE's own terms in its own (normalised) units
-            out = out._replace(x_hat=sae.normalize(out.x_hat))
+        # the SAE's own terms in its own (normalised) units; act_scale is 1 when unscaled
+        out = out._replace(x_hat=sae.normalize(out.x_hat))
         own = sae.loss_terms(sae.normalize(inputs.acts[s]), out, dead[s])
         terms |= {f"{tag(s)}{name}": term for name, term in own.items()}
     loss = torch.zeros(())
@@ -531,7 +531,7 @@ def estimate_act_scales(lm, data, saes: dict, keep, batch_size: int, n_tokens: i
     kept positions: E||x * act_scale|| = sqrt(d_in) (SAELens' "expected_average_only_in").
     Returns {site: mean raw norm} for the log.
     """
-    sites = [s for s, sae in saes.items() if hasattr(sae, "act_scale")]
+    sites = [s for s, sae in saes.items() if sae.cfg.normalize_activations != "none"]
     if not sites:
         return {}
     n_rows = max(1, min(len(data), n_tokens // data.n_ctx))
@@ -764,7 +764,7 @@ def train_many(
             sae.train()
     descs = [f"{c.loss}/{c.sae.architecture}" for c in cfgs]
     desc = descs[0] if len(cfgs) == 1 else f"{len(cfgs)} SAEs ({cfg0.loss})"
-    bar = tqdm(total=n_steps, initial=step, desc=desc, disable=not (progress and w.main))
+    bar = progress_bar(progress and w.main, total=n_steps, initial=step, desc=desc)
     say = progress and w.main
     n_tok_step = cfg0.batch_size * data.n_ctx
     _say(say, f"training {desc}: {n_steps - step} steps of {n_tok_step:,} tokens"

@@ -1,7 +1,8 @@
-"""Reference runs: fresh against the current notebooks, and the docs' tables generated from them.
+"""The lab tooling (`saelab_lab`): reference runs, their freshness, the docs' generated tables.
 
-The two repository tests fail while a reference run is stale (a notebook changed since it ran)
-or a table differs from its run; `make reference` (on a clean tree) makes them pass again.
+The repository tests fail while a table differs from the runs it cites or a reference run did not
+complete or was made from a dirty tree. A notebook edited since its reference run is shown (in
+the table captions, by `check`), not a failure: only `make check-reference` fails on it.
 """
 
 import json
@@ -11,7 +12,9 @@ import jupytext
 import nbformat
 import pytest
 
-from saelab import reference, runs
+import saelab_lab.__main__ as cli
+from saelab import runs
+from saelab_lab import freshness, jobs, renderers, tables
 
 NB = """# %% [markdown]
 # # 91 · a notebook
@@ -25,27 +28,32 @@ print(n)
 """.replace("print(n)", "print(n)   ")  # trailing blanks, as an editor may leave them
 
 
-def test_every_reference_run_is_fresh_and_every_notebook_has_one():
-    stale = reference.check()
-    assert not stale, (
-        "stale reference runs (regenerate them: `make reference` on a clean tree):\n"
-        + "\n".join(stale)
-    )
+def test_every_reference_run_completed_on_a_clean_tree():
+    problems = freshness.check(runs.ROOT).problems(runs.ROOT)
+    assert not problems, "reference runs that cannot be cited:\n" + "\n".join(problems)
 
 
 def test_every_generated_table_equals_its_rendering_from_the_cited_run():
-    differ = reference.tables(write=False)
+    differ = tables.tables(write=False, strict=False)
     assert not differ, (
-        "tables that differ from their runs (`python -m saelab.reference tables`):\n"
-        + "\n".join(differ)
+        "tables that differ from their runs (`python -m saelab_lab tables`):\n" + "\n".join(differ)
     )
 
 
 def test_the_docs_have_generated_tables():
-    text = "".join(p.read_text() for p in reference.doc_files())
-    names = {m["name"] for m in reference.BLOCK.finditer(text)}
+    text = "".join(p.read_text() for p in tables.doc_files())
+    names = {m["name"] for m in tables.BLOCK.finditer(text)}
     assert {"storyworld_report", "claims", "e2e_table2", "gsae_vs_topk"} <= names
-    assert names <= set(reference.RENDERERS)
+    assert names <= set(renderers.RENDERERS)
+
+
+def test_the_library_does_not_import_the_lab_tooling():
+    import subprocess
+    import sys
+
+    code = "import sys, saelab, saelab.runs; print(sorted(m for m in sys.modules if 'lab_' in m))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def _root(tmp_path: Path, status="completed", dirty=False, source=NB) -> Path:
@@ -66,53 +74,58 @@ def _root(tmp_path: Path, status="completed", dirty=False, source=NB) -> Path:
     return root
 
 
+def _report(root: Path) -> tuple[list[str], list[str]]:
+    report = freshness.check(root)
+    return report.problems(root), report.changed(root)
+
+
 def test_a_fresh_run_passes(tmp_path):
     root = _root(tmp_path)
-    assert reference.check(root) == []
+    assert _report(root) == ([], [])
 
 
-def test_an_edited_notebook_makes_its_run_stale(tmp_path):
+def test_an_edited_notebook_is_shown_as_changed_not_a_problem(tmp_path):
     root = _root(tmp_path, source=NB.replace("print(n)   ", "print(n + 1)"))
-    line, missing = reference.check(root)
-    assert line.startswith("outputs/reference/91_nb/ref: code cell 2 differs")
-    assert missing == "notebooks/91_nb.py: no fresh reference run under outputs/reference/91_nb"
+    problems, [line] = _report(root)
+    assert problems == []
+    assert line.startswith("outputs/reference/91_nb/ref: notebook changed since this run: "
+                           "code cell 2 differs")  # fmt: skip
     assert "'print(n)'" in line and "'print(n + 1)'" in line
     # trailing whitespace is not a difference; a new cell is
     clean = NB.replace("print(n)   ", "print(n)")
-    assert reference.check(_root(tmp_path / "b", source=clean)) == []
-    line, _ = reference.check(_root(tmp_path / "c", source=NB + "\n# %%\nx = 1\n"))
+    assert _report(_root(tmp_path / "b", source=clean)) == ([], [])
+    _, [line] = _report(_root(tmp_path / "c", source=NB + "\n# %%\nx = 1\n"))
     assert "2 code cells ran, the source has 3" in line
 
 
-def test_a_dirty_or_unfinished_run_is_stale(tmp_path):
-    line, _ = reference.check(_root(tmp_path / "a", dirty=True))
+def test_a_dirty_or_unfinished_run_is_a_problem(tmp_path):
+    [line], _ = _report(_root(tmp_path / "a", dirty=True))
     assert "dirty git tree" in line
-    line, _ = reference.check(_root(tmp_path / "b", status="failed"))
+    [line], _ = _report(_root(tmp_path / "b", status="failed"))
     assert "status is 'failed'" in line
 
 
-def test_a_notebook_without_a_reference_run_fails(tmp_path):
+def test_a_notebook_without_a_reference_run_is_listed(tmp_path):
     root = _root(tmp_path)
     (root / "notebooks" / "92_new.py").write_text(NB)
-    assert reference.check(root) == [
-        "notebooks/92_new.py: no fresh reference run under outputs/reference/92_new"
-    ]
+    assert _report(root) == (
+        [], ["notebooks/92_new.py: no reference run under outputs/reference/92_new"])  # fmt: skip
 
 
-def test_a_study_of_a_missing_or_newer_sweep_is_stale(tmp_path):
+def test_a_study_of_a_missing_or_newer_sweep_is_a_problem(tmp_path):
     root = _root(tmp_path)
     run = root / "outputs" / "reference" / "91_nb" / "ref"
     cfg = json.loads((run / "config.json").read_text())
     cfg["parameters"]["sae_run"] = "outputs/reference/05_pareto/ref"
     (run / "config.json").write_text(json.dumps(cfg))
-    assert "not a run folder" in reference.check(root)[0]
+    assert "not a run folder" in _report(root)[0][0]
     sweep = root / "outputs" / "reference" / "05_pareto" / "ref"
     sweep.mkdir(parents=True)
     (sweep / "config.json").write_text(json.dumps({"started": "2026-02-01T00:00:00"}))
-    assert "run again after it" in "\n".join(reference.check(root))
+    assert "run again after it" in "\n".join(_report(root)[0])
 
 
-def test_a_run_reading_a_newer_half_budget_sweep_is_stale(tmp_path):
+def test_a_run_reading_a_newer_half_budget_sweep_is_a_problem(tmp_path):
     """12_doubling reads two sweeps (`sae_run`, `half_run`): either one rerun makes it stale."""
     root = _root(tmp_path)
     run = root / "outputs" / "reference" / "91_nb" / "ref"
@@ -122,23 +135,23 @@ def test_a_run_reading_a_newer_half_budget_sweep_is_stale(tmp_path):
     sweep = root / "outputs" / "05_pareto" / "half"
     sweep.mkdir(parents=True)
     (sweep / "config.json").write_text(json.dumps({"started": "2025-12-01T00:00:00"}))
-    assert reference.check(root) == []  # older than the run that read it: fresh
+    assert _report(root) == ([], [])  # older than the run that read it: fresh
     (sweep / "config.json").write_text(json.dumps({"started": "2026-02-01T00:00:00"}))
-    line = reference.check(root)[0]
+    line = _report(root)[0][0]
     assert "outputs/05_pareto/half (half_run), which was run again after it" in line
 
 
 def test_the_jobs_read_the_runs_their_presets_name():
     paper = "outputs/reference/05_pareto/paper"
-    assert reference._job_params("12_doubling", "paper", "paper") == {
+    assert jobs._job_params("12_doubling", "paper", "paper") == {
         "sae_run": paper, "half_run": "outputs/reference/05_pareto/paper-half"}  # fmt: skip
-    assert reference._job_params("10_downstream", "paper", "paper") == {"sae_run": paper}
-    assert reference._job_params("05_pareto", "paper_half", "paper-half") == {}
-    jobs = list(reference.JOBS)
+    assert jobs._job_params("10_downstream", "paper", "paper") == {"sae_run": paper}
+    assert jobs._job_params("05_pareto", "paper_half", "paper-half") == {}
+    order = list(jobs.JOBS)
     # the doubling test runs after both sweeps it reads
-    assert jobs.index(("12_doubling", "paper", "paper")) > max(
-        jobs.index(("05_pareto", "paper", "paper")),
-        jobs.index(("05_pareto", "paper_half", "paper-half")))  # fmt: skip
+    assert order.index(("12_doubling", "paper", "paper")) > max(
+        order.index(("05_pareto", "paper", "paper")),
+        order.index(("05_pareto", "paper_half", "paper-half")))  # fmt: skip
 
 
 def test_the_doubling_table_gives_each_change_with_its_interval_and_verdict(tmp_path):
@@ -160,13 +173,13 @@ def test_the_doubling_table_gives_each_change_with_its_interval_and_verdict(tmp_
     summary = dict(target_ce_increase=0.06, tol=0.1, doubling=recs,
                    budgets=[dict(method="local", half=1_000_000, full=2_000_000)])  # fmt: skip
     (run / "summary.json").write_text(json.dumps(summary))
-    text = reference.render("doubling", "outputs/reference/12_doubling/paper", tmp_path)
+    text = tables.render("doubling", "outputs/reference/12_doubling/paper", tmp_path)
     assert "| half budget (1M) | full budget (2M) |" in text
     assert "| L0 local | 20.0 | 15.0 | -25.0% [-30.0%, -20.0%] | -22.5% [-30.0%, -15.0%] | " \
            "**moving** |" in text  # fmt: skip
     assert "| L0(e2e) / L0(local) | 0.40 | 0.40 | 0.0% [-5.0%, +5.0%] |  | **settled** |" in text
     assert "| L0(e2e+ds) / L0(local) | n/a | 0.50 | n/a |  | **undecided** |" in text
-    claim = reference._doubling_claim(reference.Run(run.relative_to(tmp_path), tmp_path, "c"))
+    claim = renderers._doubling_claim(tables.RunFolder(run.relative_to(tmp_path), tmp_path, "c"))
     assert claim.startswith("1M → 2M tokens: L0 at CE +0.060 local -25.0% [-30.0%, -20.0%]")
     assert "L0(e2e) / L0(local) 0.40 → 0.40, 0.0% [-5.0%, +5.0%] (settled" in claim
 
@@ -198,54 +211,54 @@ def _doc_root(tmp_path: Path, metrics=METRICS) -> Path:
 
 def test_tables_rewrite_blocks_in_place_and_check_lists_differences(tmp_path):
     root = _doc_root(tmp_path)
-    assert reference.tables(root, write=False) == [
+    assert tables.tables(root, write=False) == [
         "README.md: table storyworld_report from outputs/reference/00_storyworld/ref differs "
         "from its rendering"
     ]
     assert (root / "README.md").read_text() == DOC  # --check writes nothing
-    reference.tables(root)
+    tables.tables(root)
     text = (root / "README.md").read_text()
     assert text.startswith("# Title\n\nProse stays.\n\n<!-- table: storyworld_report")
     assert text.endswith("\n\n<!-- /table -->\n\nMore prose.\n")
     assert "`outputs/reference/00_storyworld/ref/metrics.json`" in text  # the caption
     assert "| validation CE (400,000 held-out tokens) | **1.234** nats/token |" in text
     assert "old table" not in text
-    assert reference.tables(root, write=False) == []  # now equal
-    assert reference.main(["tables", "--check"]) in (0, 1)  # the CLI runs (on the repository)
+    assert tables.tables(root, write=False) == []  # now equal
+    assert cli.main(["tables", "--check"]) in (0, 1)  # the CLI runs (on the repository)
 
 
 def test_a_missing_key_names_the_run_and_the_key(tmp_path):
     root = _doc_root(tmp_path, {k: v for k, v in METRICS.items() if k != "bigram_ce"})
-    with pytest.raises(reference.TableError, match="run outputs/reference/00_storyworld/ref: "
+    with pytest.raises(tables.TableError, match="run outputs/reference/00_storyworld/ref: "
                        r"metrics.json has no key \['bigram_ce'\]"):  # fmt: skip
-        reference.tables(root)
-    [line] = reference.tables(root, write=False)
+        tables.tables(root)
+    [line] = tables.tables(root, write=False)
     assert line.startswith("README.md: table 'storyworld_report'") and "bigram_ce" in line
 
 
 def test_unknown_table_or_wrong_notebook_is_refused(tmp_path):
     root = _doc_root(tmp_path)
-    with pytest.raises(reference.TableError, match="unknown table 'nope'"):
-        reference.render("nope", "outputs/reference/00_storyworld/ref", root)
-    with pytest.raises(reference.TableError, match="renders a 05_pareto run"):
-        reference.render("claims", "outputs/reference/00_storyworld/ref", root)
+    with pytest.raises(tables.TableError, match="unknown table 'nope'"):
+        tables.render("nope", "outputs/reference/00_storyworld/ref", root)
+    with pytest.raises(tables.TableError, match="renders a 05_pareto run"):
+        tables.render("claims", "outputs/reference/00_storyworld/ref", root)
 
 
 def test_ci_rendering():
-    assert reference.with_ci({"mean": 0.1354, "ci_lo": 0.12, "ci_hi": 0.1503}) == (
+    assert tables.with_ci({"mean": 0.1354, "ci_lo": 0.12, "ci_hi": 0.1503}) == (
         "0.135 [0.120, 0.150]"
     )
 
 
 def test_regeneration_never_replaces_a_completed_run(tmp_path, monkeypatch):
     root = _root(tmp_path)
-    monkeypatch.setattr(reference, "JOBS", (("91_nb", "default", "ref"),))
-    assert reference.plan(root) == []  # fresh: kept
+    monkeypatch.setattr(jobs, "JOBS", (("91_nb", "default", "ref"),))
+    assert jobs.plan(root) == []  # fresh: kept
     (root / "notebooks" / "91_nb.py").write_text(NB.replace("print(n)   ", "print(2 * n)"))
     with pytest.raises(runs.RunExists, match="outputs/reference/91_nb/ref: code cell 2"):
-        reference.plan(root)
+        jobs.plan(root)
     (root / "outputs" / "reference" / "91_nb" / "ref" / "config.json").unlink()
-    assert reference.plan(root) == [("91_nb", "default", "ref")]  # no completed run: made
+    assert jobs.plan(root) == [("91_nb", "default", "ref")]  # no completed run: made
 
 
 def test_regenerate_runs_the_jobs_into_reference_ref_and_refuses_a_dirty_tree(
@@ -267,10 +280,10 @@ def test_regenerate_runs_the_jobs_into_reference_ref_and_refuses_a_dirty_tree(
         return Path(out_root) / nb / run_id
 
     monkeypatch.setattr(runs, "run_notebook", fake_run)
-    jobs = (("05_pareto", "default", "ref"), ("10_downstream", "default", "ref"),
+    todo = (("05_pareto", "default", "ref"), ("10_downstream", "default", "ref"),
             ("05_pareto", "paper", "paper"), ("10_downstream", "default", "paper"))  # fmt: skip
-    monkeypatch.setattr(reference, "JOBS", jobs)
-    reference.regenerate(root, run_ids=["paper"])  # only the jobs of one run id
+    monkeypatch.setattr(jobs, "JOBS", todo)
+    jobs.regenerate(root, run_ids=["paper"])  # only the jobs of one run id
     ref = root / "outputs" / "reference"
     assert calls == [
         ("05_pareto", {}, "paper", "paper", ref),
@@ -278,31 +291,73 @@ def test_regenerate_runs_the_jobs_into_reference_ref_and_refuses_a_dirty_tree(
          ref),
     ]  # fmt: skip
     calls.clear()
-    reference.regenerate(root)
+    jobs.regenerate(root)
     assert calls[:2] == [
         ("05_pareto", {}, "default", "ref", ref),
         ("10_downstream", {"sae_run": "outputs/reference/05_pareto/ref"}, "default", "ref", ref),
     ]
     (root / "new.py").write_text("x = 1\n")  # an uncommitted source file: refused
     with pytest.raises(RuntimeError, match="dirty"):
-        reference.regenerate(root)
+        jobs.regenerate(root)
 
 
 def test_plan_reruns_a_reader_of_a_rerun_sweep_and_refuses_a_missing_one(tmp_path, monkeypatch):
     root = tmp_path / "repo"
     (root / "outputs" / "reference").mkdir(parents=True)
-    jobs = (("05_pareto", "paper_half", "paper-half"), ("12_doubling", "paper", "paper"))
-    monkeypatch.setattr(reference, "JOBS", jobs)
+    todo = (("05_pareto", "paper_half", "paper-half"), ("12_doubling", "paper", "paper"))
+    monkeypatch.setattr(jobs, "JOBS", todo)
     # 12 reads 05_pareto/paper, which neither exists nor is among the jobs: refused up front
     with pytest.raises(runs.RunExists, match="reads outputs/reference/05_pareto/paper, which"):
-        reference.plan(root)
-    monkeypatch.setattr(reference, "check_run", lambda folder, root: [])
+        jobs.plan(root)
+    monkeypatch.setattr(jobs, "check_run", lambda folder, root: freshness.Freshness(folder))
     monkeypatch.setattr(runs, "run_status", lambda folder: "completed")
-    assert reference.plan(root) == []  # everything completed and fresh: kept
+    assert jobs.plan(root) == []  # everything completed and fresh: kept
     monkeypatch.setattr(
         runs, "run_status", lambda f: None if "paper-half" in str(f) else "completed"
     )
     with pytest.raises(
         runs.RunExists, match="12_doubling/paper: it reads .*paper-half, which is rerun"
     ):
-        reference.plan(root)
+        jobs.plan(root)
+
+
+def _changed_doc_root(tmp_path: Path) -> Path:
+    """A repository whose README cites a 00_storyworld reference run whose notebook was edited."""
+    root = _doc_root(tmp_path)
+    run = root / "outputs" / "reference" / "00_storyworld" / "ref"
+    nb = jupytext.reads(NB, fmt="py:percent")
+    nbformat.write(nb, run / "notebook.ipynb")
+    cfg = dict(notebook="00_storyworld", status="completed", git={"sha": "0123456789abc",
+               "dirty": False}, parameters={}, started="2026-01-01T00:00:00")  # fmt: skip
+    (run / "config.json").write_text(json.dumps(cfg))
+    (root / "notebooks").mkdir()
+    (root / "notebooks" / "00_storyworld.py").write_text(NB)
+    tables.tables(root)  # rendered while the notebook is as it ran: no note
+    (root / "notebooks" / "00_storyworld.py").write_text(NB.replace("print(n)", "print(n)  # x"))
+    return root
+
+
+def test_an_edited_notebook_leaves_the_tests_green_and_is_marked_in_the_caption(tmp_path):
+    root = _changed_doc_root(tmp_path)
+    assert "changed since" not in (root / "README.md").read_text()
+    assert tables.tables(root, write=False, strict=False) == []  # what make test checks
+    [line] = tables.tables(root, write=False)  # check --strict: the caption lacks the note
+    assert "storyworld_report" in line
+    tables.tables(root)
+    text = (root / "README.md").read_text()
+    assert ("*Notebook changed since this run: `notebooks/00_storyworld.py` (made at "
+            "`0123456789`).*") in text  # fmt: skip
+    assert tables.tables(root, write=False) == []
+    assert tables.tables(root, write=False, strict=False) == []
+    problems, [changed] = _report(root)
+    assert problems == [] and changed.startswith("outputs/reference/00_storyworld/ref: notebook")
+
+
+def test_check_fails_only_when_strict_on_a_changed_notebook(tmp_path, monkeypatch, capsys):
+    root = _changed_doc_root(tmp_path)
+    tables.tables(root)
+    monkeypatch.setattr(runs, "ROOT", root)
+    assert cli.main(["check"]) == 0
+    assert cli.main(["check", "--strict"]) == 1
+    out = capsys.readouterr().out
+    assert "changed since their reference run" in out and "00_storyworld/ref" in out

@@ -1,0 +1,63 @@
+"""`python -m saelab_lab check | tables | regenerate` (see the package docstring)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from saelab import runs
+from saelab_lab import freshness, jobs
+from saelab_lab.tables import TableError, tables
+
+
+def check(strict: bool) -> int:
+    """Print what `make test` (and, with `strict`, `make check-reference`) fails on; exit code."""
+    root = runs.ROOT
+    report = freshness.check(root)
+    problems = report.problems(root)
+    differ = tables(root, write=False, strict=strict)
+    changed = report.changed(root)
+    sections = (
+        ("problems (make test fails)", problems),
+        ("tables that differ from their runs", differ),
+        ("changed since their reference run (shown on the page)", changed),
+    )
+    for title, lines in sections:
+        if lines:
+            print(f"{title}:\n  " + "\n  ".join(lines))
+    failed = bool(problems or differ or (strict and changed))
+    if not failed:
+        print(
+            "every reference run is usable and every table matches its runs"
+            + ("; nothing changed since" if not changed else f"; {len(changed)} changed since")
+        )
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    about = "saelab's reference runs and generated tables"
+    ap = argparse.ArgumentParser(prog="python -m saelab_lab", description=about)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("check", help="list problems, table differences and changed notebooks")
+    c.add_argument("--strict", action="store_true", help="fail on changed notebooks too")
+    t = sub.add_parser("tables", help="rewrite the generated tables of README.md, papers/*")
+    t.add_argument("--check", action="store_true", help="write nothing; exit 1 listing diffs")
+    g = sub.add_parser("regenerate", help="rerun the reference runs (make reference), then tables")
+    g.add_argument("--run-id", action="append", help="only the jobs of this run id (repeatable)")
+    a = ap.parse_args(argv)
+    try:
+        if a.cmd == "check":
+            return check(a.strict)
+        if a.cmd == "tables":
+            lines = tables(write=not a.check)
+            print("\n".join(lines) if lines else "every table is up to date")
+            return 1 if (lines and a.check) else 0
+        jobs.regenerate(run_ids=a.run_id)
+        return 0
+    except (TableError, runs.RunExists, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
