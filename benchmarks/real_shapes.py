@@ -5,7 +5,7 @@ model with Llama-3.2-1B's widths and vocabulary (2048 wide, vocab 128,256; `--ll
 16 layers, 4 by default so a CPU run stays short). For each it times, at the same batch:
 
 - the bare model: a forward pass with logits, and a forward + backward to one site (dL/dx);
-- `saelab.core.training.optimise` for relu local / e2e / e2e+ds and gtopk e2e,
+- `saelab.core.training.step` for relu local / e2e / e2e+ds and gtopk e2e,
 
 and reports tokens/s, seconds per step, the step's cost in bare forward+backwards (the limit is
 1), and the peak memory of each step measured alone in a fresh process (CPU: max RSS; CUDA:
@@ -79,9 +79,9 @@ def run_one(args) -> dict:
     """Time one step kind (`args.one`) in this process; print a JSON line."""
     import saelab as sl
     from saelab.core import losses, training
-    from saelab.core.distributed import World
     from saelab.core.models import parse_site
     from saelab.core.passes import clean_pass
+    from saelab.core.setup import Context, Member, new_state
 
     if args.kl_chunk == 0:
         losses.CHUNK_ELEMENTS = 2**62  # one chunk: the whole [N, V] at once
@@ -106,17 +106,19 @@ def run_one(args) -> dict:
         arch, loss = args.one.split(":")
         kw = {"k": 32} if arch == "gtopk" else {}
         ds = dict(kl_coeff=0.5, ds_coeff=2.5) if loss == "e2e+ds" else {}
+        obj = sl.objective(loss, **ds)
         sae = sl.SAEConfig.create(
             architecture=arch, dict_ratio=args.dict_ratio, normalize_activations="none", **kw
         )
-        cfg = training.TrainConfig(sites=(str(site),), loss=loss, sae=sae,
-                                   batch_size=args.batch_size, **ds)  # fmt: skip
+        cfg = training.TrainConfig(sites=(str(site),), loss=obj, sae=sae, warmup=0,
+                                   batch_size=args.batch_size)  # fmt: skip
         facts = dict(d_in=info["d_model"], model_name="bench", device=device)
-        state = training.new_state(cfg, [site], facts)
         keep = torch.arange(1, args.n_ctx, device=device)  # the BOS position left out
+        ctx = Context.for_steps(lm, [site], facts, keep)
+        member = Member(cfg, None, new_state(cfg, [site], facts))
 
         def step():
-            training.optimise(lm, tokens, state, cfg, cfg.lr, None, World(), None, keep)
+            training.step(ctx, member, tokens)
 
     times = []
     for i in range(args.warmup_steps + args.steps):

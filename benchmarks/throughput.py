@@ -1,7 +1,7 @@
 """SAE training throughput on the frozen model, timed through the library's own step.
 
 For every architecture x objective combination (default: all registered architectures x local /
-e2e / e2e+ds) this times `saelab.core.training.optimise`, the exact optimiser step that
+e2e / e2e+ds) this times `saelab.core.training.step`, the exact optimiser step that
 `sl.train` runs (clean pass, spliced pass, loss terms, backward, decoder-gradient projection,
 clipping, Adam, post-step constraint), on the same pre-sampled batches and the same seeded init.
 Each timed step alternates with one bare model forward pass with logits (`clean_pass`), the floor
@@ -27,9 +27,9 @@ import torch
 
 import saelab as sl
 from saelab.core import training
-from saelab.core.distributed import World
 from saelab.core.models import parse_site
 from saelab.core.passes import clean_pass
+from saelab.core.setup import Context, Member, new_state
 
 
 def make_cfg(arch: str, loss: str, args) -> training.TrainConfig:
@@ -39,9 +39,9 @@ def make_cfg(arch: str, loss: str, args) -> training.TrainConfig:
     kw = {"k": args.k} if has_k else {}
     sae = sl.SAEConfig.create(architecture=arch, dict_ratio=args.dict_ratio, **kw)
     ds = loss == "e2e+ds"
-    return training.TrainConfig(sites=(args.site,), sae=sae, loss=loss, batch_size=args.batch_size,
-                                kl_coeff=0.5 if ds else 1.0, ds_coeff=2.5 if ds else 0.0,
-                                dead_tokens=1, seed=args.seed)  # fmt: skip
+    obj = sl.objective(loss, **(dict(kl_coeff=0.5, ds_coeff=2.5) if ds else {}))
+    return training.TrainConfig(sites=(args.site,), sae=sae, loss=obj, batch_size=args.batch_size,
+                                dead_tokens=1, seed=args.seed, warmup=0)  # fmt: skip
 
 
 def parse_combos(text: str | None) -> list[tuple[str, str]]:
@@ -68,7 +68,8 @@ def time_combo(lm, batches: list[torch.Tensor], cfg, args, device) -> dict:
     """Time `args.steps` library steps (after `args.warmup_steps`), alternating with forwards."""
     site = parse_site(args.site)
     facts = dict(d_in=sl.model_info(lm)["d_model"], model_name="bench", device=device)
-    state = training.new_state(cfg, [site], facts)
+    state = new_state(cfg, [site], facts)
+    ctx, member = Context.for_steps(lm, [site], facts), Member(cfg, None, state)
     d_sae = state.saes[site].cfg.d_sae
     g = torch.Generator().manual_seed(args.seed)
     dead = torch.rand(d_sae, generator=g) < args.dead_frac  # these latents count as dead (AuxK)
@@ -82,7 +83,7 @@ def time_combo(lm, batches: list[torch.Tensor], cfg, args, device) -> dict:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        logs = training.optimise(lm, tokens, state, cfg, cfg.lr, None, World(), None)
+        logs = training.step(ctx, member, tokens)
         if cuda:
             torch.cuda.synchronize()
             peak = max(peak, torch.cuda.max_memory_allocated())

@@ -9,7 +9,7 @@ and SAE width:
   TransformerLens copy of the same weights (checked: logits equal the HF model's to 1e-4). Its
   step is its training script's: `SAETransformer.forward_raw` + `forward` + `calc_loss`,
   backward, clipping, Adam (ReLU SAEs only: e2e_sae has no TopK).
-- `saelab`: `saelab.core.training.optimise`, the step `sl.train` runs.
+- `saelab`: `saelab.core.training.step`, the step `sl.train` runs.
 - `model`: the same saelab step with a 16-latent SAE: nearly the model alone, the limit.
 - `sweep4`: `train_many`'s step for 4 SAEs of the combination (k x 1/4, 1/2, 1, 2, or phi x
   1/2, 1, 2, 4) from one shared clean pass, in units of the single step (4.0: no saving).
@@ -54,8 +54,8 @@ def saelab_worker(spec: dict):
 
     import saelab as sl
     from saelab.core import training
-    from saelab.core.distributed import World
     from saelab.core.models import parse_site
+    from saelab.core.setup import Context, Member, new_state, shared_clean_pass
 
     arch, loss = spec["combo"].split(":")
     lm = sl.load_model("storyworld")
@@ -75,17 +75,17 @@ def saelab_worker(spec: dict):
             training.TrainConfig(
                 sites=(SITE,),
                 sae=sae,
-                loss=loss,
+                loss=sl.objective(loss, **(dict(kl_coeff=0.5, ds_coeff=2.5) if ds else {})),
                 grad_clip=1.0,
                 batch_size=spec["batch_size"],
                 dead_tokens=10**9,
-                kl_coeff=0.5 if ds else 1.0,
-                ds_coeff=2.5 if ds else 0.0,
+                warmup=0,
             )
         )
     site = parse_site(SITE)
     facts = dict(d_in=d_in, model_name="bench", device=torch.device("cpu"))
-    states = [training.new_state(c, [site], facts) for c in cfgs]
+    members = [Member(c, None, new_state(c, [site], facts)) for c in cfgs]
+    ctx = Context.for_steps(lm, [site], facts)
     batches = torch.load(spec["tokens"])
     i = 0
 
@@ -94,12 +94,11 @@ def saelab_worker(spec: dict):
         tokens = batches[i % len(batches)]
         i += 1
         clean = (
-            training.shared_clean_pass(lm, tokens, [st.saes for st in states], cfgs[0])
+            shared_clean_pass(lm, tokens, [m.state.saes for m in members], cfgs[0])
             if n > 1
             else None
         )
-        logs = [training.optimise(lm, tokens, st, c, 1e-3, None, World(), None, clean=clean)
-                for st, c in zip(states, cfgs, strict=True)]  # fmt: skip
+        logs = [training.step(ctx, m, tokens, clean) for m in members]
         return logs[0]["loss"]
 
     return step

@@ -61,7 +61,8 @@ from IPython.display import HTML, Markdown, display
 import saelab as sl
 from saelab.core.models import get_site
 from saelab.core.passes import sae_input, training_positions
-from saelab.core.training import estimate_act_scales, train_step
+from saelab.core.setup import estimate_act_scales
+from saelab.core.training import compute_loss
 from saelab.runs import notebook_out_dir, resolve_input
 from saelab.studies import browser, plots
 
@@ -150,14 +151,14 @@ l1 = c.norm(p=sae.cfg.sparsity_p, dim=-1).mean() / x_in.shape[-1]  # p = 1 by de
 loss_hand = mse + sparsity * l1
 
 # %% [markdown]
-# The library's step on the same batch and the same SAE (`saelab.core.training.train_step`, no
+# The library's step on the same batch and the same SAE (`saelab.core.training.compute_loss`, no
 # latent dead yet):
 
 # %%
 dead = {S: torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=lm.device)}
-loss_lib, logs, _ = train_step(lm, tokens, {S: sae}, cfg, dead, keep=keep)
+loss_lib, logs, _ = compute_loss(lm, tokens, {S: sae}, cfg, dead, keep=keep)
 check = pd.DataFrame({"by hand": [mse.item(), l1.item(), loss_hand.item()],
-                      "train_step": [logs["mse"], logs["sparsity"], loss_lib.item()]},
+                      "library": [logs["mse"], logs["sparsity"], loss_lib.item()]},
                      index=["mse", "sparsity (L1 / d_in)", "loss"])  # fmt: skip
 print(check.to_string(float_format="{:.7f}".format))
 assert abs(loss_hand.item() - loss_lib.item()) < 1e-5, check

@@ -63,7 +63,8 @@ from IPython.display import HTML, Markdown, display
 import saelab as sl
 from saelab.core.models import get_site, set_site
 from saelab.core.passes import training_positions
-from saelab.core.training import estimate_act_scales, train_step
+from saelab.core.setup import estimate_act_scales
+from saelab.core.training import compute_loss
 from saelab.runs import notebook_out_dir, resolve_input
 from saelab.studies import browser, plots
 
@@ -79,7 +80,7 @@ base = dict(
     eval_tokens=eval_tokens, alive_tokens=alive_tokens, seed=seed, log_every=log_every,
 )  # fmt: skip
 configs = {
-    "e2e": sl.TrainConfig(loss="e2e", kl_coeff=kl_coeff, **base),
+    "e2e": sl.TrainConfig(loss=sl.objective("e2e", kl_coeff=kl_coeff), **base),
     "local": sl.TrainConfig(loss="local", **base),
 }
 
@@ -164,14 +165,14 @@ l1 = c.norm(p=sae.cfg.sparsity_p, dim=-1).mean() / sae.cfg.d_in
 loss_hand = kl_coeff * kl_hand + sparsity * l1
 
 # %% [markdown]
-# The library's step on the same batch and SAE (`train_step`; it skips the blocks before the
+# The library's step on the same batch and SAE (`compute_loss`; it skips the blocks before the
 # site and reuses the clean residual there, which changes nothing since no SAE sits in them):
 
 # %%
 dead = {S: torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=lm.device)}
-loss_lib, logs, _ = train_step(lm, tokens, {S: sae}, cfg, dead, keep=keep)
+loss_lib, logs, _ = compute_loss(lm, tokens, {S: sae}, cfg, dead, keep=keep)
 check = pd.DataFrame({"by hand": [kl_hand.item(), l1.item(), loss_hand.item()],
-                      "train_step": [logs["kl"], logs["sparsity"], loss_lib.item()]},
+                      "library": [logs["kl"], logs["sparsity"], loss_lib.item()]},
                      index=["kl", "sparsity (L1 / d_in)", "loss"])  # fmt: skip
 print(check.to_string(float_format="{:.7f}".format))
 assert abs(loss_hand.item() - loss_lib.item()) < 1e-5, check

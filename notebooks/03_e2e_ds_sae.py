@@ -60,7 +60,8 @@ from IPython.display import HTML, Markdown, display
 import saelab as sl
 from saelab.core.models import get_site, set_site
 from saelab.core.passes import training_positions
-from saelab.core.training import estimate_act_scales, train_step
+from saelab.core.setup import estimate_act_scales
+from saelab.core.training import compute_loss
 from saelab.runs import notebook_out_dir, resolve_input
 from saelab.studies import browser, plots
 
@@ -77,8 +78,10 @@ base = dict(
 )  # fmt: skip
 configs = {
     "local": sl.TrainConfig(loss="local", **base),
-    "e2e": sl.TrainConfig(loss="e2e", kl_coeff=1.0, **base),
-    "e2e+ds": sl.TrainConfig(loss="e2e+ds", kl_coeff=kl_coeff, ds_coeff=ds_coeff, **base),
+    "e2e": sl.TrainConfig(loss=sl.objective("e2e", kl_coeff=1.0), **base),
+    "e2e+ds": sl.TrainConfig(
+        loss=sl.objective("e2e+ds", kl_coeff=kl_coeff, ds_coeff=ds_coeff), **base
+    ),
 }
 
 
@@ -116,7 +119,7 @@ print(f"{model} at {site}; train {train_data.n_tokens:,} tokens, held out {eval_
 # %%
 S = sl.parse_site(site)
 cfg = configs["e2e+ds"]
-later = cfg.objective.later(lm, [S])
+later = cfg.loss.later(lm, [S])
 torch.manual_seed(seed)  # sl.train seeds the init the same way
 sae = sl.SAE.from_config(cfg.sae_config(site, sl.model_info(lm)["d_model"])).to(lm.device)
 keep = training_positions(train_data, cfg.exclude_positions, lm.device)  # [T']: all but BOS
@@ -158,15 +161,15 @@ l1 = c.norm(p=sae.cfg.sparsity_p, dim=-1).mean() / sae.cfg.d_in
 loss_hand = kl_coeff * kl + ds_coeff * ds + sparsity * l1
 
 # %% [markdown]
-# Against the library's step on the same batch and SAE (`train_step`, whose objective terms are
+# Against the library's step on the same batch and SAE (`compute_loss`, whose objective terms are
 # `objectives.E2EDownstream.terms`):
 
 # %%
 dead = {S: torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=lm.device)}
-loss_lib, logs, _ = train_step(lm, tokens, {S: sae}, cfg, dead, keep=keep)
+loss_lib, logs, _ = compute_loss(lm, tokens, {S: sae}, cfg, dead, keep=keep)
 check = pd.DataFrame(
     {"by hand": [kl.item(), ds.item(), l1.item(), loss_hand.item()],
-     "train_step": [logs["kl"], logs["ds_mse"], logs["sparsity"], loss_lib.item()]},
+     "library": [logs["kl"], logs["ds_mse"], logs["sparsity"], loss_lib.item()]},
     index=["kl", "ds_mse (mean over later layers)", "sparsity (L1 / d_in)", "loss"],
 )  # fmt: skip
 print(check.to_string(float_format="{:.7f}".format))

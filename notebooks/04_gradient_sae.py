@@ -74,7 +74,8 @@ from IPython.display import HTML, Markdown, display
 import saelab as sl
 from saelab.core.models import get_site
 from saelab.core.passes import training_positions
-from saelab.core.training import estimate_act_scales, train_step
+from saelab.core.setup import estimate_act_scales
+from saelab.core.training import compute_loss
 from saelab.runs import notebook_out_dir, resolve_input
 from saelab.studies import browser, plots
 
@@ -177,16 +178,16 @@ pd.DataFrame({"latent": ids, "z": z[b, t, ids].tolist(), "score s": s[b, t, ids]
 
 # %% [markdown]
 # The library's g-SAE on the same batch must select the same latents (its `c` is `ReLU(z)` at
-# them), and `train_step`'s loss must be the MSE of that reconstruction (AuxK is an exact zero
+# them), and `compute_loss`'s loss must be the MSE of that reconstruction (AuxK is an exact zero
 # while no latent is dead):
 
 # %%
 c = torch.zeros_like(z).scatter(-1, pick_g, torch.relu(z.gather(-1, pick_g)))
 mse = (c @ sae.W_dec + sae.b_dec - x_in).pow(2).mean()
 dead = {S: torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=lm.device)}
-loss_lib, logs, outs = train_step(lm, tokens, {S: sae}, cfg, dead, keep=keep)
+loss_lib, logs, outs = compute_loss(lm, tokens, {S: sae}, cfg, dead, keep=keep)
 same = bool(((outs[S].c != 0) == (c != 0)).all())
-print(f"loss: by hand {mse.item():.7f}   train_step {loss_lib.item():.7f}; same selection: {same}")
+print(f"loss: by hand {mse.item():.7f}   library {loss_lib.item():.7f}; same selection: {same}")
 assert abs(mse.item() - loss_lib.item()) < 1e-5 and same
 
 # %% [markdown]

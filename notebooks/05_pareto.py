@@ -108,7 +108,7 @@ def budget(n: int, heldout: bool = True) -> dict:
     )
 
 
-common = dict(sites=(site,), dict_ratio=dict_ratio, batch_size=batch_size, lr=lr,
+common = dict(sites=(site,), batch_size=batch_size, lr=lr,
               eval_tokens=eval_tokens, alive_tokens=alive_tokens) | budget(n_tokens)  # fmt: skip
 # the 2048-latent TopK-family and JumpReLU SAEs, and e2e (KL only), may need more tokens; L0 of
 # the TopK family is fixed, so its check is NMSE falling with k instead of the held-out one
@@ -128,17 +128,22 @@ print(f"{model}: {sl.model_info(lm)}; training tokens per SAE: {tokens}, "
 # the next token gets (`studies.gsae.label_free`).
 
 # %%
-topk = dict(dict_ratio=topk_dict_ratio, lr=topk_lr) | topk_budget
-jumprelu = dict(topk, threshold_init=jumprelu_threshold_init)
+# each run: (method, objective, its SAE's fields, TrainConfig fields beyond `common`)
+topk = dict(dict_ratio=topk_dict_ratio)
+topk_train = dict(lr=topk_lr) | topk_budget
+e2e_ds = sl.objective("e2e+ds", kl_coeff=kl_coeff_ds, ds_coeff=ds_coeff)
 runs = (
-    [("local", dict(sae="relu", loss="local", sparsity=p)) for p in local_sparsity]
-    + [("e2e", dict(sae="relu", loss="e2e", sparsity=p, **e2e_budget)) for p in e2e_sparsity]
-    + [("e2e+ds", dict(sae="relu", loss="e2e+ds", sparsity=p, kl_coeff=kl_coeff_ds,
-                       ds_coeff=ds_coeff)) for p in e2e_ds_sparsity or e2e_sparsity]
-    + [("topk", dict(sae="topk", loss="local", k=k, **topk)) for k in ks]
-    + [("gtopk", dict(sae="gtopk", loss="local", k=k, beta=beta, **topk)) for k in ks]
-    + [("batchtopk", dict(sae="batchtopk", loss="local", k=k, **topk)) for k in batchtopk_ks]
-    + [("jumprelu", dict(sae="jumprelu", loss="local", l0_coeff=c, **jumprelu))
+    [("local", "local", dict(architecture="relu", sparsity=p), {}) for p in local_sparsity]
+    + [("e2e", "e2e", dict(architecture="relu", sparsity=p), e2e_budget) for p in e2e_sparsity]
+    + [("e2e+ds", e2e_ds, dict(architecture="relu", sparsity=p), {})
+       for p in e2e_ds_sparsity or e2e_sparsity]
+    + [("topk", "local", dict(architecture="topk", k=k, **topk), topk_train) for k in ks]
+    + [("gtopk", "local", dict(architecture="gtopk", k=k, beta=beta, **topk), topk_train)
+       for k in ks]
+    + [("batchtopk", "local", dict(architecture="batchtopk", k=k, **topk), topk_train)
+       for k in batchtopk_ks]
+    + [("jumprelu", "local", dict(architecture="jumprelu", l0_coeff=c,
+                                  threshold_init=jumprelu_threshold_init, **topk), topk_train)
        for c in jumprelu_l0_coeffs]
 )  # fmt: skip
 # SAEs that share an objective, a seed (and whether they need dL/dx) train together,
@@ -146,14 +151,20 @@ runs = (
 # `sl.train` would give it alone (same init, batches and steps).
 groups: dict[tuple, list] = {}
 for seed in seeds:
-    for method, kw in runs:
-        # one flat dict per run; from_dict gathers the SAE's fields into TrainConfig.sae
-        cfg = sl.TrainConfig.from_dict(common | kw | sae_options.get(method, {}) | dict(seed=seed))
+    for method, loss, sae, train in runs:
+        full = dict(dict_ratio=dict_ratio) | sae | sae_options.get(method, {})
+        cfg = sl.TrainConfig(**(common | train | dict(seed=seed)), loss=loss,
+                             sae=sl.SAEConfig.create(**full))  # fmt: skip
         point = f"{method}_" + "_".join(
-            f"{k}={v}" for k, v in kw.items() if k in ("sparsity", "k", "l0_coeff")
+            f"{k}={v}" for k, v in sae.items() if k in ("sparsity", "k", "l0_coeff")
         )
-        kw = {k: v for k, v in kw.items() if k not in topk_budget}  # the sweep table's columns
-        groups.setdefault((seed, cfg.loss, cfg.sae.needs_grad, cfg.n_tokens), []).append(
+        # the sweep table's columns: what this run sets beyond `common`, budgets aside
+        coeffs = {k: v for k, v in cfg.loss.to_dict().items() if k != "name"}
+        kw = (dict(sae=sae["architecture"], loss=cfg.loss.name)
+              | (coeffs if method == "e2e+ds" else {})
+              | {k: v for k, v in sae.items() if k != "architecture"}
+              | {k: v for k, v in train.items() if k not in topk_budget})  # fmt: skip
+        groups.setdefault((seed, cfg.loss.name, cfg.sae.needs_grad, cfg.n_tokens), []).append(
             (method, point, f"{point}_seed={seed}", kw, cfg)
         )
 TOPK_FAMILY = ("topk", "gtopk", "batchtopk")

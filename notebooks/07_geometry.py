@@ -88,12 +88,11 @@ common = dict(
     alive_tokens=alive_tokens,
     dead_tokens=max(n_tokens // 4, 1),
 )  # as in 05
-types = {
+types = {  # each SAE type: its objective and the sparsity weight of its ReLU SAE
     "local": dict(loss="local", sparsity=local_sparsity),
     "e2e": dict(loss="e2e", sparsity=e2e_sparsity),
-    "e2e+ds": dict(
-        loss="e2e+ds", sparsity=e2e_ds_sparsity, kl_coeff=kl_coeff_ds, ds_coeff=ds_coeff
-    ),
+    "e2e+ds": dict(loss=sl.objective("e2e+ds", kl_coeff=kl_coeff_ds, ds_coeff=ds_coeff),
+                   sparsity=e2e_ds_sparsity),
 }  # fmt: skip
 print(f"{model}: {sl.model_info(lm)}; {train_data.n_tokens:,} training tokens per SAE")
 
@@ -108,7 +107,9 @@ saes, rows = {}, []
 for t, kw in types.items():
     for s in seeds:
         t0 = time.time()
-        cfg = sl.TrainConfig.from_dict(common | kw | dict(dict_ratio=dict_ratio, seed=s))
+        sae = sl.SAEConfig.create(architecture="relu", sparsity=kw["sparsity"],
+                                  dict_ratio=dict_ratio)  # fmt: skip
+        cfg = sl.TrainConfig(**common, sae=sae, loss=kw["loss"], seed=s)
         run = sl.train(lm, train_data, cfg, out / "runs" / f"{t}_seed={s}", eval_data=val,
                        progress=False)  # fmt: skip
         saes[t, s], rep = run.sae, run.log[-1]

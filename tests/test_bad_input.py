@@ -11,6 +11,7 @@ import json
 
 import pytest
 import torch
+from configs import config
 
 import saelab as sl
 from saelab import runs
@@ -121,7 +122,7 @@ def data(storyworld_data):
 def _cfg(**kw) -> tr.TrainConfig:
     base = dict(sites=("resid_pre.3",), dict_ratio=4, n_tokens=8 * 64 * 4, batch_size=8,
                 warmup=1, log_every=2, eval_tokens=2 * 64, checkpoint_every=2)  # fmt: skip
-    return tr.TrainConfig.from_dict(base | kw)
+    return config(**(base | kw))
 
 
 @pytest.fixture(scope="module")

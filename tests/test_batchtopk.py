@@ -89,10 +89,10 @@ def test_save_and_load_keep_the_threshold(tmp_path):
 @pytest.mark.parametrize("loss", ["local", "e2e", "e2e+ds"])
 def test_trains_with_every_objective(lm, storyworld_data, loss):
     data = storyworld_data(32, n_tokens=8 * 32 * 5)
-    ds = dict(kl_coeff=0.5, ds_coeff=2.5) if loss == "e2e+ds" else {}
-    cfg = tr.TrainConfig(sites=("resid_pre.3",), loss=loss, batch_size=8, n_tokens=8 * 32 * 4,
+    obj = sl.objective(loss, **(dict(kl_coeff=0.5, ds_coeff=2.5) if loss == "e2e+ds" else {}))
+    cfg = tr.TrainConfig(sites=("resid_pre.3",), loss=obj, batch_size=8, n_tokens=8 * 32 * 4,
                          sae=sl.SAEConfig.create(architecture="batchtopk", k=4, dict_ratio=2),
-                         warmup=1, log_every=1, eval_tokens=4 * 32, **ds)  # fmt: skip
+                         warmup=1, log_every=1, eval_tokens=4 * 32)  # fmt: skip
     run = sl.train(lm, data, cfg, None, progress=False)
     assert run.sae.threshold > 0 and not run.sae.training
     train_logs = [r for r in run.log if r["kind"] == "train"]

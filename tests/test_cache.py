@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 import torch
+from configs import config
 
 import saelab as sl
 from saelab.core import cache as ac
@@ -28,7 +29,7 @@ def cache(lm, data, tmp_path_factory):
 def _cfg(**kw) -> tr.TrainConfig:
     base = dict(sites=(SITE,), dict_ratio=4, n_tokens=8 * 64 * 8, batch_size=8, lr=3e-3,
                 warmup=2, log_every=4, eval_tokens=4 * 64, dead_tokens=1024)  # fmt: skip
-    return tr.TrainConfig.from_dict(base | kw)
+    return config(**(base | kw))
 
 
 def test_manifest_shards_and_size(lm, cache, data):
@@ -52,7 +53,7 @@ def test_manifest_shards_and_size(lm, cache, data):
 
 @pytest.mark.parametrize("kind", ["relu", "topk"])
 def test_cached_training_equals_live(lm, data, cache, kind):
-    cfg = _cfg(sae=kind, k=8 if kind == "topk" else None)
+    cfg = _cfg(sae=kind, **({"k": 8} if kind == "topk" else {}))
     live = tr.train(lm, data, cfg, None, progress=False)
     cached = tr.train(lm, cache, cfg, None, progress=False)
     pairs = list(zip(live.sae.parameters(), cached.sae.parameters(), strict=True))

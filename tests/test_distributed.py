@@ -13,8 +13,9 @@ from saelab.core import distributed as dd
 from saelab.core import training as tr
 
 N_CTX, DATA_TOKENS = 64, 8_000
-BASE = dict(sites=["resid_pre.3"], sae="relu", dict_ratio=4, n_tokens=8 * 64 * 8, batch_size=8,
-            lr=3e-3, warmup=2, log_every=2, eval_tokens=4 * 64, checkpoint_every=4)  # fmt: skip
+BASE = dict(sites=["resid_pre.3"], sae=dict(architecture="relu", dict_ratio=4),
+            n_tokens=8 * 64 * 8, batch_size=8, lr=3e-3, warmup=2, log_every=2,
+            eval_tokens=4 * 64, checkpoint_every=4)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +92,7 @@ def test_torchrun_resumes_an_e2e_checkpoint(inputs, cache_env, tmp_path, monkeyp
     cfg = BASE | {"loss": "e2e"}
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     single = _single(inputs, cfg, tmp_path / "single")
-    real, calls = tr.train_step, {"n": 0}
+    real, calls = tr.compute_loss, {"n": 0}
 
     def dying(*a, **k):
         calls["n"] += 1
@@ -99,10 +100,10 @@ def test_torchrun_resumes_an_e2e_checkpoint(inputs, cache_env, tmp_path, monkeyp
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(tr, "train_step", dying)
+    monkeypatch.setattr(tr, "compute_loss", dying)
     with pytest.raises(KeyboardInterrupt):
         _single(inputs, cfg, tmp_path / "ddp")
-    monkeypatch.setattr(tr, "train_step", real)
+    monkeypatch.setattr(tr, "compute_loss", real)
     assert torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)["step"] == 4
     _torchrun(_args(tmp_path / "cfg.json", tmp_path / "ddp", "--resume"), cache_env)
     _compare(single, tmp_path / "ddp")
@@ -118,7 +119,8 @@ def test_shards_cover_the_global_batch_and_bad_batches_are_refused():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_cuda_training_matches_cpu(cache_env, tmp_path):
-    cfg = tr.TrainConfig.from_dict(BASE | {"sae": "topk", "k": 8})
+    topk = {"architecture": "topk", "k": 8, "dict_ratio": 4}
+    cfg = tr.TrainConfig.from_dict(BASE | {"sae": topk})
     runs = {}
     for device in ("cpu", "cuda"):
         lm = sl.load_model("storyworld", device=device)

@@ -56,7 +56,8 @@ def data(storyworld_data):
 
 
 def test_sigkill_mid_checkpoint_write_then_resume_matches(lm, data, tmp_path):
-    cfg = dict(sites=["resid_pre.3"], sae="topk", k=8, dict_ratio=4, n_tokens=8 * 64 * 8,
+    cfg = dict(sites=["resid_pre.3"], sae=dict(architecture="topk", k=8, dict_ratio=4),
+               n_tokens=8 * 64 * 8,
                batch_size=8, lr=3e-3, warmup=2, log_every=2, eval_tokens=4 * 64,
                checkpoint_every=1, dead_tokens=1024)  # fmt: skip
     out, flag, tokens = tmp_path / "run", tmp_path / "writing", tmp_path / "tokens.pt"

@@ -89,14 +89,14 @@ def test_save_and_load_keep_the_threshold(tmp_path):
 @pytest.mark.parametrize("loss", ["local", "e2e", "e2e+ds"])
 def test_trains_with_every_objective_and_the_penalty_raises_thresholds(lm, storyworld_data, loss):
     data = storyworld_data(32, n_tokens=8 * 32 * 7)
-    ds = dict(kl_coeff=0.5, ds_coeff=2.5) if loss == "e2e+ds" else {}
+    obj = sl.objective(loss, **(dict(kl_coeff=0.5, ds_coeff=2.5) if loss == "e2e+ds" else {}))
     means = []
     for l0_coeff in (0.0, 10.0):
         sae = sl.SAEConfig.create(architecture="jumprelu", dict_ratio=2, l0_coeff=l0_coeff,
                            threshold_init=0.01)  # fmt: skip
-        cfg = tr.TrainConfig(sites=("resid_pre.3",), loss=loss, sae=sae, batch_size=8,
+        cfg = tr.TrainConfig(sites=("resid_pre.3",), loss=obj, sae=sae, batch_size=8,
                              n_tokens=8 * 32 * 6, lr=0.01, warmup=1, log_every=1,
-                             eval_tokens=4 * 32, **ds)  # fmt: skip
+                             eval_tokens=4 * 32)  # fmt: skip
         run = sl.train(lm, data, cfg, None, progress=False)
         assert all(math.isfinite(r["loss"]) for r in run.log if r["kind"] == "train")
         assert "l0_penalty" in next(r for r in run.log if r["kind"] == "train")

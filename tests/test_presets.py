@@ -7,9 +7,8 @@ weights, no download), n_ctx against its positions, and the TrainConfig the note
 
 from pathlib import Path
 
-import jupytext
 import pytest
-from papermill.translators import PythonTranslator
+from configs import config
 
 import saelab as sl
 from saelab import runs
@@ -17,25 +16,22 @@ from saelab.storyworld import basemodel as bm
 from saelab.storyworld import corpus as sw
 
 PRESETS = sorted((runs.NOTEBOOKS / "params").glob("*.yaml"))
-TRAIN_FIELDS = set(sl.TrainConfig.__dataclass_fields__) | {
-    f for a in sl.architectures() for f in sl.architecture(a).cfg_class.__dataclass_fields__
-} - {"architecture", "sae"}
-
-
-def _parameters(notebook: str) -> dict:
-    nb = jupytext.read(runs.NOTEBOOKS / f"{notebook}.py")
-    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    return {p.name: p for p in PythonTranslator.inspect(cell)}
+TRAIN_FIELDS = (
+    set(sl.TrainConfig.__dataclass_fields__)
+    | {f for a in sl.architectures() for f in sl.architecture(a).cfg_class.__dataclass_fields__}
+    - {"architecture", "sae"}
+    | {"kl_coeff", "ds_coeff"}
+)
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
 def test_preset_names_and_types_match_the_notebook(path: Path):
     notebook, preset = path.name.split(".")[:2]
-    declared = _parameters(notebook)
+    declared = runs.notebook_parameters(notebook)
     values = runs.load_preset(notebook, preset)
     assert set(values) <= set(declared), f"unknown parameters {set(values) - set(declared)}"
     for name, value in values.items():
-        want = declared[name].inferred_type_name
+        want = declared[name]["inferred_type_name"]
         ok = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
               "list": (list,)}.get(want, (object,))  # fmt: skip
         assert isinstance(value, ok), f"{name}: {value!r} is not {want}"
@@ -68,7 +64,7 @@ def test_gpt2_preset_resolves_on_a_gpt2_layout(path: Path, gpt2_dir):
     extra = {"ds_coeff": p.get("ds_coeff", 2.5)} if "03_" in notebook else {}
     loss = {"03_e2e_ds_sae": "e2e+ds", "02_e2e_sae": "e2e"}.get(notebook, "local")
     sae = "gtopk" if notebook.startswith("04") else "relu"
-    cfg = sl.TrainConfig.from_dict(dict(sites=(p["site"],), loss=loss, sae=sae) | fields | extra)
+    cfg = config(sites=(p["site"],), loss=loss, sae=sae, **(extra | fields))
     sae_cfg = cfg.sae_config(p["site"], d_in=768, model_name="gpt2")
     assert sae_cfg.d_sae == int(p.get("dict_ratio", 8) * 768)
     assert sae_cfg.hook_name == "blocks.6.hook_resid_pre"

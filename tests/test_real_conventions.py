@@ -114,7 +114,7 @@ def test_excluded_positions_stay_clean_and_out_of_the_sae_losses(family, text_di
         tr.TrainConfig(exclude_positions=(-1,))
 
 
-def test_training_positions_and_sae_input_are_what_train_step_sees(family, text_dir):
+def test_training_positions_and_sae_input_are_what_compute_loss_sees(family, text_dir):
     lm = family
     data = sl.token_dataset(str(text_dir), lm.tokenizer, 16, n_tokens=2000, cache=False)
     plain = sl.token_dataset(str(text_dir), lm.tokenizer, 16, n_tokens=2000, cache=False,
@@ -136,7 +136,7 @@ def test_training_positions_and_sae_input_are_what_train_step_sees(family, text_
     out = sae(x[:, 1:])
     mse = F.mse_loss(sae.normalize(out.x_hat), x_in)
     l1 = out.c.abs().sum(-1).mean() / 32
-    loss, logs, _ = tr.train_step(lm, tokens, {site: sae}, cfg, {site: torch.zeros(64).bool()},
+    loss, logs, _ = tr.compute_loss(lm, tokens, {site: sae}, cfg, {site: torch.zeros(64).bool()},
                                   keep=keep)  # fmt: skip
     assert loss.item() == pytest.approx((mse + l1).item(), abs=1e-5)
     assert logs["mse"] == pytest.approx(mse.item(), abs=1e-6)

@@ -16,6 +16,7 @@ import warnings
 
 import pytest
 import torch
+from configs import config
 from safetensors.torch import load_file, save_file
 
 import saelab as sl
@@ -34,7 +35,7 @@ def data(storyworld_data):
 def _cfg(**kw) -> tr.TrainConfig:
     base = dict(sites=(SITE,), dict_ratio=2, n_tokens=8 * 32 * 4, batch_size=8, warmup=1,
                 log_every=1, eval_tokens=4 * 32, checkpoint_every=2)  # fmt: skip
-    return tr.TrainConfig.from_dict(base | kw)
+    return config(**(base | kw))
 
 
 @pytest.fixture(scope="module")
@@ -280,7 +281,7 @@ def test_non_finite_sae_weights_are_refused(tmp_path):
         (dict(batch_size=1.5), "batch_size=1.5"),
         (dict(sae="topk", k=2.5), "k=2.5"),
         (dict(n_tokens=-5), "n_tokens=-5"),
-        (dict(kl_coeff=float("inf")), "kl_coeff=inf"),
+        (dict(loss="e2e", kl_coeff=float("inf")), "kl_coeff=inf"),
         (dict(dict_ratio=float("nan")), "dict_ratio=nan"),
     ],
 )

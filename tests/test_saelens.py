@@ -12,6 +12,7 @@ import torch
 import saelab as sl
 from saelab.core import training as tr
 from saelab.core.saelens import main as export_cli
+from saelab.core.setup import init_sae
 
 sae_lens = pytest.importorskip("sae_lens")  # installed by `make test` (the dev extra)
 
@@ -151,7 +152,7 @@ def test_export_cli_and_finetuning_an_imported_local_sae_end_to_end(lm, storywor
     with torch.no_grad():  # it started from the imported SAE, not from a fresh init
         x = torch.randn(4, 64)
         start = sl.SAE.from_config(tuned.sae.cfg)
-        tr.init_sae(start, str(tmp_path / "sl"))
+        init_sae(start, str(tmp_path / "sl"))
         assert torch.allclose(start(x).x_hat, run.sae(x).x_hat, atol=1e-4)
     with pytest.raises(ValueError, match="its normalize_activations is 'none'"):
         bad = tr.TrainConfig(sites=("resid_pre.3",), sae=sl.SAEConfig.create(architecture="relu",

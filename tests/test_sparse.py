@@ -96,11 +96,11 @@ def test_batchtopk_theta_candidate_matches_dense():
 def test_train_step_sparse_equals_dense(lm, storyworld_data):
     """Two library steps, sparse and dense kernels, leave the same SAE (e2e: through the model)."""
     from saelab.core import training
-    from saelab.core.distributed import World
     from saelab.core.models import parse_site
 
     site = parse_site("resid_pre.2")
-    batch = storyworld_data(32, 4 * 32).tokens[:4]
+    data = storyworld_data(32, 4 * 32)
+    batch = data.tokens[:4]
     cfg = training.TrainConfig(
         sites=(str(site),),
         loss="e2e",
@@ -108,14 +108,15 @@ def test_train_step_sparse_equals_dense(lm, storyworld_data):
         dead_tokens=1,
         sae=sl.SAEConfig.create(architecture="topk", k=4, dict_ratio=2.0),
     )
-    facts = dict(d_in=sl.model_info(lm)["d_model"], model_name="t", device=torch.device("cpu"))
+    ctx = training.context(lm, data, [cfg], [None], None, resume=False, overwrite=False)
     states = []
     for kernels in ("sparse", "dense"):
-        state = training.new_state(cfg, [site], facts)
+        m = training.member(ctx, cfg, None, resume=False)
+        state = m.state
         state.saes[site].kernels = kernels  # "sparse" (d_sae 128 = 32 k) or "dense"
         state.since_fire[site] += 2 * (torch.arange(state.since_fire[site].numel()) % 3 == 0)
         for _ in range(2):
-            logs = training.optimise(lm, batch, state, cfg, 1e-3, None, World(), None)
+            logs = training.step(ctx, m, batch)
         states.append((state, logs))
     (a, la), (b, lb) = states
     assert la == pytest.approx(lb, rel=1e-5, abs=1e-6) and la["auxk"] > 0

@@ -1,11 +1,11 @@
 """Training and evaluation through nnsight on the storyworld model, checked against plain torch."""
 
 import json
-from dataclasses import asdict
 
 import pytest
 import torch
 import torch.nn.functional as F
+from configs import config
 
 import saelab as sl
 from saelab.core import losses
@@ -38,7 +38,7 @@ def hf(lm):
 def _small(**kw) -> tr.TrainConfig:
     base = dict(sites=(SITE,), dict_ratio=4, n_tokens=16 * 128 * 24, batch_size=16,
                 eval_tokens=8 * 128, lr=3e-3, warmup=2, log_every=4)  # fmt: skip
-    return tr.TrainConfig.from_dict(base | kw)
+    return config(**(base | kw))
 
 
 def _identity_sae(d: int, site: str) -> SAE:
@@ -155,7 +155,7 @@ def test_resume_after_stop_matches_uninterrupted_run(lm, data, tmp_path, monkeyp
                  checkpoint_every=4, dead_tokens=4096)  # fmt: skip
     full = tr.train(lm, data, cfg, tmp_path / "full", progress=False)
 
-    real_step, calls = tr.train_step, {"n": 0}
+    real_step, calls = tr.compute_loss, {"n": 0}
 
     def dying_step(*a, **k):
         calls["n"] += 1
@@ -163,11 +163,11 @@ def test_resume_after_stop_matches_uninterrupted_run(lm, data, tmp_path, monkeyp
             raise KeyboardInterrupt
         return real_step(*a, **k)
 
-    monkeypatch.setattr(tr, "train_step", dying_step)
+    monkeypatch.setattr(tr, "compute_loss", dying_step)
     with pytest.raises(KeyboardInterrupt):
         tr.train(lm, data, cfg, tmp_path / "cut", progress=False)
-    monkeypatch.setattr(tr, "train_step", real_step)
-    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["step"] == 4
+    monkeypatch.setattr(tr, "compute_loss", real_step)
+    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["step"] == 4
     resumed = tr.train(lm, data, cfg, tmp_path / "cut", resume=True, progress=False)
     a, b = full.log[-1], resumed.log[-1]
     assert a["step"] == b["step"] == 12
@@ -214,18 +214,22 @@ def test_multi_site_e2e_trains_all_saes(lm, data, tmp_path):
 )
 def test_bad_train_config_is_a_clear_error(kw, match):
     with pytest.raises(ValueError, match=match.replace("+", r"\+").replace("(", r"\(")):
-        tr.TrainConfig.from_dict(kw)
+        config(**kw)
 
 
-def test_flat_sae_fields_in_the_constructor_name_the_nested_form():
-    with pytest.raises(
-        TypeError, match=r"k=\.\.\.\) is an SAE field.*SAEConfig\(architecture='topk', k"
-    ):
-        tr.TrainConfig(sae="topk", k=8)
-    flat = tr.TrainConfig.from_dict(dict(sae="topk", k=8, dict_ratio=4, beta=2.0))  # old presets
-    nested = tr.TrainConfig(sae=sl.SAEConfig.create(architecture="topk", k=8, dict_ratio=4))
-    assert flat == nested  # beta is not a TopK field: dropped, as the old sae_config did
-    assert tr.TrainConfig.from_dict(json.loads(json.dumps(asdict(nested)))) == nested
+def test_the_config_is_nested_and_round_trips_through_json():
+    with pytest.raises(TypeError, match="unexpected keyword argument 'k'"):
+        tr.TrainConfig(sae="topk", k=8)  # the SAE's fields belong in its SAEConfig
+    with pytest.raises(ValueError, match=r"unknown TrainConfig fields \['k'\].*under 'sae'"):
+        tr.TrainConfig.from_dict(dict(sae="topk", k=8))
+    with pytest.raises(ValueError, match="objective 'local' has no coefficient 'kl_coeff'"):
+        tr.TrainConfig(loss=sl.objective("local", kl_coeff=1.0))
+    cfg = tr.TrainConfig(sae=sl.SAEConfig.create(architecture="topk", k=8, dict_ratio=4),
+                         loss=sl.objective("e2e+ds", kl_coeff=0.5, ds_coeff=2.5))  # fmt: skip
+    saved = json.loads(json.dumps(cfg.to_dict()))  # what train_config.json holds
+    assert saved["loss"] == {"name": "e2e+ds", "kl_coeff": 0.5, "ds_coeff": 2.5}
+    assert tr.TrainConfig.from_dict(saved) == cfg
+    assert tr.TrainConfig(loss="e2e").loss == sl.objective("e2e", kl_coeff=1.0)
 
 
 def test_dead_tokens_default_scales_with_the_run_and_is_stored_resolved():
@@ -235,7 +239,7 @@ def test_dead_tokens_default_scales_with_the_run_and_is_stored_resolved():
     assert tr.TrainConfig(n_tokens=600_000, dead_tokens=200_000).dead_tokens == 200_000
     assert tr.TrainConfig.from_dict(dict(n_tokens=2_000_000)).dead_tokens == 200_000
     cfg = tr.TrainConfig(n_tokens=600_000)
-    saved = json.loads(json.dumps(asdict(cfg)))  # what train_config.json holds: the number
+    saved = json.loads(json.dumps(cfg.to_dict()))  # what train_config.json holds: the number
     assert saved["dead_tokens"] == 60_000 and tr.TrainConfig.from_dict(saved) == cfg
     with pytest.raises(ValueError, match="dead_tokens=-1"):
         tr.TrainConfig(dead_tokens=-1)

@@ -15,6 +15,7 @@ and model); `saelab.runs` executes the notebooks with papermill. The names below
 """
 
 from saelab.core.cache import ActivationCache, cache_activations, load_cache
+from saelab.core.config import TrainConfig
 from saelab.core.convergence import loss_plateau
 from saelab.core.data import TokenDataset, token_dataset
 from saelab.core.metrics import evaluate, evaluate_many, selected_latents, selection_overlap
@@ -22,7 +23,7 @@ from saelab.core.models import Site, load_model, model_info, parse_site, valid_s
 from saelab.core.objectives import OBJECTIVES, Objective, objective
 from saelab.core.sae import SAE, SAEConfig, architecture, architectures, load_sae, save_sae
 from saelab.core.saelens import export_saelens, to_saebench
-from saelab.core.training import Run, TrainConfig, train, train_many
+from saelab.core.training import Run, train, train_many
 
 __all__ = [
     "OBJECTIVES",

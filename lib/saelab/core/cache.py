@@ -227,10 +227,10 @@ class ActivationCache:
 
     def check_training(self, cfg, lm=None) -> None:
         """Raise unless a `TrainConfig` (and model, if given) can train from this cache."""
-        if cfg.objective.needs_model:
+        if cfg.loss.needs_model:
             raise ValueError(
-                f"loss={cfg.loss!r} cannot train from an activation cache: e2e losses need the "
-                "model's output with the SAE spliced in. Use loss='local', or train on the "
+                f"loss={cfg.loss.name!r} cannot train from an activation cache: e2e losses need "
+                "the model's output with the SAE spliced in. Use loss='local', or train on the "
                 "token dataset"
             )
         if cfg.sae.needs_grad:

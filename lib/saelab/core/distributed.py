@@ -178,9 +178,9 @@ def load_inputs(args: argparse.Namespace, device: str, w: World = World()):
     Rank 0 builds the token cache (`$SAELAB_CACHE`) while the others wait, so they read it
     instead of all tokenizing the same text at once.
     """
+    from saelab.core.config import TrainConfig
     from saelab.core.data import token_dataset
     from saelab.core.models import load_model
-    from saelab.core.training import TrainConfig
 
     cfg = TrainConfig.from_dict(json.loads(Path(args.config).read_text()))
     lm = load_model(args.model, device=device)

@@ -10,18 +10,20 @@ step, the activation cache and the evaluation ask it instead of testing loss nam
 | `e2e+ds` | as e2e, plus the residual stream after the last site | + ds_coeff * downstream MSE |
 
 Each term is `(coefficient, unweighted scalar)`; the architecture adds its own (sparsity, AuxK,
-L0) per SAE (`SAE.loss_terms`). See ARCHITECTURE.md, "Adding an objective".
+L0) per SAE (`SAE.loss_terms`). An objective is a frozen config that owns its coefficients, as
+e2e_sae's loss configs do: `TrainConfig(loss=objective("e2e+ds", kl_coeff=0.5, ds_coeff=2.5))`,
+or `loss="e2e"` for the defaults. See ARCHITECTURE.md, "Adding an objective".
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import ClassVar
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
 
 from saelab.core import losses
 from saelab.core.models import Site
 from saelab.core.passes import Clean, Spliced, later_sites
-from saelab.core.sae import ForwardOutput, Term
+from saelab.core.sae import ForwardOutput, Term, check_number
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,14 @@ class Objective:
     needs_model: ClassVar[bool] = True  # False: stored activations suffice (activation cache)
     spliced: ClassVar[bool] = True  # the SAE's output runs through the rest of the model
     needs_logits: ClassVar[bool] = False  # the clean pass must return the logits
+
+    def __post_init__(self):
+        for f in fields(self):  # every field of an objective is a coefficient
+            check_number(f.name, getattr(self, f.name))
+
+    def to_dict(self) -> dict[str, Any]:
+        """`{"name": ..., <coefficient>: ...}`, what `objective(**d)` reads back."""
+        return {"name": self.name} | asdict(self)
 
     def later(self, lm, sites: list[Site]) -> list[Site]:
         """Sites after the last SAE whose clean and spliced values the terms need."""
@@ -94,11 +104,13 @@ class E2EDownstream(E2E):
     """e2e plus MSE of every later residual stream to its clean value (Braun et al. 2024 §2.3)."""
 
     name: ClassVar[str] = "e2e+ds"
-    ds_coeff: float = 1.0
+    ds_coeff: float = 0.0  # no default: the weight depends on the model (refused below)
 
     def __post_init__(self):
+        super().__post_init__()
         if self.ds_coeff == 0:
-            raise ValueError("loss='e2e+ds' needs ds_coeff > 0 (paper: kl_coeff=0.5, ds_coeff=2.5)")
+            raise ValueError("loss='e2e+ds' needs ds_coeff > 0, e.g. the paper's "
+                             "objective('e2e+ds', kl_coeff=0.5, ds_coeff=2.5)")  # fmt: skip
 
     def later(self, lm, sites: list[Site]) -> list[Site]:
         later = later_sites(lm, sites)
@@ -119,12 +131,15 @@ class E2EDownstream(E2E):
 OBJECTIVES: dict[str, type[Objective]] = {o.name: o for o in (Local, E2E, E2EDownstream)}
 
 
-def objective(name: str, kl_coeff: float = 1.0, ds_coeff: float = 0.0) -> Objective:
-    """The objective called `name`, with its coefficients; a clear error lists the valid names."""
+def objective(name: str, **coeffs: float) -> Objective:
+    """The objective called `name` with its coefficients (`objective("e2e", kl_coeff=0.5)`);
+    a name or a coefficient it does not have is an error listing the valid ones."""
     if name not in OBJECTIVES:
         raise ValueError(f"loss={name!r} is not valid; choose one of {list(OBJECTIVES)}")
     cls = OBJECTIVES[name]
-    known = {f.name for f in fields(cls)}  # each class takes the coefficients it has
-    return cls(
-        **{k: v for k, v in dict(kl_coeff=kl_coeff, ds_coeff=ds_coeff).items() if k in known}
-    )
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(set(coeffs) - set(known))
+    if unknown:
+        raise ValueError(f"objective {name!r} has no coefficient {unknown[0]!r}; its "
+                         f"coefficients: {known or 'none'}")  # fmt: skip
+    return cls(**coeffs)

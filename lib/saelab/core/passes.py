@@ -64,7 +64,7 @@ def training_positions(data, exclude_positions=None, device=None) -> torch.Tenso
     Every one of the `data.n_ctx` positions except `exclude_positions` (None: the BOS position 0
     when `data` prepends one, as `TrainConfig.exclude_positions=None` does; ARCHITECTURE.md §6).
     Unlike `kept_positions` it is never None, so `x[:, keep]` (`[B, T, d] -> [B, T', d]`) and
-    `train_step(..., keep=keep)` take it as it is, on every model family.
+    `compute_loss(..., keep=keep)` take it as it is, on every model family.
 
         keep = training_positions(data, cfg.exclude_positions)   # tensor([1, 2, ..., T-1])
     """
@@ -99,7 +99,7 @@ def sae_input(lm, tokens: torch.Tensor, sae: SAE, keep: torch.Tensor | None = No
     The clean activation at `site` (default `sae.cfg.site`) at the kept positions `keep [T']`
     (`training_positions`; None: all), in the SAE's dtype and in its own units, i.e. times
     `act_scale` when the SAE normalises activations (ARCHITECTURE.md §6): the `x` of the local
-    MSE and of the SAE's own loss terms in `training.train_step`. `sae(...)` itself takes raw
+    MSE and of the SAE's own loss terms in `training.compute_loss`. `sae(...)` itself takes raw
     activations (`select(clean.acts[site], keep)`) and normalises them inside.
     """
     site = parse_site(site if site is not None else sae.cfg.site)

@@ -134,13 +134,6 @@ class SAEConfig:
     # existed), when that differs from today's default
     saved_defaults: ClassVar[dict[str, Any]] = {"normalize_activations": "none"}
 
-    def __new__(cls, *args, **kwargs):
-        # Transitional: `SAEConfig(architecture=...)` still dispatches until core/training.py
-        # calls `SAEConfig.create` (issue 25); then this method goes.
-        if cls is SAEConfig:
-            cls = _config_class(kwargs)
-        return object.__new__(cls)
-
     @staticmethod
     def create(**kw: Any) -> SAEConfig:
         """The config of architecture `kw["architecture"]` from its fields: `SAEConfig.create(
@@ -291,15 +284,6 @@ class SAE(nn.Module):
     """
 
     cfg_class: ClassVar[type[SAEConfig]] = SAEConfig
-
-    def __new__(cls, cfg: SAEConfig | None = None, *args, **kwargs):
-        # Transitional: `SAE(cfg)` still dispatches until core/training.py calls
-        # `SAE.from_config` (issue 25); then this method goes.
-        if cls is SAE:
-            if not isinstance(cfg, SAEConfig):
-                raise TypeError(f"SAE(cfg) needs an SAEConfig, got {type(cfg).__name__}")
-            cls = architecture(cfg.architecture)  # uninitialised: type.__call__ runs __init__
-        return super().__new__(cls)
 
     @staticmethod
     def from_config(cfg: SAEConfig) -> SAE:

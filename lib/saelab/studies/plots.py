@@ -209,7 +209,7 @@ def objective_of(log) -> str:
     e2e+ds, `kl`: e2e, neither: local)."""
     cfg = getattr(log, "cfg", None)
     if cfg is not None and getattr(cfg, "loss", None):
-        return str(cfg.loss)
+        return cfg.loss.name
     recs = [r for r in getattr(log, "log", log) if r.get("kind") == "train"]
     keys = set().union(*recs) if recs else set()
     return "e2e+ds" if "ds_mse" in keys else "e2e" if "kl" in keys else "local"

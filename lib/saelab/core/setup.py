@@ -1,0 +1,307 @@
+"""What a run needs before its first step: the model's facts, the step count, seeded SAEs and
+Adam, activation scales, the batch order, a sweep's shared clean pass and its evaluations, and
+the two records the loop works on: `Context` (what every member's step shares) and `Member`
+(one run of a sweep and its state).
+
+`saelab.core.training` reads top to bottom without these; each is small and tested through it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from saelab.core.cache import ActivationCache, evaluate_cached
+from saelab.core.checkpoint import (
+    TrainState,
+    append_log,
+    check_out_dir,
+    data_fingerprint,
+    describe_data,
+    load_checkpoint,
+    restore,
+)
+from saelab.core.config import TrainConfig
+from saelab.core.metrics import evaluate_many
+from saelab.core.models import Site, model_info, model_name, parse_site, sort_sites
+from saelab.core.passes import Clean, clean_pass, excluded_positions, kept_positions, sae_inputs
+from saelab.core.sae import SAE, load_sae
+
+if TYPE_CHECKING:
+    from saelab.core.distributed import World
+
+# what every config of a `train_many` sweep shares: they fix the batches and the clean pass
+SHARED = {
+    "sites": lambda c: c.sites,
+    "loss": lambda c: c.loss.name,  # the objective; its coefficients may differ
+    "batch_size": lambda c: c.batch_size,
+    "n_tokens": lambda c: c.n_tokens,
+    "seed": lambda c: c.seed,
+    "exclude_positions": lambda c: c.exclude_positions,
+}
+
+
+def check_sweep(cfgs: list[TrainConfig], out_dirs: list) -> None:
+    """Refuse a sweep whose configs differ in a shared field, or whose out_dirs repeat."""
+    if not cfgs:
+        raise ValueError("train_many needs at least one TrainConfig")
+    if len(out_dirs) != len(cfgs):
+        raise ValueError(f"{len(cfgs)} configs but {len(out_dirs)} out_dirs")
+    for name, get in SHARED.items():
+        values = [get(c) for c in cfgs]
+        if any(v != values[0] for v in values):
+            raise ValueError(
+                f"train_many: every config must share {name} (it fixes the batches and the clean "
+                f"pass), got {values}; train configs that differ in it separately"
+            )
+    named = [str(Path(o).resolve()) for o in out_dirs if o is not None]
+    if len(set(named)) != len(named):
+        raise ValueError(f"train_many: out_dirs repeat: {named}")
+
+
+def model_facts(lm, data, cfg: TrainConfig) -> dict:
+    """d_in, n_layers, the model's positions, model name and device, from `lm` or a cache."""
+    cache = data if isinstance(data, ActivationCache) else None
+    if cache is not None:
+        cache.check_training(cfg, lm)
+    if lm is None:
+        if cache is None:
+            raise ValueError("lm is None: only an activation cache (saelab.core.cache) trains "
+                             "without the model; pass the model to train on tokens")  # fmt: skip
+        m = cache.manifest
+        return dict(d_in=m["d_in"], n_layers=m["n_layers"], n_ctx=m["model_n_ctx"],
+                    model_name=m["model"], device=torch.device("cpu"))  # fmt: skip
+    info = model_info(lm)
+    name, path = model_name(lm)
+    return dict(d_in=info["d_model"], n_layers=info["n_layers"], n_ctx=info["n_ctx"],
+                model_name=name, model_path=path, device=torch.device(lm.device))  # fmt: skip
+
+
+def n_steps_of(cfg: TrainConfig, data, facts: dict) -> int:
+    """Optimiser steps of the run; refuses data that cannot fill one batch."""
+    if data.n_ctx > facts["n_ctx"]:
+        raise ValueError(f"data n_ctx={data.n_ctx} exceeds the model's {facts['n_ctx']} positions")
+    n_steps = cfg.n_tokens // (cfg.batch_size * data.n_ctx)
+    if n_steps < 1:
+        raise ValueError(
+            f"n_tokens={cfg.n_tokens} is less than one batch ({cfg.batch_size} x {data.n_ctx})"
+        )
+    if len(data) < cfg.batch_size:
+        raise ValueError(
+            f"dataset {data.source!r} has {len(data)} rows of {data.n_ctx} tokens, fewer than one "
+            f"batch of {cfg.batch_size}; give more tokens or a smaller batch_size"
+        )
+    return n_steps
+
+
+def init_sae(sae: SAE, path: str) -> None:
+    """Load the weights (and activation scale) of the SAE at `path` into `sae`, checking fit."""
+    src = load_sae(path, device=sae.device)
+    mine, theirs = sae.cfg, src.cfg
+    for name in ("architecture", "d_in", "d_sae", "normalize_activations"):
+        if getattr(mine, name) != getattr(theirs, name):
+            raise ValueError(
+                f"init_from={path!r}: its {name} is {getattr(theirs, name)!r} but this run's SAE "
+                f"has {getattr(mine, name)!r}; set TrainConfig.sae to match"
+            )
+    if getattr(theirs, "normalize_decoder", True) != getattr(mine, "normalize_decoder", True):
+        raise ValueError(f"init_from={path!r}: its decoder rows are used as stored "
+                         "(normalize_decoder=False); set it in TrainConfig.sae too")  # fmt: skip
+    sae.load_state_dict(src.state_dict(), strict=True)
+
+
+def new_state(cfg: TrainConfig, sites: list[Site], facts: dict) -> TrainState:
+    """Seeded SAEs (one per site), Adam over all their parameters, nothing fired yet."""
+    torch.manual_seed(cfg.seed)
+    # Built on the CPU from the seeded CPU generator, then moved: the same init on every device.
+    device = facts["device"]
+    saes = {s: SAE.from_config(cfg.sae_config(str(s), facts["d_in"], facts["model_name"],
+                                              facts.get("model_path", ""))).to(device)
+            for s in sites}  # fmt: skip
+    if cfg.init_from is not None:
+        (site,) = sites
+        init_sae(saes[site], cfg.init_from)
+    params = [p for sae in saes.values() for p in sae.parameters()]
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    since_fire = {s: torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=device)
+                  for s, sae in saes.items()}  # fmt: skip
+    return TrainState(saes, opt, since_fire)
+
+
+@torch.no_grad()
+def estimate_act_scales(lm, data, saes: dict, keep, batch_size: int, n_tokens: int = 2**16) -> dict:
+    """Set each normalising SAE's `act_scale` from the mean norm of its site's activations.
+
+    Reads the first ~`n_tokens` rows of `data` in stored order (the same on every rank), at the
+    kept positions: E||x * act_scale|| = sqrt(d_in) (SAELens' "expected_average_only_in").
+    Returns {site: mean raw norm} for the log.
+    """
+    sites = [s for s, sae in saes.items() if sae.cfg.normalize_activations != "none"]
+    if not sites:
+        return {}
+    n_rows = max(1, min(len(data), n_tokens // data.n_ctx))
+    sums, count = dict.fromkeys(sites, 0.0), 0
+    for i in range(0, n_rows, batch_size):
+        rows = torch.arange(i, min(i + batch_size, n_rows))
+        if isinstance(data, ActivationCache):
+            acts = {sites[0]: data.rows(rows)}
+        else:
+            device = next(iter(saes.values())).device
+            acts = clean_pass(lm, data.tokens[rows].to(device), sites).acts
+        for s in sites:
+            x = sae_inputs(Clean({s: acts[s]}, None, None, []), keep).acts[s]
+            sums[s] += float(x.norm(dim=-1).sum())
+        count += x[..., 0].numel()
+    means = {s: sums[s] / count for s in sites}
+    for s in sites:
+        saes[s].set_act_scale(means[s])
+    return {str(s): m for s, m in means.items()}
+
+
+def shared_clean_pass(lm, tokens: torch.Tensor, saes: list[dict[Site, SAE]],
+                      cfg: TrainConfig) -> Clean:  # fmt: skip
+    """One clean pass on `tokens [B, T]` serving every SAE set in `saes` (one per config of a
+    sweep, same sites): activations, and the logits, later residuals and dL/dx where the
+    objective or any SAE needs them."""
+    sites = sort_sites(list(saes[0]))
+    obj = cfg.loss
+    later = obj.later(lm, sites) if obj.spliced else []
+    grads = any(sae.needs_grad for group in saes for sae in group.values())
+    return clean_pass(lm, tokens, sites, later, logits=obj.needs_logits, grads=grads)
+
+
+def evaluate_states(lm, states: list[TrainState], data, cfgs: list[TrainConfig],
+                    excluded=()) -> list[dict]:  # fmt: skip
+    """Eval records of several runs: those with the same eval settings share each batch's clean
+    pass (`saelab.core.metrics.evaluate_many`), and each record equals the run's own
+    evaluation. On a cache (`lm` None) each run is evaluated alone, SAE-only."""
+    recs: list[dict | None] = [None] * len(states)
+    groups: dict[tuple, list[int]] = {}
+    for i, cfg in enumerate(cfgs):
+        groups.setdefault((cfg.eval_tokens, cfg.batch_size, cfg.alive_tokens), []).append(i)
+    for (n_tok, bs, alive), idx in groups.items():
+        kw = dict(n_tokens=n_tok, batch_size=bs, exclude_positions=excluded, alive_tokens=alive)
+        sets = [{str(s): v for s, v in states[i].saes.items()} for i in idx]
+        if lm is None:
+            reps = [evaluate_cached(named, data, **kw) for named in sets]
+        else:
+            reps = evaluate_many(lm, sets, data, **kw)
+        for i, rep in zip(idx, reps, strict=True):
+            recs[i] = {"step": states[i].step, "kind": "eval", **rep}
+    return recs
+
+
+def batches(data, cfg: TrainConfig, start: int = 0):
+    """Endless shuffled global batches (a new seeded order each epoch), skipping `start`.
+
+    Works on a TokenDataset (tokens `[B, T]`) and an ActivationCache (activations `[B, T, d]`),
+    which share the row order, so cached and live training see the same rows at every step.
+    """
+    epoch, i = 0, 0
+    while True:
+        for b in data.batches(cfg.batch_size, shuffle=True, seed=cfg.seed + epoch):
+            if i >= start:
+                yield b
+            i += 1
+        epoch += 1
+
+
+# --- the records the loop works on --------------------------------------------------------------
+
+
+@dataclass
+class Member:
+    """One run of a sweep: its config, folder, state, and what the loop keeps for it."""
+
+    cfg: TrainConfig
+    out: Path | None  # where it writes (None: nowhere, or not the main rank)
+    state: TrainState
+    last_ckpt: Path | None = None  # the last good checkpoint, named if the loss goes non-finite
+    started: bool = False  # its files are written once its first step has succeeded
+    sums: dict[str, float] = field(default_factory=dict)  # log values since the last record
+    n_summed: int = 0
+
+    def log(self, rec: dict) -> None:
+        self.state.log.append(rec)
+        if self.out is not None:
+            append_log(self.out, rec)
+
+
+@dataclass
+class Context:
+    """What every member's step shares: the model, the data and its facts, the positions."""
+
+    lm: object
+    data: object
+    eval_data: object
+    cache: ActivationCache | None
+    sites: list[Site]
+    device: torch.device
+    n_steps: int
+    excluded: tuple[int, ...]
+    keep: torch.Tensor
+    world: World
+    data_fp: str
+    data_record: dict
+    overwrite: bool
+    facts: dict  # d_in, n_layers, n_ctx, model name/path, device (`setup.model_facts`)
+
+    @classmethod
+    def for_steps(cls, lm, sites: list[Site], facts: dict, keep: torch.Tensor | None = None,
+                  n_steps: int = 10**9) -> Context:  # fmt: skip
+        """A context for calling `training.step` on batches of one's own (benchmarks): no data,
+        nothing written, one process; `keep` None trains on every position."""
+        from saelab.core.distributed import World
+
+        return cls(lm, None, None, None, sites, facts["device"], n_steps, (), keep, World(), "",
+                   {}, False, facts)  # fmt: skip
+
+
+def context(lm, data, cfgs: list[TrainConfig], out_dirs: list, eval_data, resume: bool,
+            overwrite: bool) -> Context:  # fmt: skip
+    """Check everything a sweep needs before anything is written, and gather what its steps
+    share (`Context`)."""
+    from saelab.core import distributed as dd
+
+    cfg0, w = cfgs[0], dd.world()
+    facts = [model_facts(lm, data, cfg) for cfg in cfgs][0]  # an activation cache checks each
+    cache = data if isinstance(data, ActivationCache) else None
+    sites = sort_sites([parse_site(s, facts["n_layers"]) for s in cfg0.sites])
+    n_steps = n_steps_of(cfg0, data, facts)
+    dd.check_batch(cfg0.batch_size, w)
+    if lm is not None and cfg0.loss.spliced:
+        cfg0.loss.later(lm, sites)  # e.g. e2e+ds with no later layer: refused now
+    if eval_data is None:
+        eval_data = cache.token_dataset() if cache is not None and lm is not None else data
+    excluded = excluded_positions(cfg0.exclude_positions, data)
+    for out in out_dirs:
+        if out is not None:
+            check_out_dir(Path(out), resume, overwrite)
+    data_fp = data_fingerprint(data) if any(o is not None for o in out_dirs) else ""
+    return Context(lm, data, eval_data, cache, sites, facts["device"], n_steps, excluded,
+                   kept_positions(data.n_ctx, excluded, facts["device"]), w, data_fp,
+                   describe_data(data) | {"excluded_positions": list(excluded)}, overwrite,
+                   facts)  # fmt: skip
+
+
+def member(ctx: Context, cfg: TrainConfig, out_dir, resume: bool) -> Member:
+    """A sweep member's state: fresh and seeded (its activation scale estimated), or resumed
+    from its checkpoint (which brings the scale)."""
+    from saelab.core import distributed as dd
+
+    out = Path(out_dir) if out_dir is not None else None
+    state = new_state(cfg, ctx.sites, ctx.facts)
+    dd.broadcast_params(state.params, ctx.world)
+    ckpt = out / "checkpoint.pt" if out is not None else None
+    resumed = resume and ckpt is not None and ckpt.exists()
+    if resumed:
+        restore(state, load_checkpoint(ckpt, cfg, ctx.sites, ctx.data_fp))
+    elif cfg.init_from is None:  # an initial SAE brings its activation scale
+        norms = estimate_act_scales(ctx.lm, ctx.data, state.saes, ctx.keep, cfg.batch_size)
+        if norms:
+            state.log.append({"step": 0, "kind": "act_scale", "mean_norm": norms})
+    dd.check_same_step(state.step, ctx.device, ctx.world)
+    return Member(cfg, out if ctx.world.main else None, state, ckpt if resumed else None)

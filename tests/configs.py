@@ -1,0 +1,25 @@
+"""`config(**kw)`: a TrainConfig from one keyword list, so a test names only what it varies.
+
+Keywords that are TrainConfig fields stay; `sae` (an architecture name, default "relu") and
+every other keyword build the SAE's config; `kl_coeff` / `ds_coeff` go to the objective named by
+`loss`. A test helper, not the library's: the library takes the nested form only.
+"""
+
+from dataclasses import fields
+
+import saelab as sl
+
+COEFFS = ("kl_coeff", "ds_coeff")
+
+
+def config(**kw) -> sl.TrainConfig:
+    own = {f.name for f in fields(sl.TrainConfig)}
+    train = {k: v for k, v in kw.items() if k in own and k not in ("sae", "loss")}
+    coeffs = {k: kw[k] for k in COEFFS if k in kw}
+    sae = {k: v for k, v in kw.items() if k not in own and k not in COEFFS}
+    loss, arch = kw.get("loss", "local"), kw.get("sae", "relu")
+    return sl.TrainConfig(
+        sae=sl.SAEConfig.create(architecture=arch, **sae) if isinstance(arch, str) else arch,
+        loss=sl.objective(loss, **coeffs) if isinstance(loss, str) else loss,
+        **train,
+    )
