@@ -76,13 +76,6 @@ def _gsae_by_k(run: RunFolder, metric: str) -> tuple[list[str], list[float], lis
     return [f"{float(k):g}" for k in ks], [g[k] for k in ks], [t[k] for k in ks]
 
 
-def _where_lower(ks: list[str], a: list[float], b: list[float], word: str) -> str:
-    low = [k for k, x, y in zip(ks, a, b, strict=True) if x < y]
-    if len(low) == len(ks):
-        return f"{word} at every k"
-    return f"not {word} at any k" if not low else f"{word} at k = {', '.join(low)} only"
-
-
 def _last_layer(rec: dict) -> str:
     keys = [k for k in rec if k.startswith("ds_mse/resid_post.")]
     if not keys:

@@ -5,7 +5,8 @@ A local-loss relu/topk SAE sees only its site's activation `x [B, n_ctx, d_in]` 
 
     cache = sl.cache_activations(lm, data, "resid_pre.3", "outputs/cache/rp3")
     for phi in (0.1, 0.3, 1.0):
-        sl.train(lm, cache, sl.TrainConfig(sites=("resid_pre.3",), sparsity=phi), f"out/{phi}")
+        sae = sl.SAEConfig.create(architecture="relu", sparsity=phi)
+        sl.train(lm, cache, sl.TrainConfig(sites=("resid_pre.3",), sae=sae), f"out/{phi}")
 
 `train(lm, cache, cfg)` reads the rows in exactly the order `train(lm, data, cfg)` reads the
 token rows (same seed -> same batches -> the same SAE, up to float rounding). The evaluation at the

@@ -104,9 +104,3 @@ def logit_effects(lm, directions: Tensor) -> Tensor:
     if centre:
         d = d - d.mean(-1, keepdim=True)
     return (d * gain) @ W_U.T
-
-
-def top_tokens(lm, effects: Tensor, k: int = 10, largest: bool = True) -> list[list[str]]:
-    """The `k` token strings with the largest (or smallest) effect, per row of `effects [n, V]`."""
-    idx = effects.topk(k, dim=-1, largest=largest).indices
-    return [[lm.tokenizer.decode([int(t)]) for t in row] for row in idx]

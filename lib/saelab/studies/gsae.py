@@ -23,8 +23,6 @@ from saelab.core.passes import clean_pass, excluded_positions, kept_positions, s
 from saelab.core.sae import SAE
 from saelab.studies.stats import seed_stats  # noqa: F401  (11_gsae_study reads it here)
 
-GRADIENT_FIELDS = ("beta", "value_mode", "grad_norm")
-
 
 def label_free(sae: SAE) -> SAE:
     """A `topk` SAE with `sae`'s weights, activation scale and k: the g-SAE at beta = 0.
