@@ -304,6 +304,7 @@ summary = dict(
     methods=exported,
     prompt_top_latent=i0, label_search={"concept": concept, "latent": best}, seeds=seeds,
     over_seeds=over,
+    loaded_runs=sorted({r for s in seeds for r in picks[s].run}),  # what pruning keeps
     seconds=time.time() - t_start,
 )  # fmt: skip
 (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")

@@ -255,6 +255,7 @@ summary = dict(
     prob_added=summ.to_dict(orient="records"), what_we_see=lines, seeds=seeds,
     twins=twin.to_dict(orient="records"), ratios_by_seed=ratios_seed.to_dict(orient="records"),
     over_seeds=over,
+    loaded_runs=sorted(r for d in by_seed.values() for r in d.run),  # what pruning keeps
     seconds=time.time() - t_start,
 )  # fmt: skip
 (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")

@@ -337,6 +337,7 @@ summary = dict(
     max_base_rate=max_base_rate,
     excluded_concepts=excluded.reset_index().to_dict(orient="records"),
     over_seeds=over,
+    loaded_runs=sorted(set(todo.run)),  # the SAEs this study read: what pruning keeps
     seconds=time.time() - t_start,
 )
 (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")

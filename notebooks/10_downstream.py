@@ -247,6 +247,7 @@ summary = dict(
     l2_ratio_skips_position_0=skips_pos0,
     ds_layers=dict(ours=layers, e2e_sae=e2e_layers),
     over_seeds=over,
+    loaded_runs=[],  # reads the sweep's tables, no SAE weights (what pruning keeps)
 )
 (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
 print(f"outputs in {out}")

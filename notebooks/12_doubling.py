@@ -281,6 +281,7 @@ summary = dict(
     per_setting=per_setting.reset_index().to_dict("records"),
     plateau=plateau.to_dict("records"),
     verdict=verdict,
+    loaded_runs=[],  # reads the sweeps' tables and metrics, no SAE weights (what pruning keeps)
 )  # fmt: skip
 (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
 print(f"outputs in {out}")

@@ -361,3 +361,78 @@ def test_check_fails_only_when_strict_on_a_changed_notebook(tmp_path, monkeypatc
     assert cli.main(["check", "--strict"]) == 1
     out = capsys.readouterr().out
     assert "changed since their reference run" in out and "00_storyworld/ref" in out
+
+
+def _sae_run(folder: Path, names: list[str], own: bool = False, status="completed") -> None:
+    """A run folder holding saved SAEs: a sweep's `runs/<name>/saes/s` or a notebook's `saes/s`."""
+    from saelab.core.sae import SAE, SAEConfig, save_sae
+
+    for i, name in enumerate(names):
+        torch_seed(i)
+        sae = SAE.from_config(SAEConfig.create(architecture="topk", d_in=8, d_sae=32, k=4))
+        save_sae(sae, folder / ("saes" if own else f"runs/{name}/saes") / "s")
+    (folder / "config.json").write_text(json.dumps({"status": status, "parameters": {}}))
+
+
+def torch_seed(i: int) -> None:
+    import torch
+
+    torch.manual_seed(i)
+
+
+def test_prune_keeps_what_a_study_loaded_as_float16_and_drops_the_rest(tmp_path):
+    import torch
+
+    from saelab.core.sae import load_sae
+    from saelab_lab import prune
+
+    root = tmp_path / "repo"
+    ref = root / "outputs" / "reference"
+    sweep, own, study = ref / "05_pareto" / "x", ref / "01_nb" / "x", ref / "06_st" / "x"
+    _sae_run(sweep, ["a", "b"])
+    _sae_run(own, ["only"], own=True)
+    _sae_run(ref / "05_pareto" / "running", ["c"], status="running")
+    study.mkdir(parents=True)
+    (study / "config.json").write_text(
+        json.dumps(
+            {"status": "completed", "parameters": {"sae_run": "outputs/reference/05_pareto/x"}}
+        )
+    )
+    (study / "summary.json").write_text(json.dumps({"loaded_runs": ["a"]}))
+    trained = load_sae(sweep / "runs/a/saes/s")
+    dry = prune.prune(root, dry_run=True)
+    assert sorted(len(d.removed) for d in dry) == [1, 1]
+    assert (sweep / "runs/b/saes/s/sae.safetensors").exists()  # a dry run changes nothing
+
+    done = {d.folder.name: d for d in prune.prune(root)}
+    assert done["x"].bytes_after < done["x"].bytes_before
+    assert not (sweep / "runs/b/saes/s/sae.safetensors").exists()
+    assert (sweep / "runs/b/saes/s/cfg.json").exists()  # what it was stays readable
+    assert not (own / "saes/s/sae.safetensors").exists()  # a notebook's own SAEs: no study reads
+    assert (ref / "05_pareto/running/runs/c/saes/s/sae.safetensors").exists()  # not completed
+    record = json.loads((sweep / "pruned.json").read_text())
+    assert record["removed"] == ["runs/b/saes/s/sae.safetensors"]
+    assert record["float16"] == ["runs/a/saes/s/sae.safetensors"]
+    kept = load_sae(sweep / "runs/a/saes/s")
+    assert kept.W_enc.dtype == torch.float32  # the config's dtype, not the file's
+    torch.testing.assert_close(kept.W_dec, trained.W_dec, rtol=1e-3, atol=1e-4)
+    assert torch.equal(kept.b_dec, trained.b_dec)  # only the matrices are rounded
+    assert not any(d.removed or d.halved for d in prune.prune(root))  # a second prune: nothing
+
+
+def test_prune_keeps_every_sae_of_a_sweep_a_study_does_not_account_for(tmp_path):
+    from saelab_lab import prune
+
+    root = tmp_path / "repo"
+    sweep, study = root / REF_SWEEP, root / "outputs/reference/06_st/x"
+    _sae_run(sweep, ["a", "b"])
+    study.mkdir(parents=True)
+    (study / "config.json").write_text(
+        json.dumps({"status": "completed", "parameters": {"sae_run": REF_SWEEP}})
+    )
+    (study / "summary.json").write_text(json.dumps({"seeds": [0]}))  # no loaded_runs
+    (done,) = prune.prune(root)
+    assert done.removed == [] and len(done.halved) == 2
+
+
+REF_SWEEP = "outputs/reference/05_pareto/x"

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from saelab import runs
-from saelab_lab import freshness, jobs
+from saelab_lab import freshness, jobs, prune
 from saelab_lab.tables import TableError, tables
 
 
@@ -34,6 +34,21 @@ def check(strict: bool) -> int:
     return 1 if failed else 0
 
 
+def report_prune(done: list[prune.Pruned], dry_run: bool) -> int:
+    """Print what `prune` did (or would do) per run folder, and the total; exit code 0."""
+    root = runs.ROOT
+    for d in done:
+        if d.removed or d.halved:
+            print(f"{d.folder.relative_to(root)}: {len(d.removed)} weight files removed, "
+                  f"{len(d.halved)} halved ({d.bytes_before / 1e6:.1f} -> "
+                  f"{d.bytes_after / 1e6:.1f} MB)")  # fmt: skip
+    before, after = sum(d.bytes_before for d in done), sum(d.bytes_after for d in done)
+    verb = "would go" if dry_run else "went"
+    print(f"SAE weights: {before / 1e6:.1f} -> {after / 1e6:.1f} MB ({(before - after) / 1e6:.1f} "
+          f"MB {verb})")  # fmt: skip
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     about = "saelab's reference runs and generated tables"
     ap = argparse.ArgumentParser(prog="python -m saelab_lab", description=about)
@@ -44,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--check", action="store_true", help="write nothing; exit 1 listing diffs")
     g = sub.add_parser("regenerate", help="rerun the reference runs (make reference), then tables")
     g.add_argument("--run-id", action="append", help="only the jobs of this run id (repeatable)")
+    p = sub.add_parser("prune", help="drop SAE weights no study reads, store the rest as float16")
+    p.add_argument("--dry-run", action="store_true", help="say what would go; change nothing")
     a = ap.parse_args(argv)
     try:
         if a.cmd == "check":
@@ -52,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             lines = tables(write=not a.check)
             print("\n".join(lines) if lines else "every table is up to date")
             return 1 if (lines and a.check) else 0
+        if a.cmd == "prune":
+            return report_prune(prune.prune(dry_run=a.dry_run), a.dry_run)
         jobs.regenerate(run_ids=a.run_id)
         return 0
     except (TableError, runs.RunExists, RuntimeError) as e:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from saelab import runs
 from saelab_lab.freshness import REFERENCE, check_run, read_runs
+from saelab_lab.prune import prune
 from saelab_lab.tables import tables
 
 REF_ID = "ref"  # the run id of the smoke-scale runs: outputs/reference/<notebook>/ref
@@ -88,7 +89,8 @@ def _job_params(notebook: str, preset: str, rid: str) -> dict[str, str]:
 def regenerate(root: Path = runs.ROOT, run_ids=None) -> None:
     """Run every job of `JOBS` (with a run id in `run_ids`, or all) that has no fresh completed
     run under `outputs/reference/<nb>/<run id>` (a failed or partial folder is moved aside by the
-    runner), then write the tables. Refuses a dirty git tree, since every run records it."""
+    runner), prune the SAE weights (`saelab_lab.prune`), then write the tables. Refuses a dirty
+    git tree, since every run records it."""
     if runs.git_state(root)["dirty"] is not False:
         raise RuntimeError("the git tree is dirty (or not a git checkout): commit first; a "
                            "reference run records the commit it ran")  # fmt: skip
@@ -99,5 +101,7 @@ def regenerate(root: Path = runs.ROOT, run_ids=None) -> None:
         reads = _job_params(nb, preset, rid)
         params = {"sae_run": reads["sae_run"]} if "sae_run" in reads else {}
         runs.run_notebook(nb, params, preset, rid, root / REFERENCE)
+    saved = sum(d.bytes_before - d.bytes_after for d in prune(root)) / 1e6
+    runs.say(f"reference: SAE weights no study reads removed, the rest halved ({saved:.1f} MB)")
     changed = tables(root)
     runs.say(f"reference: tables rewritten ({len(changed)} changed)")

@@ -626,6 +626,17 @@ def _read_weights(weights_path: Path) -> dict[str, Tensor]:
     return tensors
 
 
+def _dtype(name, stored: torch.dtype, cfg_path: Path) -> torch.dtype:
+    """The torch dtype `cfg.json` names (`"float32"`, `"torch.bfloat16"`), or `stored` if none."""
+    if name is None:
+        return stored
+    dtype = getattr(torch, str(name).removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"SAE config in {cfg_path} names dtype {name!r}, not a floating-point "
+                         "torch dtype (e.g. 'float32', 'bfloat16')")  # fmt: skip
+    return dtype
+
+
 def load_sae(
     path: str | os.PathLike,
     d_in: int | None = None,
@@ -670,7 +681,9 @@ def load_sae(
                 f"SAE weights {weights_path}: {name} has shape {tuple(tensors[name].shape)}, "
                 f"expected {shape} from the config"
             )
-    sae = sae.to(dtype=tensors["W_enc"].dtype)
+    # The SAE's dtype is its config's, as in SAELens; the file may store the weights more
+    # compactly (outputs/reference keeps float16 matrices: ARCHITECTURE.md §6).
+    sae = sae.to(dtype=_dtype(meta.get("dtype"), tensors["W_enc"].dtype, cfg_path=path))
     sae.load_state_dict(tensors, strict=True)
     sae.extra = meta.get("extra") or {}  # provenance: the training config and data
     sae.eval()
