@@ -62,7 +62,7 @@ from IPython.display import HTML, Markdown, display
 
 import saelab as sl
 from saelab.core.models import get_site, set_site
-from saelab.core.passes import training_positions
+from saelab.core.passes import sae_positions
 from saelab.core.setup import estimate_act_scales
 from saelab.core.training import compute_loss
 from saelab.runs import notebook_out_dir, resolve_input
@@ -120,7 +120,7 @@ S = sl.parse_site(site)
 cfg = configs["e2e"]
 torch.manual_seed(seed)  # sl.train seeds the init the same way
 sae = sl.SAE.from_config(cfg.sae_config(site, sl.model_info(lm)["d_model"])).to(lm.device)
-keep = training_positions(train_data, cfg.exclude_positions, lm.device)  # [T']: all but BOS
+keep = sae_positions(train_data, cfg.exclude_positions, lm.device)  # [T']: all but BOS
 estimate_act_scales(lm, train_data, {S: sae}, keep, batch_size)
 tokens = train_data.tokens[:batch_size].to(lm.device)  # [B, T]
 with torch.no_grad(), lm.trace(tokens):

@@ -59,7 +59,7 @@ from IPython.display import HTML, Markdown, display
 
 import saelab as sl
 from saelab.core.models import get_site, set_site
-from saelab.core.passes import training_positions
+from saelab.core.passes import sae_positions
 from saelab.core.setup import estimate_act_scales
 from saelab.core.training import compute_loss
 from saelab.runs import notebook_out_dir, resolve_input
@@ -122,7 +122,7 @@ cfg = configs["e2e+ds"]
 later = cfg.loss.later(lm, [S])
 torch.manual_seed(seed)  # sl.train seeds the init the same way
 sae = sl.SAE.from_config(cfg.sae_config(site, sl.model_info(lm)["d_model"])).to(lm.device)
-keep = training_positions(train_data, cfg.exclude_positions, lm.device)  # [T']: all but BOS
+keep = sae_positions(train_data, cfg.exclude_positions, lm.device)  # [T']: all but BOS
 estimate_act_scales(lm, train_data, {S: sae}, keep, batch_size)
 tokens = train_data.tokens[:batch_size].to(lm.device)  # [B, T]
 resid_clean = []  # nnsight fills containers made outside the trace

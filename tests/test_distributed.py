@@ -10,6 +10,7 @@ import torch
 
 import saelab as sl
 from saelab.core import distributed as dd
+from saelab.core import ranks
 from saelab.core import training as tr
 
 N_CTX, DATA_TOKENS = 64, 8_000
@@ -111,10 +112,10 @@ def test_torchrun_resumes_an_e2e_checkpoint(inputs, cache_env, tmp_path, monkeyp
 
 def test_shards_cover_the_global_batch_and_bad_batches_are_refused():
     batch = torch.arange(12).reshape(6, 2)
-    parts = [dd.shard(batch, dd.World(r, 3)) for r in range(3)]
+    parts = [ranks.shard(batch, ranks.World(r, 3)) for r in range(3)]
     assert torch.equal(torch.cat(parts), batch)
     with pytest.raises(ValueError, match=r"batch_size=8 \(the global batch\) is not divisible"):
-        dd.check_batch(8, dd.World(0, 3))
+        ranks.check_batch(8, ranks.World(0, 3))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

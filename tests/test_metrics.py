@@ -109,15 +109,23 @@ def test_evaluate_many_refuses_sets_at_different_sites(lm, data):
 def test_cached_alive_window_equals_the_live_one(lm, data, tmp_path):
     cache = sl.cache_activations(lm, data, "resid_pre.3", tmp_path / "c", progress=False)
     sae = _sae("topk")
-    from saelab.core.cache import evaluate_cached
-
     live = _quiet(lm, sae, data, n_tokens=4 * N_CTX, batch_size=8, alive_tokens=30 * 31)
-    cached = evaluate_cached({"resid_pre.3": sae}, cache, n_tokens=4 * N_CTX, batch_size=8,
-                             alive_tokens=30 * 31)  # fmt: skip
+    cached = sl.evaluate(cache, sae, n_tokens=4 * N_CTX, batch_size=8, alive_tokens=30 * 31)
     assert cached["alive"] == live["alive"] and cached["alive_window_tokens"] == 30 * 31
-    assert cached["l0"] == pytest.approx(live["l0"])
-    assert cached["mse"] == pytest.approx(live["mse"], rel=1e-5)
+    for key in ("l0", "mse", "explained_var", "l2_ratio", "dead_frac"):  # the same SiteStats
+        assert cached[key] == pytest.approx(live[key], rel=1e-5), key
     assert cached["n_tokens"] == live["n_tokens"] == 4 * 31
+    assert "ce_increase" not in cached  # no model, no CE
+
+
+def test_evaluate_on_a_cache_refuses_data_another_site_or_width(lm, data, tmp_path):
+    cache = sl.cache_activations(lm, data, "resid_pre.3", tmp_path / "c", progress=False)
+    with pytest.raises(ValueError, match="data=None"):
+        sl.evaluate(cache, _sae("topk"), data)
+    with pytest.raises(ValueError, match="holds the site resid_pre.3"):
+        sl.evaluate(cache, _sae("topk", site="resid_pre.2"))
+    with pytest.raises(ValueError, match="needs `data`"):
+        sl.evaluate(lm, _sae("topk"))
 
 
 # --- selection overlap ---------------------------------------------------------------------------

@@ -15,10 +15,9 @@ from saelab.core import training as tr
 from saelab.core.models import get_site, parse_site
 from saelab.core.passes import (
     clean_pass,
-    kept_positions,
     sae_input,
+    sae_positions,
     spliced_pass,
-    training_positions,
 )
 
 SITE = "resid_pre.1"
@@ -92,7 +91,7 @@ def test_excluded_positions_stay_clean_and_out_of_the_sae_losses(family, text_di
     data = sl.token_dataset(str(text_dir), lm.tokenizer, 16, n_tokens=2000, cache=False)
     site = parse_site(SITE)
     tokens = data.tokens[:4]
-    keep = kept_positions(16, (0,))
+    keep = sae_positions(data, (0,))
     sae = sl.SAE.from_config(sl.SAEConfig.create(architecture="relu", d_in=32, d_sae=64, site=SITE))
     clean = clean_pass(lm, tokens, [site], later=[parse_site("resid_post.1")], logits=True)
     sp = spliced_pass(lm, tokens, {site: sae}, clean, [parse_site("resid_post.1")], keep=keep)
@@ -114,15 +113,15 @@ def test_excluded_positions_stay_clean_and_out_of_the_sae_losses(family, text_di
         tr.TrainConfig(exclude_positions=(-1,))
 
 
-def test_training_positions_and_sae_input_are_what_compute_loss_sees(family, text_dir):
+def test_sae_positions_and_sae_input_are_what_compute_loss_sees(family, text_dir):
     lm = family
     data = sl.token_dataset(str(text_dir), lm.tokenizer, 16, n_tokens=2000, cache=False)
     plain = sl.token_dataset(str(text_dir), lm.tokenizer, 16, n_tokens=2000, cache=False,
                              prepend_bos=False)  # fmt: skip
-    keep = training_positions(data)
+    keep = sae_positions(data)
     assert keep.tolist() == list(range(1, 16))  # BOS left out by default
-    assert training_positions(plain).tolist() == list(range(16))  # never None
-    assert training_positions(data, (0, 3)).tolist() == [p for p in range(16) if p not in (0, 3)]
+    assert sae_positions(plain).tolist() == list(range(16))  # never None
+    assert sae_positions(data, (0, 3)).tolist() == [p for p in range(16) if p not in (0, 3)]
     site = parse_site(SITE)
     cfg = tr.TrainConfig(sites=(SITE,), sae=sl.SAEConfig.create(architecture="relu", dict_ratio=2))
     sae = sl.SAE.from_config(cfg.sae_config(SITE, 32))

@@ -8,6 +8,7 @@ from dataclasses import fields
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from saelab.core.architectures.gtopk import normalize_grad
 from saelab.core.sae import SAE, SAEConfig, architecture, architectures, load_sae, save_sae
@@ -422,3 +423,18 @@ def test_an_unscaled_sae_trains_from_scratch_with_act_scale_one(lm, storyworld_d
     run = sl.train(lm, storyworld_data(32, 4000), cfg, None, progress=False)
     assert float(run.sae.act_scale) == 1.0
     assert not [r for r in run.log if r.get("kind") == "act_scale"]  # nothing was estimated
+
+
+def test_load_sae_returns_the_dtype_its_config_names(tmp_path):
+    sae = make("relu")
+    save_sae(sae, tmp_path / "s")
+    tensors = load_file(tmp_path / "s" / "sae.safetensors")
+    tensors["W_dec"] = tensors["W_dec"].half()  # stored compactly, as outputs/reference does
+    save_file(tensors, tmp_path / "s" / "sae.safetensors")
+    loaded = load_sae(tmp_path / "s")
+    assert loaded.W_dec.dtype == torch.float32 == loaded.W_enc.dtype  # cfg.json: "float32"
+    torch.testing.assert_close(loaded.W_dec, sae.W_dec, rtol=1e-3, atol=1e-4)
+    cfg = json.loads((tmp_path / "s" / "cfg.json").read_text())
+    (tmp_path / "s" / "cfg.json").write_text(json.dumps(cfg | {"dtype": "int8"}))
+    with pytest.raises(ValueError, match="dtype 'int8', not a floating-point"):
+        load_sae(tmp_path / "s")

@@ -19,13 +19,23 @@ from __future__ import annotations
 
 import argparse
 import ast
+import difflib
+import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from importlib import metadata
 from pathlib import Path
+
+import jupytext
+import pandas as pd
+import papermill as pm
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]  # repo root (lib/saelab/runs.py)
 NOTEBOOKS = ROOT / "notebooks"
@@ -105,7 +115,6 @@ def versions() -> dict:
 
 def parse_value(text: str):
     """A parameter value from YAML text; `5e-4` is a float (YAML 1.1 would keep a string)."""
-    import yaml
 
     value = yaml.safe_load(text)
     if isinstance(value, str):
@@ -120,7 +129,6 @@ def load_preset(notebook: str, preset: str | None) -> dict:
     """Parameters of `notebooks/params/<notebook>.<preset>.yaml` ({} for no preset)."""
     if not preset:
         return {}
-    import yaml
 
     path = NOTEBOOKS / "params" / f"{notebook}.{preset}.yaml"
     if not path.exists():
@@ -132,7 +140,6 @@ def load_preset(notebook: str, preset: str | None) -> dict:
 
 def paired_notebook(notebook: str) -> Path:
     """The `.ipynb` of `notebooks/<notebook>.py`, (re)written by jupytext when stale."""
-    import jupytext
 
     py, ipynb = NOTEBOOKS / f"{notebook}.py", NOTEBOOKS / f"{notebook}.ipynb"
     if not py.exists():
@@ -199,9 +206,6 @@ def run_notebook(
     refused unless `force`; a folder that holds anything else, or a forced one, is first moved
     aside to `<run-id>.<status>-<time>` (and the move is printed), so nothing is lost.
     """
-    import signal
-
-    import papermill as pm
 
     source = paired_notebook(notebook)  # fails before any folder is made for a bad name
     preset_values = load_preset(notebook, preset)
@@ -277,7 +281,6 @@ def _took(t0: float) -> str:
 
 
 def _main_thread() -> bool:
-    import threading
 
     return threading.current_thread() is threading.main_thread()
 
@@ -288,7 +291,6 @@ def notebook_parameters(notebook: str) -> dict[str, dict]:
     "int" or "tuple[str, ...]", "None" when unannotated; the default as written; the line's
     trailing comment). Read with `ast`, not `papermill.inspect_notebook`, whose line regex skips
     annotations such as `int | None` and `tuple[str, ...]` without a word."""
-    import jupytext
 
     cells = jupytext.read(NOTEBOOKS / f"{notebook}.py").cells
     src = next(("".join(c.source) for c in cells if "parameters" in c.metadata.get("tags", [])), "")
@@ -380,7 +382,6 @@ def _expected(p: dict) -> str | None:
 def check_parameters(notebook: str, values: dict, declared: dict, origin: str = "") -> None:
     """Raise TypeError for a value that is not a parameter of `notebook` (`declared`:
     `notebook_parameters`) or whose type does not fit its annotation."""
-    import difflib
 
     for name, value in values.items():
         if name == "out_dir":  # set by run_notebook itself
@@ -403,7 +404,6 @@ def check_parameters(notebook: str, values: dict, declared: dict, origin: str = 
 
 def grid(**axes) -> list[dict]:
     """Cartesian product of parameter lists: grid(a=[1, 2], b=[3]) -> [{a:1,b:3}, {a:2,b:3}]."""
-    import itertools
 
     keys = list(axes)
     return [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*axes.values())]
@@ -439,8 +439,6 @@ def sweep(
             continue
         jobs.append((notebook, p, preset, prefix + run_id_of(p), out_root))
     if processes > 1 and len(jobs) > 1:
-        from concurrent.futures import ProcessPoolExecutor
-
         with ProcessPoolExecutor(processes) as ex:
             list(ex.map(_run_job, jobs))
     else:
@@ -466,7 +464,6 @@ def _run_job(job) -> Path:
 
 def collect(folder: str | Path, name: str = "summary.json"):
     """One pandas DataFrame row per run under `folder`: its parameters and its `name` metrics."""
-    import pandas as pd
 
     rows = []
     for cfg_path in sorted(Path(folder).rglob("config.json")):

@@ -11,9 +11,10 @@ A local-loss relu/topk SAE sees only its site's activation `x [B, n_ctx, d_in]` 
 `train(lm, cache, cfg)` reads the rows in exactly the order `train(lm, data, cfg)` reads the
 token rows (same seed -> same batches -> the same SAE, up to float rounding). The evaluation at the
 end still runs the model (CE with the SAE spliced in) on the cache's own tokens, or on `eval_data`;
-with `lm=None` it reports only what needs no model: l0, alive, dead_frac, mse, explained_var and
-l2_ratio on the first `eval_tokens` cached rows. e2e / e2e+ds losses and gtopk SAEs need the
-model's output or dL/dx, which a cache does not hold: they are refused.
+with `lm=None` it reports only what needs no model (`sl.evaluate(cache, sae)`): l0, alive,
+dead_frac, mse, explained_var and l2_ratio on the first `eval_tokens` cached rows. e2e / e2e+ds
+losses and gtopk SAEs need the model's output or dL/dx, which a cache does not hold: they are
+refused.
 
 On disk, a folder: `manifest.json` (model, site, n_ctx, d_in, n_rows, dtype, the sha256 of the
 token rows, ...), `tokens.safetensors` (int32 `[n_rows, n_ctx]`) and shards
@@ -375,54 +376,3 @@ def _write_shards(lm, data, site, folder: Path, dtype, batch_size, rows_per_shar
     flush(final=True)
     bar.close()
     return shards
-
-
-@torch.no_grad()
-def evaluate_cached(saes: dict, cache: ActivationCache, n_tokens: int = 65_536,
-                    batch_size: int = 32, exclude_positions=None,
-                    alive_tokens: int | None = 500_000) -> dict:  # fmt: skip
-    """SAE-only metrics on the first ~`n_tokens` cached rows (in order), without the model.
-
-    The per-site keys of `saelab.core.metrics.evaluate` (ARCHITECTURE.md §5):
-    l0, alive, dead_frac, mse,
-    explained_var, l2_ratio, plus n_tokens; activations `[B, n_ctx, d_in]`. `alive` counts
-    over the first `alive_tokens` cached SAE positions (`alive_window_tokens`; capped at the
-    cache with a warning; None: the eval rows), as `evaluate` does.
-    """
-    from saelab.core.metrics import StreamingEV, alive_rows
-    from saelab.core.passes import excluded_positions, kept_positions, select
-    from saelab.core.sae import eval_mode
-
-    ((site, sae),) = saes.items()
-    keep = kept_positions(cache.n_ctx, excluded_positions(exclude_positions, cache))
-    per_row = cache.n_ctx if keep is None else len(keep)
-    n_rows = max(1, min(len(cache), n_tokens // cache.n_ctx))
-    n_alive = alive_rows(alive_tokens, per_row, len(cache), n_rows)
-    with eval_mode([sae]):
-        rep = _evaluate_cached(sae, cache, n_rows, batch_size, StreamingEV(),
-                               lambda x: select(x, keep), n_alive)  # fmt: skip
-    return rep | {"alive_window_tokens": n_alive * per_row}
-
-
-@torch.no_grad()
-def _evaluate_cached(sae, cache, n_rows: int, batch_size: int, ev, keep, n_alive: int) -> dict:
-    l0, l2 = 0.0, 0.0
-    fired = torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=sae.device)
-    for i in range(0, max(n_rows, n_alive), batch_size):
-        stop = min(i + batch_size, max(n_rows, n_alive))
-        x = keep(cache.rows(torch.arange(i, stop))).to(sae.device, sae.dtype)
-        out = sae(x)
-        if i < n_alive:
-            fired |= (out.c[: n_alive - i] != 0).flatten(0, -2).any(0)
-        if i >= n_rows:  # past the eval rows: only the alive window
-            continue
-        x, x_hat = x[: n_rows - i], out.x_hat[: n_rows - i]
-        ev.add(x_hat, x)
-        l0 += float((out.c[: n_rows - i] != 0).sum())
-        l2 += float((x_hat.norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-8)).sum())
-        n_tok_row = x.shape[1]
-    n_tok = n_rows * n_tok_row
-    alive = int(fired.sum())
-    return {"l0": l0 / n_tok, "alive": alive, "dead_frac": 1 - alive / sae.cfg.d_sae,
-            "mse": ev.mse(), "explained_var": ev.ev(), "l2_ratio": l2 / n_tok,
-            "n_tokens": n_tok}  # fmt: skip

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,7 +171,6 @@ def _checksum(blob: dict) -> str:
 
 def _read_cached(path: Path, vocab_size: int) -> dict | None:
     """A cached token blob, or None (with a one-line warning) if it is damaged: then rebuilt."""
-    import warnings
 
     try:
         blob = torch.load(path, weights_only=True)
@@ -258,7 +258,7 @@ def _storyworld_ids(tokenizer, split: str, n_tokens: int | None, labels: bool):
 
 def _hf_texts(source: str, split: str, text_column: str, streaming: bool, load_kwargs):
     """Iterate the text column of a local file/directory or a hub dataset."""
-    import datasets
+    import datasets  # ~1 s to import, and only files and hub datasets need it
 
     p = Path(source)
     if p.exists():
@@ -270,8 +270,6 @@ def _hf_texts(source: str, split: str, text_column: str, streaming: bool, load_k
                            if f.is_file() and f.suffix not in _LOCAL_BUILDERS
                            and not f.name.startswith("."))  # fmt: skip
             if other:
-                import warnings
-
                 shown = ", ".join(other[:5]) + (
                     f", ... ({len(other)} in all)" if len(other) > 5 else ""
                 )

@@ -20,14 +20,14 @@ from collections import defaultdict
 import torch
 
 from saelab.core import losses
-from saelab.core.models import model_info
+from saelab.core.cache import ActivationCache
+from saelab.core.models import model_info, parse_site
 from saelab.core.passes import (
     as_sites,
     clean_pass,
-    excluded_positions,
-    kept_positions,
     later_sites,
     next_token_ce,
+    sae_positions,
     select,
     spliced_pass,
 )
@@ -81,6 +81,44 @@ class StreamingEV:
         return 1.0 - self.sse / total
 
 
+class SiteStats:
+    """One SAE's metrics at one site, accumulated batch by batch (ARCHITECTURE.md §5): L0, L2
+    ratio, MSE and explained variance over the eval positions, and which latents fired over the
+    alive window. The model path and the cache path of `evaluate` both report through it."""
+
+    def __init__(self, d_sae: int, device=None):
+        self.d_sae = d_sae
+        self.ev = StreamingEV()
+        self.l0 = self.l2 = 0.0
+        self.n = 0
+        self.fired = torch.zeros(d_sae, dtype=torch.bool, device=device)
+
+    def add(self, c: torch.Tensor, x_hat: torch.Tensor, x: torch.Tensor, window_rows: int) -> None:
+        """One eval batch: latents `c [B, T', d_sae]` and reconstruction `x_hat` of `x [B, T',
+        d_in]` (raw units); its first `window_rows` rows are in the alive window."""
+        active = c != 0
+        self.ev.add(x_hat, x)
+        self.l0 += float(active.sum())
+        self.l2 += float((x_hat.norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-8)).sum())
+        self.n += x[..., 0].numel()
+        self.fire(active[: max(0, window_rows)].flatten(0, -2).any(0))
+
+    def fire(self, fired: torch.Tensor) -> None:
+        """OR in the latents `[d_sae]` that fired on rows past the eval rows."""
+        self.fired |= fired.to(self.fired.device)
+
+    def report(self, prefix: str = "") -> dict:
+        alive = int(self.fired.sum())
+        return {
+            f"{prefix}l0": self.l0 / self.n,
+            f"{prefix}alive": alive,
+            f"{prefix}dead_frac": 1 - alive / self.d_sae,
+            f"{prefix}mse": self.ev.mse(),
+            f"{prefix}explained_var": self.ev.ev(),
+            f"{prefix}l2_ratio": self.l2 / self.n,
+        }
+
+
 @torch.no_grad()
 def _sum_kl(logits_clean: torch.Tensor, logits_sae: torch.Tensor) -> float:
     return float(losses.kl_loss(logits_clean, logits_sae)) * logits_clean[..., 0].numel()
@@ -89,13 +127,17 @@ def _sum_kl(logits_clean: torch.Tensor, logits_sae: torch.Tensor) -> float:
 def evaluate(
     lm,
     saes,
-    data,
+    data=None,
     n_tokens: int = 65_536,
     batch_size: int = 32,
     exclude_positions=None,
     alive_tokens: int | None = ALIVE_TOKENS,
 ) -> dict:
     """Metrics of `saes` ({site: SAE} or one SAE) on the first ~`n_tokens` of `data` (in order).
+
+    `lm` is the frozen model, or an `ActivationCache` (then `data` is None and the rows are the
+    cache's): without the model only the per-site SAE metrics exist (l0, alive, dead_frac, mse,
+    explained_var, l2_ratio), computed by the same `SiteStats` as with it.
 
     Uses `data`'s rows in their stored order, so the same data gives the same numbers. SAEs
     are evaluated in eval mode (BatchTopK: its global threshold), then left as they were.
@@ -117,7 +159,7 @@ def evaluate(
 def evaluate_many(
     lm,
     sets: list,
-    data,
+    data=None,
     n_tokens: int = 65_536,
     batch_size: int = 32,
     exclude_positions=None,
@@ -144,28 +186,38 @@ def evaluate_many(
                 f"evaluate_many needs SAE sets at the same sites; got {[str(s) for s in sites]} "
                 f"and {[str(s) for s in other]} (evaluate each set on its own)"
             )
-    excluded = excluded_positions(exclude_positions, data)
-    keep = kept_positions(data.n_ctx, excluded, lm.device)
-    per_row = data.n_ctx if keep is None else len(keep)
+    cached = isinstance(lm, ActivationCache)
+    if cached and data is not None:
+        raise ValueError("evaluate on an ActivationCache reads the cache's own rows: pass "
+                         "data=None (or evaluate the model on `data`)")  # fmt: skip
+    if not cached and data is None:
+        raise ValueError("evaluate needs `data` (a TokenDataset) to run the model on")
+    data = lm if cached else data
+    keep = sae_positions(data, exclude_positions, None if cached else lm.device)
+    per_row = len(keep)
     n_rows = max(1, min(len(data), n_tokens // data.n_ctx))
     n_alive = alive_rows(alive_tokens, per_row, len(data), n_rows)
     with eval_mode([sae for saes in sets for sae in saes.values()]):
-        reps = _evaluate(lm, sets, data, n_rows, batch_size, keep, n_alive)
+        if cached:
+            reps = [_evaluate_cache(saes, data, n_rows, batch_size, keep, n_alive) for saes in sets]
+        else:
+            reps = _evaluate(lm, sets, data, n_rows, batch_size, keep, n_alive)
     for rep in reps:
         rep["alive_window_tokens"] = n_alive * per_row
     return reps
 
 
 def _fired_after(lm, sets: list[dict], data, start: int, stop: int, batch_size: int, keep,
-                 fired: list[dict]) -> None:  # fmt: skip
-    """OR into `fired[j]` the latents of `sets[j]` that fire on rows `[start, stop)`, as the eval
-    sees them (several sites: each SAE reads the residual with the earlier SAEs spliced in)."""
+                 stats: list[dict]) -> None:  # fmt: skip
+    """Fire into `stats[j]` the latents of `sets[j]` that fire on rows `[start, stop)`, as the
+    eval sees them (several sites: each SAE reads the residual with the earlier SAEs spliced
+    in)."""
     sites = list(sets[0])
     needs_grad = any(sae.needs_grad for saes in sets for sae in saes.values())
     for i in range(start, stop, batch_size):
         tokens = data.tokens[i : min(i + batch_size, stop)].to(lm.device)
         clean = clean_pass(lm, tokens, sites, grads=needs_grad)  # stops after the last site
-        for saes, fired_j in zip(sets, fired, strict=True):
+        for saes, stats_j in zip(sets, stats, strict=True):
             with torch.no_grad():
                 if len(sites) == 1:
                     (s,) = sites
@@ -176,7 +228,7 @@ def _fired_after(lm, sets: list[dict], data, start: int, stop: int, batch_size: 
                 else:
                     outs = spliced_pass(lm, tokens, saes, clean, logits=False, keep=keep).outs
             for s in sites:
-                fired_j[s] |= outs[s].stats()[0].to(fired_j[s].device)
+                stats_j[s].fire(outs[s].stats()[0])
 
 
 def _evaluate(lm, sets: list[dict], data, n_rows: int, batch_size: int, keep,
@@ -196,10 +248,8 @@ def _evaluate(lm, sets: list[dict], data, n_rows: int, batch_size: int, keep,
     tag = (lambda s: "") if len(sites) == 1 else (lambda s: f"{s}/")
     shared = defaultdict(float)  # the clean and zero-ablated CE: the same for every set
     sums = [defaultdict(float) for _ in sets]
-    ev = [{s: StreamingEV() for s in sites} for _ in sets]
+    stats = [{s: SiteStats(saes[s].cfg.d_sae, saes[s].device) for s in sites} for saes in sets]
     ds = [{s: StreamingEV() for s in later} for _ in sets]
-    fired = [{s: torch.zeros(saes[s].cfg.d_sae, dtype=torch.bool, device=saes[s].device)
-              for s in sites} for saes in sets]  # fmt: skip
     for i in range(0, n_rows, batch_size):
         tokens = tokens_all[i : i + batch_size].to(lm.device)  # the CE targets, on the GPU too
         clean = clean_pass(lm, tokens, sites, later, logits=True, grads=needs_grad)
@@ -215,19 +265,13 @@ def _evaluate(lm, sets: list[dict], data, n_rows: int, batch_size: int, keep,
             sums[j]["kl"] += _sum_kl(clean.logits[:, :-1], sp.logits[:, :-1])
             for s in sites:
                 out, x = sp.outs[s], select(clean.acts[s], keep, saes[s].dtype)
-                ev[j][s].add(out.x_hat, x)
-                active = out.c != 0
-                sums[j][f"{s}.l0"] += float(active.sum())
-                ratio = out.x_hat.norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-8)
-                sums[j][f"{s}.l2"] += float(ratio.sum())
-                # window rows only
-                fired[j][s] |= active[: max(0, n_alive - i)].flatten(0, -2).any(0)
+                stats[j][s].add(out.c, out.x_hat, x, window_rows=n_alive - i)
             for s, a, b in zip(later, sp.later, clean.later, strict=True):
                 ds[j][s].add(a, b)
-    _fired_after(lm, sets, data, n_rows, n_alive, batch_size, keep, fired)
-    n_tok = n_rows * (data.n_ctx if keep is None else len(keep))
+    _fired_after(lm, sets, data, n_rows, n_alive, batch_size, keep, stats)
+    n_tok = n_rows * len(keep)
     reps = []
-    for j, saes in enumerate(sets):
+    for j in range(len(sets)):
         tot = shared | sums[j]
         rep = {k: tot[k] / tot["n_pred"] for k in ("ce_clean", "ce_sae", "ce_zero_abl", "kl")}
         rep["ce_increase"] = rep["ce_sae"] - rep["ce_clean"]
@@ -235,21 +279,39 @@ def _evaluate(lm, sets: list[dict], data, n_rows: int, batch_size: int, keep,
         rep["ce_loss_score"] = ((rep["ce_zero_abl"] - rep["ce_sae"]) / denom if denom
                                 else float("nan"))  # fmt: skip
         for s in sites:
-            alive = int(fired[j][s].sum())
-            rep |= {
-                f"{tag(s)}l0": sums[j][f"{s}.l0"] / n_tok,
-                f"{tag(s)}alive": alive,
-                f"{tag(s)}dead_frac": 1 - alive / saes[s].cfg.d_sae,
-                f"{tag(s)}mse": ev[j][s].mse(),
-                f"{tag(s)}explained_var": ev[j][s].ev(),
-                f"{tag(s)}l2_ratio": sums[j][f"{s}.l2"] / n_tok,
-            }
+            rep |= stats[j][s].report(tag(s))
         for s in later:
             rep[f"ds_mse/{s}"] = ds[j][s].mse()
             rep[f"ds_ev/{s}"] = ds[j][s].ev()
         rep["n_tokens"] = n_tok
         reps.append(rep)
     return reps
+
+
+@torch.no_grad()
+def _evaluate_cache(saes: dict, cache, n_rows: int, batch_size: int, keep, n_alive: int) -> dict:
+    """`evaluate` on cached activations `[B, n_ctx, d_in]`: the per-site metrics of one SAE,
+    without the model (no CE, KL or downstream)."""
+    sites = [str(s) for s in saes]
+    if sites != [str(parse_site(cache.site))]:
+        raise ValueError(f"the cache holds the site {cache.site}; got SAEs for {sites}")
+    (sae,) = saes.values()
+    if sae.cfg.d_in != cache.d_in:
+        raise ValueError(f"the SAE has d_in={sae.cfg.d_in}, the cached activations {cache.d_in}")
+    stats = SiteStats(sae.cfg.d_sae, sae.device)
+    end = max(n_rows, n_alive)
+    for i in range(0, end, batch_size):
+        x = select(cache.rows(torch.arange(i, min(i + batch_size, end))), keep)
+        x = x.to(sae.device, sae.dtype)
+        out = sae(x)
+        if i < n_rows:  # eval rows (and the alive window's first rows)
+            ev = slice(0, n_rows - i)
+            stats.add(out.c[ev], out.x_hat[ev], x[ev], window_rows=n_alive - i)
+            if n_alive > n_rows:  # window rows of this batch past the eval rows
+                stats.fire((out.c[n_rows - i : n_alive - i] != 0).flatten(0, -2).any(0))
+        else:  # past the eval rows: only the alive window
+            stats.fire((out.c[: n_alive - i] != 0).flatten(0, -2).any(0))
+    return stats.report() | {"n_tokens": stats.n}
 
 
 # --- selection overlap (g-SAE study) --------------------------------------------------------------

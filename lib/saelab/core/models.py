@@ -12,6 +12,7 @@ path for plain torch hooks.
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from typing import Any
 
 import torch
 from nnsight import LanguageModel, NNsightDeprecationWarning
+from safetensors import safe_open
+from transformers import AutoConfig, AutoModelForCausalLM
 
 SITE_KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out")
 
@@ -96,10 +99,6 @@ def missing_weights(path: str | Path) -> list[str]:
     head tied to the embedding) and buffers are not required; key prefixes are matched as
     transformers does (a base model saved without its `model.` / `transformer.` prefix).
     """
-    import json
-
-    from safetensors import safe_open
-    from transformers import AutoConfig, AutoModelForCausalLM
 
     path = Path(path)
     files = sorted(path.glob("*.safetensors"))

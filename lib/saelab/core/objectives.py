@@ -57,7 +57,7 @@ class Objective:
     ) -> dict[str, Term]:
         """Named loss terms `{name: (coefficient, scalar)}` of one step.
 
-        `clean` holds what the SAEs saw (`passes.sae_inputs`: kept positions, the SAE's dtype)
+        `clean` holds what the SAEs saw (`Clean.seen_by_saes`: kept positions, the SAE's dtype)
         and the whole clean logits and later residuals; `outs` the SAEs' outputs in raw units.
         """
         raise NotImplementedError

@@ -6,8 +6,9 @@
 - `spliced_pass`: the same model with each site's activation replaced by its SAE's
   reconstruction (all sites at once, in execution order, as e2e_sae does), or by zeros (the
   zero-ablation baseline of `ce_loss_score`).
-- `training_positions` and `sae_input`: the positions and the activations `[B, T', d_in]` an SAE
-  sees in a training step (BOS left out, in the SAE's units), for checking a step by hand.
+- `sae_positions` and `sae_input`: the positions and the activations `[B, T', d_in]` an SAE
+  sees in a training step and in `evaluate` (BOS left out; the activations in the SAE's units),
+  for checking a step by hand.
 
 The frozen model dominates cost (ARCHITECTURE.md §2): when the first site is a residual-stream
 site, the spliced pass skips every block before it and feeds the cached clean residual instead of
@@ -30,7 +31,7 @@ from saelab.core.models import (
     skip_block,
     sort_sites,
 )
-from saelab.core.sae import SAE, ForwardOutput
+from saelab.core.sae import SAE, ForwardOutput, is_int
 
 
 def excluded_positions(excluded, data) -> tuple[int, ...]:
@@ -45,51 +46,37 @@ def excluded_positions(excluded, data) -> tuple[int, ...]:
     return tuple(excluded)
 
 
-def kept_positions(n_ctx: int, excluded, device=None) -> torch.Tensor | None:
-    """Positions `[T']` the SAEs read and write, or None when every position is kept."""
-    excluded = set(excluded)
-    bad = sorted(p for p in excluded if not 0 <= p < n_ctx)
+def sae_positions(data, exclude_positions=None, device=None) -> torch.Tensor:
+    """The positions `[T']` of each row of `data` that the SAEs read and write, in training and
+    in `evaluate`: every one of the `data.n_ctx` positions except `exclude_positions` (None: the
+    BOS position 0 when `data` prepends one, as `TrainConfig.exclude_positions=None` does;
+    ARCHITECTURE.md §6). Sorted; all positions when none is excluded, which `select` and the
+    spliced pass then treat as the identity. `data`: a TokenDataset or an ActivationCache.
+
+        keep = sae_positions(data, cfg.exclude_positions)   # tensor([1, 2, ..., T-1])
+    """
+    n_ctx, excluded = data.n_ctx, set(excluded_positions(exclude_positions, data))
+    bad = sorted(p for p in excluded if not (is_int(p) and 0 <= p < n_ctx))
     if bad:
         raise ValueError(f"excluded positions {bad} are outside rows of n_ctx={n_ctx}")
-    if not excluded:
-        return None
     if len(excluded) >= n_ctx:
         raise ValueError(f"excluding positions {sorted(excluded)} leaves none of the {n_ctx}")
     return torch.tensor([p for p in range(n_ctx) if p not in excluded], device=device)
 
 
-def training_positions(data, exclude_positions=None, device=None) -> torch.Tensor:
-    """The positions `[T']` of each row of `data` that training and `evaluate` show the SAEs.
-
-    Every one of the `data.n_ctx` positions except `exclude_positions` (None: the BOS position 0
-    when `data` prepends one, as `TrainConfig.exclude_positions=None` does; ARCHITECTURE.md §6).
-    Unlike `kept_positions` it is never None, so `x[:, keep]` (`[B, T, d] -> [B, T', d]`) and
-    `compute_loss(..., keep=keep)` take it as it is, on every model family.
-
-        keep = training_positions(data, cfg.exclude_positions)   # tensor([1, 2, ..., T-1])
-    """
-    keep = kept_positions(data.n_ctx, excluded_positions(exclude_positions, data), device)
-    return torch.arange(data.n_ctx, device=device) if keep is None else keep
+def _every(keep: torch.Tensor | None, n: int) -> bool:
+    """True when the sorted positions `keep` (or None) cover all `n` positions of a row."""
+    return keep is None or len(keep) == n
 
 
 def select(t: torch.Tensor | None, keep: torch.Tensor | None, dtype=None) -> torch.Tensor | None:
-    """`t [B, T, ...]` at the kept positions `[B, T', ...]` (all if `keep` is None), as `dtype`."""
+    """`t [B, T, ...]` at the kept positions `[B, T', ...]` (all if `keep` is None or covers
+    every position), as `dtype`."""
     if t is None:
         return None
-    if keep is not None:
+    if not _every(keep, t.shape[1]):
         t = t.index_select(1, keep.to(t.device))
     return t if dtype is None else t.to(dtype)
-
-
-def sae_inputs(clean: Clean, keep: torch.Tensor | None, dtype=torch.float32) -> Clean:
-    """The clean pass as the SAEs see it: acts and grads at the kept positions, in `dtype`.
-
-    Logits and later residuals stay whole: the e2e losses are taken over every position.
-    """
-    acts = {s: select(a, keep, dtype) for s, a in clean.acts.items()}
-    grads = None if clean.grads is None else {s: select(g, keep, dtype)
-                                              for s, g in clean.grads.items()}  # fmt: skip
-    return Clean(acts, grads, clean.logits, clean.later, clean.kl_target)
 
 
 def sae_input(lm, tokens: torch.Tensor, sae: SAE, keep: torch.Tensor | None = None,
@@ -97,14 +84,14 @@ def sae_input(lm, tokens: torch.Tensor, sae: SAE, keep: torch.Tensor | None = No
     """What `sae` reconstructs in a training step on `tokens [B, T]`: `[B, T', d_in]`.
 
     The clean activation at `site` (default `sae.cfg.site`) at the kept positions `keep [T']`
-    (`training_positions`; None: all), in the SAE's dtype and in its own units, i.e. times
+    (`sae_positions`; None: all), in the SAE's dtype and in its own units, i.e. times
     `act_scale` when the SAE normalises activations (ARCHITECTURE.md §6): the `x` of the local
     MSE and of the SAE's own loss terms in `training.compute_loss`. `sae(...)` itself takes raw
     activations (`select(clean.acts[site], keep)`) and normalises them inside.
     """
     site = parse_site(site if site is not None else sae.cfg.site)
     clean = clean_pass(lm, tokens.to(lm.device), [site])
-    return sae.normalize(sae_inputs(clean, keep, sae.dtype).acts[site])
+    return sae.normalize(clean.seen_by_saes(keep, sae.dtype).acts[site])
 
 
 def later_sites(lm, sites: list[Site]) -> list[Site]:
@@ -135,6 +122,14 @@ class Clean:
     # the KL's clean side (`losses.kl_target`), made once per batch by training and shared by
     # every SAE of a sweep; `logits` is then None (turned into those probabilities in place)
     kl_target: losses.KLTarget | None = None
+
+    def seen_by_saes(self, keep: torch.Tensor | None, dtype=torch.float32) -> Clean:
+        """This pass as the SAEs see it: acts and grads at the kept positions `keep [T']`, in
+        `dtype`. Logits and later residuals stay whole: the e2e losses use every position."""
+        acts = {s: select(a, keep, dtype) for s, a in self.acts.items()}
+        grads = None if self.grads is None else {s: select(g, keep, dtype)
+                                                 for s, g in self.grads.items()}  # fmt: skip
+        return Clean(acts, grads, self.logits, self.later, self.kl_target)
 
 
 def clean_pass(
@@ -230,7 +225,8 @@ def spliced_pass(
             sae = saes[s]
             out = sae(x_in.to(sae.dtype), grad=select(grads.get(s), keep, sae.dtype))
             new = out.x_hat.to(x.dtype)  # a bf16 model gets bf16 back; the SAE stays fp32
-        return (new if keep is None else x.index_copy(1, keep.to(x.device), new)), out
+        whole = _every(keep, x.shape[1])
+        return (new if whole else x.index_copy(1, keep.to(x.device), new)), out
 
     outs: dict[Site, ForwardOutput] = {}
     after: list[torch.Tensor] = []

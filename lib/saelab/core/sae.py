@@ -19,14 +19,18 @@ import math
 import os
 import tempfile
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
+from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import nnsight
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
+from saelab.core import sparse
 
 if TYPE_CHECKING:
     from saelab.core.saelens import SAELensForm
@@ -170,7 +174,6 @@ class SAEConfig:
     def for_site(self, d_in: int, site: str = "", hook_name: str = "", model_name: str = "",
                  model_path: str = ""):  # fmt: skip
         """This spec with the shape and provenance of a site of width `d_in` filled in."""
-        from dataclasses import replace
 
         d_sae = self.d_sae or int(round(self.dict_ratio * d_in))
         return replace(self, d_in=d_in, d_sae=d_sae, site=site or self.site,
@@ -243,7 +246,6 @@ class ForwardOutput:
 
     def save(self) -> ForwardOutput:
         """nnsight: mark every tensor to be kept past the trace (`spliced_pass`)."""
-        import nnsight
 
         for name in ("x_hat", "_c", "pre", "enc_in"):
             if getattr(self, name) is not None:
@@ -429,7 +431,6 @@ class SAE(nn.Module):
             c, pre = self.encode(x, grad)
             return ForwardOutput(self.decode(c), c, pre)
         self.check_grad(x, grad)
-        from saelab.core import sparse
 
         lead, d_in = x.shape[:-1], x.shape[-1]
         x_in = self.encoder_input(x).reshape(-1, d_in)
@@ -533,13 +534,12 @@ def eval_mode(saes):
 # --- saving and loading --------------------------------------------------------------------------
 
 
-def _version() -> str:
+def library_version() -> str:
+    """saelab's version, recorded in every saved SAE."""
     try:
-        from importlib.metadata import version
-
         return version("saelab")
     except Exception:  # not installed: fall back to the source tree's version
-        import saelab
+        import saelab  # here, not at the top: `saelab` imports this module
 
         return getattr(saelab, "__version__", "unknown")
 
@@ -577,7 +577,7 @@ def save_sae(sae: SAE, path: str | os.PathLike, extra: dict | None = None) -> Pa
         "device": str(sae.device),
     }
     meta.update(asdict(cfg))  # ours: every field of the architecture's config
-    meta["saelab_version"] = _version()
+    meta["saelab_version"] = library_version()
     if extra:
         meta["extra"] = extra
     text = json.dumps(meta, indent=2, default=str) + "\n"
@@ -651,7 +651,7 @@ def load_sae(
     `path` names a SAELens pretrained release, fetched through sae_lens' registry. Returned in
     eval mode.
     """
-    from saelab.core import saelens
+    from saelab.core import saelens  # here, not at the top: saelens builds on this module
 
     if sae_id is not None:
         sae = saelens.load_pretrained(str(path), sae_id)

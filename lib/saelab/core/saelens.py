@@ -28,16 +28,22 @@ export's `decode(encode(x))` equals saelab's forward; its `encode(x)` equals sae
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import sys
+import tempfile
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from saelab.core.sae import SAE, SAEConfig, architecture, architectures
+from saelab.core.models import parse_site
+from saelab.core.sae import SAE, SAEConfig, architecture, architectures, library_version, load_sae
 
 WEIGHTS = "sae_weights.safetensors"
 CFG = "cfg.json"
@@ -73,8 +79,6 @@ def reader(arch: str, where: str = "SAELens SAE") -> tuple[str, type[SAE]]:
 
 def _sae_lens_version() -> str:
     try:
-        from importlib.metadata import version
-
         return version("sae-lens")
     except Exception:  # not installed: the layout is v6's
         return "6.0.0"
@@ -127,7 +131,7 @@ def export_saelens(
         dataset_path=data.get("source"),
         model_from_pretrained_kwargs={},
         exclude_special_tokens=None,
-        saelab_version=_saelab_version(),
+        saelab_version=library_version(),
         saelab_architecture=cfg.architecture,
         saelab_site=cfg.site,
         **form.metadata,
@@ -141,12 +145,6 @@ def export_saelens(
     save_file(form.weights, path / WEIGHTS)
     (path / CFG).write_text(json.dumps(out, indent=2) + "\n")
     return path
-
-
-def _saelab_version() -> str:
-    import saelab
-
-    return saelab.__version__
 
 
 def is_saelens_folder(path: Path) -> bool:
@@ -207,7 +205,6 @@ def load_pretrained(release: str, sae_id: str) -> SAE:
         from sae_lens import SAE as SLSAE
     except ImportError as e:
         raise ImportError("loading a SAELens release needs sae_lens: pip install sae-lens") from e
-    import tempfile
 
     try:
         sl_sae = SLSAE.from_pretrained(release, sae_id, device="cpu")
@@ -266,9 +263,6 @@ def to_saebench(
     allow_gtopk: bool = False,
 ) -> SAEBenchSAE:
     """Wrap `sae` for SAEBench: `lm_name` is the name TransformerLens loads the model by."""
-    from types import SimpleNamespace
-
-    from saelab.core.models import parse_site
 
     form = raw_weights(sae, allow_gtopk)
     site = parse_site(sae.cfg.site) if sae.cfg.site else None
@@ -286,10 +280,6 @@ def to_saebench(
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: `python -m saelab.core.saelens export SRC DST [--allow-gtopk] [--model-name NAME]`."""
-    import argparse
-    import sys
-
-    from saelab.core.sae import load_sae
 
     ap = argparse.ArgumentParser(
         prog="python -m saelab.core.saelens", description=__doc__.split("\n")[0]

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
-from saelab.core.cache import ActivationCache, evaluate_cached
+from saelab.core import ranks
+from saelab.core.cache import ActivationCache
 from saelab.core.checkpoint import (
     TrainState,
     append_log,
@@ -25,13 +25,10 @@ from saelab.core.checkpoint import (
     restore,
 )
 from saelab.core.config import TrainConfig
-from saelab.core.metrics import evaluate_many
 from saelab.core.models import Site, model_info, model_name, parse_site, sort_sites
-from saelab.core.passes import Clean, clean_pass, excluded_positions, kept_positions, sae_inputs
+from saelab.core.passes import Clean, clean_pass, excluded_positions, sae_positions, select
+from saelab.core.ranks import World
 from saelab.core.sae import SAE, load_sae
-
-if TYPE_CHECKING:
-    from saelab.core.distributed import World
 
 # what every config of a `train_many` sweep shares: they fix the batches and the clean pass
 SHARED = {
@@ -152,7 +149,7 @@ def estimate_act_scales(lm, data, saes: dict, keep, batch_size: int, n_tokens: i
             device = next(iter(saes.values())).device
             acts = clean_pass(lm, data.tokens[rows].to(device), sites).acts
         for s in sites:
-            x = sae_inputs(Clean({s: acts[s]}, None, None, []), keep).acts[s]
+            x = select(acts[s], keep, torch.float32)
             sums[s] += float(x.norm(dim=-1).sum())
         count += x[..., 0].numel()
     means = {s: sums[s] / count for s in sites}
@@ -171,27 +168,6 @@ def shared_clean_pass(lm, tokens: torch.Tensor, saes: list[dict[Site, SAE]],
     later = obj.later(lm, sites) if obj.spliced else []
     grads = any(sae.needs_grad for group in saes for sae in group.values())
     return clean_pass(lm, tokens, sites, later, logits=obj.needs_logits, grads=grads)
-
-
-def evaluate_states(lm, states: list[TrainState], data, cfgs: list[TrainConfig],
-                    excluded=()) -> list[dict]:  # fmt: skip
-    """Eval records of several runs: those with the same eval settings share each batch's clean
-    pass (`saelab.core.metrics.evaluate_many`), and each record equals the run's own
-    evaluation. On a cache (`lm` None) each run is evaluated alone, SAE-only."""
-    recs: list[dict | None] = [None] * len(states)
-    groups: dict[tuple, list[int]] = {}
-    for i, cfg in enumerate(cfgs):
-        groups.setdefault((cfg.eval_tokens, cfg.batch_size, cfg.alive_tokens), []).append(i)
-    for (n_tok, bs, alive), idx in groups.items():
-        kw = dict(n_tokens=n_tok, batch_size=bs, exclude_positions=excluded, alive_tokens=alive)
-        sets = [{str(s): v for s, v in states[i].saes.items()} for i in idx]
-        if lm is None:
-            reps = [evaluate_cached(named, data, **kw) for named in sets]
-        else:
-            reps = evaluate_many(lm, sets, data, **kw)
-        for i, rep in zip(idx, reps, strict=True):
-            recs[i] = {"step": states[i].step, "kind": "eval", **rep}
-    return recs
 
 
 def batches(data, cfg: TrainConfig, start: int = 0):
@@ -254,8 +230,6 @@ class Context:
                   n_steps: int = 10**9) -> Context:  # fmt: skip
         """A context for calling `training.step` on batches of one's own (benchmarks): no data,
         nothing written, one process; `keep` None trains on every position."""
-        from saelab.core.distributed import World
-
         return cls(lm, None, None, None, sites, facts["device"], n_steps, (), keep, World(), "",
                    {}, False, facts)  # fmt: skip
 
@@ -264,14 +238,12 @@ def context(lm, data, cfgs: list[TrainConfig], out_dirs: list, eval_data, resume
             overwrite: bool) -> Context:  # fmt: skip
     """Check everything a sweep needs before anything is written, and gather what its steps
     share (`Context`)."""
-    from saelab.core import distributed as dd
-
-    cfg0, w = cfgs[0], dd.world()
+    cfg0, w = cfgs[0], ranks.world()
     facts = [model_facts(lm, data, cfg) for cfg in cfgs][0]  # an activation cache checks each
     cache = data if isinstance(data, ActivationCache) else None
     sites = sort_sites([parse_site(s, facts["n_layers"]) for s in cfg0.sites])
     n_steps = n_steps_of(cfg0, data, facts)
-    dd.check_batch(cfg0.batch_size, w)
+    ranks.check_batch(cfg0.batch_size, w)
     if lm is not None and cfg0.loss.spliced:
         cfg0.loss.later(lm, sites)  # e.g. e2e+ds with no later layer: refused now
     if eval_data is None:
@@ -282,7 +254,7 @@ def context(lm, data, cfgs: list[TrainConfig], out_dirs: list, eval_data, resume
             check_out_dir(Path(out), resume, overwrite)
     data_fp = data_fingerprint(data) if any(o is not None for o in out_dirs) else ""
     return Context(lm, data, eval_data, cache, sites, facts["device"], n_steps, excluded,
-                   kept_positions(data.n_ctx, excluded, facts["device"]), w, data_fp,
+                   sae_positions(data, excluded, facts["device"]), w, data_fp,
                    describe_data(data) | {"excluded_positions": list(excluded)}, overwrite,
                    facts)  # fmt: skip
 
@@ -290,11 +262,9 @@ def context(lm, data, cfgs: list[TrainConfig], out_dirs: list, eval_data, resume
 def member(ctx: Context, cfg: TrainConfig, out_dir, resume: bool) -> Member:
     """A sweep member's state: fresh and seeded (its activation scale estimated), or resumed
     from its checkpoint (which brings the scale)."""
-    from saelab.core import distributed as dd
-
     out = Path(out_dir) if out_dir is not None else None
     state = new_state(cfg, ctx.sites, ctx.facts)
-    dd.broadcast_params(state.params, ctx.world)
+    ranks.broadcast_params(state.params, ctx.world)
     ckpt = out / "checkpoint.pt" if out is not None else None
     resumed = resume and ckpt is not None and ckpt.exists()
     if resumed:
@@ -303,5 +273,5 @@ def member(ctx: Context, cfg: TrainConfig, out_dir, resume: bool) -> Member:
         norms = estimate_act_scales(ctx.lm, ctx.data, state.saes, ctx.keep, cfg.batch_size)
         if norms:
             state.log.append({"step": 0, "kind": "act_scale", "mean_norm": norms})
-    dd.check_same_step(state.step, ctx.device, ctx.world)
+    ranks.check_same_step(state.step, ctx.device, ctx.world)
     return Member(cfg, out if ctx.world.main else None, state, ckpt if resumed else None)

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import torch
 
-from saelab.core import losses
+from saelab.core import losses, ranks
 from saelab.core.checkpoint import CheckpointError, checkpoint_step, save_checkpoint, start_files
 from saelab.core.config import TrainConfig
+from saelab.core.metrics import evaluate_many
 from saelab.core.models import Site, sort_sites
-from saelab.core.passes import Clean, sae_inputs, spliced_pass
+from saelab.core.passes import Clean, spliced_pass
 from saelab.core.progress import progress_bar
 from saelab.core.sae import SAE, save_sae
 from saelab.core.setup import (
@@ -33,7 +34,6 @@ from saelab.core.setup import (
     batches,
     check_sweep,
     context,
-    evaluate_states,
     member,
     shared_clean_pass,
 )
@@ -91,7 +91,7 @@ def compute_loss(lm, tokens, saes: dict[Site, SAE], cfg: TrainConfig, dead, acts
     if obj.needs_logits and clean.kl_target is None:  # once per batch, shared by a sweep's SAEs
         clean.kl_target = losses.kl_target(clean.logits, in_place=True)
         clean.logits = None  # they are the target's probabilities now
-    inputs = sae_inputs(clean, keep, saes[sites[0]].dtype)  # what the SAEs see, in their dtype
+    inputs = clean.seen_by_saes(keep, saes[sites[0]].dtype)  # what the SAEs see, in their dtype
     grad = inputs.grads or {}
     spliced = None
     if obj.spliced:
@@ -122,8 +122,6 @@ def step(ctx: Context, m: Member, batch: torch.Tensor, clean: Clean | None = Non
     the gradient parallel to unit decoder rows), clip, Adam, the after-step hook (e.g. decoder
     renormalisation), dead-latent counters. Returns the step's log values (loss first), equal on
     every rank. A non-finite loss stops the run before the step is taken (`NonFiniteLoss`)."""
-    from saelab.core import distributed as dd  # not at the top: see `train_many`
-
     cfg, state, saes = m.cfg, m.state, m.state.saes
     sites = list(saes)
     lr = lr_at(state.step, ctx.n_steps, cfg.lr, cfg.warmup, cfg.min_lr_frac)
@@ -137,7 +135,7 @@ def step(ctx: Context, m: Member, batch: torch.Tensor, clean: Clean | None = Non
     loss.backward()
     fired = [outs[s].stats()[0] for s in sites]
     scalars = torch.tensor([loss.item(), *logs.values()], dtype=torch.float64)
-    scalars, fired = dd.sync_step(state.params, scalars, fired, ctx.world)
+    scalars, fired = ranks.sync_step(state.params, scalars, fired, ctx.world)
     if not math.isfinite(float(scalars[0])):  # the same decision on every rank
         ckpt = m.last_ckpt
         where = f"{ckpt} (step {checkpoint_step(ckpt)})" if ckpt and ckpt.exists() else "none"
@@ -174,15 +172,19 @@ def record(ctx: Context, m: Member, logs: dict, tokens_per_s: float) -> None:
               | means | {"tokens_per_s": tokens_per_s})  # fmt: skip
 
 
-def evaluate(ctx: Context, members: list[Member]) -> None:
-    """Log an eval record for each of `members` (those with the same eval settings share each
-    batch's clean pass; `setup.evaluate_states`)."""
-    if members:
-        recs = evaluate_states(ctx.lm, [m.state for m in members],
-                               ctx.cache if ctx.lm is None else ctx.eval_data,
-                               [m.cfg for m in members], ctx.excluded)  # fmt: skip
-        for m, rec in zip(members, recs, strict=True):
-            m.log(rec)
+def log_evaluations(ctx: Context, members: list[Member]) -> None:
+    """Evaluate each of `members` (`metrics.evaluate_many`: those with the same eval settings
+    share each batch's clean pass, and each record equals the run's own evaluation) and log it.
+    On a cache without a model (`ctx.lm` None) the cache is the source: SAE-only metrics."""
+    groups: dict[tuple, list[Member]] = {}
+    for m in members:
+        groups.setdefault((m.cfg.eval_tokens, m.cfg.batch_size, m.cfg.alive_tokens), []).append(m)
+    source, data = (ctx.cache, None) if ctx.lm is None else (ctx.lm, ctx.eval_data)
+    for (n_tokens, batch_size, alive_tokens), group in groups.items():
+        sets = [{str(s): sae for s, sae in m.state.saes.items()} for m in group]
+        reps = evaluate_many(source, sets, data, n_tokens, batch_size, ctx.excluded, alive_tokens)
+        for m, rep in zip(group, reps, strict=True):
+            m.log({"step": m.state.step, "kind": "eval", **rep})
 
 
 def checkpoint(ctx: Context, members: list[Member], final: bool = False) -> None:
@@ -197,8 +199,6 @@ def checkpoint(ctx: Context, members: list[Member], final: bool = False) -> None
 def loop(ctx: Context, members: list[Member], start: int, progress: bool) -> None:
     """Steps `start`..`n_steps`: one batch and one shared clean pass, one `step` per member,
     their logs, due evaluations, then due checkpoints (which hold the log with them)."""
-    from saelab.core import distributed as dd
-
     cfg0, n_steps, w = members[0].cfg, ctx.n_steps, ctx.world
     desc = (f"{cfg0.loss.name}/{cfg0.sae.architecture}" if len(members) == 1
             else f"{len(members)} SAEs ({cfg0.loss.name})")  # fmt: skip
@@ -209,7 +209,7 @@ def loop(ctx: Context, members: list[Member], start: int, progress: bool) -> Non
     bar = progress_bar(say, total=n_steps, initial=start, desc=desc)
     data, t0 = batches(ctx.data, cfg0, start=start), time.time()
     for i in range(start, n_steps):
-        batch = dd.shard(next(data), w).to(ctx.device)
+        batch = ranks.shard(next(data), w).to(ctx.device)
         clean = None
         if len(members) > 1 and ctx.cache is None:
             clean = shared_clean_pass(ctx.lm, batch, [m.state.saes for m in members], cfg0)
@@ -226,7 +226,7 @@ def loop(ctx: Context, members: list[Member], start: int, progress: bool) -> Non
             if len(members) == 1:
                 bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items()
                                  if "l0" in k or k in ("kl", "mse")})  # fmt: skip
-        evaluate(ctx, [m for m in members if m.cfg.eval_every and i + 1 < n_steps
+        log_evaluations(ctx, [m for m in members if m.cfg.eval_every and i + 1 < n_steps
                        and (i + 1) % m.cfg.eval_every == 0])  # fmt: skip
         checkpoint(ctx, members)
         bar.update()
@@ -297,9 +297,6 @@ def train_many(lm, data, cfgs: list[TrainConfig], out_dirs: list | None = None,
     init, batches and steps; tests/test_train.py), with its own `out_dirs[i]`, files, checkpoint
     and resume. Returns one `Run` per config.
     """
-    # imported here, not at the top, so `python -m saelab.core.distributed` runs a fresh module
-    from saelab.core import distributed as dd
-
     cfgs = list(cfgs)
     out_dirs = list(out_dirs) if out_dirs is not None else [None] * len(cfgs)
     check_sweep(cfgs, out_dirs)
@@ -317,7 +314,7 @@ def train_many(lm, data, cfgs: list[TrainConfig], out_dirs: list | None = None,
     for m in members:  # the final evaluation, checkpoint and SAEs
         if not m.started:  # a resume of a finished checkpoint takes no step
             begin(ctx, m)
-    evaluate(ctx, [m for m in members if not _evaluated(m)])
+    log_evaluations(ctx, [m for m in members if not _evaluated(m)])
     checkpoint(ctx, members, final=True)
     extra = {"data": ctx.data_record}
     for m in members:
@@ -325,7 +322,7 @@ def train_many(lm, data, cfgs: list[TrainConfig], out_dirs: list | None = None,
             for s, sae in m.state.saes.items():
                 save_sae(sae, m.out / "saes" / str(s), extra={"train_config": m.cfg.to_dict()}
                          | extra)  # fmt: skip
-    dd.barrier(ctx.world)  # no rank returns (and tears the group down) before rank 0 has written
+    ranks.barrier(ctx.world)  # no rank returns (and tears the group down) before rank 0 has written
     for m in members:
         for sae in m.state.saes.values():
             sae.eval()

@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from tqdm.auto import tqdm
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from saelab.core.training import lr_at
 from saelab.storyworld import MODEL_DIR as ASSETS
@@ -29,8 +31,6 @@ PRONOUN_PAIRS = ((" she", " he"), (" She", " He"))
 
 def train_tokenizer(texts: list[str], vocab_size: int = 2048):
     """Byte-level BPE over `texts`; quote marks are tokens of their own (` "` opens, `"` closes)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     # Isolating quotes first means `."` never merges, so closing a quote is a decision the
@@ -61,7 +61,6 @@ def train_tokenizer(texts: list[str], vocab_size: int = 2048):
 
 def make_model(tokenizer, n_layer=6, d_model=64, n_head=4, d_mlp=256, n_ctx=128, seed=0):
     """A fresh GPT-2 (`transformers.GPT2LMHeadModel`) sized for storyworld, tied embeddings."""
-    from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
     cfg = GPT2Config(

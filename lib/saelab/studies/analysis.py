@@ -29,11 +29,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from saelab.core.sae import SAE
+from saelab.studies import plots
 
 # Braun et al. 2024 §3.3, GPT-2 layer 6: mean within-SAE max cosine similarity differences.
 PAPER_WITHIN_DIFF = {"local - e2e": 0.166, "local - e2e+ds": 0.04}
@@ -106,7 +111,6 @@ def init_directions(sae, seed: int) -> Tensor:
     (without touching the global random state). Compare with `decoder_directions()` to see how
     far training moved each direction: geometry that is still the init's says little.
     """
-    from saelab.core.sae import SAE
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -254,9 +258,6 @@ def similarity_plot(table: pd.DataFrame, path=None, title: str | None = None):
     """Braun et al. Figure 3: max-cosine-similarity histograms, a panel per kind, a colour per
     SAE type in the methods' shared style (the seeds of a type pooled in the within panel). A
     panel's legend lists only the types it draws."""
-    import matplotlib.pyplot as plt
-
-    from saelab.studies import plots
 
     kinds = list(dict.fromkeys(table["kind"]))
     lo = np.floor(table["value"].min() * 20) / 20
@@ -320,10 +321,6 @@ def same_dictionary_fraction(emb: pd.DataFrame, k: int = 10) -> float:
 
 def umap_plot(emb: pd.DataFrame, path=None, title: str | None = None):
     """Scatter of a `umap_embedding`, coloured by dictionary (in its method's colour)."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    from saelab.studies import plots
 
     fig, ax = plt.subplots(figsize=(5.4, 5.0))
     sns.scatterplot(data=emb, x="x", y="y", hue="dictionary", s=9, alpha=0.7, linewidth=0, ax=ax,

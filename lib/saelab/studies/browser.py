@@ -31,12 +31,15 @@ import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import ipywidgets as W
+import matplotlib.pyplot as plt
+import numpy as np
 import torch
 from torch import Tensor
 
 from saelab.core.data import TokenDataset
 from saelab.core.sae import SAE, load_sae
-from saelab.studies import features
+from saelab.studies import compare, features, plots
 
 SHADE = "255,140,0"  # RGB of the activation shading (alpha carries the activation)
 
@@ -381,7 +384,6 @@ class Browser:
     def __init__(self, lm, data, saes: dict, reports: dict | None = None,
                  initial: str | None = None, titles: dict | None = None, n_tokens: int = 32_768,
                  **report_kw):  # fmt: skip
-        import ipywidgets as W
 
         if not saes:
             raise ValueError("Browser needs at least one SAE")
@@ -424,7 +426,6 @@ class Browser:
     @classmethod
     def from_sweep(cls, lm, data, sweep, initial: str | None = None, **kw) -> Browser:
         """A browser over every SAE of a 05_pareto run (folder or `compare.load_sweep` frame)."""
-        from saelab.studies import compare
 
         df = compare.load_sweep(sweep) if isinstance(sweep, str | Path) else sweep
         saes = dict(zip(df["run"], df["sae_path"], strict=True))
@@ -519,7 +520,6 @@ class Browser:
     @property
     def widget(self):
         """The ipywidgets VBox to `display`."""
-        import ipywidgets as W
 
         return W.VBox([
             self.sae_menu,
@@ -612,10 +612,6 @@ def best_f1_plot(reports: dict[str, LatentReport], threshold: float = 0.5, path=
                  title: str | None = None):  # fmt: skip
     """Complementary ECDF of each alive latent's best concept F1, one line per report in its
     method's style (g-SAE dashed above TopK, so equal curves stay visible; storyworld only)."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from saelab.studies import plots
 
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     for name in plots.method_order(reports):

@@ -11,8 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
+
+from saelab.studies import plots
+from saelab.studies.stats import seed_stats
 
 
 def interpolate_at(df: pd.DataFrame, x: str, y: str, target: float, log_x: bool = False) -> float:
@@ -95,10 +100,6 @@ def pareto_plot(df: pd.DataFrame, y: str = "ce_increase", xs=("l0", "alive"), pa
     """Braun et al. Fig. 1: `y` against each of `xs`, one line per method (sorted by x), in the
     methods' shared style (`saelab.studies.plots`). An axis whose values span a decade or more
     is log-scaled (CE increase usually does); alive latents get integer ticks."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    from saelab.studies import plots
 
     fig, axes = plt.subplots(1, len(xs), figsize=(max(5.2 * len(xs), 6.4), 4.2), squeeze=False)
     kw = plots.style_kwargs(df["method"])
@@ -207,7 +208,6 @@ def settled(changes, tol: float = 0.1) -> dict:
     undecided. Returns `seed_stats`' `mean`, `sd`, `n`, `lo`, `hi`, `verdict` and `settled`
     (verdict == "settled").
     """
-    from saelab.studies.stats import seed_stats
 
     st = seed_stats(changes)
     if st["n"] < 2:

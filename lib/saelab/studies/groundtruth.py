@@ -22,9 +22,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import NamedTuple
 
+import matplotlib.pyplot as plt
 import pandas as pd
+import seaborn as sns
 import torch
 from torch import Tensor
+
+from saelab.studies import plots
 
 
 def average_ranks(x: Tensor) -> Tensor:
@@ -282,10 +286,6 @@ def _save(fig, path):
 def plot_best(per_concept: pd.DataFrame, cols=("auroc", "f1"), path=None, title: str | None = None):
     """Box + strip plot of the best latent's score over concepts, one box per method (in the
     methods' shared order and colours)."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    from saelab.studies import plots
 
     d = per_concept[per_concept.n_pos > 0]
     kw = plots.style_kwargs(d["method"], lines=False)
@@ -307,10 +307,6 @@ def plot_label_heatmap(per_label_table: pd.DataFrame, value: str = "f1", path=No
                        title: str | None = None):  # fmt: skip
     """Heatmap of a per-label score (rows: storyworld labels, columns: methods in the shared
     order), annotated at a readable 9 pt."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    from saelab.studies import plots
 
     grid = per_label_table.pivot(index="label", columns="method", values=value)
     grid = grid.loc[list(dict.fromkeys(per_label_table.label)),
@@ -330,10 +326,6 @@ def plot_label_heatmap(per_label_table: pd.DataFrame, value: str = "f1", path=No
 def plot_explained(per_method: pd.DataFrame, path=None, threshold: float = 0.9,
                    title: str | None = None):  # fmt: skip
     """Bars per method: fraction of alive latents explained by one concept (any / rare ones)."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    from saelab.studies import plots
 
     d = per_method.reset_index().melt(
         id_vars="method", value_vars=["explained_frac", "explained_frac_rare"],
@@ -353,10 +345,6 @@ def plot_explained(per_method: pd.DataFrame, path=None, threshold: float = 0.9,
 def plot_sweep(sweep: pd.DataFrame, metrics, target: float | None = None, path=None,
                title: str | None = None):  # fmt: skip
     """One panel per metric against CE increase (log x) over a whole sweep, a line per method."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    from saelab.studies import plots
 
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.0 * len(metrics), 3.6), squeeze=False)
     kw = plots.style_kwargs(sweep["method"])

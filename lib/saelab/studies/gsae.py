@@ -19,7 +19,7 @@ from dataclasses import fields
 from saelab.core.architectures.topk import TopKConfig
 from saelab.core.metrics import selection_overlap
 from saelab.core.models import parse_site
-from saelab.core.passes import clean_pass, excluded_positions, kept_positions, sae_inputs
+from saelab.core.passes import clean_pass, sae_positions
 from saelab.core.sae import SAE
 from saelab.studies.stats import seed_stats  # noqa: F401  (11_gsae_study reads it here)
 
@@ -57,12 +57,12 @@ def held_out_overlaps(lm, pairs: dict, data, n_tokens: int, batch_size: int,
             f"held_out_overlaps: the SAEs read different sites {sorted(map(str, sites))}"
         )
     (site,) = sites
-    keep = kept_positions(data.n_ctx, excluded_positions(exclude_positions, data), lm.device)
+    keep = sae_positions(data, exclude_positions, lm.device)
     n_rows = max(1, min(len(data), n_tokens // data.n_ctx))
     sums, count = dict.fromkeys(pairs, 0.0), 0
     for i in range(0, n_rows, batch_size):
         tokens = data.tokens[i : min(i + batch_size, n_rows)].to(lm.device)
-        clean = sae_inputs(clean_pass(lm, tokens, [site], grads=True), keep)
+        clean = clean_pass(lm, tokens, [site], grads=True).seen_by_saes(keep)
         x, g = clean.acts[site], clean.grads[site]  # [B, T', d]
         n = x[..., 0].numel()
         for name, (a, b) in pairs.items():

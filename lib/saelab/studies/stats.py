@@ -13,8 +13,10 @@ as the mean over the seeds of its sweep with a 95% t-interval (NaN with one seed
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
+from scipy.stats import t
 
 
 def seed_stats(values, level: float = 0.95) -> dict:
@@ -24,7 +26,6 @@ def seed_stats(values, level: float = 0.95) -> dict:
     mean = float(v.mean()) if n else float("nan")
     if n < 2:
         return dict(mean=mean, sd=float("nan"), n=n, lo=float("nan"), hi=float("nan"))
-    from scipy.stats import t
 
     sd = float(v.std(ddof=1))
     half = float(t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
@@ -40,7 +41,6 @@ def seed_rows(seed: int, key: str, table, cols=None, **fields) -> list[dict]:
     `key` names the summary.json entry that holds the seed-0 value; `fields` (e.g. `alpha=0.5`)
     qualify every row. Non-numeric cells are skipped.
     """
-    import numbers
 
     if not hasattr(table, "iterrows"):  # `fields` may name the method and metric
         return [dict(seed=int(seed), key=key, method=None, metric=key) | fields

@@ -18,14 +18,22 @@ vector (exact, and about twice as fast at `resid_pre.3` of a 6-layer model; `pas
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 from torch import Tensor
 
 from saelab.core.models import get_site, parse_site, set_site, skip_block
 from saelab.core.passes import clean_pass, skippable_blocks
-from saelab.studies.analysis import random_directions  # noqa: F401  (re-exported: the control)
+from saelab.studies import plots
+from saelab.studies.analysis import (
+    bootstrap_ci,
+    bootstrap_ratio_ci,
+    max_cos_sim,
+    random_directions,  # noqa: F401  (re-exported: the control)
+)
 from saelab.studies.features import logit_effects
+from saelab.studies.plots import firing_frequency
 
 PAPER_RATIO = 5.0  # Olmo et al. 2024 §5: g-SAE latents add > 5x the probability of TopK latents
 
@@ -54,7 +62,6 @@ def latent_directions(lm, sae, data, n_latents: int, how: str = "random", seed: 
     Firing frequencies on the first ~`n_tokens` of `data` (a g-SAE selects with `dL/dx`, as in
     training; `plots.firing_frequency`), then `choose_latents(freq, n_latents, how, seed)`.
     """
-    from saelab.studies.plots import firing_frequency
 
     freq = firing_frequency(lm, sae, data, n_tokens=n_tokens)
     picked = choose_latents(freq, n_latents, how, seed=seed)
@@ -70,7 +77,6 @@ def twins(decoders: dict[str, Tensor], pairs, threshold: float = 0.9) -> pd.Data
     from the same decoder: then twins are expected however training went), frac_above_<threshold>
     (the fraction of `a`'s directions with nearest cosine above `threshold`), mean_cos.
     """
-    from saelab.studies.analysis import max_cos_sim
 
     frac = f"frac_above_{threshold:g}".replace(".", "_")  # frac_above_0_9
     rows = []
@@ -172,7 +178,6 @@ def summarize(added: dict[str, Tensor], alphas, n_boot: int = 1000, seed: int = 
 
     `added` maps a name (e.g. "topk", "g-sae", "random") to its `prob_added` tensor `[A, n]`.
     """
-    from saelab.studies.analysis import bootstrap_ci
 
     rows = []
     for name, a in added.items():
@@ -188,7 +193,6 @@ def ratio_table(
 ) -> pd.DataFrame:
     """Per alpha, mean(num) / mean(den) over latents with a bootstrap CI (latents of each resampled
     independently); `num, den [A, n]` from `prob_added`."""
-    from saelab.studies.analysis import bootstrap_ratio_ci
 
     rows = []
     for i, alpha in enumerate(alphas):
@@ -204,9 +208,6 @@ def steering_plot(summary: pd.DataFrame, ratios: pd.DataFrame, path=None,
     """Left: probability added against alpha per set of directions (95% CI bands), in the
     methods' shared style; right: the g-SAE / TopK ratio against alpha with its CI and the
     paper's 5x."""
-    import matplotlib.pyplot as plt
-
-    from saelab.studies import plots
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10.4, 4.0))
     for name in plots.method_order(summary["directions"]):
