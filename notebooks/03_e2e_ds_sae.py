@@ -12,14 +12,19 @@
 # Braun et al. 2024 (arXiv 2405.12241, §2.3; `papers/e2e-sae/README.md`). An e2e SAE (notebook 02)
 # only has to get the *output distribution* right; nothing stops its reconstruction from sending the
 # later residual stream somewhere the clean model never goes, and then its latents explain a
-# different computation. **e2e+ds** adds, for every later layer `k`, the MSE between the spliced and
-# the clean residual stream:
+# different computation. **e2e+ds** adds, for every later layer `k`, the error between the spliced
+# and the clean residual stream:
 #
 # $$\mathcal L_{e2e+ds} = \lambda_{KL}\, \mathrm{KL}\big(P_{clean} \,\Vert\, P_{SAE}\big)
-#   + \frac{\lambda_{ds}}{n_{later}} \sum_{k > L} \mathrm{MSE}\big(a_k^{SAE}, a_k^{clean}\big)
+#   + \frac{\lambda_{ds}}{n_{later}} \sum_{k > L}
+#     \frac{\lVert a_k^{SAE} - a_k^{clean} \rVert^2}{\lVert a_k^{clean} \rVert^2}
 #   + \phi\, \frac{\lVert c \rVert_1}{d_{in}}$$
 #
-# with the paper's GPT-2 values `lambda_KL = 0.5`, `lambda_ds = 2.5`. saelab takes the
+# with the paper's GPT-2 values `lambda_KL = 0.5`, `lambda_ds = 2.5`. The paper's term is the raw
+# MSE of each later residual, which weighs the same way against the KL only at GPT-2's residual
+# scale; saelab divides each layer's squared error by the clean residual's squared norm over the
+# batch (`ds_units="normalised"`, ARCHITECTURE.md §4), so the coefficients mean the same on any
+# model. `ds_units="raw"` gives the paper's term. saelab takes the
 # downstream terms at `resid_post` of every block from the SAE's layer on, which includes the
 # final residual stream (e2e_sae uses `resid_pre` of the later blocks).
 #
@@ -37,7 +42,8 @@ n_ctx: int = 128  # tokens per sequence
 dict_ratio: float = 8.0  # latents per residual dimension (d_sae / d_model)
 sparsity: float = 1.0  # phi, weight of ||c||_1 / d_in, shared by the three SAEs
 kl_coeff: float = 0.5  # e2e+ds weight of the KL term (plain e2e uses 1.0)
-ds_coeff: float = 2.5  # e2e+ds weight of the mean downstream MSE
+ds_coeff: float = 2.5  # e2e+ds weight of the mean downstream error
+ds_units: str = "normalised"  # downstream error over the clean mean square, or "raw" (paper)
 lr: float = 1e-2  # peak Adam learning rate (linear warmup, cosine decay to 0.1 x lr)
 warmup: int = 20  # warmup steps
 batch_size: int = 16  # sequences per step
@@ -80,7 +86,8 @@ configs = {
     "local": sl.TrainConfig(loss="local", **base),
     "e2e": sl.TrainConfig(loss=sl.objective("e2e", kl_coeff=1.0), **base),
     "e2e+ds": sl.TrainConfig(
-        loss=sl.objective("e2e+ds", kl_coeff=kl_coeff, ds_coeff=ds_coeff), **base
+        loss=sl.objective("e2e+ds", kl_coeff=kl_coeff, ds_coeff=ds_coeff, ds_units=ds_units),
+        **base,
     ),
 }
 
@@ -149,13 +156,15 @@ with lm.trace(tokens):
     logits = lm.output.logits.save()
 
 # %% [markdown]
-# The three terms: the KL of notebook 02, the mean over later layers of the MSE between spliced
-# and clean residuals (over every position), and the sparsity term.
+# The three terms: the KL of notebook 02, the mean over later layers of the squared error between
+# spliced and clean residuals (over every position; normalised, each layer's over its clean
+# residual's mean square), and the sparsity term.
 
 # %%
 lp_clean, lp_sae = F.log_softmax(logits_clean.float(), -1), F.log_softmax(logits.float(), -1)
 kl = (lp_clean.exp() * (lp_clean - lp_sae)).sum(-1).mean()
-ds_layers = [(a - b).pow(2).mean() for a, b in zip(resid_sae, resid_clean, strict=True)]
+ds_layers = [(a - b).pow(2).mean() / (b.pow(2).mean() if ds_units == "normalised" else 1)
+             for a, b in zip(resid_sae, resid_clean, strict=True)]  # fmt: skip
 ds = torch.stack(ds_layers).mean()
 l1 = c.norm(p=sae.cfg.sparsity_p, dim=-1).mean() / sae.cfg.d_in
 loss_hand = kl_coeff * kl + ds_coeff * ds + sparsity * l1
@@ -170,11 +179,11 @@ loss_lib, logs, _ = compute_loss(lm, tokens, {S: sae}, cfg, dead, keep=keep)
 check = pd.DataFrame(
     {"by hand": [kl.item(), ds.item(), l1.item(), loss_hand.item()],
      "library": [logs["kl"], logs["ds_mse"], logs["sparsity"], loss_lib.item()]},
-    index=["kl", "ds_mse (mean over later layers)", "sparsity (L1 / d_in)", "loss"],
+    index=["kl", f"ds_mse ({ds_units}, mean over later layers)", "sparsity (L1 / d_in)", "loss"],
 )  # fmt: skip
 print(check.to_string(float_format="{:.7f}".format))
 assert abs(loss_hand.item() - loss_lib.item()) < 1e-5, check
-print("MSE per later layer, by hand:",
+print(f"downstream error ({ds_units}) per later layer, by hand:",
       {str(s): round(m.item(), 5) for s, m in zip(later, ds_layers, strict=True)})  # fmt: skip
 
 # %% [markdown]

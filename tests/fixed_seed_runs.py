@@ -15,7 +15,7 @@ RUNS = {
     "local_gtopk": dict(sae=dict(architecture="gtopk", dict_ratio=4, k=8), loss="local"),
     "e2eds_relu": dict(
         sae=dict(architecture="relu", dict_ratio=4, sparsity=1.0),
-        loss=dict(name="e2e+ds", kl_coeff=0.5, ds_coeff=2.5),
+        loss=dict(name="e2e+ds", kl_coeff=0.5, ds_coeff=2.5, ds_units="raw"),  # as recorded
     ),
 }
 

@@ -63,10 +63,16 @@ def test_downstream_mse_is_mean_over_layers():
     sae = [torch.full((2, 3), 1.0), torch.full((2, 3), 2.0), torch.full((2, 3), 3.0)]
     ds_coeff, n_later = 2.5, 3
     per_layer = [1.0, 4.0, 9.0]
-    assert downstream_mse(sae, clean).item() == pytest.approx(sum(per_layer) / 3)
-    assert ds_coeff * downstream_mse(sae, clean).item() == pytest.approx(
-        ds_coeff / n_later * sum(per_layer)
-    )
+    raw = downstream_mse(sae, clean, normalise=False).item()
+    assert raw == pytest.approx(sum(per_layer) / 3)
+    assert ds_coeff * raw == pytest.approx(ds_coeff / n_later * sum(per_layer))
+
+
+def test_normalised_downstream_error_is_a_fraction_of_each_clean_residual():
+    clean = [torch.full((2, 3), 2.0), torch.full((2, 3), 20.0)]  # a layer 10x larger
+    sae = [c * 1.1 for c in clean]  # the same 10% error at each
+    assert downstream_mse(sae, clean).item() == pytest.approx(0.01)
+    assert downstream_mse(sae, clean, normalise=False).item() == pytest.approx((0.04 + 4) / 2)
 
 
 def test_downstream_mse_errors_and_detaches_clean():

@@ -125,7 +125,8 @@ def test_downstream_mse_equals_plain_torch_hooks(lm, hf, data):
     assert [str(s) for s in later] == ["resid_post.3", "resid_post.4", "resid_post.5"]
     clean = clean_pass(lm, tokens, [site], later, logits=True)
     sp = spliced_pass(lm, tokens, {site: sae}, clean, later)
-    ours = losses.downstream_mse(sp.later, clean.later)
+    ours = losses.downstream_mse(sp.later, clean.later, normalise=False)
+    normalised = losses.downstream_mse(sp.later, clean.later)
 
     blocks = hf.transformer.h
 
@@ -148,6 +149,8 @@ def test_downstream_mse_equals_plain_torch_hooks(lm, hf, data):
     ref = torch.stack([F.mse_loss(a, b) for a, b in zip(run(True), run(False), strict=True)]).mean()
     assert torch.allclose(ours, ref, rtol=1e-5), (ours, ref)
     assert ours > 0
+    each = [F.mse_loss(a, b) / b.pow(2).mean() for a, b in zip(run(True), run(False), strict=True)]
+    assert torch.allclose(normalised, torch.stack(each).mean(), rtol=1e-5)
 
 
 def test_resume_after_stop_matches_uninterrupted_run(lm, data, tmp_path, monkeypatch):
@@ -227,7 +230,12 @@ def test_the_config_is_nested_and_round_trips_through_json():
     cfg = tr.TrainConfig(sae=sl.SAEConfig.create(architecture="topk", k=8, dict_ratio=4),
                          loss=sl.objective("e2e+ds", kl_coeff=0.5, ds_coeff=2.5))  # fmt: skip
     saved = json.loads(json.dumps(cfg.to_dict()))  # what train_config.json holds
-    assert saved["loss"] == {"name": "e2e+ds", "kl_coeff": 0.5, "ds_coeff": 2.5}
+    assert saved["loss"] == {
+        "name": "e2e+ds",
+        "kl_coeff": 0.5,
+        "ds_coeff": 2.5,
+        "ds_units": "normalised",
+    }
     assert tr.TrainConfig.from_dict(saved) == cfg
     assert tr.TrainConfig(loss="e2e").loss == sl.objective("e2e", kl_coeff=1.0)
 
@@ -294,6 +302,23 @@ def test_train_many_equals_separate_runs(lm, data, tmp_path, loss, archs):
             torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4, msg=f"{cfg.sae}: {name}")
         assert [r["step"] for r in run.log] == [r["step"] for r in alone.log]
         assert run.log[-1]["ce_increase"] == pytest.approx(alone.log[-1]["ce_increase"], abs=1e-4)
+
+
+def test_a_sweep_measures_the_activation_scale_once(lm, data, monkeypatch):
+    """Members share data, positions and batch size, so one estimate serves all: the same
+    act_scale each would measure alone, from one pass instead of one per SAE."""
+    from saelab.core import setup
+
+    real, calls = setup.mean_norms, []
+    monkeypatch.setattr(setup, "mean_norms", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    cfgs = [_small(sae="topk", k=k, n_tokens=16 * 128 * 2) for k in (2, 4, 8)]
+    many = tr.train_many(lm, data, cfgs, progress=False)
+    assert len(calls) == 1
+    alone = tr.train(lm, data, cfgs[1], progress=False)
+    assert len(calls) == 2
+    for run in many:
+        assert run.sae.act_scale.item() == alone.sae.act_scale.item() != 1.0
+        assert run.log[0] == alone.log[0]  # the act_scale record
 
 
 def test_train_many_refuses_configs_that_cannot_share_batches(lm, data, tmp_path):

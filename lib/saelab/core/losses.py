@@ -175,8 +175,16 @@ def cross_entropy(
     return {"mean": per_row.mean, "sum": per_row.sum}.get(reduction, lambda: per_row)()
 
 
-def downstream_mse(resids_sae: Sequence[Tensor], resids_clean: Sequence[Tensor]) -> Tensor:
-    """Mean over later layers of `MSE(resid_sae, resid_clean)`, each `[..., d_model]` -> scalar."""
+def downstream_mse(
+    resids_sae: Sequence[Tensor], resids_clean: Sequence[Tensor], normalise: bool = True
+) -> Tensor:
+    """Mean over later layers of each layer's reconstruction error, `[..., d_model]` -> scalar.
+
+    `normalise` (default): each layer's `sum (r_sae - r_clean)^2 / sum r_clean^2` over the batch,
+    the MSE in units of the clean residual's mean square (detached), so the term means the same
+    on every model and layer; else the raw `MSE(r_sae, r_clean)` of Braun et al. 2024 §2.3, whose
+    ds_coeff 2.5 fits GPT-2's residual scale only (ARCHITECTURE.md §4).
+    """
     # Braun et al. 2024 §2 (e2e+ds) weights the sum by ds_coeff / n_later; this is that mean.
     if len(resids_sae) != len(resids_clean):
         raise ValueError(
@@ -184,8 +192,12 @@ def downstream_mse(resids_sae: Sequence[Tensor], resids_clean: Sequence[Tensor])
         )
     if len(resids_sae) == 0:
         raise ValueError("downstream_mse needs at least one later layer")
-    losses = [F.mse_loss(a, b.detach()) for a, b in zip(resids_sae, resids_clean, strict=True)]
-    return torch.stack(losses).mean()
+    errs = []
+    for a, b in zip(resids_sae, resids_clean, strict=True):
+        b = b.detach()
+        mse = F.mse_loss(a, b)
+        errs.append(mse / b.float().pow(2).mean().clamp_min(1e-12) if normalise else mse)
+    return torch.stack(errs).mean()
 
 
 def auxk_loss(

@@ -36,8 +36,9 @@ class Objective:
     needs_logits: ClassVar[bool] = False  # the clean pass must return the logits
 
     def __post_init__(self):
-        for f in fields(self):  # every field of an objective is a coefficient
-            check_number(f.name, getattr(self, f.name))
+        for f in fields(self):  # a float field is a coefficient; others are choices (subclass)
+            if f.type in ("float", float):
+                check_number(f.name, getattr(self, f.name))
 
     def to_dict(self) -> dict[str, Any]:
         """`{"name": ..., <coefficient>: ...}`, what `objective(**d)` reads back."""
@@ -104,13 +105,19 @@ class E2EDownstream(E2E):
     """e2e plus MSE of every later residual stream to its clean value (Braun et al. 2024 §2.3)."""
 
     name: ClassVar[str] = "e2e+ds"
-    ds_coeff: float = 0.0  # no default: the weight depends on the model (refused below)
+    ds_coeff: float = 0.0  # no default: refused below, so a run says what it weighs
+    # "normalised": each later layer's squared error over its clean mean square, the same units
+    # on every model; "raw": Braun et al.'s MSE, whose coefficients fit GPT-2's scale only
+    ds_units: str = "normalised"
 
     def __post_init__(self):
         super().__post_init__()
         if self.ds_coeff == 0:
             raise ValueError("loss='e2e+ds' needs ds_coeff > 0, e.g. the paper's "
                              "objective('e2e+ds', kl_coeff=0.5, ds_coeff=2.5)")  # fmt: skip
+        if self.ds_units not in ("normalised", "raw"):
+            raise ValueError(f"ds_units={self.ds_units!r} is not valid; choose 'normalised' "
+                             "(each layer's error over its clean mean square), 'raw'")  # fmt: skip
 
     def later(self, lm, sites: list[Site]) -> list[Site]:
         later = later_sites(lm, sites)
@@ -123,8 +130,9 @@ class E2EDownstream(E2E):
         return later
 
     def terms(self, clean, spliced, outs, sites, saes) -> dict[str, Term]:
-        """`{"kl": (kl_coeff, KL), "ds_mse": (ds_coeff, mean MSE over later layers)}`."""
-        ds = losses.downstream_mse(spliced.later, clean.later)
+        """`{"kl": (kl_coeff, KL), "ds_mse": (ds_coeff, mean error over later layers)}`, the
+        error in `ds_units` (`losses.downstream_mse`)."""
+        ds = losses.downstream_mse(spliced.later, clean.later, self.ds_units == "normalised")
         return super().terms(clean, spliced, outs, sites, saes) | {"ds_mse": (self.ds_coeff, ds)}
 
 

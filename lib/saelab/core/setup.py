@@ -129,16 +129,31 @@ def new_state(cfg: TrainConfig, sites: list[Site], facts: dict) -> TrainState:
 
 
 @torch.no_grad()
-def estimate_act_scales(lm, data, saes: dict, keep, batch_size: int, n_tokens: int = 2**16) -> dict:
+def estimate_act_scales(lm, data, saes: dict, keep, batch_size: int, n_tokens: int = 2**16,
+                        known: dict | None = None) -> dict:  # fmt: skip
     """Set each normalising SAE's `act_scale` from the mean norm of its site's activations.
 
     Reads the first ~`n_tokens` rows of `data` in stored order (the same on every rank), at the
     kept positions: E||x * act_scale|| = sqrt(d_in) (SAELens' "expected_average_only_in").
-    Returns {site: mean raw norm} for the log.
+    `known` ({site: mean norm}, filled in here) carries the norms a sweep has already measured
+    on the same data, positions and batch size, so its members share one pass. Returns {site
+    name: mean raw norm} for the log.
     """
     sites = [s for s, sae in saes.items() if sae.cfg.normalize_activations != "none"]
-    if not sites:
-        return {}
+    known = {} if known is None else known
+    todo = [s for s in sites if s not in known]
+    if todo:
+        device = next(iter(saes.values())).device
+        known.update(mean_norms(lm, data, todo, keep, batch_size, n_tokens, device))
+    for s in sites:
+        saes[s].set_act_scale(known[s])
+    return {str(s): known[s] for s in sites}
+
+
+def mean_norms(lm, data, sites: list[Site], keep, batch_size: int, n_tokens: int,
+               device=None) -> dict[Site, float]:  # fmt: skip
+    """The mean norm `E||x||` of each site's activations over the first ~`n_tokens` rows of
+    `data` (a TokenDataset: one clean pass per batch; an ActivationCache: its rows), at `keep`."""
     n_rows = max(1, min(len(data), n_tokens // data.n_ctx))
     sums, count = dict.fromkeys(sites, 0.0), 0
     for i in range(0, n_rows, batch_size):
@@ -146,16 +161,12 @@ def estimate_act_scales(lm, data, saes: dict, keep, batch_size: int, n_tokens: i
         if isinstance(data, ActivationCache):
             acts = {sites[0]: data.rows(rows)}
         else:
-            device = next(iter(saes.values())).device
             acts = clean_pass(lm, data.tokens[rows].to(device), sites).acts
         for s in sites:
             x = select(acts[s], keep, torch.float32)
             sums[s] += float(x.norm(dim=-1).sum())
         count += x[..., 0].numel()
-    means = {s: sums[s] / count for s in sites}
-    for s in sites:
-        saes[s].set_act_scale(means[s])
-    return {str(s): m for s, m in means.items()}
+    return {s: sums[s] / count for s in sites}
 
 
 def shared_clean_pass(lm, tokens: torch.Tensor, saes: list[dict[Site, SAE]],
@@ -224,6 +235,9 @@ class Context:
     data_record: dict
     overwrite: bool
     facts: dict  # d_in, n_layers, n_ctx, model name/path, device (`setup.model_facts`)
+    # {site: mean activation norm}, measured once for every member that normalises (the
+    # members share data, positions and batch size: `SHARED`)
+    mean_norms: dict = field(default_factory=dict)
 
     @classmethod
     def for_steps(cls, lm, sites: list[Site], facts: dict, keep: torch.Tensor | None = None,
@@ -270,7 +284,8 @@ def member(ctx: Context, cfg: TrainConfig, out_dir, resume: bool) -> Member:
     if resumed:
         restore(state, load_checkpoint(ckpt, cfg, ctx.sites, ctx.data_fp))
     elif cfg.init_from is None:  # an initial SAE brings its activation scale
-        norms = estimate_act_scales(ctx.lm, ctx.data, state.saes, ctx.keep, cfg.batch_size)
+        norms = estimate_act_scales(ctx.lm, ctx.data, state.saes, ctx.keep, cfg.batch_size,
+                                    known=ctx.mean_norms)  # fmt: skip
         if norms:
             state.log.append({"step": 0, "kind": "act_scale", "mean_norm": norms})
     ranks.check_same_step(state.step, ctx.device, ctx.world)

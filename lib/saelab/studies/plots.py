@@ -172,7 +172,7 @@ LABELS = {
     "loss": "training loss",
     "mse": "MSE at the site",
     "kl": "KL(P_clean || P_sae)",
-    "ds_mse": "downstream MSE",
+    "ds_mse": "downstream error",
     "l0": "L0 (active latents / token)",
     "explained_var": "explained variance",
     "nmse": "normalised MSE",
