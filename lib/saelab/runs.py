@@ -23,6 +23,7 @@ import difflib
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,6 +37,8 @@ import jupytext
 import pandas as pd
 import papermill as pm
 import yaml
+
+from saelab.core.locks import writer_lock
 
 ROOT = Path(__file__).resolve().parents[2]  # repo root (lib/saelab/runs.py)
 NOTEBOOKS = ROOT / "notebooks"
@@ -215,15 +218,27 @@ def run_notebook(
     check_parameters(notebook, preset_values, declared, f" (from preset {where})")
     check_parameters(notebook, params or {}, declared)
     params = preset_values | (params or {})
-    run_id = run_id or time.strftime("%Y%m%d-%H%M%S")
+    run_id = check_run_id(run_id or time.strftime("%Y%m%d-%H%M%S"))
     out = Path(out_root or ROOT / "outputs") / notebook / run_id
+    with writer_lock(out, "run"):  # one runner per run folder (core/locks.py)
+        return _execute(notebook, source, params, preset, run_id, out, force)
+
+
+def _execute(notebook: str, source: Path, params: dict, preset: str | None, run_id: str,
+             out: Path, force: bool) -> Path:  # fmt: skip
+    """`run_notebook` under its folder's lock: set the folder up, run papermill, record."""
     status = run_status(out)
     if status == "completed" and not force:
         raise RunExists(
             f"{out} holds a completed run; pass --force (force=True) to replace it (the old one "
             "is moved aside, not deleted), or choose another --run-id"
         )
-    if out.exists() and (status is not None or any(out.iterdir())):
+    if out.exists() and status is None and any(out.iterdir()):
+        raise RunExists(
+            f"{out} holds files no saelab run wrote (no config.json); the runner moves aside "
+            "only its own runs: move them, or choose another --run-id"
+        )
+    if out.exists() and status is not None:
         aside = _move_aside(out, status)
         print(f"run folder {out} held a {status or 'partial'} run; moved it to {aside}")
     out.mkdir(parents=True, exist_ok=True)  # papermill needs the folder to exist
@@ -409,10 +424,27 @@ def grid(**axes) -> list[dict]:
     return [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*axes.values())]
 
 
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=+,@-]{0,199}")
+
+
+def check_run_id(run_id: str) -> str:
+    """`run_id` if it is a name: one folder name (letters, digits and `. _ = + , @ -`, starting
+    with a letter or digit, at most 200 characters); else a ValueError saying what is valid. A
+    run id is never a path: no separators, no `.` or `..`, nothing absolute."""
+    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
+        raise ValueError(
+            f"run id {run_id!r} is not a name: use one folder name of letters, digits and "
+            "'. _ = + , @ -', starting with a letter or digit (e.g. 'ref', 'lr=0.01_seed=0'); "
+            "it is never a path"
+        )
+    return run_id
+
+
 def run_id_of(params: dict) -> str:
     """A readable, filesystem-safe run id from parameter values, e.g. "loss=e2e_sparsity=3.0"."""
     parts = [f"{k}={v}" for k, v in params.items()]
-    return "_".join(parts).replace("/", "-").replace("+", "p").replace(" ", "")
+    name = "_".join(parts).replace("/", "-").replace("+", "p").replace(" ", "")
+    return re.sub(r"[^A-Za-z0-9._=+,@-]", "-", name)  # a name (`check_run_id`); clashes refused
 
 
 def sweep(
@@ -431,6 +463,14 @@ def sweep(
     """
     out_root = Path(out_root or ROOT / "outputs")
     preset_values = load_preset(notebook, preset)
+    names = [check_run_id(prefix + run_id_of(p)) for p in points]
+    same = sorted({n for n in names if names.count(n) > 1})
+    if same:
+        clash = [p for p, n in zip(points, names, strict=True) if n in same]
+        raise ValueError(
+            f"sweep points {clash} map to the same run folder(s) {same}; make the values "
+            "distinct (a run id keeps only letters, digits and '._=+,@-')"
+        )
     jobs = []
     for p in points:
         out = Path(out_root) / notebook / (prefix + run_id_of(p))

@@ -39,6 +39,7 @@ import torch
 from safetensors.torch import save_file
 
 from saelab.core.data import TokenDataset
+from saelab.core.locks import writer_lock
 from saelab.core.models import model_info, parse_site
 from saelab.core.passes import clean_pass
 from saelab.core.progress import progress_bar
@@ -307,6 +308,17 @@ def cache_activations(
         bytes_per_token=d_in * torch_dtype.itemsize + 4,
     )  # fmt: skip
     path = Path(path)
+    with writer_lock(path, "cache"):  # one writer per cache path (locks.py)
+        return _write_cache(lm, data, site, path, manifest, overwrite, torch_dtype, batch_size,
+                            shard_mb, progress)  # fmt: skip
+
+
+def _write_cache(lm, data, site, path: Path, manifest: dict, overwrite: bool, torch_dtype,
+                 batch_size: int, shard_mb: float, progress: bool) -> ActivationCache:  # fmt: skip
+    """`cache_activations` under its lock: reuse or refuse what is at `path`, else write the
+    cache under a temporary name and rename it into place."""
+    for left in path.parent.glob(f".{path.name}.tmp-*"):  # a killed write's: nobody else's,
+        shutil.rmtree(left, ignore_errors=True)  # since this process holds the lock
     if path.exists():
         if not (path / MANIFEST).is_file():
             if path.is_dir() and not any(path.iterdir()):
@@ -324,6 +336,7 @@ def cache_activations(
                     f"{path} holds a different activation cache (cached, now): {diff}; choose "
                     "another path or pass overwrite=True"
                 )
+    d_in = manifest["d_in"]
     rows_per_shard = max(1, int(shard_mb * 2**20) // (data.n_ctx * d_in * torch_dtype.itemsize))
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -334,6 +347,9 @@ def cache_activations(
         save_file({"tokens": data.tokens.to(torch.int32).contiguous()}, tmp / TOKENS)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         old_dir = None
+        if path.exists() and not overwrite:  # made meanwhile by something that took no lock
+            raise FileExistsError(f"{path} appeared while this cache was written; the new one "
+                                  "is not swapped in (overwrite=True replaces it)")  # fmt: skip
         if path.exists():  # overwrite: swap the complete new cache in, then drop the old one
             old_dir = path.parent / f".{path.name}.old-{os.getpid()}"
             os.rename(path, old_dir)

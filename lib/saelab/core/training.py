@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import torch
 from saelab.core import losses, ranks
 from saelab.core.checkpoint import CheckpointError, checkpoint_step, save_checkpoint, start_files
 from saelab.core.config import TrainConfig
+from saelab.core.locks import writer_lock
 from saelab.core.metrics import evaluate_many
 from saelab.core.models import Site, sort_sites
 from saelab.core.passes import Clean, spliced_pass
@@ -300,6 +302,15 @@ def train_many(lm, data, cfgs: list[TrainConfig], out_dirs: list | None = None,
     cfgs = list(cfgs)
     out_dirs = list(out_dirs) if out_dirs is not None else [None] * len(cfgs)
     check_sweep(cfgs, out_dirs)
+    with ExitStack() as held:  # one writer per out_dir (rank 0 writes): core/locks.py
+        for out in out_dirs if ranks.world().main else []:
+            if out is not None:
+                held.enter_context(writer_lock(out, "train"))
+        return _sweep(lm, data, cfgs, out_dirs, resume, eval_data, progress, overwrite)
+
+
+def _sweep(lm, data, cfgs, out_dirs, resume, eval_data, progress, overwrite) -> list[Run]:
+    """`train_many`'s body, run while it holds its out_dirs' locks."""
     ctx = context(lm, data, cfgs, out_dirs, eval_data, resume, overwrite)
     members = [member(ctx, cfg, out, resume) for cfg, out in zip(cfgs, out_dirs, strict=True)]
     steps = {m.state.step for m in members}

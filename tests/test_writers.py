@@ -1,0 +1,134 @@
+"""Runs you can trust: run ids are names, one writer per run folder and per cache, no pickle
+(issue 26). Each test is a scenario that lost work or wrote outside `outputs/` before."""
+
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import saelab as sl
+from saelab import runs
+from saelab.core import locks
+
+LIB = Path(sl.__file__).parent
+
+
+def _holder(folder: Path, role: str) -> subprocess.Popen:
+    """Another process holding `folder`'s `role` lock until killed."""
+    code = ("import sys, time; from saelab.core.locks import writer_lock\n"
+            f"with writer_lock({str(folder)!r}, {role!r}):\n"
+            "    print('held', flush=True); time.sleep(120)\n")  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+@pytest.mark.parametrize("bad", ["../../victim", "/tmp/abs", ".", "..", "a/b", ".hidden", "a\\b"])
+def test_a_run_id_is_a_name_not_a_path(bad, tmp_path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine")
+    root = tmp_path / "outputs" / "x"
+    with pytest.raises(ValueError, match="is not a name"):
+        runs.run_notebook("01_local_sae", run_id=bad, out_root=root)
+    assert (victim / "keep.txt").read_text() == "mine" and not root.exists()
+
+
+def test_the_runner_never_moves_a_folder_it_did_not_create(tmp_path):
+    mine = tmp_path / "01_local_sae" / "notes"
+    mine.mkdir(parents=True)
+    (mine / "draft.md").write_text("not a run")
+    with pytest.raises(runs.RunExists, match="no saelab run wrote"):
+        runs.run_notebook("01_local_sae", run_id="notes", out_root=tmp_path)
+    assert (mine / "draft.md").read_text() == "not a run"
+    assert [p.name for p in mine.parent.iterdir()] == ["notes"]
+
+
+def test_sweep_points_that_map_to_one_folder_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="map to the same run folder"):
+        runs.sweep("01_local_sae", [{"dataset": "dA/x"}, {"dataset": "dA-x"}], out_root=tmp_path)
+    with pytest.raises(ValueError, match="map to the same run folder"):
+        runs.sweep("01_local_sae", [{"seed": 0}, {"seed": 0}], out_root=tmp_path)
+    assert not list(tmp_path.iterdir())  # refused before anything ran
+    assert re.fullmatch(runs.RUN_ID, runs.run_id_of({"k": [8, 16], "name": "a b/c"}))
+
+
+def test_a_second_runner_on_a_run_folder_is_refused_with_the_holders_pid(tmp_path):
+    proc = _holder(tmp_path / "01_local_sae" / "r1", "run")
+    try:
+        with pytest.raises(locks.Locked, match=f"process {proc.pid}"):
+            runs.run_notebook("01_local_sae", run_id="r1", out_root=tmp_path)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_two_trainings_on_one_out_dir_refuse_the_second(lm, storyworld_data, tmp_path):
+    out = tmp_path / "run"
+    proc = _holder(out, "train")
+    sae = sl.SAEConfig.create(architecture="topk", k=4, dict_ratio=2)
+    cfg = sl.TrainConfig(sites=("resid_pre.3",), sae=sae, batch_size=4, n_tokens=4 * 64 * 2)
+    try:
+        with pytest.raises(locks.Locked, match=f"being written by process {proc.pid}"):
+            sl.train(lm, storyworld_data(64, 2000), cfg, out, progress=False)
+        assert not out.exists()  # refused before anything was written
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_lock_left_by_a_killed_process_is_taken_over_and_said_so(tmp_path):
+    proc = _holder(tmp_path / "c", "cache")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with pytest.warns(UserWarning, match=f"took over the cache lock of process {proc.pid}"):
+        with locks.writer_lock(tmp_path / "c", "cache") as path:
+            assert path.read_text().strip() == str(__import__("os").getpid())
+    assert not path.exists()  # released cleanly: nothing left behind
+
+
+def test_a_second_cache_writer_is_refused_and_overwrite_false_holds_at_the_swap(
+    lm, storyworld_data, tmp_path, monkeypatch
+):
+    from saelab.core import cache
+
+    data = storyworld_data(32, 2000)
+    path = tmp_path / "acts"
+    proc = _holder(path, "cache")
+    try:
+        with pytest.raises(locks.Locked, match=f"process {proc.pid}"):
+            sl.cache_activations(lm, data, "resid_pre.3", path, progress=False)
+    finally:
+        proc.kill()
+        proc.wait()
+    leftover = tmp_path / ".acts.tmp-999999"  # a killed write's temp folder
+    leftover.mkdir()
+    real = cache._write_shards
+
+    def meanwhile(*a, **k):  # something that takes no lock makes the path mid-write
+        shards = real(*a, **k)
+        path.mkdir()
+        (path / "theirs.txt").write_text("theirs")
+        return shards
+
+    monkeypatch.setattr(cache, "_write_shards", meanwhile)
+    with pytest.warns(UserWarning, match="took over"):  # the holder was killed
+        with pytest.raises(FileExistsError, match="appeared while this cache was written"):
+            sl.cache_activations(lm, data, "resid_pre.3", path, progress=False)
+    assert (path / "theirs.txt").read_text() == "theirs"  # not replaced
+    assert not leftover.exists() and not list(tmp_path.glob(".acts.tmp-*"))
+
+
+def test_no_torch_load_in_the_package_can_run_a_pickle():
+    calls = []
+    for f in LIB.rglob("*.py"):
+        text = f.read_text()
+        for m in re.finditer(r"torch\.load\(", text):
+            end = text.index(")", text.index("(", m.start()))
+            calls.append((f.relative_to(LIB), text[m.start() : end + 1]))
+    assert calls, "the package loads no checkpoint at all?"
+    unsafe = [(f, c) for f, c in calls if "weights_only=True" not in c]
+    assert not unsafe, unsafe
