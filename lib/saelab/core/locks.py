@@ -5,9 +5,9 @@ their files and lose a result without an error. The lock is `.<name>.<role>.lock
 folder, taken with `flock` before anything is checked or written and held until the writer is
 done; the OS releases it when its process dies, so a crash never leaves a folder locked. The file
 holds the holder's PID and goes on a clean release: a second writer is refused at once, naming
-it, and a lock file left by a process that no longer runs is taken over, and said so. Roles keep layers apart: the papermill
-runner holds `run` on its folder while the notebook's own `sl.train` holds `train` on the same
-folder.
+it, and a lock file left by a process that no longer runs is taken over, and said so. Roles
+keep layers apart: the papermill runner holds `run` on its folder while the notebook's own
+`sl.train` holds `train` on the same folder.
 """
 
 from __future__ import annotations
