@@ -132,3 +132,57 @@ def test_no_torch_load_in_the_package_can_run_a_pickle():
     assert calls, "the package loads no checkpoint at all?"
     unsafe = [(f, c) for f, c in calls if "weights_only=True" not in c]
     assert not unsafe, unsafe
+
+
+def test_a_flipped_exponent_byte_in_saved_weights_is_refused_naming_the_file(tmp_path):
+    import struct
+
+    import torch
+
+    from saelab.core.sae import save_sae
+
+    torch.manual_seed(0)
+    sae = sl.SAE.from_config(sl.SAEConfig.create(architecture="relu", d_in=8, d_sae=16))
+    save_sae(sae, tmp_path / "s")
+    f = tmp_path / "s" / "sae.safetensors"
+    raw = bytearray(f.read_bytes())
+    start = 8 + struct.unpack("<Q", raw[:8])[0]  # the tensors begin after the JSON header
+    raw[start + 3] ^= 0x40  # the high byte of the first float32: sign and exponent
+    f.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"sae.safetensors do not match the checksum"):
+        sl.load_sae(tmp_path / "s")
+
+
+def test_a_damaged_checkpoint_is_refused_before_resuming(lm, storyworld_data, tmp_path):
+    import torch
+
+    from saelab.core.checkpoint import CheckpointError
+
+    sae = sl.SAEConfig.create(architecture="topk", k=4, dict_ratio=2)
+    cfg = sl.TrainConfig(sites=("resid_pre.3",), sae=sae, batch_size=4, n_tokens=4 * 64 * 4,
+                         checkpoint_every=2, eval_tokens=2 * 64)  # fmt: skip
+    data = storyworld_data(64, 4000)
+    sl.train(lm, data, cfg, tmp_path / "r", progress=False)
+    ckpt = tmp_path / "r" / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=True)
+    next(iter(state["saes"].values()))["W_dec"][0, 0] = 8.4e36  # finite, and wrong
+    torch.save(state, ckpt)  # the old checksum stays
+    with pytest.raises(CheckpointError, match="does not match the checksum"):
+        sl.train(lm, data, cfg, tmp_path / "r", resume=True, progress=False)
+
+
+def test_a_saelens_folder_with_nan_weights_is_refused(tmp_path):
+    import json
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    sae = sl.SAE.from_config(sl.SAEConfig.create(architecture="relu", d_in=8, d_sae=16))
+    sl.export_saelens(sae, tmp_path / "sl")
+    weights = load_file(tmp_path / "sl" / "sae_weights.safetensors")
+    weights["W_enc"][0, 0] = float("nan")
+    save_file(weights, tmp_path / "sl" / "sae_weights.safetensors")
+    assert json.loads((tmp_path / "sl" / "cfg.json").read_text())["d_in"] == 8
+    with pytest.raises(ValueError, match="NaN or inf values in \\['W_enc'\\]"):
+        sl.load_sae(tmp_path / "sl")

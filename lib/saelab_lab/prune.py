@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from saelab import runs
+from saelab.core.integrity import SHA_KEY, tensors_sha256
 from saelab_lab.freshness import REFERENCE, read_runs
 
 WEIGHTS = "sae.safetensors"
@@ -76,7 +77,7 @@ def _halve(path: Path) -> bool:
         return False
     tensors.update({n: tensors[n].to(torch.float16) for n in todo})
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, tmp)
+    save_file(tensors, tmp, metadata={SHA_KEY: tensors_sha256(tensors)})  # what load_sae checks
     tmp.replace(path)
     return True
 

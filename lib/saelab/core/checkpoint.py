@@ -18,10 +18,12 @@ import torch
 
 from saelab.core.cache import ActivationCache, fingerprint
 from saelab.core.config import TrainConfig
+from saelab.core.integrity import tensors_sha256
 from saelab.core.models import Site
 from saelab.core.sae import SAE
 
 CKPT_KEYS = ("cfg", "step", "log", "saes", "opt", "since_fire")
+CHECKED = ("step", "saes", "opt", "since_fire")  # what a checkpoint's sha256 covers
 
 
 class CheckpointError(ValueError):
@@ -72,6 +74,7 @@ def save_checkpoint(path: Path, state: TrainState, cfg: TrainConfig, data_fp: st
         opt=state.opt.state_dict(),
         since_fire={str(s): v for s, v in state.since_fire.items()},
     )
+    ckpt["sha256"] = tensors_sha256({k: ckpt[k] for k in CHECKED})  # verified on load
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     torch.save(ckpt, tmp)
     os.replace(tmp, path)
@@ -95,6 +98,9 @@ def load_checkpoint(path: Path, cfg: TrainConfig, sites, data_fp: str | None = N
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {missing}, so it is not a training "
                               f"checkpoint or is damaged; {hint}")  # fmt: skip
+    if "sha256" in state and state["sha256"] != tensors_sha256({k: state[k] for k in CHECKED}):
+        raise CheckpointError(f"checkpoint {path} does not match the checksum saved with it (the "
+                              f"file is damaged); {hint}")  # fmt: skip
     then, now = state["cfg"], cfg.to_dict()
     if then != now:
         diff = {k: (then.get(k), v) for k, v in now.items() if then.get(k) != v}

@@ -27,10 +27,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import nnsight
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from saelab.core import sparse
+from saelab.core.integrity import SHA_KEY, tensors_sha256
 
 if TYPE_CHECKING:
     from saelab.core.saelens import SAELensForm
@@ -582,7 +584,8 @@ def save_sae(sae: SAE, path: str | os.PathLike, extra: dict | None = None) -> Pa
         meta["extra"] = extra
     text = json.dumps(meta, indent=2, default=str) + "\n"
     tensors = {name: p.detach().contiguous().cpu() for name, p in sae.state_dict().items()}
-    _atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp))
+    meta_st = {SHA_KEY: tensors_sha256(tensors)}  # verified by load_sae (integrity.py)
+    _atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata=meta_st))
     _atomic_write(path / CFG_FILE, lambda tmp: Path(tmp).write_text(text))
     return path
 
@@ -618,6 +621,13 @@ def _read_weights(weights_path: Path) -> dict[str, Tensor]:
         raise ValueError(
             f"cannot read SAE weights {weights_path} (truncated or corrupt?): {e}"
         ) from e
+    with safe_open(weights_path, "pt") as f:
+        stored = (f.metadata() or {}).get(SHA_KEY)
+    if stored is not None and stored != tensors_sha256(tensors):
+        raise ValueError(
+            f"SAE weights {weights_path} do not match the checksum saved with them (the file is "
+            "damaged); restore it from a copy or train it again"
+        )
     bad = sorted(name for name, t in tensors.items()
                  if t.is_floating_point() and not torch.isfinite(t).all())  # fmt: skip
     if bad:

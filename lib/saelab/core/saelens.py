@@ -165,6 +165,10 @@ def load_saelens(path: str | os.PathLike) -> SAE:
     path = Path(path)
     meta = json.loads((path / CFG).read_text())
     weights = {k: v.float() for k, v in load_file(path / WEIGHTS).items()}
+    bad = sorted(k for k, v in weights.items() if not torch.isfinite(v).all())
+    if bad:  # as saelab's own folders: a broken SAE would report NaN metrics without a word
+        raise ValueError(f"SAELens weights {path / WEIGHTS} hold NaN or inf values in {bad}; "
+                         "refusing to load a broken SAE")  # fmt: skip
     return from_saelens(meta, weights, f"SAELens SAE at {path}")
 
 
