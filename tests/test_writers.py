@@ -186,3 +186,39 @@ def test_a_saelens_folder_with_nan_weights_is_refused(tmp_path):
     assert json.loads((tmp_path / "sl" / "cfg.json").read_text())["d_in"] == 8
     with pytest.raises(ValueError, match="NaN or inf values in \\['W_enc'\\]"):
         sl.load_sae(tmp_path / "sl")
+
+
+def test_exports_are_atomic_and_never_clobber_a_saelab_folder(tmp_path, monkeypatch):
+    import torch
+
+    from saelab.core import saelens
+    from saelab.core.sae import save_sae
+
+    def topk(k):
+        torch.manual_seed(0)
+        return sl.SAE.from_config(sl.SAEConfig.create(architecture="topk", d_in=8, d_sae=64, k=k))
+
+    src = tmp_path / "src"
+    save_sae(topk(8), src)
+    with pytest.raises(FileExistsError, match="holds a saelab SAE"):
+        sl.export_saelens(sl.load_sae(src), src)  # export SRC SRC
+    assert sl.load_sae(src).cfg.k == 8  # its record intact
+    dst = tmp_path / "dst"
+    sl.export_saelens(topk(8), dst)
+    with pytest.raises(FileExistsError, match="holds a SAELens export"):
+        sl.export_saelens(topk(32), dst)
+
+    real = saelens.save_file
+
+    def killed(*a, **k):  # the weights are written, then the process dies before the config
+        real(*a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(saelens, "save_file", killed)
+    with pytest.raises(KeyboardInterrupt):
+        sl.export_saelens(topk(32), dst, overwrite=True)
+    monkeypatch.setattr(saelens, "save_file", real)
+    assert sl.load_sae(dst).cfg.k == 8  # the old export, whole: no k=8 config over k=32 weights
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src"]  # no temp left
+    sl.export_saelens(topk(32), dst, overwrite=True)
+    assert sl.load_sae(dst).cfg.k == 32

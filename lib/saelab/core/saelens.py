@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -109,12 +110,16 @@ def export_saelens(
     model_name: str | None = None,
     context_size: int | None = None,
     prepend_bos: bool | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write `sae_or_run` (an SAE, or a single-site `Run`) as a SAELens v6 folder at `path`.
 
     `sae_lens.SAE.load_from_disk(path)` loads it with no warning. `model_name` (default: the
     SAE's), `context_size` and `prepend_bos` (default: the training data's, when known) go into
-    the metadata.
+    the metadata. Written to a temporary folder renamed into place when complete, so a killed
+    export leaves no half folder. `path` must be new or empty; `overwrite=True` replaces an
+    earlier SAELens export there. A folder holding anything else (a saelab SAE, a run, other
+    files) is never written into.
     """
     sae = sae_or_run.sae if hasattr(sae_or_run, "saes") else sae_or_run
     form = raw_weights(sae, allow_gtopk)
@@ -141,10 +146,43 @@ def export_saelens(
                normalize_activations="none", reshape_activations="none", metadata=meta,
                **form.cfg)  # fmt: skip
     path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    save_file(form.weights, path / WEIGHTS)
-    (path / CFG).write_text(json.dumps(out, indent=2) + "\n")
+    _check_target(path, overwrite)
+    tmp = path.parent / f".{path.name}.export-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        save_file(form.weights, tmp / WEIGHTS)
+        (tmp / CFG).write_text(json.dumps(out, indent=2) + "\n")
+        old = None
+        if path.exists():  # empty, or an earlier export being replaced: swap, then drop it
+            old = path.parent / f".{path.name}.replaced-{os.getpid()}"
+            os.rename(path, old)
+        os.rename(tmp, path)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return path
+
+
+def _check_target(path: Path, overwrite: bool) -> None:
+    """Refuse an export target that holds something an export would destroy or mix into."""
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise FileExistsError(f"{path} is a file; export into a new or empty folder")
+    names = {p.name for p in path.iterdir()}
+    if not names:
+        return
+    if names <= {WEIGHTS, CFG} and is_saelens_folder(path):
+        if overwrite:
+            return
+        raise FileExistsError(f"{path} holds a SAELens export; pass overwrite=True (--overwrite) "
+                              "to replace it, or choose another folder")  # fmt: skip
+    what = "a saelab SAE" if "sae.safetensors" in names else "a run or other files"
+    raise FileExistsError(f"{path} holds {what} ({', '.join(sorted(names)[:4])}); an export never "
+                          "writes into it: choose a new or empty folder")  # fmt: skip
 
 
 def is_saelens_folder(path: Path) -> bool:
@@ -294,10 +332,12 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("dst", help="the SAELens folder to write")
     ex.add_argument("--allow-gtopk", action="store_true")
     ex.add_argument("--model-name", default=None, help="the name other tools load the model by")
+    ex.add_argument("--overwrite", action="store_true", help="replace a SAELens folder at DST")
     a = ap.parse_args(argv)
     try:
-        out = export_saelens(load_sae(a.src), a.dst, a.allow_gtopk, a.model_name)
-    except (ValueError, FileNotFoundError) as e:
+        out = export_saelens(load_sae(a.src), a.dst, a.allow_gtopk, a.model_name,
+                             overwrite=a.overwrite)  # fmt: skip
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {out}")
