@@ -222,3 +222,28 @@ def test_exports_are_atomic_and_never_clobber_a_saelab_folder(tmp_path, monkeypa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src"]  # no temp left
     sl.export_saelens(topk(32), dst, overwrite=True)
     assert sl.load_sae(dst).cfg.k == 32
+
+
+def test_settings_that_cannot_train_are_refused_or_warned(lm, storyworld_data, tmp_path):
+    import torch
+
+    data = storyworld_data(64, 4000)
+    sae = sl.SAEConfig.create(architecture="relu", dict_ratio=2)
+
+    def cfg(**kw):
+        base = dict(sites=("resid_pre.3",), sae=sae, batch_size=4, n_tokens=4 * 64 * 4,
+                    warmup=1, eval_tokens=2 * 64, alive_tokens=None)  # fmt: skip
+        return sl.TrainConfig(**base | kw)
+
+    # grad_clip=0 is "no clipping" (before: every gradient scaled to zero, the SAE never moved)
+    torch.manual_seed(0)
+    start = sl.SAE.from_config(sae.for_site(64, "resid_pre.3"))
+    run = sl.train(lm, data, cfg(grad_clip=0.0), progress=False)
+    assert not torch.equal(run.sae.W_enc, start.W_enc)
+    with pytest.warns(UserWarning, match="warmup=50 steps but the run has 4"):
+        sl.train(lm, data, cfg(warmup=50), progress=False)
+    with pytest.raises(ValueError, match="eval_tokens=0 is less than one row of n_ctx=64"):
+        sl.train(lm, data, cfg(eval_tokens=0), progress=False)
+    with pytest.warns(UserWarning, match="the run is diverging"):
+        sl.train(lm, data, cfg(lr=1e4, n_tokens=4 * 64 * 12, log_every=1, grad_clip=0.0),
+                 progress=False)  # fmt: skip

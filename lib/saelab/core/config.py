@@ -77,7 +77,7 @@ class TrainConfig:
     lr: float = 1e-3
     warmup: int = 50  # steps
     min_lr_frac: float = 0.1  # cosine decay ends at min_lr_frac * lr
-    grad_clip: float = 10.0
+    grad_clip: float = 10.0  # max global grad norm; 0: no clipping (as common trainers)
     batch_size: int = 32
     n_tokens: int = 1_000_000  # training tokens (n_steps = n_tokens // (batch_size * n_ctx))
     log_every: int = 10  # steps per train record; each holds the mean of those steps' values

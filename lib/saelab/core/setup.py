@@ -8,6 +8,7 @@ the two records the loop works on: `Context` (what every member's step shares) a
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -210,6 +211,8 @@ class Member:
     started: bool = False  # its files are written once its first step has succeeded
     sums: dict[str, float] = field(default_factory=dict)  # log values since the last record
     n_summed: int = 0
+    first_loss: float | None = None  # the first train record's loss (divergence warning)
+    warned_diverging: bool = False
 
     def log(self, rec: dict) -> None:
         self.state.log.append(rec)
@@ -248,6 +251,19 @@ class Context:
                    {}, False, facts)  # fmt: skip
 
 
+def check_schedule(cfgs: list[TrainConfig], n_steps: int, n_ctx: int) -> None:
+    """Refuse an evaluation smaller than one row; warn of a warmup the run never finishes."""
+    for cfg in cfgs:
+        if cfg.eval_tokens < n_ctx:
+            raise ValueError(f"eval_tokens={cfg.eval_tokens} is less than one row of n_ctx="
+                             f"{n_ctx} tokens (the evaluation would read one row anyway); give "
+                             f"at least {n_ctx}")  # fmt: skip
+        if cfg.warmup >= n_steps:
+            warnings.warn(f"warmup={cfg.warmup} steps but the run has {n_steps}: the learning "
+                          f"rate never reaches lr={cfg.lr:g}; lower warmup or raise n_tokens",
+                          stacklevel=3)  # fmt: skip
+
+
 def context(lm, data, cfgs: list[TrainConfig], out_dirs: list, eval_data, resume: bool,
             overwrite: bool) -> Context:  # fmt: skip
     """Check everything a sweep needs before anything is written, and gather what its steps
@@ -257,6 +273,7 @@ def context(lm, data, cfgs: list[TrainConfig], out_dirs: list, eval_data, resume
     cache = data if isinstance(data, ActivationCache) else None
     sites = sort_sites([parse_site(s, facts["n_layers"]) for s in cfg0.sites])
     n_steps = n_steps_of(cfg0, data, facts)
+    check_schedule(cfgs, n_steps, data.n_ctx)
     ranks.check_batch(cfg0.batch_size, w)
     if lm is not None and cfg0.loss.spliced:
         cfg0.loss.later(lm, sites)  # e.g. e2e+ds with no later layer: refused now

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,7 +146,8 @@ def step(ctx: Context, m: Member, batch: torch.Tensor, clean: Clean | None = Non
                             f"good checkpoint: {where}")  # fmt: skip
     for sae in saes.values():
         sae.before_step_()
-    torch.nn.utils.clip_grad_norm_(state.params, cfg.grad_clip)
+    if cfg.grad_clip > 0:  # 0 means no clipping, not a zero gradient
+        torch.nn.utils.clip_grad_norm_(state.params, cfg.grad_clip)
     state.opt.step()
     n_tok = outs[sites[0]].stats()[2] * ctx.world.size  # global tokens the SAEs saw this step
     for s, f in zip(sites, fired, strict=True):
@@ -170,8 +172,24 @@ def record(ctx: Context, m: Member, logs: dict, tokens_per_s: float) -> None:
     if m.state.step % m.cfg.log_every == 0 or m.state.step == ctx.n_steps:
         means = {k: v / m.n_summed for k, v in m.sums.items()}
         m.sums, m.n_summed = {}, 0
+        warn_if_diverging(m, means["loss"])
         m.log({"step": m.state.step, "kind": "train", "loss": means.pop("loss"), "lr": lr}
               | means | {"tokens_per_s": tokens_per_s})  # fmt: skip
+
+
+DIVERGED = 1e3  # a train record's loss this many times its first one: diverging
+
+
+def warn_if_diverging(m: Member, loss: float) -> None:
+    """Warn once when `m`'s loss has grown past DIVERGED x its first record's: a run that
+    diverges without going non-finite (MSE 2.6e32) would otherwise finish and save quietly."""
+    if m.first_loss is None:
+        m.first_loss = loss
+    elif not m.warned_diverging and loss > DIVERGED * abs(m.first_loss):
+        m.warned_diverging = True
+        warnings.warn(f"loss {loss:.3g} at step {m.state.step} is over {DIVERGED:g}x its first "
+                      f"value {m.first_loss:.3g}: the run is diverging (lr={m.cfg.lr:g}; try a "
+                      "lower lr or grad_clip)", stacklevel=2)  # fmt: skip
 
 
 def log_evaluations(ctx: Context, members: list[Member]) -> None:
