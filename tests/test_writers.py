@@ -247,3 +247,34 @@ def test_settings_that_cannot_train_are_refused_or_warned(lm, storyworld_data, t
     with pytest.warns(UserWarning, match="the run is diverging"):
         sl.train(lm, data, cfg(lr=1e4, n_tokens=4 * 64 * 12, log_every=1, grad_clip=0.0),
                  progress=False)  # fmt: skip
+
+
+def test_a_model_edited_in_place_is_noticed_by_caches_and_checkpoints(tmp_path):
+    import shutil as sh
+
+    import torch
+    import transformers as tf
+
+    from saelab.core.checkpoint import CheckpointError
+    from saelab.storyworld import MODEL_DIR
+
+    folder = tmp_path / "model"
+    sh.copytree(MODEL_DIR, folder)
+    lm = sl.load_model(str(folder), device="cpu")
+    data = sl.token_dataset("storyworld", lm.tokenizer, 64, n_tokens=4000)
+    cache = sl.cache_activations(lm, data, "resid_pre.3", tmp_path / "acts", progress=False)
+    sae = sl.SAEConfig.create(architecture="relu", dict_ratio=2)
+    cfg = sl.TrainConfig(sites=("resid_pre.3",), sae=sae, batch_size=4, n_tokens=4 * 64 * 4,
+                         warmup=1, eval_tokens=2 * 64, checkpoint_every=2)  # fmt: skip
+    sl.train(lm, data, cfg, tmp_path / "run", progress=False)
+    hf = tf.GPT2LMHeadModel.from_pretrained(folder)
+    with torch.no_grad():
+        hf.transformer.h[0].mlp.c_fc.weight.mul_(1.01)  # an edit, saved where it was loaded from
+    hf.save_pretrained(folder)
+    edited = sl.load_model(str(folder), device="cpu")
+    with pytest.raises(ValueError, match="model_fingerprint"):
+        sl.cache_activations(edited, data, "resid_pre.3", tmp_path / "acts", progress=False)
+    with pytest.raises(ValueError, match="written from other weights"):
+        cache.check_training(cfg, edited)
+    with pytest.raises(CheckpointError, match="trained with other model weights"):
+        sl.train(edited, data, cfg, tmp_path / "run", resume=True, progress=False)

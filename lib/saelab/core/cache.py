@@ -40,7 +40,7 @@ from safetensors.torch import save_file
 
 from saelab.core.data import TokenDataset
 from saelab.core.locks import writer_lock
-from saelab.core.models import model_info, parse_site
+from saelab.core.models import model_fingerprint, model_info, parse_site
 from saelab.core.passes import clean_pass
 from saelab.core.progress import progress_bar
 
@@ -52,7 +52,8 @@ DTYPES = {
     "float16": (torch.float16, np.float16, "F16"),
 }
 # The manifest fields that identify what a cache holds: equal fields mean the same activations.
-IDENTITY = ("model", "site", "n_ctx", "d_in", "n_rows", "dtype", "tokens_sha256")
+IDENTITY = ("model", "model_fingerprint", "site", "n_ctx", "d_in", "n_rows", "dtype",
+            "tokens_sha256")  # fmt: skip
 
 
 def fingerprint(tokens: torch.Tensor) -> str:
@@ -255,6 +256,13 @@ class ActivationCache:
                     f"{self.manifest['model']!r} (d_in={self.d_in}); the model given is "
                     f"{name!r} (d_model={d})"
                 )
+            then, now = self.manifest.get("model_fingerprint"), model_fingerprint(lm)
+            if then is not None and then != now:  # the same name, other weights
+                raise ValueError(
+                    f"the activation cache {self.path} was written from other weights of "
+                    f"{name!r} (fingerprint {then}, the model given: {now}); cache its "
+                    "activations again (overwrite=True)"
+                )
 
 
 def load_cache(
@@ -300,7 +308,8 @@ def cache_activations(
         raise ValueError(f"dataset {data.source!r} has no rows")
     d_in, n_rows = info["d_model"], len(data)
     manifest = dict(
-        format=FORMAT, model=_model_name(lm), model_type=info["model_type"],
+        format=FORMAT, model=_model_name(lm), model_fingerprint=model_fingerprint(lm),
+        model_type=info["model_type"],
         n_layers=info["n_layers"], model_n_ctx=info["n_ctx"], site=str(site),
         hook_name=site.hook_name, n_ctx=data.n_ctx, d_in=d_in, n_rows=n_rows, dtype=dtype_name,
         tokens_sha256=fingerprint(data.tokens), source=data.source, split=data.split,

@@ -62,12 +62,15 @@ def describe_data(data) -> dict:
     return data.describe()
 
 
-def save_checkpoint(path: Path, state: TrainState, cfg: TrainConfig, data_fp: str = "") -> None:
-    """Write `state` to `path` atomically, with the fingerprint of the training data: a temp
-    file beside `path`, then a rename, so a kill mid-write leaves the previous checkpoint whole."""
+def save_checkpoint(path: Path, state: TrainState, cfg: TrainConfig, data_fp: str = "",
+                    model_fp: str | None = None) -> None:  # fmt: skip
+    """Write `state` to `path` atomically, with the fingerprints of the training data and the
+    model's weights: a temp file beside `path`, then a rename, so a kill mid-write leaves the
+    previous checkpoint whole."""
     ckpt = dict(
         cfg=cfg.to_dict(),
         data=data_fp,
+        model=model_fp,
         step=state.step,
         log=state.log,
         saes={str(s): sae.state_dict() for s, sae in state.saes.items()},
@@ -80,7 +83,8 @@ def save_checkpoint(path: Path, state: TrainState, cfg: TrainConfig, data_fp: st
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, cfg: TrainConfig, sites, data_fp: str | None = None) -> dict:
+def load_checkpoint(path: Path, cfg: TrainConfig, sites, data_fp: str | None = None,
+                    model_fp: str | None = None) -> dict:  # fmt: skip
     """Read and check a training checkpoint; a bad one is an error and stays on disk untouched.
 
     Never starts over silently: a truncated file (a disk filled up, a copy cut short) would
@@ -112,6 +116,11 @@ def load_checkpoint(path: Path, cfg: TrainConfig, sites, data_fp: str | None = N
         raise CheckpointError(
             f"{path} was trained on other data (token fingerprint {state['data'][:12]}, now "
             f"{data_fp[:12]}); refusing to resume. Give the same data, or start the run over"
+        )
+    if model_fp is not None and state.get("model") and state["model"] != model_fp:
+        raise CheckpointError(
+            f"{path} was trained with other model weights (fingerprint {state['model']}, now "
+            f"{model_fp}); refusing to resume. Load the model it was trained with, or start over"
         )
     names = {str(s) for s in sites}
     if set(state["saes"]) != names or set(state["since_fire"]) != names:

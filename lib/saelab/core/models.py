@@ -12,6 +12,7 @@ path for plain torch hooks.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import warnings
@@ -192,6 +193,25 @@ def model_name(lm: Any) -> tuple[str, str]:
         path = getattr(cfg, "_name_or_path", "") or cfg.model_type
         return path, path if Path(path).exists() else ""
     return name, getattr(cfg, "saelab_model_path", "")
+
+
+FINGERPRINT_SAMPLE = 4096  # elements hashed per parameter
+
+
+def model_fingerprint(lm: Any) -> str:
+    """A cheap fingerprint of `lm`'s weights: sha256 over every parameter's name, shape, dtype
+    and an evenly strided sample of FINGERPRINT_SAMPLE of its values (all of a small one). Two
+    loads of the same weights agree; weights edited in place (`save_pretrained` into the same
+    directory) almost surely differ. Caches and checkpoints record it (ARCHITECTURE.md §6)."""
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in sorted(lm._module.named_parameters()):
+            flat = p.detach().reshape(-1)
+            step = max(1, flat.numel() // FINGERPRINT_SAMPLE)
+            sample = flat[::step][:FINGERPRINT_SAMPLE].cpu().contiguous()
+            h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
+            h.update(sample.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def model_info(lm: Any) -> dict[str, Any]:

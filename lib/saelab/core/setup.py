@@ -26,7 +26,14 @@ from saelab.core.checkpoint import (
     restore,
 )
 from saelab.core.config import TrainConfig
-from saelab.core.models import Site, model_info, model_name, parse_site, sort_sites
+from saelab.core.models import (
+    Site,
+    model_fingerprint,
+    model_info,
+    model_name,
+    parse_site,
+    sort_sites,
+)
 from saelab.core.passes import Clean, clean_pass, excluded_positions, sae_positions, select
 from saelab.core.ranks import World
 from saelab.core.sae import SAE, load_sae
@@ -71,11 +78,13 @@ def model_facts(lm, data, cfg: TrainConfig) -> dict:
                              "without the model; pass the model to train on tokens")  # fmt: skip
         m = cache.manifest
         return dict(d_in=m["d_in"], n_layers=m["n_layers"], n_ctx=m["model_n_ctx"],
-                    model_name=m["model"], device=torch.device("cpu"))  # fmt: skip
+                    model_name=m["model"], device=torch.device("cpu"),
+                    model_fp=m.get("model_fingerprint"))  # fmt: skip
     info = model_info(lm)
     name, path = model_name(lm)
     return dict(d_in=info["d_model"], n_layers=info["n_layers"], n_ctx=info["n_ctx"],
-                model_name=name, model_path=path, device=torch.device(lm.device))  # fmt: skip
+                model_name=name, model_path=path, device=torch.device(lm.device),
+                model_fp=model_fingerprint(lm))  # fmt: skip
 
 
 def n_steps_of(cfg: TrainConfig, data, facts: dict) -> int:
@@ -299,7 +308,8 @@ def member(ctx: Context, cfg: TrainConfig, out_dir, resume: bool) -> Member:
     ckpt = out / "checkpoint.pt" if out is not None else None
     resumed = resume and ckpt is not None and ckpt.exists()
     if resumed:
-        restore(state, load_checkpoint(ckpt, cfg, ctx.sites, ctx.data_fp))
+        restore(state, load_checkpoint(ckpt, cfg, ctx.sites, ctx.data_fp,
+                                       ctx.facts.get("model_fp")))  # fmt: skip
     elif cfg.init_from is None:  # an initial SAE brings its activation scale
         norms = estimate_act_scales(ctx.lm, ctx.data, state.saes, ctx.keep, cfg.batch_size,
                                     known=ctx.mean_norms)  # fmt: skip

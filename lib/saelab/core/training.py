@@ -212,7 +212,8 @@ def checkpoint(ctx: Context, members: list[Member], final: bool = False) -> None
     for m in members:
         every = m.cfg.checkpoint_every
         if m.out is not None and (final or (every and m.state.step % every == 0)):
-            save_checkpoint(m.out / "checkpoint.pt", m.state, m.cfg, ctx.data_fp)
+            save_checkpoint(m.out / "checkpoint.pt", m.state, m.cfg, ctx.data_fp,
+                            ctx.facts.get("model_fp"))  # fmt: skip
             m.last_ckpt = m.out / "checkpoint.pt"
 
 
