@@ -309,8 +309,9 @@ def test_a_sweep_measures_the_activation_scale_once(lm, data, monkeypatch):
     act_scale each would measure alone, from one pass instead of one per SAE."""
     from saelab.core import setup
 
-    real, calls = setup.mean_norms, []
-    monkeypatch.setattr(setup, "mean_norms", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    real, calls = setup.activation_stats, []
+    monkeypatch.setattr(setup, "activation_stats",
+                        lambda *a, **k: calls.append(a[3]) or real(*a, **k))  # fmt: skip
     cfgs = [_small(sae="topk", k=k, n_tokens=16 * 128 * 2) for k in (2, 4, 8)]
     many = tr.train_many(lm, data, cfgs, progress=False)
     assert len(calls) == 1

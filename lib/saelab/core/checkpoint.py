@@ -105,7 +105,11 @@ def load_checkpoint(path: Path, cfg: TrainConfig, sites, data_fp: str | None = N
     if "sha256" in state and state["sha256"] != tensors_sha256({k: state[k] for k in CHECKED}):
         raise CheckpointError(f"checkpoint {path} does not match the checksum saved with it (the "
                               f"file is damaged); {hint}")  # fmt: skip
-    then, now = state["cfg"], cfg.to_dict()
+    try:  # an older checkpoint's config, with the fields added since at their defaults
+        then = TrainConfig.from_dict(state["cfg"]).to_dict()
+    except (ValueError, TypeError, KeyError):
+        then = state["cfg"]
+    now = cfg.to_dict()
     if then != now:
         diff = {k: (then.get(k), v) for k, v in now.items() if then.get(k) != v}
         raise CheckpointError(

@@ -51,6 +51,9 @@ def _as_objective(loss) -> Objective:
                      "name, or a dict with 'name' and its coefficients")  # fmt: skip
 
 
+B_DEC_INITS = ("auto", "mean", "geometric_median", "zeros")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run; validated on construction.
@@ -70,6 +73,10 @@ class TrainConfig:
     # start from a saved (or SAELens-exported) SAE instead of a fresh init: its weights, and its
     # activation scale; architecture, d_in and d_sae must match `sae` (single-site runs)
     init_from: str | None = None
+    # the decoder bias at the start (`setup.init_b_dec`): "mean" or "geometric_median" of the
+    # training activations, "zeros", or "auto": "mean" for SAEs that subtract b_dec from their
+    # input and for the TopK family (openai/sparse_autoencoder, SAELens), else "zeros"
+    b_dec_init: str = "auto"
     # AuxK: a latent is dead after this many tokens without firing. None: `default_dead_tokens`,
     # resolved on construction, so the config and train_config.json hold the number used
     # (`dataclasses.replace` keeps it: pass None again when changing n_tokens)
@@ -102,6 +109,9 @@ class TrainConfig:
             if isinstance(ex, int | str) or not all(is_int(p) and p >= 0 for p in ex):
                 raise ValueError(f"exclude_positions={ex!r} must be None or a list of ints >= 0")
             object.__setattr__(self, "exclude_positions", tuple(sorted(set(ex))))
+        if self.b_dec_init not in B_DEC_INITS:
+            raise ValueError(f"b_dec_init={self.b_dec_init!r} is not valid; choose one of "
+                             f"{list(B_DEC_INITS)}")  # fmt: skip
         self._check_counts()
         check_number("lr", self.lr, 0.0, inclusive=False)
         check_number("grad_clip", self.grad_clip)

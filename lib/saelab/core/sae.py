@@ -288,6 +288,8 @@ class SAE(nn.Module):
     """
 
     cfg_class: ClassVar[type[SAEConfig]] = SAEConfig
+    # `TrainConfig.b_dec_init="auto"` starts b_dec at the data's mean (openai's TopK does)
+    b_dec_from_data: ClassVar[bool] = False
 
     @staticmethod
     def from_config(cfg: SAEConfig) -> SAE:

@@ -138,6 +138,18 @@ def new_state(cfg: TrainConfig, sites: list[Site], facts: dict) -> TrainState:
     return TrainState(saes, opt, since_fire)
 
 
+@dataclass
+class ActStats:
+    """What a run measures of a site's activations before training (`activation_stats`)."""
+
+    mean_norm: float  # E||x||, for the activation scale
+    mean: torch.Tensor  # [d_in] E[x], for a decoder bias from the data
+    sample: torch.Tensor  # [n, d_in] the first SAMPLE activations, for the geometric median
+
+
+SAMPLE = 8192  # activations kept for the geometric median (openai/sparse_autoencoder: a sample)
+
+
 @torch.no_grad()
 def estimate_act_scales(lm, data, saes: dict, keep, batch_size: int, n_tokens: int = 2**16,
                         known: dict | None = None) -> dict:  # fmt: skip
@@ -145,27 +157,69 @@ def estimate_act_scales(lm, data, saes: dict, keep, batch_size: int, n_tokens: i
 
     Reads the first ~`n_tokens` rows of `data` in stored order (the same on every rank), at the
     kept positions: E||x * act_scale|| = sqrt(d_in) (SAELens' "expected_average_only_in").
-    `known` ({site: mean norm}, filled in here) carries the norms a sweep has already measured
-    on the same data, positions and batch size, so its members share one pass. Returns {site
-    name: mean raw norm} for the log.
+    `known` ({site: ActStats}, filled in here) carries what a sweep has already measured on the
+    same data, positions and batch size, so its members share one pass. Returns {site name:
+    mean raw norm} for the log.
     """
     sites = [s for s, sae in saes.items() if sae.cfg.normalize_activations != "none"]
+    stats = site_stats(lm, data, saes, sites, keep, batch_size, n_tokens, known)
+    for s in sites:
+        saes[s].set_act_scale(stats[s].mean_norm)
+    return {str(s): stats[s].mean_norm for s in sites}
+
+
+@torch.no_grad()
+def init_b_dec(lm, data, saes: dict, method: str, keep, batch_size: int, n_tokens: int = 2**16,
+               known: dict | None = None) -> dict:  # fmt: skip
+    """Set each SAE's decoder bias from its site's activations (`method`: "mean" or
+    "geometric_median", in the SAE's units: times its act_scale), as openai/sparse_autoencoder
+    and SAELens do before training; "zeros" leaves it. Returns {site name: ||b_dec||} for the
+    log. Call after the activation scale is set; `known` as in `estimate_act_scales`."""
+    if method == "zeros":
+        return {}
+    stats = site_stats(lm, data, saes, list(saes), keep, batch_size, n_tokens, known)
+    out = {}
+    for s, sae in saes.items():
+        raw = stats[s].mean if method == "mean" else geometric_median(stats[s].sample)
+        sae.b_dec.copy_(raw.to(sae.b_dec) * sae.act_scale)
+        out[str(s)] = float(sae.b_dec.norm())
+    return out
+
+
+def geometric_median(x: torch.Tensor, iters: int = 100, tol: float = 1e-6) -> torch.Tensor:
+    """The point `[d]` minimising the summed distance to the rows of `x [n, d]` (Weiszfeld's
+    iteration from the mean)."""
+    x = x.double()
+    y = x.mean(0)
+    for _ in range(iters):
+        w = 1 / (x - y).norm(dim=1).clamp_min(1e-12)
+        new = (w[:, None] * x).sum(0) / w.sum()
+        if (new - y).norm() <= tol * y.norm().clamp_min(1e-12):
+            return new.float()
+        y = new
+    return y.float()
+
+
+def site_stats(lm, data, saes: dict, sites: list, keep, batch_size: int, n_tokens: int,
+               known: dict | None) -> dict:  # fmt: skip
+    """`activation_stats` of `sites`, taken from `known` where it has them (and added to it)."""
     known = {} if known is None else known
     todo = [s for s in sites if s not in known]
     if todo:
         device = next(iter(saes.values())).device
-        known.update(mean_norms(lm, data, todo, keep, batch_size, n_tokens, device))
-    for s in sites:
-        saes[s].set_act_scale(known[s])
-    return {str(s): known[s] for s in sites}
+        known.update(activation_stats(lm, data, todo, keep, batch_size, n_tokens, device))
+    return known
 
 
-def mean_norms(lm, data, sites: list[Site], keep, batch_size: int, n_tokens: int,
-               device=None) -> dict[Site, float]:  # fmt: skip
-    """The mean norm `E||x||` of each site's activations over the first ~`n_tokens` rows of
-    `data` (a TokenDataset: one clean pass per batch; an ActivationCache: its rows), at `keep`."""
+def activation_stats(lm, data, sites: list[Site], keep, batch_size: int, n_tokens: int,
+                     device=None) -> dict[Site, ActStats]:  # fmt: skip
+    """The mean norm, mean and first SAMPLE activations of each site over the first ~`n_tokens`
+    rows of `data` (a TokenDataset: one clean pass per batch; an ActivationCache: its rows), at
+    `keep`."""
     n_rows = max(1, min(len(data), n_tokens // data.n_ctx))
     sums, count = dict.fromkeys(sites, 0.0), 0
+    means = dict.fromkeys(sites, 0.0)
+    samples: dict = {s: [] for s in sites}
     for i in range(0, n_rows, batch_size):
         rows = torch.arange(i, min(i + batch_size, n_rows))
         if isinstance(data, ActivationCache):
@@ -175,8 +229,13 @@ def mean_norms(lm, data, sites: list[Site], keep, batch_size: int, n_tokens: int
         for s in sites:
             x = select(acts[s], keep, torch.float32)
             sums[s] += float(x.norm(dim=-1).sum())
+            flat = x.reshape(-1, x.shape[-1])
+            means[s] = means[s] + flat.double().sum(0)
+            if sum(len(t) for t in samples[s]) < SAMPLE:
+                samples[s].append(flat[:SAMPLE].cpu())
         count += x[..., 0].numel()
-    return {s: sums[s] / count for s in sites}
+    return {s: ActStats(sums[s] / count, (means[s] / count).float(),
+                        torch.cat(samples[s])[:SAMPLE]) for s in sites}  # fmt: skip
 
 
 def shared_clean_pass(lm, tokens: torch.Tensor, saes: list[dict[Site, SAE]],
@@ -247,9 +306,9 @@ class Context:
     data_record: dict
     overwrite: bool
     facts: dict  # d_in, n_layers, n_ctx, model name/path, device (`setup.model_facts`)
-    # {site: mean activation norm}, measured once for every member that normalises (the
-    # members share data, positions and batch size: `SHARED`)
-    mean_norms: dict = field(default_factory=dict)
+    # {site: ActStats}, measured once for every member that needs them (the members share
+    # data, positions and batch size: `SHARED`)
+    act_stats: dict = field(default_factory=dict)
 
     @classmethod
     def for_steps(cls, lm, sites: list[Site], facts: dict, keep: torch.Tensor | None = None,
@@ -299,6 +358,16 @@ def context(lm, data, cfgs: list[TrainConfig], out_dirs: list, eval_data, resume
                    facts)  # fmt: skip
 
 
+def b_dec_method(cfg: TrainConfig, saes: dict) -> str:
+    """`cfg.b_dec_init`, with "auto" resolved: "mean" for SAEs that subtract b_dec from their
+    input or whose class asks for it (`SAE.b_dec_from_data`: the TopK family, as openai does),
+    else "zeros"."""
+    if cfg.b_dec_init != "auto":
+        return cfg.b_dec_init
+    sae = next(iter(saes.values()))
+    return "mean" if sae.cfg.pre_subtract_b_dec or sae.b_dec_from_data else "zeros"
+
+
 def member(ctx: Context, cfg: TrainConfig, out_dir, resume: bool) -> Member:
     """A sweep member's state: fresh and seeded (its activation scale estimated), or resumed
     from its checkpoint (which brings the scale)."""
@@ -312,8 +381,13 @@ def member(ctx: Context, cfg: TrainConfig, out_dir, resume: bool) -> Member:
                                        ctx.facts.get("model_fp")))  # fmt: skip
     elif cfg.init_from is None:  # an initial SAE brings its activation scale
         norms = estimate_act_scales(ctx.lm, ctx.data, state.saes, ctx.keep, cfg.batch_size,
-                                    known=ctx.mean_norms)  # fmt: skip
+                                    known=ctx.act_stats)  # fmt: skip
         if norms:
             state.log.append({"step": 0, "kind": "act_scale", "mean_norm": norms})
+        method = b_dec_method(cfg, state.saes)
+        bias = init_b_dec(ctx.lm, ctx.data, state.saes, method, ctx.keep, cfg.batch_size,
+                          known=ctx.act_stats)  # fmt: skip
+        if bias:
+            state.log.append({"step": 0, "kind": "b_dec_init", "method": method, "norm": bias})
     ranks.check_same_step(state.step, ctx.device, ctx.world)
     return Member(cfg, out if ctx.world.main else None, state, ckpt if resumed else None)

@@ -63,6 +63,7 @@ class TopKSAE(SAE):
     """`c = TopK(z)`: the k largest pre-activations per token keep ReLU(z)."""
 
     cfg_class = TopKConfig
+    b_dec_from_data = True  # Gao et al. 2024 §2.1 / openai: the bias starts at the data's centre
 
     def activation(self, pre: Tensor, grad: Tensor | None) -> Tensor:
         """The k largest of `pre [..., d_sae]` with ReLU, zeros elsewhere."""
