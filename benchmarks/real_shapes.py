@@ -8,9 +8,10 @@ model with Llama-3.2-1B's widths and vocabulary (2048 wide, vocab 128,256; `--ll
 - `saelab.core.training.step` for relu local / e2e / e2e+ds and gtopk e2e,
 
 and reports tokens/s, seconds per step, the step's cost in bare forward+backwards (the limit is
-1), and the peak memory of each step measured alone in a fresh process (CPU: max RSS; CUDA:
-`max_memory_allocated`). `--kl-chunk 0` turns the chunked KL / CE off (one `[B, T, V]` float32
-softmax at a time), to measure what chunking saves.
+1), and the peak memory of each step measured alone in a fresh process, from after the model is
+loaded (CPU: the process's own VmHWM, reset before the steps; CUDA: `max_memory_allocated`).
+`--kl-chunk 0` turns the chunked KL / CE off (one `[B, T, V]` float32 softmax at a time), to
+measure what chunking saves.
 
     python benchmarks/real_shapes.py --threads 2                    # CPU, both models
     python benchmarks/real_shapes.py --device cuda --batch-size 8 --n-ctx 1024 --llama-layers 16
@@ -69,10 +70,29 @@ def build(name: str, folder: Path, llama_layers: int, tiny: bool = False) -> Pat
     return path
 
 
+def reset_peak(device: torch.device) -> None:
+    """Start this process's peak-memory count afresh, so the peak is the step's own."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:  # Linux: "5" resets VmHWM to the current RSS (proc(5), clear_refs)
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def peak_mib(device: torch.device) -> float:
+    """Peak memory since `reset_peak`: CUDA's `max_memory_allocated`; on Linux the process's own
+    VmHWM. Not `ru_maxrss`: it survives `exec`, so a child reports at least its parent's peak
+    (every GPT-2 step here once read 3,311 MiB, the parent's)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # elsewhere: an upper bound
 
 
 def run_one(args) -> dict:
@@ -93,9 +113,8 @@ def run_one(args) -> dict:
     tokens = torch.randint(1, info["d_vocab"], (args.batch_size, args.n_ctx), generator=g)
     tokens[:, 0] = 0  # a BOS per row
     tokens = tokens.to(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    base = peak_mib(device)
+    reset_peak(device)
+    base = peak_mib(device)  # the model and the batch, before any step
     if args.one in ("forward", "forward+backward"):
         grads = args.one == "forward+backward"
 
