@@ -28,7 +28,8 @@ def train_run(lm, name: str, out_dir: Path):
     cfg = sl.TrainConfig(
         sites=(SITE,), sae=sae, **spec, batch_size=8,
         n_tokens=12 * 8 * 64, lr=3e-3, warmup=2, log_every=4, eval_tokens=4 * 64,
-        alive_tokens=None, checkpoint_every=6, seed=0, b_dec_init="zeros",  # as recorded
+        alive_tokens=None, checkpoint_every=6, seed=0, b_dec_init="zeros",
+        exclude_tokens=(),  # as recorded (before mid-row special tokens were left out)
     )  # fmt: skip
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # another thread count sums in another order (1e-5 after 12 steps)

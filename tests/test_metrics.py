@@ -29,6 +29,9 @@ def _sae(arch: str, site: str = "resid_pre.3", seed: int = 0, **kw):
 
 
 def _quiet(*args, **kw):
+    """`evaluate` over whole rows less position 0 (no special tokens left out: these tests count
+    positions), with any warning an error."""
+    kw.setdefault("exclude_tokens", ())
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # none of these windows exceeds the data
         return evaluate(*args, **kw)
@@ -89,7 +92,7 @@ def test_evaluate_many_gives_each_set_its_own_evaluation(lm, data):
     with torch.no_grad():
         relu.b_enc.sub_(1.5)  # rarely firing latents: alive depends on the window
     sets = [relu, _sae("topk", seed=1), _sae("gtopk", seed=2, beta=4.0)]
-    kw = dict(n_tokens=4 * N_CTX, batch_size=8, alive_tokens=40 * 31)
+    kw = dict(n_tokens=4 * N_CTX, batch_size=8, alive_tokens=40 * 31, exclude_tokens=())
     many = sl.evaluate_many(lm, sets, data, **kw)
     assert len(many) == 3 and len({r["alive"] for r in many}) == 3
     for sae, rep in zip(sets, many, strict=True):
@@ -109,12 +112,15 @@ def test_evaluate_many_refuses_sets_at_different_sites(lm, data):
 def test_cached_alive_window_equals_the_live_one(lm, data, tmp_path):
     cache = sl.cache_activations(lm, data, "resid_pre.3", tmp_path / "c", progress=False)
     sae = _sae("topk")
-    live = _quiet(lm, sae, data, n_tokens=4 * N_CTX, batch_size=8, alive_tokens=30 * 31)
-    cached = sl.evaluate(cache, sae, n_tokens=4 * N_CTX, batch_size=8, alive_tokens=30 * 31)
-    assert cached["alive"] == live["alive"] and cached["alive_window_tokens"] == 30 * 31
-    for key in ("l0", "mse", "explained_var", "l2_ratio", "dead_frac"):  # the same SiteStats
-        assert cached[key] == pytest.approx(live[key], rel=1e-5), key
-    assert cached["n_tokens"] == live["n_tokens"] == 4 * 31
+    for specials in ((), None):  # positions only; and storyworld's mid-row BOS left out too
+        kw = dict(n_tokens=4 * N_CTX, batch_size=8, alive_tokens=30 * 31, exclude_tokens=specials)
+        live = _quiet(lm, sae, data, **kw)
+        cached = sl.evaluate(cache, sae, **kw)
+        assert cached["alive"] == live["alive"] and cached["alive_window_tokens"] == 30 * 31
+        for key in ("l0", "mse", "explained_var", "l2_ratio", "dead_frac"):  # one SiteStats
+            assert cached[key] == pytest.approx(live[key], rel=1e-5), key
+        bos = int((data.tokens[:4, 1:] == 0).sum())  # storyworld's BOS (id 0) after position 0
+        assert cached["n_tokens"] == live["n_tokens"] == 4 * 31 - (bos if specials is None else 0)
     assert "ce_increase" not in cached  # no model, no CE
 
 

@@ -103,11 +103,11 @@ def test_excluded_positions_stay_clean_and_out_of_the_sae_losses(family, text_di
     # training: the BOS outlier cannot dominate; inflate position 0 and nothing changes
     cfg = tr.TrainConfig(sites=(SITE,), sae=sl.SAEConfig.create(architecture="relu", dict_ratio=2),
                          batch_size=4, n_tokens=4 * 16 * 3, warmup=1, log_every=1,
-                         eval_tokens=4 * 16)  # fmt: skip
+                         eval_tokens=4 * 16, exclude_tokens=())  # positions only  # fmt: skip
     run = sl.train(lm, data, cfg, None, progress=False)
     ev = run.log[-1]
     assert ev["n_tokens"] == 4 * 15  # the metrics count only the kept positions
-    both = sl.evaluate(lm, run.sae, data, n_tokens=4 * 16, exclude_positions=())
+    both = sl.evaluate(lm, run.sae, data, n_tokens=4 * 16, exclude_positions=(), exclude_tokens=())
     assert both["n_tokens"] == 4 * 16 and both["mse"] != ev["mse"]
     with pytest.raises(ValueError, match="exclude_positions"):
         tr.TrainConfig(exclude_positions=(-1,))
@@ -233,3 +233,41 @@ def test_dtype_device_and_valid_sites_are_checked(lm):
     with pytest.raises(ValueError, match="device='gpu' is not a device|device='gpu'"):
         sl.load_model("storyworld", device="gpu")
     assert sl.valid_sites(lm) == sl.valid_sites(6) and "mlp_out.5" in sl.valid_sites(lm)
+
+
+def test_special_tokens_mid_row_are_left_out_of_the_saes_and_left_clean(llama, text_dir):
+    """Documents joined into rows put a BOS mid-row (an attention sink); by default the SAEs
+    never see a special token wherever it is: out of every SAE loss and metric, clean in the
+    splice (SAELens' exclude_special_tokens)."""
+    from saelab.core.passes import batch_positions, select
+
+    _, lm = llama
+    data = sl.token_dataset(str(text_dir), lm.tokenizer, 16, n_tokens=2000, cache=False)
+    assert (data.tokens[:, 1:] == 0).any()  # mid-row BOS: id 0 is BOS and EOS here
+    site, later = parse_site(SITE), [parse_site("resid_post.1")]
+    tokens = data.tokens[:4].clone()
+    tokens[:, 1] = 0  # a BOS right after the row's own: positions 0 and 1 both special
+    keep = batch_positions(tokens, sae_positions(data), torch.tensor([0]))
+    assert keep.dtype == torch.bool and not keep[tokens == 0].any() and keep.sum() > 0
+    sae = sl.SAE.from_config(sl.SAEConfig.create(architecture="relu", d_in=32, d_sae=64, site=SITE))
+    with torch.no_grad():
+        sae.b_dec.fill_(5.0)  # a reconstruction far from the activations
+    clean = clean_pass(lm, tokens, [site], later=later, logits=True)
+    sp = spliced_pass(lm, tokens, {site: sae}, clean, later, keep=keep)
+    assert sp.outs[site].x_hat.shape == (int(keep.sum()), 32)  # only the kept positions
+    # positions 0 and 1 (both special) stay clean, and so does everything causal after them there
+    assert torch.allclose(sp.later[0][:, :2], clean.later[0][:, :2], atol=1e-5)
+    assert not torch.allclose(sp.later[0][:, 2:], clean.later[0][:, 2:], atol=1e-3)
+    # the local loss is the MSE over exactly those positions
+    cfg = tr.TrainConfig(sites=(SITE,), sae=sl.SAEConfig.create(architecture="relu", dict_ratio=2))
+    dead = {site: torch.zeros(64, dtype=torch.bool)}
+    _, logs, _ = tr.compute_loss(lm, tokens, {site: sae}, cfg, dead, keep=keep)
+    x = select(clean.acts[site], keep)
+    assert logs["mse"] == pytest.approx(F.mse_loss(sae(x).x_hat * sae.act_scale,
+                                                   x * sae.act_scale).item(), rel=1e-5)  # fmt: skip
+    # the default is on: a run records them and its metrics count without them
+    run = sl.train(lm, data, tr.TrainConfig(sites=(SITE,), sae=sl.SAEConfig.create(
+        architecture="relu", dict_ratio=2), batch_size=4, n_tokens=4 * 16 * 2, warmup=1,
+        eval_tokens=4 * 16), None, progress=False)  # fmt: skip
+    assert run.sae.extra["data"]["excluded_tokens"] == [0]
+    assert run.log[-1]["n_tokens"] == int((data.tokens[:4, 1:] != 0).sum())

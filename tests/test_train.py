@@ -62,7 +62,8 @@ def test_exact_sae_scores_perfectly(lm, data, site):
     assert rep["ce_loss_score"] == pytest.approx(1, abs=1e-3)
     assert rep["ce_zero_abl"] > rep["ce_clean"] + 0.05  # zero-ablating a site hurts
     assert all(v < 1e-8 for k, v in rep.items() if k.startswith("ds_mse/"))
-    assert rep["n_tokens"] == 4 * 127  # the SAE metrics leave out each row's BOS position
+    # the SAE metrics leave out each row's BOS position and every later special token (BOS, id 0)
+    assert rep["n_tokens"] == 4 * 127 - int((data.tokens[:4, 1:] == 0).sum())
 
 
 def test_e2e_lowers_kl_and_leaves_model_untouched(lm, data, tmp_path):

@@ -41,7 +41,7 @@ from safetensors.torch import save_file
 from saelab.core.data import TokenDataset
 from saelab.core.locks import writer_lock
 from saelab.core.models import model_fingerprint, model_info, parse_site
-from saelab.core.passes import clean_pass
+from saelab.core.passes import clean_pass, special_ids
 from saelab.core.progress import progress_bar
 
 FORMAT = "saelab.activation_cache/1"
@@ -314,6 +314,7 @@ def cache_activations(
         hook_name=site.hook_name, n_ctx=data.n_ctx, d_in=d_in, n_rows=n_rows, dtype=dtype_name,
         tokens_sha256=fingerprint(data.tokens), source=data.source, split=data.split,
         prepend_bos=data.prepend_bos,
+        special_ids=list(special_ids(lm.tokenizer)),  # what training from it leaves out
         bytes_per_token=d_in * torch_dtype.itemsize + 4,
     )  # fmt: skip
     path = Path(path)

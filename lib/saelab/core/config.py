@@ -70,6 +70,10 @@ class TrainConfig:
     # positions the SAEs leave clean and out of their losses and metrics; None: the BOS position
     # (0) when the data prepends one, else none (ARCHITECTURE.md §6)
     exclude_positions: tuple[int, ...] | None = None
+    # token ids the SAEs never see, wherever they are in a row (left clean in the splice, out of
+    # every SAE loss and metric); None: the tokenizer's special tokens (BOS, EOS, PAD: a
+    # document's BOS mid-row is an attention sink; SAELens' exclude_special_tokens); (): none
+    exclude_tokens: tuple[int, ...] | None = None
     # start from a saved (or SAELens-exported) SAE instead of a fresh init: its weights, and its
     # activation scale; architecture, d_in and d_sae must match `sae` (single-site runs)
     init_from: str | None = None
@@ -109,6 +113,11 @@ class TrainConfig:
             if isinstance(ex, int | str) or not all(is_int(p) and p >= 0 for p in ex):
                 raise ValueError(f"exclude_positions={ex!r} must be None or a list of ints >= 0")
             object.__setattr__(self, "exclude_positions", tuple(sorted(set(ex))))
+        if self.exclude_tokens is not None:
+            ex = self.exclude_tokens
+            if isinstance(ex, int | str) or not all(is_int(t) and t >= 0 for t in ex):
+                raise ValueError(f"exclude_tokens={ex!r} must be None or a list of token ids")
+            object.__setattr__(self, "exclude_tokens", tuple(sorted(set(ex))))
         if self.b_dec_init not in B_DEC_INITS:
             raise ValueError(f"b_dec_init={self.b_dec_init!r} is not valid; choose one of "
                              f"{list(B_DEC_INITS)}")  # fmt: skip

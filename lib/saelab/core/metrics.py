@@ -24,11 +24,13 @@ from saelab.core.cache import ActivationCache
 from saelab.core.models import model_info, parse_site
 from saelab.core.passes import (
     as_sites,
+    batch_positions,
     clean_pass,
     later_sites,
     next_token_ce,
     sae_positions,
     select,
+    special_ids,
     spliced_pass,
 )
 from saelab.core.sae import eval_mode, is_int
@@ -93,15 +95,16 @@ class SiteStats:
         self.n = 0
         self.fired = torch.zeros(d_sae, dtype=torch.bool, device=device)
 
-    def add(self, c: torch.Tensor, x_hat: torch.Tensor, x: torch.Tensor, window_rows: int) -> None:
-        """One eval batch: latents `c [B, T', d_sae]` and reconstruction `x_hat` of `x [B, T',
-        d_in]` (raw units); its first `window_rows` rows are in the alive window."""
+    def add(self, c: torch.Tensor, x_hat: torch.Tensor, x: torch.Tensor, window: int) -> None:
+        """One eval batch: latents `c [B, T', d_sae]` (or `[N, d_sae]`) and reconstruction
+        `x_hat` of `x` (raw units); its first `window` entries along dim 0 are in the alive
+        window (`_leading`)."""
         active = c != 0
         self.ev.add(x_hat, x)
         self.l0 += float(active.sum())
         self.l2 += float((x_hat.norm(dim=-1) / x.norm(dim=-1).clamp_min(1e-8)).sum())
         self.n += x[..., 0].numel()
-        self.fire(active[: max(0, window_rows)].flatten(0, -2).any(0))
+        self.fire(active[: max(0, window)].flatten(0, -2).any(0))
 
     def fire(self, fired: torch.Tensor) -> None:
         """OR in the latents `[d_sae]` that fired on rows past the eval rows."""
@@ -119,6 +122,16 @@ class SiteStats:
         }
 
 
+def _leading(keep: torch.Tensor | None, rows: int) -> int:
+    """How many entries along dim 0 of `select(t, keep)` belong to `t`'s first `rows` rows:
+    `rows` for positions (rows stay rows), the kept count of those rows for a bool mask (its
+    `[N, ...]` is row by row)."""
+    rows = max(0, rows)
+    if keep is not None and keep.dtype == torch.bool:
+        return int(keep[:rows].sum())
+    return rows
+
+
 @torch.no_grad()
 def _sum_kl(logits_clean: torch.Tensor, logits_sae: torch.Tensor) -> float:
     return float(losses.kl_loss(logits_clean, logits_sae)) * logits_clean[..., 0].numel()
@@ -132,6 +145,7 @@ def evaluate(
     batch_size: int = 32,
     exclude_positions=None,
     alive_tokens: int | None = ALIVE_TOKENS,
+    exclude_tokens=None,
 ) -> dict:
     """Metrics of `saes` ({site: SAE} or one SAE) on the first ~`n_tokens` of `data` (in order).
 
@@ -153,7 +167,7 @@ def evaluate(
     counts over the eval rows only (saelab's meaning until 2026-12-01).
     """
     return evaluate_many(lm, [saes], data, n_tokens, batch_size, exclude_positions,
-                         alive_tokens)[0]  # fmt: skip
+                         alive_tokens, exclude_tokens)[0]  # fmt: skip
 
 
 def evaluate_many(
@@ -164,6 +178,7 @@ def evaluate_many(
     batch_size: int = 32,
     exclude_positions=None,
     alive_tokens: int | None = ALIVE_TOKENS,
+    exclude_tokens=None,
 ) -> list[dict]:
     """`evaluate` of several SAE sets (each {site: SAE} or one SAE, all at the same sites) on the
     same rows: one report per set, each equal to `evaluate(lm, set, ...)` alone
@@ -194,20 +209,29 @@ def evaluate_many(
         raise ValueError("evaluate needs `data` (a TokenDataset) to run the model on")
     data = lm if cached else data
     keep = sae_positions(data, exclude_positions, None if cached else lm.device)
+    if exclude_tokens is None:  # the tokenizer's special tokens (or those a cache recorded)
+        exclude_tokens = (data.manifest.get("special_ids") or () if cached
+                          else special_ids(lm.tokenizer))  # fmt: skip
+    special = torch.tensor(list(exclude_tokens), dtype=torch.long) if exclude_tokens else None
+
+    def seen(tokens: torch.Tensor) -> torch.Tensor:
+        """The positions the SAEs see of these rows (`passes.batch_positions`)."""
+        return batch_positions(tokens, keep, special)
+
     per_row = len(keep)
     n_rows = max(1, min(len(data), n_tokens // data.n_ctx))
     n_alive = alive_rows(alive_tokens, per_row, len(data), n_rows)
     with eval_mode([sae for saes in sets for sae in saes.values()]):
         if cached:
-            reps = [_evaluate_cache(saes, data, n_rows, batch_size, keep, n_alive) for saes in sets]
+            reps = [_evaluate_cache(saes, data, n_rows, batch_size, seen, n_alive) for saes in sets]
         else:
-            reps = _evaluate(lm, sets, data, n_rows, batch_size, keep, n_alive)
+            reps = _evaluate(lm, sets, data, n_rows, batch_size, seen, n_alive)
     for rep in reps:
         rep["alive_window_tokens"] = n_alive * per_row
     return reps
 
 
-def _fired_after(lm, sets: list[dict], data, start: int, stop: int, batch_size: int, keep,
+def _fired_after(lm, sets: list[dict], data, start: int, stop: int, batch_size: int, seen,
                  stats: list[dict]) -> None:  # fmt: skip
     """Fire into `stats[j]` the latents of `sets[j]` that fire on rows `[start, stop)`, as the
     eval sees them (several sites: each SAE reads the residual with the earlier SAEs spliced
@@ -217,6 +241,7 @@ def _fired_after(lm, sets: list[dict], data, start: int, stop: int, batch_size: 
     for i in range(start, stop, batch_size):
         tokens = data.tokens[i : min(i + batch_size, stop)].to(lm.device)
         clean = clean_pass(lm, tokens, sites, grads=needs_grad)  # stops after the last site
+        keep = seen(tokens)
         for saes, stats_j in zip(sets, stats, strict=True):
             with torch.no_grad():
                 if len(sites) == 1:
@@ -231,7 +256,7 @@ def _fired_after(lm, sets: list[dict], data, start: int, stop: int, batch_size: 
                 stats_j[s].fire(outs[s].stats()[0])
 
 
-def _evaluate(lm, sets: list[dict], data, n_rows: int, batch_size: int, keep,
+def _evaluate(lm, sets: list[dict], data, n_rows: int, batch_size: int, seen,
               n_alive: int) -> list[dict]:  # fmt: skip
     sites = list(sets[0])
     d_model = model_info(lm)["d_model"]
@@ -253,6 +278,7 @@ def _evaluate(lm, sets: list[dict], data, n_rows: int, batch_size: int, keep,
     for i in range(0, n_rows, batch_size):
         tokens = tokens_all[i : i + batch_size].to(lm.device)  # the CE targets, on the GPU too
         clean = clean_pass(lm, tokens, sites, later, logits=True, grads=needs_grad)
+        keep = seen(tokens)
         with torch.no_grad():
             zero = spliced_pass(lm, tokens, None, clean, zero_sites=sites, keep=keep)
         shared["ce_clean"] += float(next_token_ce(clean.logits, tokens, "sum"))
@@ -265,11 +291,10 @@ def _evaluate(lm, sets: list[dict], data, n_rows: int, batch_size: int, keep,
             sums[j]["kl"] += _sum_kl(clean.logits[:, :-1], sp.logits[:, :-1])
             for s in sites:
                 out, x = sp.outs[s], select(clean.acts[s], keep, saes[s].dtype)
-                stats[j][s].add(out.c, out.x_hat, x, window_rows=n_alive - i)
+                stats[j][s].add(out.c, out.x_hat, x, window=_leading(keep, n_alive - i))
             for s, a, b in zip(later, sp.later, clean.later, strict=True):
                 ds[j][s].add(a, b)
-    _fired_after(lm, sets, data, n_rows, n_alive, batch_size, keep, stats)
-    n_tok = n_rows * len(keep)
+    _fired_after(lm, sets, data, n_rows, n_alive, batch_size, seen, stats)
     reps = []
     for j in range(len(sets)):
         tot = shared | sums[j]
@@ -283,13 +308,13 @@ def _evaluate(lm, sets: list[dict], data, n_rows: int, batch_size: int, keep,
         for s in later:
             rep[f"ds_mse/{s}"] = ds[j][s].mse()
             rep[f"ds_ev/{s}"] = ds[j][s].ev()
-        rep["n_tokens"] = n_tok
+        rep["n_tokens"] = stats[j][sites[0]].n  # the SAE positions the metrics saw
         reps.append(rep)
     return reps
 
 
 @torch.no_grad()
-def _evaluate_cache(saes: dict, cache, n_rows: int, batch_size: int, keep, n_alive: int) -> dict:
+def _evaluate_cache(saes: dict, cache, n_rows: int, batch_size: int, seen, n_alive: int) -> dict:
     """`evaluate` on cached activations `[B, n_ctx, d_in]`: the per-site metrics of one SAE,
     without the model (no CE, KL or downstream)."""
     sites = [str(s) for s in saes]
@@ -299,18 +324,22 @@ def _evaluate_cache(saes: dict, cache, n_rows: int, batch_size: int, keep, n_ali
     if sae.cfg.d_in != cache.d_in:
         raise ValueError(f"the SAE has d_in={sae.cfg.d_in}, the cached activations {cache.d_in}")
     stats = SiteStats(sae.cfg.d_sae, sae.device)
+    tokens = cache.token_dataset().tokens
     end = max(n_rows, n_alive)
     for i in range(0, end, batch_size):
-        x = select(cache.rows(torch.arange(i, min(i + batch_size, end))), keep)
+        rows = torch.arange(i, min(i + batch_size, end))
+        keep = seen(tokens[rows])
+        x = select(cache.rows(rows), keep)
         x = x.to(sae.device, sae.dtype)
         out = sae(x)
+        n_ev, n_win = _leading(keep, n_rows - i), _leading(keep, n_alive - i)
         if i < n_rows:  # eval rows (and the alive window's first rows)
-            ev = slice(0, n_rows - i)
-            stats.add(out.c[ev], out.x_hat[ev], x[ev], window_rows=n_alive - i)
+            ev = slice(0, n_ev)
+            stats.add(out.c[ev], out.x_hat[ev], x[ev], window=n_win)
             if n_alive > n_rows:  # window rows of this batch past the eval rows
-                stats.fire((out.c[n_rows - i : n_alive - i] != 0).flatten(0, -2).any(0))
+                stats.fire((out.c[n_ev:n_win] != 0).flatten(0, -2).any(0))
         else:  # past the eval rows: only the alive window
-            stats.fire((out.c[: n_alive - i] != 0).flatten(0, -2).any(0))
+            stats.fire((out.c[:n_win] != 0).flatten(0, -2).any(0))
     return stats.report() | {"n_tokens": stats.n}
 
 

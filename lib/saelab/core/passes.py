@@ -64,17 +64,48 @@ def sae_positions(data, exclude_positions=None, device=None) -> torch.Tensor:
     return torch.tensor([p for p in range(n_ctx) if p not in excluded], device=device)
 
 
+def special_ids(tokenizer) -> tuple[int, ...]:
+    """The ids of `tokenizer`'s special tokens (BOS, EOS, PAD, UNK, ...), sorted; () if none."""
+    return tuple(sorted(set(getattr(tokenizer, "all_special_ids", None) or ())))
+
+
+def batch_positions(tokens: torch.Tensor, keep: torch.Tensor | None,
+                    special: torch.Tensor | None) -> torch.Tensor | None:  # fmt: skip
+    """What the SAEs see of `tokens [B, T]`: the positions `keep [T']`, less every position that
+    holds a special token (`special`, ids) wherever it is in a row (a document's BOS mid-row is
+    an attention sink, SAELens' `exclude_special_tokens`). `keep` itself when no kept position
+    holds one; else a bool mask `[B, T]`, which `select` flattens to `[N, ...]`."""
+    if special is None or special.numel() == 0:
+        return keep
+    special = special.to(tokens.device)
+    seen = tokens if keep is None or keep.dtype == torch.bool else tokens[:, keep.to(tokens.device)]
+    if not torch.isin(seen, special).any():
+        return keep
+    mask = torch.zeros(tokens.shape, dtype=torch.bool, device=tokens.device)
+    if keep is None:
+        mask[:] = True
+    else:
+        mask[:, keep.to(tokens.device)] = True
+    return mask & ~torch.isin(tokens, special)
+
+
+def _is_mask(keep: torch.Tensor | None) -> bool:
+    return keep is not None and keep.dtype == torch.bool
+
+
 def _every(keep: torch.Tensor | None, n: int) -> bool:
     """True when the sorted positions `keep` (or None) cover all `n` positions of a row."""
-    return keep is None or len(keep) == n
+    return keep is None or (not _is_mask(keep) and len(keep) == n)
 
 
 def select(t: torch.Tensor | None, keep: torch.Tensor | None, dtype=None) -> torch.Tensor | None:
     """`t [B, T, ...]` at the kept positions `[B, T', ...]` (all if `keep` is None or covers
-    every position), as `dtype`."""
+    every position; a bool mask `keep [B, T]` gives `[N, ...]`, row by row), as `dtype`."""
     if t is None:
         return None
-    if not _every(keep, t.shape[1]):
+    if _is_mask(keep):
+        t = t[keep.to(t.device)]
+    elif not _every(keep, t.shape[1]):
         t = t.index_select(1, keep.to(t.device))
     return t if dtype is None else t.to(dtype)
 
@@ -225,6 +256,8 @@ def spliced_pass(
             sae = saes[s]
             out = sae(x_in.to(sae.dtype), grad=select(grads.get(s), keep, sae.dtype))
             new = out.x_hat.to(x.dtype)  # a bf16 model gets bf16 back; the SAE stays fp32
+        if _is_mask(keep):  # special tokens left clean wherever they are
+            return x.masked_scatter(keep.to(x.device)[..., None].expand_as(x), new), out
         whole = _every(keep, x.shape[1])
         return (new if whole else x.index_copy(1, keep.to(x.device), new)), out
 

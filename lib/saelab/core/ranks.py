@@ -13,9 +13,12 @@ process with the same total batch (`TrainConfig.batch_size` is the global batch)
 - only rank 0 writes files; evaluation runs identically on every rank (no rank waits on another
   past a collective timeout, and every rank returns the same `Run.log`).
 
-Two things use the rank's shard rather than the global batch and so are close to, not equal to,
-the single-process run: AuxK's normalisation by the residual's variance (topk/gtopk with dead
-latents) and gtopk's `grad_norm="rms"`.
+Three things use the rank's shard rather than the global batch and so are close to, not equal
+to, the single-process run: AuxK's normalisation by the residual's variance (topk/gtopk with
+dead latents), gtopk's `grad_norm="rms"`, and, with special tokens left out
+(`TrainConfig.exclude_tokens`), the SAE terms: each rank averages over its own kept tokens,
+whose count differs between shards, so the ranks' mean of means is not quite the global mean
+(`exclude_tokens=()` restores equality).
 
 The collectives of one training step; `saelab.core.distributed` is the torchrun entry point that
 uses them. Backend: nccl when CUDA is available (rank r uses cuda:LOCAL_RANK), gloo on CPU.

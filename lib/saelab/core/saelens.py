@@ -135,7 +135,7 @@ def export_saelens(
         prepend_bos=prepend_bos if prepend_bos is not None else data.get("prepend_bos"),
         dataset_path=data.get("source"),
         model_from_pretrained_kwargs={},
-        exclude_special_tokens=None,
+        exclude_special_tokens=data.get("excluded_tokens") or None,  # saelab left them out
         saelab_version=library_version(),
         saelab_architecture=cfg.architecture,
         saelab_site=cfg.site,

@@ -34,7 +34,15 @@ from saelab.core.models import (
     parse_site,
     sort_sites,
 )
-from saelab.core.passes import Clean, clean_pass, excluded_positions, sae_positions, select
+from saelab.core.passes import (
+    Clean,
+    batch_positions,
+    clean_pass,
+    excluded_positions,
+    sae_positions,
+    select,
+    special_ids,
+)
 from saelab.core.ranks import World
 from saelab.core.sae import SAE, load_sae
 
@@ -152,7 +160,7 @@ SAMPLE = 8192  # activations kept for the geometric median (openai/sparse_autoen
 
 @torch.no_grad()
 def estimate_act_scales(lm, data, saes: dict, keep, batch_size: int, n_tokens: int = 2**16,
-                        known: dict | None = None) -> dict:  # fmt: skip
+                        known: dict | None = None, special=None) -> dict:  # fmt: skip
     """Set each normalising SAE's `act_scale` from the mean norm of its site's activations.
 
     Reads the first ~`n_tokens` rows of `data` in stored order (the same on every rank), at the
@@ -162,7 +170,7 @@ def estimate_act_scales(lm, data, saes: dict, keep, batch_size: int, n_tokens: i
     mean raw norm} for the log.
     """
     sites = [s for s, sae in saes.items() if sae.cfg.normalize_activations != "none"]
-    stats = site_stats(lm, data, saes, sites, keep, batch_size, n_tokens, known)
+    stats = site_stats(lm, data, saes, sites, keep, batch_size, n_tokens, known, special)
     for s in sites:
         saes[s].set_act_scale(stats[s].mean_norm)
     return {str(s): stats[s].mean_norm for s in sites}
@@ -170,14 +178,14 @@ def estimate_act_scales(lm, data, saes: dict, keep, batch_size: int, n_tokens: i
 
 @torch.no_grad()
 def init_b_dec(lm, data, saes: dict, method: str, keep, batch_size: int, n_tokens: int = 2**16,
-               known: dict | None = None) -> dict:  # fmt: skip
+               known: dict | None = None, special=None) -> dict:  # fmt: skip
     """Set each SAE's decoder bias from its site's activations (`method`: "mean" or
     "geometric_median", in the SAE's units: times its act_scale), as openai/sparse_autoencoder
     and SAELens do before training; "zeros" leaves it. Returns {site name: ||b_dec||} for the
     log. Call after the activation scale is set; `known` as in `estimate_act_scales`."""
     if method == "zeros":
         return {}
-    stats = site_stats(lm, data, saes, list(saes), keep, batch_size, n_tokens, known)
+    stats = site_stats(lm, data, saes, list(saes), keep, batch_size, n_tokens, known, special)
     out = {}
     for s, sae in saes.items():
         raw = stats[s].mean if method == "mean" else geometric_median(stats[s].sample)
@@ -201,21 +209,22 @@ def geometric_median(x: torch.Tensor, iters: int = 100, tol: float = 1e-6) -> to
 
 
 def site_stats(lm, data, saes: dict, sites: list, keep, batch_size: int, n_tokens: int,
-               known: dict | None) -> dict:  # fmt: skip
+               known: dict | None, special=None) -> dict:  # fmt: skip
     """`activation_stats` of `sites`, taken from `known` where it has them (and added to it)."""
     known = {} if known is None else known
     todo = [s for s in sites if s not in known]
     if todo:
         device = next(iter(saes.values())).device
-        known.update(activation_stats(lm, data, todo, keep, batch_size, n_tokens, device))
+        known.update(activation_stats(lm, data, todo, keep, batch_size, n_tokens, device, special))
     return known
 
 
 def activation_stats(lm, data, sites: list[Site], keep, batch_size: int, n_tokens: int,
-                     device=None) -> dict[Site, ActStats]:  # fmt: skip
+                     device=None, special=None) -> dict[Site, ActStats]:  # fmt: skip
     """The mean norm, mean and first SAMPLE activations of each site over the first ~`n_tokens`
     rows of `data` (a TokenDataset: one clean pass per batch; an ActivationCache: its rows), at
-    `keep`."""
+    `keep` less the positions holding a token in `special` (`passes.batch_positions`)."""
+    tokens = data.token_dataset().tokens if isinstance(data, ActivationCache) else data.tokens
     n_rows = max(1, min(len(data), n_tokens // data.n_ctx))
     sums, count = dict.fromkeys(sites, 0.0), 0
     means = dict.fromkeys(sites, 0.0)
@@ -226,14 +235,20 @@ def activation_stats(lm, data, sites: list[Site], keep, batch_size: int, n_token
             acts = {sites[0]: data.rows(rows)}
         else:
             acts = clean_pass(lm, data.tokens[rows].to(device), sites).acts
+        seen = batch_positions(tokens[rows], keep, special)
         for s in sites:
-            x = select(acts[s], keep, torch.float32)
+            x = select(acts[s], seen, torch.float32)
             sums[s] += float(x.norm(dim=-1).sum())
             flat = x.reshape(-1, x.shape[-1])
             means[s] = means[s] + flat.double().sum(0)
             if sum(len(t) for t in samples[s]) < SAMPLE:
                 samples[s].append(flat[:SAMPLE].cpu())
         count += x[..., 0].numel()
+    if count == 0:
+        raise ValueError(f"every position of the first {n_rows} rows holds a token the SAEs "
+                         f"leave out (special ids {[] if special is None else special.tolist()}): "
+                         "nothing to train on; is "
+                         "the text all unknown tokens? (exclude_tokens=() keeps them)")  # fmt: skip
     return {s: ActStats(sums[s] / count, (means[s] / count).float(),
                         torch.cat(samples[s])[:SAMPLE]) for s in sites}  # fmt: skip
 
@@ -309,6 +324,7 @@ class Context:
     # {site: ActStats}, measured once for every member that needs them (the members share
     # data, positions and batch size: `SHARED`)
     act_stats: dict = field(default_factory=dict)
+    special: torch.Tensor | None = None  # token ids the SAEs never see (`exclude_tokens`)
 
     @classmethod
     def for_steps(cls, lm, sites: list[Site], facts: dict, keep: torch.Tensor | None = None,
@@ -348,14 +364,27 @@ def context(lm, data, cfgs: list[TrainConfig], out_dirs: list, eval_data, resume
     if eval_data is None:
         eval_data = cache.token_dataset() if cache is not None and lm is not None else data
     excluded = excluded_positions(cfg0.exclude_positions, data)
+    tokens_out = excluded_tokens(cfg0.exclude_tokens, lm, cache)
     for out in out_dirs:
         if out is not None:
             check_out_dir(Path(out), resume, overwrite)
     data_fp = data_fingerprint(data) if any(o is not None for o in out_dirs) else ""
     return Context(lm, data, eval_data, cache, sites, facts["device"], n_steps, excluded,
                    sae_positions(data, excluded, facts["device"]), w, data_fp,
-                   describe_data(data) | {"excluded_positions": list(excluded)}, overwrite,
-                   facts)  # fmt: skip
+                   describe_data(data) | {"excluded_positions": list(excluded),
+                                          "excluded_tokens": list(tokens_out)}, overwrite,
+                   facts, special=torch.tensor(tokens_out, dtype=torch.long)
+                   if tokens_out else None)  # fmt: skip
+
+
+def excluded_tokens(exclude_tokens, lm, cache) -> tuple[int, ...]:
+    """The token ids the SAEs never see: `exclude_tokens`, or (None) the special tokens of the
+    model's tokenizer, or of the one an activation cache recorded."""
+    if exclude_tokens is not None:
+        return tuple(exclude_tokens)
+    if lm is not None:
+        return special_ids(lm.tokenizer)
+    return tuple((cache.manifest if cache is not None else {}).get("special_ids") or ())
 
 
 def b_dec_method(cfg: TrainConfig, saes: dict) -> str:
@@ -381,12 +410,12 @@ def member(ctx: Context, cfg: TrainConfig, out_dir, resume: bool) -> Member:
                                        ctx.facts.get("model_fp")))  # fmt: skip
     elif cfg.init_from is None:  # an initial SAE brings its activation scale
         norms = estimate_act_scales(ctx.lm, ctx.data, state.saes, ctx.keep, cfg.batch_size,
-                                    known=ctx.act_stats)  # fmt: skip
+                                    known=ctx.act_stats, special=ctx.special)  # fmt: skip
         if norms:
             state.log.append({"step": 0, "kind": "act_scale", "mean_norm": norms})
         method = b_dec_method(cfg, state.saes)
         bias = init_b_dec(ctx.lm, ctx.data, state.saes, method, ctx.keep, cfg.batch_size,
-                          known=ctx.act_stats)  # fmt: skip
+                          known=ctx.act_stats, special=ctx.special)  # fmt: skip
         if bias:
             state.log.append({"step": 0, "kind": "b_dec_init", "method": method, "norm": bias})
     ranks.check_same_step(state.step, ctx.device, ctx.world)

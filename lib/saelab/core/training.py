@@ -28,7 +28,7 @@ from saelab.core.config import TrainConfig
 from saelab.core.locks import writer_lock
 from saelab.core.metrics import evaluate_many
 from saelab.core.models import Site, sort_sites
-from saelab.core.passes import Clean, spliced_pass
+from saelab.core.passes import Clean, batch_positions, spliced_pass
 from saelab.core.progress import progress_bar
 from saelab.core.sae import SAE, save_sae
 from saelab.core.setup import (
@@ -119,12 +119,15 @@ def compute_loss(lm, tokens, saes: dict[Site, SAE], cfg: TrainConfig, dead, acts
     return loss, logs, outs
 
 
-def step(ctx: Context, m: Member, batch: torch.Tensor, clean: Clean | None = None) -> dict:
+def step(ctx: Context, m: Member, batch: torch.Tensor, clean: Clean | None = None,
+         tokens: torch.Tensor | None = None) -> dict:  # fmt: skip
     """One optimiser step of `m` on `batch` (tokens `[B, T]`, or cached activations
-    `[B, T, d_in]`): loss, backward, one all-reduce, the SAEs' before-step hook (e.g. removing
-    the gradient parallel to unit decoder rows), clip, Adam, the after-step hook (e.g. decoder
-    renormalisation), dead-latent counters. Returns the step's log values (loss first), equal on
-    every rank. A non-finite loss stops the run before the step is taken (`NonFiniteLoss`)."""
+    `[B, T, d_in]` with their `tokens`): the positions the SAEs see (`ctx.keep` less special
+    tokens, `passes.batch_positions`), loss, backward, one all-reduce, the SAEs' before-step
+    hook (e.g. removing the gradient parallel to unit decoder rows), clip, Adam, the after-step
+    hook (e.g. decoder renormalisation), dead-latent counters. Returns the step's log values
+    (loss first), equal on every rank. A non-finite loss stops the run before the step is taken
+    (`NonFiniteLoss`)."""
     cfg, state, saes = m.cfg, m.state, m.state.saes
     sites = list(saes)
     lr = lr_at(state.step, ctx.n_steps, cfg.lr, cfg.warmup, cfg.min_lr_frac)
@@ -132,8 +135,10 @@ def step(ctx: Context, m: Member, batch: torch.Tensor, clean: Clean | None = Non
         g["lr"] = lr
     dead = {s: v >= cfg.dead_tokens for s, v in state.since_fire.items()}
     acts = {sites[0]: batch.float()} if ctx.cache is not None else None  # fp16 caches: fp32
-    tokens = None if acts is not None else batch
-    loss, logs, outs = compute_loss(ctx.lm, tokens, saes, cfg, dead, acts, ctx.keep, clean)
+    tokens = tokens if acts is not None else batch
+    keep = batch_positions(tokens, ctx.keep, ctx.special) if tokens is not None else ctx.keep
+    tokens = None if acts is not None else tokens
+    loss, logs, outs = compute_loss(ctx.lm, tokens, saes, cfg, dead, acts, keep, clean)
     state.opt.zero_grad(set_to_none=True)
     loss.backward()
     fired = [outs[s].stats()[0] for s in sites]
@@ -202,7 +207,8 @@ def log_evaluations(ctx: Context, members: list[Member]) -> None:
     source, data = (ctx.cache, None) if ctx.lm is None else (ctx.lm, ctx.eval_data)
     for (n_tokens, batch_size, alive_tokens), group in groups.items():
         sets = [{str(s): sae for s, sae in m.state.saes.items()} for m in group]
-        reps = evaluate_many(source, sets, data, n_tokens, batch_size, ctx.excluded, alive_tokens)
+        reps = evaluate_many(source, sets, data, n_tokens, batch_size, ctx.excluded, alive_tokens,
+                             exclude_tokens=ctx.data_record.get("excluded_tokens", ()))  # fmt: skip
         for m, rep in zip(group, reps, strict=True):
             m.log({"step": m.state.step, "kind": "eval", **rep})
 
@@ -229,14 +235,18 @@ def loop(ctx: Context, members: list[Member], start: int, progress: bool) -> Non
               + (f" (from step {start})" if start else ""))  # fmt: skip
     bar = progress_bar(say, total=n_steps, initial=start, desc=desc)
     data, t0 = batches(ctx.data, cfg0, start=start), time.time()
+    # a cache's rows come with their tokens, in the same order, for the special-token positions
+    rows = (batches(ctx.cache.token_dataset(), cfg0, start=start)
+            if ctx.cache is not None and ctx.special is not None else None)  # fmt: skip
     for i in range(start, n_steps):
         batch = ranks.shard(next(data), w).to(ctx.device)
+        tokens = ranks.shard(next(rows), w).to(ctx.device) if rows is not None else None
         clean = None
         if len(members) > 1 and ctx.cache is None:
             clean = shared_clean_pass(ctx.lm, batch, [m.state.saes for m in members], cfg0)
         for m in members:
             try:
-                logs = step(ctx, m, batch, clean)
+                logs = step(ctx, m, batch, clean, tokens)
             except NonFiniteLoss:
                 bar.close()
                 raise
