@@ -278,3 +278,21 @@ def test_a_model_edited_in_place_is_noticed_by_caches_and_checkpoints(tmp_path):
         cache.check_training(cfg, edited)
     with pytest.raises(CheckpointError, match="trained with other model weights"):
         sl.train(edited, data, cfg, tmp_path / "run", resume=True, progress=False)
+
+
+def test_cli_sweeps_and_collections_say_what_is_wrong(tmp_path, capsys):
+    import json
+
+    assert runs.main(["sweep", "01_local_sae", "-g", "lr", "0.01"]) == 1  # a scalar, not a list
+    assert "grid axis 'lr' needs a non-empty list" in capsys.readouterr().err
+    assert runs.main(["collect", str(tmp_path / "nonexistent")]) == 1
+    assert "no folder" in capsys.readouterr().err
+    for name, summary in (("good", '{"l0": 3.0}'), ("bad", '{"l0": 3.')):  # one damaged run
+        run = tmp_path / "nb" / name
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps({"status": "completed", "run_id": name,
+                                                     "parameters": {"k": 1}}))  # fmt: skip
+        (run / "summary.json").write_text(summary)
+    with pytest.warns(UserWarning, match="skipped .*bad"):
+        table = runs.collect(tmp_path / "nb")
+    assert table["run_id"].tolist() == ["good"] and table["l0"].tolist() == [3.0]

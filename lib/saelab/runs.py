@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from importlib import metadata
 from pathlib import Path
@@ -420,6 +421,10 @@ def check_parameters(notebook: str, values: dict, declared: dict, origin: str = 
 def grid(**axes) -> list[dict]:
     """Cartesian product of parameter lists: grid(a=[1, 2], b=[3]) -> [{a:1,b:3}, {a:2,b:3}]."""
 
+    for name, values in axes.items():
+        if not isinstance(values, list | tuple) or not values:
+            raise ValueError(f"grid axis {name!r} needs a non-empty list of values, e.g. -g "
+                             f"{name} '[1, 2]'; got {values!r}")  # fmt: skip
     keys = list(axes)
     return [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*axes.values())]
 
@@ -505,15 +510,22 @@ def _run_job(job) -> Path:
 def collect(folder: str | Path, name: str = "summary.json"):
     """One pandas DataFrame row per run under `folder`: its parameters and its `name` metrics."""
 
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"no folder {folder} to collect runs from")
     rows = []
     for cfg_path in sorted(Path(folder).rglob("config.json")):
         run = cfg_path.parent
         metrics = run / name
         if not metrics.exists() or run_status(run) != "completed":
             continue  # unfinished, failed, or moved aside: not a result
-        cfg = json.loads(cfg_path.read_text())
+        try:
+            cfg, values = json.loads(cfg_path.read_text()), json.loads(metrics.read_text())
+        except (OSError, json.JSONDecodeError) as e:  # one damaged run: say so, keep the rest
+            warnings.warn(f"collect: skipped {run} ({name} or config.json unreadable: {e})",
+                          stacklevel=2)  # fmt: skip
+            continue
         rows.append({"run_id": cfg.get("run_id", run.name), **cfg.get("parameters", {}),
-                     **json.loads(metrics.read_text())})  # fmt: skip
+                     **values})  # fmt: skip
     return pd.DataFrame(rows)
 
 
