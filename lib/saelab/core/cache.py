@@ -39,7 +39,7 @@ import torch
 from safetensors.torch import save_file
 
 from saelab.core.data import TokenDataset
-from saelab.core.locks import writer_lock
+from saelab.core.locks import swap_in, writer_lock
 from saelab.core.models import model_fingerprint, model_info, parse_site
 from saelab.core.passes import clean_pass, special_ids
 from saelab.core.progress import progress_bar
@@ -356,16 +356,10 @@ def _write_cache(lm, data, site, path: Path, manifest: dict, overwrite: bool, to
                                            rows_per_shard, progress)  # fmt: skip
         save_file({"tokens": data.tokens.to(torch.int32).contiguous()}, tmp / TOKENS)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        old_dir = None
         if path.exists() and not overwrite:  # made meanwhile by something that took no lock
             raise FileExistsError(f"{path} appeared while this cache was written; the new one "
                                   "is not swapped in (overwrite=True replaces it)")  # fmt: skip
-        if path.exists():  # overwrite: swap the complete new cache in, then drop the old one
-            old_dir = path.parent / f".{path.name}.old-{os.getpid()}"
-            os.rename(path, old_dir)
-        os.rename(tmp, path)
-        if old_dir is not None:
-            shutil.rmtree(old_dir)
+        swap_in(tmp, path)  # overwrite: the complete new cache replaces the old one
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -93,3 +94,16 @@ def _acquire(path: Path, folder, role: str) -> int:
         if same:
             return fd
         os.close(fd)  # released and removed meanwhile: lock the file that is there now
+
+
+def swap_in(tmp: Path, path: Path) -> None:
+    """A writer's last step: rename the complete folder `tmp` to `path`; a folder already at
+    `path` (the caller decided it may go) is renamed aside first and removed after, so a kill
+    at any point leaves either the old folder or the new one whole."""
+    old = None
+    if path.exists():
+        old = path.parent / f".{path.name}.old-{os.getpid()}"
+        os.rename(path, old)
+    os.rename(tmp, path)
+    if old is not None:
+        shutil.rmtree(old)

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from saelab.core.locks import swap_in
 from saelab.core.models import parse_site
 from saelab.core.sae import SAE, SAEConfig, architecture, architectures, library_version, load_sae
 
@@ -153,13 +154,7 @@ def export_saelens(
     try:
         save_file(form.weights, tmp / WEIGHTS)
         (tmp / CFG).write_text(json.dumps(out, indent=2) + "\n")
-        old = None
-        if path.exists():  # empty, or an earlier export being replaced: swap, then drop it
-            old = path.parent / f".{path.name}.replaced-{os.getpid()}"
-            os.rename(path, old)
-        os.rename(tmp, path)
-        if old is not None:
-            shutil.rmtree(old)
+        swap_in(tmp, path)  # over an empty folder or an earlier export (`_check_target`)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
