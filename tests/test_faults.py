@@ -74,7 +74,7 @@ def test_sigkill_mid_checkpoint_write_then_resume_matches(lm, data, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)  # in the middle of writing the step-5 checkpoint
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    (partial,) = out.glob(".checkpoint.pt.tmp*")
+    (partial,) = out.glob(".checkpoint.pt.*.tmp")
     with pytest.raises(Exception):  # noqa: B017 - the half-written temp file is garbage ...
         torch.load(partial, weights_only=True)
     state = torch.load(out / "checkpoint.pt", weights_only=True)  # ... the checkpoint is not
@@ -83,7 +83,7 @@ def test_sigkill_mid_checkpoint_write_then_resume_matches(lm, data, tmp_path):
     cfg = tr.TrainConfig.from_dict(cfg)
     resumed = tr.train(lm, data, cfg, out, resume=True, progress=False)
     full = tr.train(lm, data, cfg, tmp_path / "full", progress=False)
-    assert not list(out.glob(".checkpoint.pt.tmp*"))  # resume cleared the dead write
+    assert not list(out.glob(".checkpoint.pt.*.tmp"))  # resume cleared the dead write
     pairs = list(zip(full.sae.parameters(), resumed.sae.parameters(), strict=True))
     for p, q in pairs:
         assert torch.allclose(p, q, atol=1e-6), (p - q).abs().max()

@@ -39,6 +39,7 @@ import pandas as pd
 import papermill as pm
 import yaml
 
+from saelab.core.files import write_atomic
 from saelab.core.locks import writer_lock
 
 ROOT = Path(__file__).resolve().parents[2]  # repo root (lib/saelab/runs.py)
@@ -183,9 +184,8 @@ def run_status(folder: str | Path) -> str | None:
 
 def _set_status(out: Path, config: dict, status: str, **extra) -> None:
     config.update(status=status, **extra)
-    tmp = out / ".config.json.tmp"
-    tmp.write_text(json.dumps(config, indent=2) + "\n")
-    tmp.replace(out / "config.json")
+    text = json.dumps(config, indent=2) + "\n"
+    write_atomic(out / "config.json", lambda tmp: tmp.write_text(text))
 
 
 def _move_aside(out: Path, status: str | None) -> Path:
@@ -416,6 +416,33 @@ def check_parameters(notebook: str, values: dict, declared: dict, origin: str = 
                 f"parameter {name!r} of notebook {notebook!r} expects {want}, got {value!r} "
                 f"({type(value).__name__}){origin}; declared as `{line}`"
             )
+        refusal = library_refusal(name, value)
+        if refusal:
+            raise ValueError(f"parameter {name!r} of notebook {notebook!r}{origin}: {refusal}")
+
+
+# Notebook parameters that reach TrainConfig / SAEConfig under the same name; their values are
+# checked by the library's own validation before a kernel starts (a notebook's own asserts
+# still run inside it).
+TRAIN_FIELDS = ("lr", "warmup", "min_lr_frac", "grad_clip", "batch_size", "n_tokens",
+                "eval_tokens", "alive_tokens", "dead_tokens", "seed", "b_dec_init")  # fmt: skip
+SAE_FIELDS = {"k": "topk", "dict_ratio": "relu"}  # field -> an architecture that has it
+
+
+def library_refusal(name: str, value) -> str | None:
+    """The library's message refusing `value` for a parameter named like a TrainConfig or SAE
+    config field, or None when it is accepted (or the name is no such field)."""
+    from saelab.core.config import TrainConfig
+    from saelab.core.sae import SAEConfig
+
+    try:
+        if name in TRAIN_FIELDS:
+            TrainConfig(**{name: value})
+        elif name in SAE_FIELDS:
+            SAEConfig.create(architecture=SAE_FIELDS[name], **{name: value})
+    except (ValueError, TypeError) as e:
+        return str(e)
+    return None
 
 
 def grid(**axes) -> list[dict]:

@@ -39,8 +39,9 @@ import torch
 from safetensors.torch import save_file
 
 from saelab.core.data import TokenDataset
+from saelab.core.files import naming_full_disk
 from saelab.core.locks import swap_in, writer_lock
-from saelab.core.models import model_fingerprint, model_info, parse_site
+from saelab.core.models import check_rows_fit, model_fingerprint, model_info, parse_site
 from saelab.core.passes import clean_pass, special_ids
 from saelab.core.progress import progress_bar
 
@@ -302,8 +303,7 @@ def cache_activations(
     torch_dtype = DTYPES[dtype_name][0]
     info = model_info(lm)
     site = parse_site(site, info["n_layers"])
-    if data.n_ctx > info["n_ctx"]:
-        raise ValueError(f"data n_ctx={data.n_ctx} exceeds the model's {info['n_ctx']} positions")
+    check_rows_fit(data.n_ctx, info["n_ctx"])
     if len(data) == 0:
         raise ValueError(f"dataset {data.source!r} has no rows")
     d_in, n_rows = info["d_model"], len(data)
@@ -336,30 +336,34 @@ def _write_cache(lm, data, site, path: Path, manifest: dict, overwrite: bool, to
             else:
                 raise FileExistsError(f"{path} exists and is not an activation cache; choose "
                                       "another path")  # fmt: skip
-        else:
-            old = ActivationCache(path).manifest
+        elif not overwrite:  # with overwrite, the old cache is replaced unread: damaged or not
+            try:
+                old = ActivationCache(path).manifest
+            except Exception as e:
+                raise ValueError(f"{path} holds a damaged activation cache ({e}); pass "
+                                 "overwrite=True to replace it") from e  # fmt: skip
             diff = {k: (old.get(k), manifest[k]) for k in IDENTITY if old.get(k) != manifest[k]}
-            if not diff and not overwrite:
+            if not diff:
                 return ActivationCache(path)
-            if not overwrite:
-                raise ValueError(
-                    f"{path} holds a different activation cache (cached, now): {diff}; choose "
-                    "another path or pass overwrite=True"
-                )
+            raise ValueError(
+                f"{path} holds a different activation cache (cached, now): {diff}; choose "
+                "another path or pass overwrite=True"
+            )
     d_in = manifest["d_in"]
     rows_per_shard = max(1, int(shard_mb * 2**20) // (data.n_ctx * d_in * torch_dtype.itemsize))
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        manifest["shards"] = _write_shards(lm, data, site, tmp, torch_dtype, batch_size,
-                                           rows_per_shard, progress)  # fmt: skip
-        save_file({"tokens": data.tokens.to(torch.int32).contiguous()}, tmp / TOKENS)
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if path.exists() and not overwrite:  # made meanwhile by something that took no lock
-            raise FileExistsError(f"{path} appeared while this cache was written; the new one "
-                                  "is not swapped in (overwrite=True replaces it)")  # fmt: skip
-        swap_in(tmp, path)  # overwrite: the complete new cache replaces the old one
+        with naming_full_disk(path, "the partial cache"):
+            manifest["shards"] = _write_shards(lm, data, site, tmp, torch_dtype, batch_size,
+                                               rows_per_shard, progress)  # fmt: skip
+            save_file({"tokens": data.tokens.to(torch.int32).contiguous()}, tmp / TOKENS)
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            if path.exists() and not overwrite:  # made meanwhile by something that took no lock
+                raise FileExistsError(f"{path} appeared while this cache was written; the new one "
+                                      "is not swapped in (overwrite=True replaces it)")  # fmt: skip
+            swap_in(tmp, path)  # overwrite: the complete new cache replaces the old one
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

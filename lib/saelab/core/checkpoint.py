@@ -9,8 +9,8 @@ asks to resume it or to replace it (ARCHITECTURE.md §4).
 from __future__ import annotations
 
 import json
-import os
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,9 +18,10 @@ import torch
 
 from saelab.core.cache import ActivationCache, fingerprint
 from saelab.core.config import TrainConfig
+from saelab.core.files import remove_leftovers, write_atomic
 from saelab.core.integrity import tensors_sha256
 from saelab.core.models import Site
-from saelab.core.sae import SAE
+from saelab.core.sae import SAE, with_act_scale
 
 CKPT_KEYS = ("cfg", "step", "log", "saes", "opt", "since_fire")
 CHECKED = ("step", "saes", "opt", "since_fire")  # what a checkpoint's sha256 covers
@@ -78,9 +79,7 @@ def save_checkpoint(path: Path, state: TrainState, cfg: TrainConfig, data_fp: st
         since_fire={str(s): v for s, v in state.since_fire.items()},
     )
     ckpt["sha256"] = tensors_sha256({k: ckpt[k] for k in CHECKED})  # verified on load
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: torch.save(ckpt, tmp))
 
 
 def load_checkpoint(path: Path, cfg: TrainConfig, sites, data_fp: str | None = None,
@@ -105,13 +104,19 @@ def load_checkpoint(path: Path, cfg: TrainConfig, sites, data_fp: str | None = N
     if "sha256" in state and state["sha256"] != tensors_sha256({k: state[k] for k in CHECKED}):
         raise CheckpointError(f"checkpoint {path} does not match the checksum saved with it (the "
                               f"file is damaged); {hint}")  # fmt: skip
+    now = cfg.to_dict()
+    unknown = sorted(set(state["cfg"]) - set(now)) if isinstance(state["cfg"], dict) else []
+    if unknown:
+        raise CheckpointError(f"{path} was written with TrainConfig fields this saelab does not "
+                              f"know: {unknown} (a newer saelab?); resume it with the version "
+                              "that wrote it, or start the run over")  # fmt: skip
     try:  # an older checkpoint's config, with the fields added since at their defaults
         then = TrainConfig.from_dict(state["cfg"]).to_dict()
     except (ValueError, TypeError, KeyError):
         then = state["cfg"]
-    now = cfg.to_dict()
     if then != now:
-        diff = {k: (then.get(k), v) for k, v in now.items() if then.get(k) != v}
+        diff = {k: (then.get(k), now.get(k)) for k in sorted(set(then) | set(now))
+                if then.get(k) != now.get(k)}  # fmt: skip
         raise CheckpointError(
             f"{path} was written by a different TrainConfig; refusing to resume. "
             f"Differences (checkpoint, now): {diff}"
@@ -141,10 +146,22 @@ def checkpoint_step(path: Path) -> int | str:
         return "?"
 
 
-def restore(state: TrainState, saved: dict) -> None:
-    """Load a checked checkpoint (`load_checkpoint`) into `state`."""
+def restore(state: TrainState, saved: dict, path: Path | str = "checkpoint") -> None:
+    """Load a checked checkpoint (`load_checkpoint`, read from `path`) into `state`."""
     for s, sae in state.saes.items():
-        sae.load_state_dict(saved["saes"][str(s)])
+        # SAEs that do not normalise were once saved without their act_scale buffer (1.0)
+        tensors = with_act_scale(sae.cfg, saved["saes"][str(s)])
+        want = sae.state_dict()
+        missing, extra = sorted(set(want) - set(tensors)), sorted(set(tensors) - set(want))
+        shapes = {k: (tuple(tensors[k].shape), tuple(v.shape)) for k, v in want.items()
+                  if k in tensors and tensors[k].shape != v.shape}  # fmt: skip
+        if missing or extra or shapes:
+            raise CheckpointError(
+                f"{path}: the SAE saved for {s} does not fit this run's {type(sae).__name__} "
+                f"(missing {missing}, unexpected {extra}, shapes (saved, now) {shapes}); an older "
+                "saelab wrote it? Resume with that version, or start over (overwrite=True)"
+            )
+        sae.load_state_dict(tensors)
     state.opt.load_state_dict(saved["opt"])
     device = next(iter(state.saes.values())).device
     state.since_fire = {s: saved["since_fire"][str(s)].to(device) for s in state.saes}
@@ -157,6 +174,10 @@ def check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
         raise ValueError("resume=True and overwrite=True contradict each other; choose one")
     has_saes = (out / "saes").is_dir() and any((out / "saes").iterdir())
     has_ckpt = (out / "checkpoint.pt").exists()
+    if resume and not has_ckpt and not has_saes:
+        where = "holds no checkpoint.pt" if out.exists() else "does not exist"
+        warnings.warn(f"resume=True, but {out} {where}: starting a new run there (check the "
+                      "path if you meant to continue one)", stacklevel=4)  # fmt: skip
     if resume and has_saes and not has_ckpt:
         raise FileExistsError(
             f"{out} holds finished SAEs but no checkpoint.pt, so resume=True cannot continue "
@@ -185,8 +206,7 @@ def start_files(out: Path, cfg: TrainConfig, log: list[dict], data_record: dict,
     (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     (out / "data.json").write_text(json.dumps(data_record, indent=2) + "\n")
     (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
-    for tmp in out.glob(".checkpoint.pt.tmp*"):
-        tmp.unlink()
+    remove_leftovers(out / "checkpoint.pt")
 
 
 def append_log(out: Path, rec: dict) -> None:

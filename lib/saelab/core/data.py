@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from saelab.core.files import write_atomic
+
 _LOCAL_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 _STORY_BLOCK = 2000  # stories generated per block while filling a token budget
 
@@ -146,11 +148,9 @@ def token_dataset(
     ds = _chunk(ids, labs, n_ctx, source, split, bos_row)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
         blob = {"tokens": ds.tokens} | ({"labels": ds.labels} if ds.labels is not None else {})
         blob["sha256"] = _checksum(blob)
-        torch.save(blob, tmp)
-        os.replace(tmp, path)  # atomic: a killed run never leaves a half-written cache entry
+        write_atomic(path, lambda tmp: torch.save(blob, tmp))  # a kill leaves no half entry
     return ds
 
 
@@ -341,28 +341,70 @@ def _first_bad(files: list[Path], builder: str) -> str:
 
 
 def _tokenize_docs(docs, tokenizer, n_tokens: int | None, source: str) -> np.ndarray:
-    bos, out, total, batch = _bos(tokenizer), [], 0, []
+    """Every document's tokens after a BOS, concatenated, up to `n_tokens` (all: None).
+
+    The work done is bounded by `n_tokens`, not by the documents' size: documents are
+    tokenized in batches of 1000 (or `_BATCH_CHARS` characters) with the budget checked after
+    each, and a document much longer than the budget is tokenized from a prefix that grows
+    until it covers what is still needed (`_head_ids`), never whole.
+    """
+    bos, out, total, batch, chars = _bos(tokenizer), [], 0, [], 0
 
     def flush():
-        nonlocal total
-        for seq in tokenizer(batch, add_special_tokens=False)["input_ids"]:
+        nonlocal total, chars
+        if not batch:
+            return
+        # verbose=False: rows are cut to n_ctx later, so transformers' "longer than the maximum
+        # sequence length ... indexing errors" warning does not apply
+        for seq in tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"]:
             out.append(np.asarray([bos, *seq], dtype=np.int64))
             total += len(seq) + 1
         batch.clear()
+        chars = 0
+
+    def full() -> bool:
+        return n_tokens is not None and total >= n_tokens
 
     for doc in docs:
-        if doc:
-            batch.append(doc)
-        if len(batch) >= 1000:
+        if not doc:
+            continue
+        if n_tokens is not None and len(doc) > _CHARS_PER_TOKEN * n_tokens:
             flush()
-            if n_tokens is not None and total >= n_tokens:
+            if full():
                 break
-    if batch:
-        flush()
+            seq = _head_ids(doc, tokenizer, n_tokens - total)
+            out.append(np.asarray([bos, *seq], dtype=np.int64))
+            total += len(seq) + 1
+        else:
+            batch.append(doc)
+            chars += len(doc)
+            if len(batch) >= 1000 or chars >= _BATCH_CHARS:
+                flush()
+        if full():
+            break
+    flush()
     if not out:
         raise ValueError(f"dataset {source!r} contains no text")
     ids = np.concatenate(out)
     return ids[:n_tokens] if n_tokens is not None else ids
+
+
+_CHARS_PER_TOKEN = 16  # well above English BPE's ~4: a document this long per token is cut
+_BATCH_CHARS = 4 << 20
+
+
+def _head_ids(doc: str, tokenizer, need: int) -> list[int]:
+    """The first `need` tokens of `doc`, from a prefix doubled until it yields one more than
+    `need` (the cut may split the prefix's last word; that token is dropped), or the whole
+    document."""
+    size = _CHARS_PER_TOKEN * need
+    while True:
+        ids = tokenizer(doc[:size], add_special_tokens=False, verbose=False)["input_ids"]
+        if size >= len(doc):
+            return ids
+        if len(ids) > need:
+            return ids[:need]
+        size *= 2
 
 
 def _chunk(ids: np.ndarray, labs, n_ctx: int, source: str, split: str,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -43,7 +44,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--text-column", default="text")
     ap.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    ap.add_argument("--debug", action="store_true", help="full tracebacks on errors")
     return ap
+
+
+def read_config(path: str) -> TrainConfig:
+    """The TrainConfig in JSON file `path`; errors name the file."""
+    try:
+        fields = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--config {path}: no such file") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--config {path} is not valid JSON: {e}") from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"--config {path} holds a {type(fields).__name__}, not TrainConfig fields")
+    try:
+        return TrainConfig.from_dict(fields)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"--config {path}: {e}") from None
 
 
 def load_inputs(args: argparse.Namespace, device: str, w: World | None = None):
@@ -53,7 +71,7 @@ def load_inputs(args: argparse.Namespace, device: str, w: World | None = None):
     instead of all tokenizing the same text at once. `w` None: a single process.
     """
     w = w if w is not None else World()
-    cfg = TrainConfig.from_dict(json.loads(Path(args.config).read_text()))
+    cfg = read_config(args.config)
     lm = load_model(args.model, device=device)
     kw = dict(text_column=args.text_column)
     if not w.main:
@@ -72,13 +90,21 @@ def load_inputs(args: argparse.Namespace, device: str, w: World | None = None):
 def main(argv: list[str] | None = None) -> int:
     """Entry point: `torchrun --nproc_per_node=N -m saelab.core.distributed --config C --out D`."""
     args = _parser().parse_args(argv)
-    w, device = init_from_env()
+    rank = os.environ.get("RANK", "0")
     try:
+        read_config(args.config)  # before the process group: a bad file fails at once, alike
+        w, device = init_from_env()
         lm, cfg, data, eval_data = load_inputs(args, device, w)
         run = train(lm, data, cfg, args.out, resume=args.resume, eval_data=eval_data,
                     progress=w.main)  # fmt: skip
         if w.main:
             print(json.dumps(run.log[-1]))
+    except Exception as e:
+        if args.debug:
+            raise
+        # one line per rank instead of each rank's traceback (--debug shows them)
+        print(f"rank {rank}: error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

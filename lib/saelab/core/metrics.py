@@ -21,7 +21,7 @@ import torch
 
 from saelab.core import losses
 from saelab.core.cache import ActivationCache
-from saelab.core.models import model_info, parse_site
+from saelab.core.models import check_rows_fit, model_info, parse_site
 from saelab.core.passes import (
     as_sites,
     batch_positions,
@@ -207,6 +207,8 @@ def evaluate_many(
                          "data=None (or evaluate the model on `data`)")  # fmt: skip
     if not cached and data is None:
         raise ValueError("evaluate needs `data` (a TokenDataset) to run the model on")
+    if not cached:
+        check_rows_fit(data.n_ctx, model_info(lm)["n_ctx"])
     data = lm if cached else data
     keep = sae_positions(data, exclude_positions, None if cached else lm.device)
     if exclude_tokens is None:  # the tokenizer's special tokens (or those a cache recorded)

@@ -227,6 +227,14 @@ def model_info(lm: Any) -> dict[str, Any]:
     }
 
 
+def check_rows_fit(n_ctx: int, limit: int | None) -> None:
+    """Refuse rows of `n_ctx` tokens longer than the model's `limit` positions (`model_info`'s
+    n_ctx): the model would index past its position embeddings, an IndexError deep inside."""
+    if limit is not None and n_ctx > limit:
+        raise ValueError(f"rows of n_ctx={n_ctx} tokens are longer than the model's context "
+                         f"({limit} positions); build the data with n_ctx <= {limit}")  # fmt: skip
+
+
 # --- architectures -------------------------------------------------------------------------------
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from importlib.metadata import version
@@ -32,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from saelab.core import sparse
+from saelab.core.files import write_atomic
 from saelab.core.integrity import SHA_KEY, tensors_sha256
 
 if TYPE_CHECKING:
@@ -548,18 +548,6 @@ def library_version() -> str:
         return getattr(saelab, "__version__", "unknown")
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call `write(tmp_path)` on a temporary file beside `path`, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_sae(sae: SAE, path: str | os.PathLike, extra: dict | None = None) -> Path:
     """Write `path/cfg.json` (SAELens field names where they exist) and `path/sae.safetensors`."""
     path = Path(path)
@@ -587,8 +575,8 @@ def save_sae(sae: SAE, path: str | os.PathLike, extra: dict | None = None) -> Pa
     text = json.dumps(meta, indent=2, default=str) + "\n"
     tensors = {name: p.detach().contiguous().cpu() for name, p in sae.state_dict().items()}
     meta_st = {SHA_KEY: tensors_sha256(tensors)}  # verified by load_sae (integrity.py)
-    _atomic_write(path / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata=meta_st))
-    _atomic_write(path / CFG_FILE, lambda tmp: Path(tmp).write_text(text))
+    write_atomic(path / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata=meta_st))
+    write_atomic(path / CFG_FILE, lambda tmp: tmp.write_text(text))
     return path
 
 
@@ -674,6 +662,11 @@ def load_sae(
         if d_in is not None and sae.cfg.d_in != d_in:
             raise ValueError(f"SAE at {path} has d_in={sae.cfg.d_in} but the site has d_in={d_in}")
         return sae.to(device) if device is not None else sae
+    if (path / CFG_FILE).is_file() and not any(
+        (path / w).exists() for w in (WEIGHTS_FILE, saelens.WEIGHTS)
+    ):
+        raise FileNotFoundError(f"no SAE weights in {path}: a saelab SAE folder holds "
+                                f"{WEIGHTS_FILE}, a SAELens one {saelens.WEIGHTS}")  # fmt: skip
     meta, cfg = _read_cfg(path / CFG_FILE)
     if d_in is not None and cfg.d_in != d_in:
         raise ValueError(f"SAE at {path} has d_in={cfg.d_in} but the site has d_in={d_in}")

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from saelab.core.files import naming_full_disk, remove_leftovers
 from saelab.core.locks import swap_in
 from saelab.core.models import parse_site
 from saelab.core.sae import SAE, SAEConfig, architecture, architectures, library_version, load_sae
@@ -148,12 +149,14 @@ def export_saelens(
                **form.cfg)  # fmt: skip
     path = Path(path)
     _check_target(path, overwrite)
+    remove_leftovers(path, "export-{pid}")  # a killed export's temporary folder
     tmp = path.parent / f".{path.name}.export-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        save_file(form.weights, tmp / WEIGHTS)
-        (tmp / CFG).write_text(json.dumps(out, indent=2) + "\n")
+        with naming_full_disk(path, "the partial export"):
+            save_file(form.weights, tmp / WEIGHTS)
+            (tmp / CFG).write_text(json.dumps(out, indent=2) + "\n")
         swap_in(tmp, path)  # over an empty folder or an earlier export (`_check_target`)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -196,8 +199,22 @@ def load_saelens(path: str | os.PathLike) -> SAE:
     decoder norms is folded into the encoder.
     """
     path = Path(path)
-    meta = json.loads((path / CFG).read_text())
-    weights = {k: v.float() for k, v in load_file(path / WEIGHTS).items()}
+    for name in (CFG, WEIGHTS):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"{path / name} is missing: a SAELens SAE folder holds {CFG} "
+                                    f"and {WEIGHTS}")  # fmt: skip
+    try:
+        meta = json.loads((path / CFG).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path / CFG} is not valid JSON ({e}): truncated or not a SAELens "
+                         "config") from e  # fmt: skip
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path / CFG} holds a {type(meta).__name__}, not a SAELens config")
+    try:
+        weights = {k: v.float() for k, v in load_file(path / WEIGHTS).items()}
+    except Exception as e:  # safetensors raises its own error types for damaged headers
+        raise ValueError(f"{path / WEIGHTS} is not a readable safetensors file "
+                         f"({type(e).__name__}: {e})") from e  # fmt: skip
     bad = sorted(k for k, v in weights.items() if not torch.isfinite(v).all())
     if bad:  # as saelab's own folders: a broken SAE would report NaN metrics without a word
         raise ValueError(f"SAELens weights {path / WEIGHTS} hold NaN or inf values in {bad}; "
@@ -207,6 +224,15 @@ def load_saelens(path: str | os.PathLike) -> SAE:
 
 def from_saelens(meta: dict, w: dict[str, torch.Tensor], where: str = "SAELens SAE") -> SAE:
     """A saelab SAE from a SAELens config dict and its float weights (`load_saelens`' rules)."""
+    try:
+        return _from_saelens(meta, w, where)
+    except KeyError as e:  # a field every SAELens config of this architecture carries
+        arch = meta.get("architecture", "standard")
+        raise ValueError(f"{where}: its config lacks {e.args[0]!r}, which SAELens writes for "
+                         f"architecture {arch!r}") from None  # fmt: skip
+
+
+def _from_saelens(meta: dict, w: dict[str, torch.Tensor], where: str) -> SAE:
     name, cls = reader(meta.get("architecture", "standard"), where)
     norm = meta.get("normalize_activations", "none")
     if norm not in ("none", None):
@@ -232,6 +258,11 @@ def from_saelens(meta: dict, w: dict[str, torch.Tensor], where: str = "SAELens S
     missing = sorted(set(sae.state_dict()) - set(w))
     if missing:
         raise ValueError(f"{where}: {WEIGHTS} lacks {missing}")
+    wrong = {k: (tuple(w[k].shape), tuple(v.shape)) for k, v in sae.state_dict().items()
+             if w[k].shape != v.shape}  # fmt: skip
+    if wrong:
+        raise ValueError(f"{where}: tensor shapes (stored, expected from d_in={kw['d_in']}, "
+                         f"d_sae={kw['d_sae']}) disagree: {wrong}")  # fmt: skip
     sae.load_state_dict({k: w[k] for k in sae.state_dict()}, strict=True)
     return sae.eval()
 

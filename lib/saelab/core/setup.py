@@ -28,6 +28,7 @@ from saelab.core.checkpoint import (
 from saelab.core.config import TrainConfig
 from saelab.core.models import (
     Site,
+    check_rows_fit,
     model_fingerprint,
     model_info,
     model_name,
@@ -97,8 +98,7 @@ def model_facts(lm, data, cfg: TrainConfig) -> dict:
 
 def n_steps_of(cfg: TrainConfig, data, facts: dict) -> int:
     """Optimiser steps of the run; refuses data that cannot fill one batch."""
-    if data.n_ctx > facts["n_ctx"]:
-        raise ValueError(f"data n_ctx={data.n_ctx} exceeds the model's {facts['n_ctx']} positions")
+    check_rows_fit(data.n_ctx, facts["n_ctx"])
     n_steps = cfg.n_tokens // (cfg.batch_size * data.n_ctx)
     if n_steps < 1:
         raise ValueError(
@@ -407,7 +407,7 @@ def member(ctx: Context, cfg: TrainConfig, out_dir, resume: bool) -> Member:
     resumed = resume and ckpt is not None and ckpt.exists()
     if resumed:
         restore(state, load_checkpoint(ckpt, cfg, ctx.sites, ctx.data_fp,
-                                       ctx.facts.get("model_fp")))  # fmt: skip
+                                       ctx.facts.get("model_fp")), ckpt)  # fmt: skip
     elif cfg.init_from is None:  # an initial SAE brings its activation scale
         norms = estimate_act_scales(ctx.lm, ctx.data, state.saes, ctx.keep, cfg.batch_size,
                                     known=ctx.act_stats, special=ctx.special)  # fmt: skip

@@ -1,0 +1,117 @@
+"""Writes that land whole or not at all, and a full disk that says so.
+
+Every file saelab writes (an SAE, a checkpoint, a token cache, a manifest) goes to a temporary
+file beside its target and is renamed into place when complete, so a kill leaves the previous
+file whole. The temporary name carries the writer's PID, `.<name>.<pid>.tmp`, so the next write
+of the same file removes what a dead writer left behind. A full disk (or a file-size or quota
+limit) surfaces from torch as "unexpected pos 663168 vs 663056" and from safetensors as an
+"I/O error"; both become a `DiskFullError` naming the path and the free space, and the partial
+file is removed so that retries do not fill the disk further.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+# ENOSPC: disk full; EDQUOT: quota; EFBIG: a file-size limit (ulimit -f), which is how tests fill
+# a disk without one.
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# What torch's zip writer and safetensors' Rust writer say instead of an errno.
+_NO_SPACE_TEXT = re.compile(
+    r"unexpected pos \d+ vs \d+|file write failed|No space left|File too large|quota exceeded"
+    r"|os error (28|27|122)\b",
+    re.IGNORECASE,
+)
+
+
+class DiskFullError(OSError):
+    """A write ran out of space; the message names the file and the free space left."""
+
+
+def is_no_space(exc: BaseException) -> bool:
+    """Whether `exc` (from open/write, torch.save or safetensors) means the disk is full."""
+    if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+        return True
+    return bool(_NO_SPACE_TEXT.search(str(exc)))
+
+
+def _free(path: Path) -> str:
+    for p in (path, *path.parents):
+        if p.exists():
+            return f"{shutil.disk_usage(p).free / 2**20:,.1f} MiB free there"
+    return "free space unknown"
+
+
+def disk_full(path: Path, exc: BaseException, removed: str = "the partial file") -> DiskFullError:
+    """The error to raise for `exc` raised while writing `path`."""
+    return DiskFullError(
+        errno.ENOSPC,
+        f"no space left writing {path} ({_free(path)}; {type(exc).__name__}: {exc}); "
+        f"{removed} was removed. Free some space, or write somewhere else",
+    )
+
+
+@contextmanager
+def naming_full_disk(path: Path, removed: str = "the partial folder") -> Iterator[None]:
+    """Re-raise a full-disk error inside the block as a `DiskFullError` naming `path` (the
+    caller removes its own partial output)."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except Exception as e:
+        if is_no_space(e):
+            raise disk_full(path, e, removed) from e
+        raise
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_leftovers(path: Path, tag: str = "{pid}.tmp") -> list[Path]:
+    """Remove what dead writers of `path` left beside it, named `.<name>.<tag>` with the
+    writer's PID in `tag` (a file, or a folder such as an export's); those removed."""
+    gone = []
+    head, tail = f".{path.name}." + tag.split("{pid}")[0], tag.split("{pid}")[1]
+    for left in path.parent.glob(f"{head}*{tail}"):
+        pid = left.name[len(head) : len(left.name) - len(tail)]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            if left.is_dir():
+                shutil.rmtree(left, ignore_errors=True)
+            else:
+                left.unlink(missing_ok=True)
+            gone.append(left)
+    return gone
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Call `write(tmp)` on a temporary file beside `path`, then rename it to `path`.
+
+    On any failure the temporary file is removed; a full disk raises `DiskFullError` naming
+    `path`. Temporary files left by killed writers of the same `path` are removed first.
+    """
+    path = Path(path)
+    remove_leftovers(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, Exception) and not isinstance(e, DiskFullError) and is_no_space(e):
+            raise disk_full(path, e) from e
+        raise
+    return path
