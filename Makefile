@@ -1,7 +1,7 @@
 # saelab: `make run` runs the main job on the embedded storyworld default; `make test` runs the tests;
 # `make lab` starts JupyterLab on the notebooks; `make reference` regenerates outputs/reference/ and the
-# results tables of README.md and papers/ from them, and `make check-reference` fails while any
-# reference run's notebook changed since it ran (README, "Reference runs"; the project's lab
+# results tables of README.md, docs/ and papers/ from them, and `make check-reference` fails while
+# any reference run's notebook changed since it ran (docs/reference_runs.md; the project's lab
 # tooling, lib/saelab_lab, not part of the library).
 # Both create .venv and install the project first if needed.
 PY ?= python3

@@ -23,8 +23,8 @@
 # With `train_model=False` it trains nothing: it loads the **shipped** model
 # (`sl.load_model("storyworld")`, its tokenizer with it) and computes the same report card at the
 # same evaluation sizes. That is the `report` preset, whose run is the reference behind the
-# README's base-model table (a few minutes instead of the `full` preset's 52). The shipped weights
-# were trained by the `full` preset (run `storyworld-v1`, kept in git history).
+# base-model table of docs/storyworld.md (a few minutes instead of the `full` preset's 52). The
+# shipped weights were trained by the `full` preset (run `storyworld-v1`, kept in git history).
 
 # %% tags=["parameters"]
 n_train_tokens: int = 400_000  # tokens of training stories

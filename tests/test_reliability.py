@@ -1,4 +1,4 @@
-"""Runs you can trust: each scenario of README's "Reliability" list, replayed.
+"""Runs you can trust: each scenario of docs/reliability.md, replayed.
 
 Nothing finished is overwritten without being asked; no stale or damaged cache is served; what
 cannot be right is refused with an error that names the value (and the file and line).

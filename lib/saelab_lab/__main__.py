@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("check", help="list problems, table differences and changed notebooks")
     c.add_argument("--strict", action="store_true", help="fail on changed notebooks too")
-    t = sub.add_parser("tables", help="rewrite the generated tables of README.md, papers/*")
+    t = sub.add_parser("tables", help="rewrite the generated tables of README.md, docs/*, papers/*")
     t.add_argument("--check", action="store_true", help="write nothing; exit 1 listing diffs")
     g = sub.add_parser("regenerate", help="rerun the reference runs (make reference), then tables")
     g.add_argument("--run-id", action="append", help="only the jobs of this run id (repeatable)")

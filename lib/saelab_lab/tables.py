@@ -1,4 +1,5 @@
-"""The generated tables of README.md and papers/*/README.md, rendered from reference runs.
+"""The generated tables of README.md, docs/*.md and papers/*/README.md, rendered from reference
+runs.
 
 A generated table sits between two markers in a Markdown file:
 
@@ -26,7 +27,7 @@ from saelab import runs
 from saelab.studies.stats import seed_stat, seed_stats
 from saelab_lab.freshness import check_run
 
-DOCS = ("README.md", "papers/*/README.md")  # the files whose tables are generated
+DOCS = ("README.md", "docs/*.md", "papers/*/README.md")  # the files whose tables are generated
 
 
 class TableError(ValueError):
