@@ -1,21 +1,30 @@
 """Cost at real shapes: SAE training steps on random-weight models of real models' shapes.
 
-Builds the models locally (no download): GPT-2 small (12 x 768, vocab 50,257) and a Llama-shaped
+Builds the models locally (no download): GPT-2 small (12 x 768, vocab 50,257), a Llama-shaped
 model with Llama-3.2-1B's widths and vocabulary (2048 wide, vocab 128,256; `--llama-layers` of its
-16 layers, 4 by default so a CPU run stays short). For each it times, at the same batch:
+16 layers, 4 by default so a CPU run stays short), and a Gemma-shaped one: Gemma 3 270M's widths
+and vocabulary (18 layers, 640 wide, vocab 262,144) in a *Llama* config, because a random-weight
+`gemma3_text` model built from its config gives NaN gradients even for plain CE through
+transformers (5.25, torch 2.13, CPU; LOG.md 2026-12-04), so it measures Gemma's shapes, not its
+norms or softcapping. For each it times, at the same batch:
 
 - the bare model: a forward pass with logits, and a forward + backward to one site (dL/dx);
 - `saelab.core.training.step` for relu local / e2e / e2e+ds and gtopk e2e,
 
 and reports tokens/s, seconds per step, the step's cost in bare forward+backwards (the limit is
 1), and the peak memory of each step measured alone in a fresh process, from after the model is
-loaded (CPU: the process's own VmHWM, reset before the steps; CUDA: `max_memory_allocated`).
+loaded and every weight read once (CPU: the process's own VmHWM, reset before the steps; CUDA:
+`max_memory_allocated`).
 `--kl-chunk 0` turns the chunked KL / CE off (one `[B, T, V]` float32 softmax at a time), to
-measure what chunking saves.
+measure what chunking saves; `--stream never` materialises the `[B, T, V]` logits as saelab did
+before `core/unembed.py` (the default, `auto`, streams a batch whose logits exceed
+`unembed.STREAM_LOGITS`). The limit, "forward+backward", is the bare model's forward and a
+backward of its next-token CE to one site, with the same logits policy.
 
     python benchmarks/real_shapes.py --threads 2                    # CPU, both models
     python benchmarks/real_shapes.py --device cuda --batch-size 8 --n-ctx 1024 --llama-layers 16
     python benchmarks/real_shapes.py --models gpt2 --kl-chunk 0     # without chunking
+    python benchmarks/real_shapes.py --models llama,gemma --n-ctx 1024 --stream never  # before
 """
 
 from __future__ import annotations
@@ -37,11 +46,18 @@ MODELS = {
     "llama": dict(model_type="llama", hidden_size=2048, intermediate_size=8192,
                   num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=2048,
                   vocab_size=128256, tie_word_embeddings=True, rope_theta=500000.0),
+    # Gemma 3 270M's shapes in a Llama config (module docstring: why not gemma3_text)
+    "gemma": dict(model_type="llama", hidden_size=640, intermediate_size=2048,
+                  num_attention_heads=4, num_key_value_heads=1, head_dim=256,
+                  max_position_embeddings=32768, vocab_size=262144, tie_word_embeddings=True,
+                  num_hidden_layers=18),
 }  # fmt: skip
 TINY = {  # the same families, small: for the smoke test (tests/test_benchmarks.py)
     "gpt2": dict(n_layer=2, n_embd=32, n_head=4, vocab_size=1000),
     "llama": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4,
                   num_key_value_heads=2, vocab_size=1000),
+    "gemma": dict(hidden_size=32, intermediate_size=64, num_attention_heads=4,
+                  num_key_value_heads=1, head_dim=8, vocab_size=1000, num_hidden_layers=2),
 }  # fmt: skip
 STEPS = ("forward", "forward+backward", "relu:local", "relu:e2e", "relu:e2e+ds", "gtopk:e2e")
 
@@ -51,12 +67,13 @@ def build(name: str, folder: Path, llama_layers: int, tiny: bool = False) -> Pat
     import transformers as tf
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    path = folder / (f"{name}-tiny" if tiny else f"{name}-{llama_layers}")
+    size = "tiny" if tiny else (str(llama_layers) if name == "llama" else "full")
+    path = folder / f"{name}-{size}"
     if (path / "config.json").is_file():
         return path
     kw = dict(MODELS[name]) | (TINY[name] if tiny else {})
     model_type = kw.pop("model_type")
-    if model_type == "llama":
+    if name == "llama":
         kw["num_hidden_layers"] = llama_layers
     cfg = tf.AutoConfig.for_model(model_type, bos_token_id=0, eos_token_id=0, **kw)
     torch.manual_seed(0)
@@ -98,13 +115,17 @@ def peak_mib(device: torch.device) -> float:
 def run_one(args) -> dict:
     """Time one step kind (`args.one`) in this process; print a JSON line."""
     import saelab as sl
-    from saelab.core import losses, training
+    from saelab.core import losses, training, unembed
     from saelab.core.models import parse_site
     from saelab.core.passes import clean_pass
     from saelab.core.setup import Context, Member, new_state
 
     if args.kl_chunk == 0:
         losses.CHUNK_ELEMENTS = 2**62  # one chunk: the whole [N, V] at once
+    if args.stream == "never":
+        unembed.STREAM_LOGITS = 2**62  # materialise [B, T, V], as before core/unembed.py
+    if args.stream_chunk:
+        unembed.STREAM_CHUNK = args.stream_chunk
     lm = sl.load_model(args.path, device=args.device)
     device = torch.device(lm.device)
     info = sl.model_info(lm)
@@ -113,6 +134,9 @@ def run_one(args) -> dict:
     tokens = torch.randint(1, info["d_vocab"], (args.batch_size, args.n_ctx), generator=g)
     tokens[:, 0] = 0  # a BOS per row
     tokens = tokens.to(device)
+    with torch.no_grad():  # every weight resident before the count starts: a local step reads
+        for p in lm.parameters():  # only the blocks up to its site, and lazily loaded or mmapped
+            p.sum()  # pages would otherwise count against the step that first touches them
     reset_peak(device)
     base = peak_mib(device)  # the model and the batch, before any step
     if args.one in ("forward", "forward+backward"):
@@ -152,6 +176,7 @@ def run_one(args) -> dict:
     s = sum(times) / len(times)
     return dict(model=args.model, step=args.one, s_step=s, tok_s=tokens.numel() / s,
                 peak_mib=peak_mib(device), before_mib=base, kl_chunk=args.kl_chunk,
+                stream=args.stream, stream_chunk=args.stream_chunk,
                 vocab=info["d_vocab"], d_model=info["d_model"],
                 n_layers=info["n_layers"])  # fmt: skip
 
@@ -169,6 +194,14 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--warmup-steps", type=int, default=1)
     p.add_argument("--kl-chunk", type=int, default=1, help="0: no chunking of the KL / CE")
+    p.add_argument(
+        "--stream",
+        choices=("auto", "never"),
+        default="auto",
+        help="never: materialise the [B, T, V] logits (saelab before unembed.py)",
+    )
+    p.add_argument("--stream-chunk", type=int, default=None,
+                   help="logits per streamed chunk (default: unembed.STREAM_CHUNK)")  # fmt: skip
     p.add_argument("--tiny", action="store_true", help="small widths (the smoke test)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
@@ -189,7 +222,7 @@ def main(argv=None) -> list[dict]:
         for kind in args.steps_to_run.split(","):
             cmd = [sys.executable, __file__, "--one", kind, "--model", name, "--path", str(path)]
             for flag in ("batch_size", "n_ctx", "dict_ratio", "steps", "warmup_steps", "kl_chunk",
-                         "device", "threads"):  # fmt: skip
+                         "stream", "stream_chunk", "device", "threads"):  # fmt: skip
                 value = getattr(args, flag)
                 if value is not None:
                     cmd += [f"--{flag.replace('_', '-')}", str(value)]

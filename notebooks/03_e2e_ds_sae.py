@@ -35,6 +35,7 @@
 
 # %% tags=["parameters"]
 model: str = "storyworld"  # frozen LM: "storyworld", a hub id such as "gpt2", or a local HF dir
+model_dtype: str = "auto"  # its weights: "auto" (the checkpoint's), "float32", "bfloat16"
 dataset: str = "storyworld"  # "storyworld", a Hugging Face dataset name, or local text files
 eval_split: str = "validation"  # held-out split for the metrics (HF slice syntax works too)
 site: str = "resid_pre.3"  # residual-stream site the SAEs read and write
@@ -103,7 +104,7 @@ def versus(a: float, b: float, below: str, above: str, rel: float = 0.05) -> str
 # ## 1. Model and data
 
 # %%
-lm = sl.load_model(resolve_input(model))
+lm = sl.load_model(resolve_input(model), dtype=model_dtype)
 source = resolve_input(dataset)  # a relative local path: from the repo root
 train_data = sl.token_dataset(source, lm.tokenizer, n_ctx, split="train", n_tokens=n_tokens)
 eval_data = sl.token_dataset(

@@ -228,7 +228,7 @@ def test_a_base_model_without_its_lm_head_is_refused(tmp_path, base):
 
 
 def test_dtype_device_and_valid_sites_are_checked(lm):
-    with pytest.raises(ValueError, match="dtype='fp8' is not supported; valid: float32"):
+    with pytest.raises(ValueError, match="dtype='fp8' is not supported; valid: auto, float32"):
         sl.load_model("storyworld", dtype="fp8")
     with pytest.raises(ValueError, match="device='gpu' is not a device|device='gpu'"):
         sl.load_model("storyworld", device="gpu")
@@ -271,3 +271,30 @@ def test_special_tokens_mid_row_are_left_out_of_the_saes_and_left_clean(llama, t
         eval_tokens=4 * 16), None, progress=False)  # fmt: skip
     assert run.sae.extra["data"]["excluded_tokens"] == [0]
     assert run.log[-1]["n_tokens"] == int((data.tokens[:4, 1:] != 0).sum())
+
+
+def test_streamed_logits_give_the_same_e2e_step_in_every_family(family, text_dir, monkeypatch):
+    """Each family's output embedding is found and skipped (GPT-NeoX's `embed_out`, Gemma 2's
+    logit softcap), and the streamed KL and dL/dx equal the materialised ones (`unembed.py`)."""
+    from saelab.core import unembed
+
+    lm = family
+    tokens = sl.token_dataset(str(text_dir), lm.tokenizer, 16, n_tokens=2000,
+                              cache=False).tokens[:4]  # fmt: skip
+    sae_cfg = sl.SAEConfig.create(architecture="gtopk", k=4, dict_ratio=2)
+    cfg = tr.TrainConfig(sites=(SITE,), sae=sae_cfg, loss="e2e")
+    site = parse_site(SITE)
+
+    def step():
+        torch.manual_seed(0)
+        sae = sl.SAE.from_config(cfg.sae_config(SITE, 32))
+        loss, _, _ = tr.compute_loss(lm, tokens, {site: sae}, cfg,
+                                     {site: torch.zeros(64, dtype=torch.bool)})  # fmt: skip
+        loss.backward()
+        return loss, sae.W_enc.grad.clone()
+
+    ref = step()
+    monkeypatch.setattr(unembed, "STREAM_LOGITS", 0)
+    new = step()
+    torch.testing.assert_close(new[0], ref[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(new[1], ref[1], atol=1e-5, rtol=1e-4)

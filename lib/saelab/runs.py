@@ -433,10 +433,13 @@ def library_refusal(name: str, value) -> str | None:
     """The library's message refusing `value` for a parameter named like a TrainConfig or SAE
     config field, or None when it is accepted (or the name is no such field)."""
     from saelab.core.config import TrainConfig
+    from saelab.core.models import check_dtype
     from saelab.core.sae import SAEConfig
 
     try:
-        if name in TRAIN_FIELDS:
+        if name == "model_dtype":
+            check_dtype(value)
+        elif name in TRAIN_FIELDS:
             TrainConfig(**{name: value})
         elif name in SAE_FIELDS:
             SAEConfig.create(architecture=SAE_FIELDS[name], **{name: value})

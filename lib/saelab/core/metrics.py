@@ -19,13 +19,13 @@ from collections import defaultdict
 
 import torch
 
-from saelab.core import losses
 from saelab.core.cache import ActivationCache
 from saelab.core.models import check_rows_fit, model_info, parse_site
 from saelab.core.passes import (
     as_sites,
     batch_positions,
     clean_pass,
+    kl,
     later_sites,
     next_token_ce,
     sae_positions,
@@ -133,8 +133,9 @@ def _leading(keep: torch.Tensor | None, rows: int) -> int:
 
 
 @torch.no_grad()
-def _sum_kl(logits_clean: torch.Tensor, logits_sae: torch.Tensor) -> float:
-    return float(losses.kl_loss(logits_clean, logits_sae)) * logits_clean[..., 0].numel()
+def _sum_kl(logits_clean, logits_sae) -> float:
+    """Summed per-token KL of `[B, T, V]` logits, materialised or streamed (`passes.kl`)."""
+    return float(kl(logits_clean, logits_sae)) * math.prod(logits_clean.shape[:-1])
 
 
 def evaluate(

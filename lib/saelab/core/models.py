@@ -61,12 +61,15 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 
 def check_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
-    """`dtype` as a torch dtype (None stays None); a clear error names the valid ones."""
-    if dtype is None or dtype in DTYPES.values():
+    """`dtype` as a torch dtype (None and "auto", the checkpoint's own, give None); a clear
+    error names the valid ones."""
+    if dtype is None or dtype == "auto":
+        return None
+    if dtype in DTYPES.values():
         return dtype
     name = dtype.removeprefix("torch.") if isinstance(dtype, str) else None
     if name not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} is not supported; valid: {', '.join(DTYPES)} "
+        raise ValueError(f"dtype={dtype!r} is not supported; valid: auto, {', '.join(DTYPES)} "
                          "(or torch.float32 / torch.float16 / torch.bfloat16)")  # fmt: skip
     return DTYPES[name]
 
@@ -138,10 +141,11 @@ def load_model(
     """Load a frozen causal LM ("storyworld", a hub id such as "gpt2", or a local HF directory).
 
     `device` defaults to cuda when available, else cpu; `dtype` (float32, float16, bfloat16)
-    to the checkpoint's own. Both are checked before anything loads. A local directory whose
-    weights leave any parameter uninitialised (e.g. a base model without its LM head) is refused,
-    naming the missing parameters. SAEs trained on a float16/bfloat16 model stay float32: they
-    read the model's activations cast to float32 and write back in the model's dtype.
+    to the checkpoint's own (None or "auto"). Both are checked before anything loads. A local
+    directory whose weights leave any parameter uninitialised (e.g. a base model without its LM
+    head) is refused, naming the missing parameters. SAEs trained on a float16/bfloat16 model
+    stay float32: they read the model's activations cast to float32 and write back in the
+    model's dtype.
     """
     dtype = check_dtype(dtype)
     device = check_device(device)

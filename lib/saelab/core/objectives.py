@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 from saelab.core import losses
 from saelab.core.models import Site
-from saelab.core.passes import Clean, Spliced, later_sites
+from saelab.core.passes import Clean, Spliced, kl, later_sites
 from saelab.core.sae import ForwardOutput, Term, check_number
 
 
@@ -95,7 +95,7 @@ class E2E(Objective):
         return {
             "kl": (
                 self.kl_coeff,
-                losses.kl_loss(clean.logits, spliced.logits, target=clean.kl_target),
+                kl(clean.logits, spliced.logits, target=clean.kl_target),
             )
         }
 

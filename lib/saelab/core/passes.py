@@ -6,6 +6,9 @@
 - `spliced_pass`: the same model with each site's activation replaced by its SAE's
   reconstruction (all sites at once, in execution order, as e2e_sae does), or by zeros (the
   zero-ablation baseline of `ce_loss_score`).
+- Logits come back as `[B, T, V]`, or, when a batch's would exceed `unembed.STREAM_LOGITS`
+  entries, as the final hidden state (`unembed.Streamed`) with the output embedding skipped;
+  `next_token_ce` and `kl` read both.
 - `sae_positions` and `sae_input`: the positions and the activations `[B, T', d_in]` an SAE
   sees in a training step and in `evaluate` (BOS left out; the activations in the SAE's units),
   for checking a step by hand.
@@ -25,6 +28,7 @@ from saelab.core import losses
 from saelab.core.models import (
     Site,
     block_list,
+    get_module,
     get_site,
     parse_site,
     set_site,
@@ -32,6 +36,9 @@ from saelab.core.models import (
     sort_sites,
 )
 from saelab.core.sae import SAE, ForwardOutput, is_int
+from saelab.core.unembed import Streamed, Unembed, ce_streamed, kl_streamed, streams, unembedding
+
+Logits = torch.Tensor | Streamed  # `[B, T, V]` logits, materialised or not (`unembed.py`)
 
 
 def excluded_positions(excluded, data) -> tuple[int, ...]:
@@ -132,23 +139,53 @@ def later_sites(lm, sites: list[Site]) -> list[Site]:
     return [Site("resid_post", layer) for layer in range(first, len(block_list(lm)))]
 
 
-def next_token_ce(logits: torch.Tensor, tokens: torch.Tensor, reduction="mean") -> torch.Tensor:
+def next_token_ce(logits: Logits, tokens: torch.Tensor, reduction="mean") -> torch.Tensor:
     """Cross-entropy of `logits [B, T, V]` predicting `tokens [B, T]` shifted by one.
 
-    Chunked over tokens in float32 (`losses.cross_entropy`): no `[B, T, V]` float32 copy.
+    Chunked over tokens in float32 (`losses.cross_entropy`): no `[B, T, V]` float32 copy;
+    streamed logits (`unembed.Streamed`) are never materialised at all.
     """
+    if isinstance(logits, Streamed):
+        per_row = ce_streamed(logits[:, :-1], tokens[:, 1:])
+        return {"mean": per_row.mean, "sum": per_row.sum}.get(reduction, lambda: per_row)()
     return losses.cross_entropy(
         logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten(), reduction=reduction
     )
 
 
+def kl(clean: Logits, sae: Logits, target: losses.KLTarget | None = None) -> torch.Tensor:
+    """`KL(P_clean || P_sae)` per token, mean -> scalar, of materialised logits `[..., V]`
+    (`losses.kl_loss`; `target`: the clean side already computed) or streamed ones."""
+    if isinstance(sae, Streamed):
+        return kl_streamed(clean, sae)
+    return losses.kl_loss(clean, sae, target=target)
+
+
+def _stream(lm, tokens: torch.Tensor) -> Unembed | None:
+    """The model's unembedding when this batch's logits should stream (`unembed.streams`)."""
+    vocab = lm.config.vocab_size
+    return unembedding(lm) if streams(tokens.numel(), vocab) else None
+
+
+def _read_logits(lm, u: Unembed | None):
+    """Inside a trace: the logits `[B, T, V]`, or with `u` the hidden state that feeds the
+    output embedding, whose matmul is then skipped (the model's output is that hidden state)."""
+    if u is None:
+        return lm.output.logits
+    head = get_module(lm, u.path)
+    h = head.input
+    head.skip(h)
+    return h
+
+
 @dataclass
 class Clean:
-    """Clean-pass results: site activations and grads `[B, T, d]`, logits, later residuals."""
+    """Clean-pass results: site activations and grads `[B, T, d]`, logits (`[B, T, V]`, or
+    `unembed.Streamed` when a batch's logits are large), later residuals."""
 
     acts: dict[Site, torch.Tensor]
     grads: dict[Site, torch.Tensor] | None
-    logits: torch.Tensor | None
+    logits: Logits | None
     later: list[torch.Tensor]
     # the KL's clean side (`losses.kl_target`), made once per batch by training and shared by
     # every SAE of a sweep; `logits` is then None (turned into those probabilities in place)
@@ -173,6 +210,7 @@ def clean_pass(
     """
     sites = sort_sites(sites)
     later = list(later)
+    u = _stream(lm, tokens) if logits or grads else None
     # nnsight hands back only `.save()`d values bound to names, or put into containers created
     # outside the trace; a dict built inside the trace would vanish. Hence the pre-made holders.
     acts: dict[Site, torch.Tensor] = {}
@@ -185,10 +223,10 @@ def clean_pass(
             for s in later:
                 after.append(get_site(lm, s).save())
             if logits:
-                res["logits"] = lm.output.logits.save()
+                res["logits"] = _read_logits(lm, u).save()
             elif not later:
                 tracer.stop()
-        return Clean(acts, None, res.get("logits"), after)
+        return Clean(acts, None, _wrap(res.get("logits"), u), after)
     # dL/dx at each site: the sites become graph nodes, the loss is backpropagated through the
     # frozen model (weights need no grad), and nnsight hands back each site's .grad.
     g: dict[Site, torch.Tensor] = {}
@@ -202,21 +240,26 @@ def clean_pass(
             acts[s] = x.detach().save()
         for s in later:
             after.append(get_site(lm, s).detach().save())
-        out = lm.output.logits
+        out = _read_logits(lm, u)
         res["logits"] = out.detach().save()
-        loss = next_token_ce(out, tokens)
+        loss = next_token_ce(_wrap(out, u), tokens)
         with loss.backward():
             for s, x in reversed(list(zip(sites, xs, strict=True))):  # grads arrive last-first
                 g[s] = x.grad.save()
-    return Clean(acts, g, res["logits"] if logits else None, after)
+    return Clean(acts, g, _wrap(res["logits"], u) if logits else None, after)
+
+
+def _wrap(t: torch.Tensor | None, u: Unembed | None) -> Logits | None:
+    return Streamed(t, u) if u is not None and t is not None else t
 
 
 @dataclass
 class Spliced:
-    """Spliced-pass results: each SAE's output, the logits, later residuals (with autograd)."""
+    """Spliced-pass results: each SAE's output, the logits (`Clean`'s kinds), later residuals
+    (with autograd)."""
 
     outs: dict[Site, ForwardOutput]
-    logits: torch.Tensor | None
+    logits: Logits | None
     later: list[torch.Tensor]
 
 
@@ -247,6 +290,7 @@ def spliced_pass(
     sites = sort_sites(list(saes) if saes is not None else zero_sites)
     grads = clean.grads or {}
     later = list(later)
+    u = _stream(lm, tokens) if logits else None
 
     def replace(s: Site, x: torch.Tensor):
         x_in = select(x, keep)
@@ -284,8 +328,8 @@ def spliced_pass(
         for s in later:
             after.append(get_site(lm, s).save())
         if logits:
-            res["logits"] = lm.output.logits.save()
-    return Spliced(outs, res.get("logits"), after)
+            res["logits"] = _read_logits(lm, u).save()
+    return Spliced(outs, _wrap(res.get("logits"), u), after)
 
 
 def as_sites(saes) -> dict[Site, SAE]:

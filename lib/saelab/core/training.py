@@ -40,6 +40,7 @@ from saelab.core.setup import (
     member,
     shared_clean_pass,
 )
+from saelab.core.unembed import Streamed
 
 
 def lr_at(step: int, total: int, lr: float, warmup: int, min_frac: float) -> float:
@@ -91,7 +92,8 @@ def compute_loss(lm, tokens, saes: dict[Site, SAE], cfg: TrainConfig, dead, acts
         clean = Clean(acts, None, None, [])
     elif clean is None:
         clean = shared_clean_pass(lm, tokens, [saes], cfg)
-    if obj.needs_logits and clean.kl_target is None:  # once per batch, shared by a sweep's SAEs
+    if obj.needs_logits and clean.kl_target is None and not isinstance(clean.logits, Streamed):
+        # once per batch, shared by a sweep's SAEs (streamed logits have no materialised side)
         clean.kl_target = losses.kl_target(clean.logits, in_place=True)
         clean.logits = None  # they are the target's probabilities now
     inputs = clean.seen_by_saes(keep, saes[sites[0]].dtype)  # what the SAEs see, in their dtype
