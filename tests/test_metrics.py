@@ -69,7 +69,8 @@ def test_alive_window_is_capped_at_the_data_with_a_warning(lm, data):
     have = len(data) * 31
     with pytest.warns(UserWarning, match=rf"alive_tokens=500,000 .* only {have:,} SAE positions"):
         rep = evaluate(lm, sae, data, n_tokens=4 * N_CTX, batch_size=16)  # the default window
-    assert rep["alive_window_tokens"] == have
+    mid = int((data.tokens[:, 1:] == lm.tokenizer.bos_token_id).sum())  # left out mid-row
+    assert rep["alive_window_tokens"] == have - mid
     whole = _quiet(lm, sae, data, n_tokens=len(data) * N_CTX, batch_size=16, alive_tokens=None)
     assert rep["alive"] == whole["alive"]
     with pytest.raises(ValueError, match="alive_tokens=0 must be None or an int >= 1"):
@@ -116,7 +117,9 @@ def test_cached_alive_window_equals_the_live_one(lm, data, tmp_path):
         kw = dict(n_tokens=4 * N_CTX, batch_size=8, alive_tokens=30 * 31, exclude_tokens=specials)
         live = _quiet(lm, sae, data, **kw)
         cached = sl.evaluate(cache, sae, **kw)
-        assert cached["alive"] == live["alive"] and cached["alive_window_tokens"] == 30 * 31
+        mid = int((data.tokens[:30, 1:] == 0).sum()) if specials is None else 0
+        assert cached["alive"] == live["alive"]
+        assert cached["alive_window_tokens"] == live["alive_window_tokens"] == 30 * 31 - mid
         for key in ("l0", "mse", "explained_var", "l2_ratio", "dead_frac"):  # one SiteStats
             assert cached[key] == pytest.approx(live[key], rel=1e-5), key
         bos = int((data.tokens[:4, 1:] == 0).sum())  # storyworld's BOS (id 0) after position 0
@@ -202,3 +205,14 @@ def test_selection_overlap_refuses_what_it_cannot_compare():
         sl.selection_overlap(_sae("topk"), _sae("topk", k=2), x)
     with pytest.raises(ValueError, match="b='random' is unknown"):
         sl.selection_overlap(_sae("topk"), "random", x)
+
+
+def test_alive_window_counts_the_positions_left_after_special_tokens(lm, data):
+    sae = _sae("topk")
+    specials = int((data.tokens[:8, 1:] == lm.tokenizer.bos_token_id).sum())
+    assert specials > 0  # storyworld's rows hold documents' BOS tokens mid-row
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rep = evaluate(lm, sae, data, n_tokens=8 * N_CTX, batch_size=8, alive_tokens=None)
+    assert rep["n_tokens"] == 8 * 31 - specials  # the eval's positions, special tokens left out
+    assert rep["alive_window_tokens"] == rep["n_tokens"]  # was 8 * 31: before the exclusion

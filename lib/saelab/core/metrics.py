@@ -229,9 +229,20 @@ def evaluate_many(
             reps = [_evaluate_cache(saes, data, n_rows, batch_size, seen, n_alive) for saes in sets]
         else:
             reps = _evaluate(lm, sets, data, n_rows, batch_size, seen, n_alive)
+    rows = (data.token_dataset() if cached else data).tokens[:n_alive]
+    window = _seen_count(rows, seen)  # the positions the SAEs saw: special tokens left out
     for rep in reps:
-        rep["alive_window_tokens"] = n_alive * per_row
+        rep["alive_window_tokens"] = window
     return reps
+
+
+def _seen_count(tokens: torch.Tensor, seen) -> int:
+    """How many positions of `tokens [rows, T]` the SAEs see (`seen`: `batch_positions` of a
+    batch, with `evaluate`'s positions and special tokens)."""
+    keep = seen(tokens)
+    if keep is None:
+        return tokens.numel()
+    return int(keep.sum()) if keep.dtype == torch.bool else len(keep) * tokens.shape[0]
 
 
 def _fired_after(lm, sets: list[dict], data, start: int, stop: int, batch_size: int, seen,
