@@ -4,7 +4,10 @@ A run folder holds the executed `notebook.ipynb`, `config.json` (parameters, git
 flag, package versions) and whatever the notebook writes there (it gets the folder as `out_dir`).
 The runner prints a line when each notebook starts and ends (run folder, wall time, status), and
 what the notebook prints reaches the terminal as it runs; progress bars are off in the kernel
-(`TQDM_DISABLE=1`), so none is saved frozen in the `.ipynb`.
+(`TQDM_DISABLE=1`), so none is saved frozen in the `.ipynb`, and its loops print progress lines
+instead (`SAELAB_HEARTBEAT`, `core/progress.py`); a notebook silent for `HEARTBEAT_S` seconds
+gets a "still running" line from the runner. The main job ends with what to open first and its
+headline number beside the reference runs'.
 
 Notebooks opened interactively (JupyterLab starts them in `notebooks/`) resolve their paths
 against the repository root with `resolve`, `resolve_input` and `notebook_out_dir`, so they read
@@ -41,6 +44,7 @@ import yaml
 
 from saelab.core.files import write_atomic
 from saelab.core.locks import writer_lock
+from saelab.core.progress import HEARTBEAT_ENV
 
 ROOT = Path(__file__).resolve().parents[2]  # repo root (lib/saelab/runs.py)
 NOTEBOOKS = ROOT / "notebooks"
@@ -252,10 +256,12 @@ def _execute(notebook: str, source: Path, params: dict, preset: str | None, run_
         raise Interrupted(f"signal {signum}")
 
     old_term = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
-    old_tqdm = os.environ.get("TQDM_DISABLE")
+    old_env = {k: os.environ.get(k) for k in ("TQDM_DISABLE", HEARTBEAT_ENV)}
     os.environ["TQDM_DISABLE"] = "1"  # the kernel inherits it: no bar frozen in the .ipynb
+    os.environ[HEARTBEAT_ENV] = str(HEARTBEAT_S)  # and prints progress lines instead
     t0 = time.time()
     say(f"{notebook}: started ({f'preset {preset}, ' if preset else ''}run folder {out})")
+    watch = Watchdog(notebook)
     try:
         # what the kernel prints goes straight to our stdout / stderr as it runs
         pm.execute_notebook(
@@ -266,8 +272,8 @@ def _execute(notebook: str, source: Path, params: dict, preset: str | None, run_
             kernel_name="python3",
             progress_bar=False,
             log_output=False,
-            stdout_file=sys.stdout,
-            stderr_file=sys.stderr,
+            stdout_file=watch.stream(sys.stdout),
+            stderr_file=watch.stream(sys.stderr),
         )
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM through on_term
         _set_status(out, config, "interrupted", error=f"{type(e).__name__}: {e}",
@@ -280,15 +286,57 @@ def _execute(notebook: str, source: Path, params: dict, preset: str | None, run_
         say(f"{notebook}: failed after {_took(t0)}: {type(e).__name__} (see {out}/notebook.ipynb)")
         raise
     finally:
+        watch.stop()
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
-        if old_tqdm is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = old_tqdm
+        for key, value in old_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     _set_status(out, config, "completed", ended=time.strftime("%FT%T"))
     say(f"{notebook}: completed in {_took(t0)} ({out})")
     return out
+
+
+# Progress lines at least this often: the kernel's loops print them (`core/progress.py`), and the
+# runner says that a notebook is still working when it has printed nothing for this long.
+HEARTBEAT_S = 50
+
+
+class Watchdog:
+    """Notices the kernel's silence: the streams it writes to go through `stream`, and a thread
+    prints "still running" after `HEARTBEAT_S` seconds without a line, so a long cell that has
+    no progress lines of its own (a bootstrap, a plot) does not look like a hang."""
+
+    def __init__(self, notebook: str):
+        self.notebook, self.last, self.t0 = notebook, time.time(), time.time()
+        self.done = threading.Event()
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def stream(self, out):
+        watch = self
+
+        class Noted:
+            def write(self, text):
+                watch.last = time.time()
+                return out.write(text)
+
+            def __getattr__(self, name):
+                return getattr(out, name)
+
+        return Noted()
+
+    def _watch(self) -> None:
+        while not self.done.wait(1.0):
+            quiet = time.time() - self.last
+            if quiet >= HEARTBEAT_S:
+                say(f"{self.notebook}: still running ({_took(self.t0)} in; no output for "
+                    f"{quiet:.0f} s)")  # fmt: skip
+                self.last = time.time()
+
+    def stop(self) -> None:
+        self.done.set()
 
 
 def _took(t0: float) -> str:
@@ -601,7 +649,36 @@ def main_job(
     for d in done:
         print(f"  {d}/notebook.ipynb  (figures/, summary.json)", flush=True)
     print(f"  index of the studies: {out / 'STUDIES.md'}", flush=True)
+    print(headline(out, preset), flush=True)
     return out
+
+
+def headline(out: Path, preset: str = "default") -> str:
+    """What to open first, and this run's L0(e2e) / L0(local) beside the reference runs' (the
+    same preset's, `outputs/reference/05_pareto/ref` for `default`, and the paper sweep)."""
+
+    def ratio(folder: Path) -> str:
+        try:
+            s = json.loads((folder / "summary.json").read_text())
+            r = s["l0_ratio"]["linear"]
+        except (OSError, KeyError, TypeError, json.JSONDecodeError):
+            return "not available"
+        seeds = f"{r['n']} seed{'s' * (r['n'] != 1)}"
+        ci = f" [{r['lo']:.2f}, {r['hi']:.2f}]" if r["n"] > 1 else ""
+        return f"{r['mean']:.2f}{ci} ({seeds}, CE +{s['target_ce_increase']:.3g})"
+
+    ref = ROOT / "outputs" / "reference" / "05_pareto"
+    same = ref / ("ref" if preset == "default" else preset)
+    lines = [
+        f"Open first: {out}/notebook.ipynb (the Pareto comparison), then {out}/STUDIES.md.",
+        f"Headline, L0(e2e) / L0(local) at matched CE increase: this run {ratio(out)};",
+        f"  reference run {same.relative_to(ROOT)}: {ratio(same)}; the 2M-token paper sweep "
+        f"{(ref / 'paper').relative_to(ROOT)}: {ratio(ref / 'paper')}; Braun et al.: 0.40.",
+    ]
+    if preset == "default":
+        lines.append("  This is a preview (500k tokens per SAE, one seed, not converged): "
+                     "it shows the method, not the paper's number.")  # fmt: skip
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -43,7 +43,7 @@ from saelab.core.files import naming_full_disk
 from saelab.core.locks import swap_in, writer_lock
 from saelab.core.models import check_rows_fit, model_fingerprint, model_info, parse_site
 from saelab.core.passes import clean_pass, special_ids
-from saelab.core.progress import progress_bar
+from saelab.core.progress import Heartbeat, progress_bar
 
 FORMAT = "saelab.activation_cache/1"
 MANIFEST = "manifest.json"
@@ -387,7 +387,13 @@ def _write_shards(lm, data, site, folder: Path, dtype, batch_size, rows_per_shar
             pending, n_pending = ([rest] if len(rest) else []), len(rest)
 
     bar = progress_bar(progress, total=len(data), desc=f"cache {site}", unit="row")
+    beat, done = (
+        Heartbeat(f"cache {site}", len(data), "rows", data.n_ctx, enabled=progress and bar.disable),
+        0,
+    )
     for tokens in data.batches(batch_size, drop_last=False):
+        beat.tick(done)
+        done += tokens.shape[0]
         raw = clean_pass(lm, tokens, [site]).acts[site]
         x = raw.to("cpu", dtype)
         if not torch.isfinite(x).all():

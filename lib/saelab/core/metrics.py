@@ -33,6 +33,7 @@ from saelab.core.passes import (
     special_ids,
     spliced_pass,
 )
+from saelab.core.progress import Heartbeat
 from saelab.core.sae import eval_mode, is_int
 
 # e2e_sae counts a latent alive if it fired once in 500k tokens (`act_frequency_n_tokens` of its
@@ -252,7 +253,9 @@ def _fired_after(lm, sets: list[dict], data, start: int, stop: int, batch_size: 
     in)."""
     sites = list(sets[0])
     needs_grad = any(sae.needs_grad for saes in sets for sae in saes.values())
+    beat = Heartbeat("alive window", stop, "rows", data.n_ctx, start)
     for i in range(start, stop, batch_size):
+        beat.tick(i)
         tokens = data.tokens[i : min(i + batch_size, stop)].to(lm.device)
         clean = clean_pass(lm, tokens, sites, grads=needs_grad)  # stops after the last site
         keep = seen(tokens)
@@ -289,7 +292,9 @@ def _evaluate(lm, sets: list[dict], data, n_rows: int, batch_size: int, seen,
     sums = [defaultdict(float) for _ in sets]
     stats = [{s: SiteStats(saes[s].cfg.d_sae, saes[s].device) for s in sites} for saes in sets]
     ds = [{s: StreamingEV() for s in later} for _ in sets]
+    beat = Heartbeat(f"evaluate {len(sets)} SAE set(s)", n_rows, "rows", data.n_ctx)
     for i in range(0, n_rows, batch_size):
+        beat.tick(i)
         tokens = tokens_all[i : i + batch_size].to(lm.device)  # the CE targets, on the GPU too
         clean = clean_pass(lm, tokens, sites, later, logits=True, grads=needs_grad)
         keep = seen(tokens)

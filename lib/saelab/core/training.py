@@ -29,7 +29,8 @@ from saelab.core.locks import writer_lock
 from saelab.core.metrics import evaluate_many
 from saelab.core.models import Site, sort_sites
 from saelab.core.passes import Clean, batch_positions, spliced_pass
-from saelab.core.progress import progress_bar
+from saelab.core.progress import Heartbeat, duration, progress_bar
+from saelab.core.progress import say as say_line
 from saelab.core.sae import SAE, save_sae
 from saelab.core.setup import (
     Context,
@@ -236,6 +237,7 @@ def loop(ctx: Context, members: list[Member], start: int, progress: bool) -> Non
     _say(say, f"training {desc}: {n_steps - start} steps of {n_tok_step:,} tokens"
               + (f" (from step {start})" if start else ""))  # fmt: skip
     bar = progress_bar(say, total=n_steps, initial=start, desc=desc)
+    beat = Heartbeat(desc, n_steps, "steps", n_tok_step, start, enabled=say and bar.disable)
     data, t0 = batches(ctx.data, cfg0, start=start), time.time()
     # a cache's rows come with their tokens, in the same order, for the special-token positions
     rows = (batches(ctx.cache.token_dataset(), cfg0, start=start)
@@ -263,14 +265,15 @@ def loop(ctx: Context, members: list[Member], start: int, progress: bool) -> Non
                        and (i + 1) % m.cfg.eval_every == 0])  # fmt: skip
         checkpoint(ctx, members)
         bar.update()
+        beat.tick(i + 1)
         if i + 1 - start == 5 and n_steps - start >= 20:
             rate = 5 / (time.time() - t0 + 1e-9)
             _say(say, f"{desc}: {n_tok_step * rate:,.0f} tokens/s, "
-                      f"ETA {_duration((n_steps - i - 1) / rate)}")  # fmt: skip
+                      f"ETA {duration((n_steps - i - 1) / rate)}")  # fmt: skip
     bar.close()
     elapsed = time.time() - t0
     rate = (n_steps - start) * n_tok_step / (elapsed + 1e-9)
-    _say(say, f"{desc}: {n_steps - start} steps in {_duration(elapsed)} ({rate:,.0f} tokens/s)")
+    _say(say, f"{desc}: {n_steps - start} steps in {duration(elapsed)} ({rate:,.0f} tokens/s)")
 
 
 def begin(ctx: Context, m: Member) -> None:
@@ -283,12 +286,7 @@ def begin(ctx: Context, m: Member) -> None:
 def _say(enabled: bool, text: str) -> None:
     """A progress line on stdout (under `make run` it reaches the terminal; ARCHITECTURE.md)."""
     if enabled:
-        print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
-
-
-def _duration(seconds: float) -> str:
-    m, sec = divmod(int(round(seconds)), 60)
-    return f"{m}m{sec:02d}s" if m else f"{sec}s"
+        say_line(text)
 
 
 # --- train and train_many ------------------------------------------------------------------------
