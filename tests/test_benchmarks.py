@@ -85,6 +85,7 @@ def test_evaluate_many_times_both_ways_and_checks_they_agree(tmp_path):
     args = ["--n-saes", "2", "--n-ctx", "16", "--batch-size", "4", "--eval-tokens", "64",
             "--alive-tokens", "150", "--threads", "1", "--out", str(out)]  # fmt: skip
     (row,) = _load("evaluate_many").main(args)
-    assert row["alive_window"] == 150 and row["s_alone"] > 0 and row["s_many"] > 0
+    # 10 rows of 15 SAE positions, less the documents' BOS tokens mid-row (left out)
+    assert 140 <= row["alive_window"] <= 150 and row["s_alone"] > 0 and row["s_many"] > 0
     assert row["max_rel_diff"] < 1e-5
     assert json.loads(out.read_text())["rows"] == [row]

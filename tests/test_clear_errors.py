@@ -236,15 +236,20 @@ def test_n_tokens_bounds_the_work_on_one_huge_document(small_tokenizer, tmp_path
 
 
 def test_what_killed_writers_left_is_removed_by_the_next_write(tmp_path):
+    import socket
+
     from saelab.core.files import write_atomic
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()  # fmt: skip
-    stale_file = tmp_path / f".ckpt.pt.{dead}.tmp"
+    host = socket.gethostname()
+    stale_file = tmp_path / f".ckpt.pt.{host}~{dead}~a1b2c3.tmp"
     stale_file.write_bytes(b"half")
-    stale_export = tmp_path / f".sl.export-{dead}"
+    elsewhere = tmp_path / f".ckpt.pt.other-host~{dead}~a1b2c3.tmp"  # may still be writing
+    elsewhere.write_bytes(b"half")
+    stale_export = tmp_path / f".sl.export-{host}~{dead}~d4e5f6"
     (stale_export).mkdir()
     (stale_export / "sae_weights.safetensors").write_bytes(b"half")
     write_atomic(tmp_path / "ckpt.pt", lambda t: t.write_bytes(b"whole"))
     _exported(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt", "sl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ckpt.pt", "sl", elsewhere.name])

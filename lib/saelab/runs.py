@@ -258,7 +258,7 @@ def _execute(notebook: str, source: Path, params: dict, preset: str | None, run_
     old_term = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
     old_env = {k: os.environ.get(k) for k in ("TQDM_DISABLE", HEARTBEAT_ENV)}
     os.environ["TQDM_DISABLE"] = "1"  # the kernel inherits it: no bar frozen in the .ipynb
-    os.environ[HEARTBEAT_ENV] = str(HEARTBEAT_S)  # and prints progress lines instead
+    os.environ[HEARTBEAT_ENV] = str(0.8 * HEARTBEAT_S)  # and prints progress lines instead
     t0 = time.time()
     say(f"{notebook}: started ({f'preset {preset}, ' if preset else ''}run folder {out})")
     watch = Watchdog(notebook)
@@ -312,7 +312,8 @@ class Watchdog:
     def __init__(self, notebook: str):
         self.notebook, self.last, self.t0 = notebook, time.time(), time.time()
         self.done = threading.Event()
-        threading.Thread(target=self._watch, daemon=True).start()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
 
     def stream(self, out):
         watch = self
@@ -337,6 +338,7 @@ class Watchdog:
 
     def stop(self) -> None:
         self.done.set()
+        self.thread.join(timeout=2)
 
 
 def _took(t0: float) -> str:

@@ -394,15 +394,19 @@ _BATCH_CHARS = 4 << 20
 
 
 def _head_ids(doc: str, tokenizer, need: int) -> list[int]:
-    """The first `need` tokens of `doc`, from a prefix doubled until it yields one more than
-    `need` (the cut may split the prefix's last word; that token is dropped), or the whole
-    document."""
+    """The first `need` tokens of `doc`, from a prefix cut at a space and doubled until it yields
+    `need` tokens, or the whole document."""
     size = _CHARS_PER_TOKEN * need
     while True:
-        ids = tokenizer(doc[:size], add_special_tokens=False, verbose=False)["input_ids"]
         if size >= len(doc):
-            return ids
-        if len(ids) > need:
+            return tokenizer(doc, add_special_tokens=False, verbose=False)["input_ids"]
+        # cut at a space, so no word is split (a cut word can tokenize differently throughout);
+        # text without spaces gets a margin of tokens instead
+        cut = doc.rfind(" ", 0, size)
+        margin = 0 if cut > 0 else 16
+        head = doc[: cut if cut > 0 else size]
+        ids = tokenizer(head, add_special_tokens=False, verbose=False)["input_ids"]
+        if len(ids) >= need + margin:
             return ids[:need]
         size *= 2
 

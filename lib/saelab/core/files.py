@@ -2,11 +2,12 @@
 
 Every file saelab writes (an SAE, a checkpoint, a token cache, a manifest) goes to a temporary
 file beside its target and is renamed into place when complete, so a kill leaves the previous
-file whole. The temporary name carries the writer's PID, `.<name>.<pid>.tmp`, so the next write
-of the same file removes what a dead writer left behind. A full disk (or a file-size or quota
-limit) surfaces from torch as "unexpected pos 663168 vs 663056" and from safetensors as an
-"I/O error"; both become a `DiskFullError` naming the path and the free space, and the partial
-file is removed so that retries do not fill the disk further.
+file whole. The temporary name carries the writer's host and PID (`.<name>.<host>~<pid>~<tag>.tmp`)
+so the next write of the same file on that host removes what a dead writer left behind, and
+writers on two hosts sharing a disk never collide. A full disk (or a file-size or quota limit)
+surfaces from torch as "unexpected pos 663168 vs 663056" and from safetensors as an "I/O error";
+both become a `DiskFullError` naming the path and the free space, and the partial file is
+removed so that retries do not fill the disk further.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from __future__ import annotations
 import errno
 import os
 import re
+import secrets
 import shutil
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -81,14 +84,33 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_leftovers(path: Path, tag: str = "{pid}.tmp") -> list[Path]:
-    """Remove what dead writers of `path` left beside it, named `.<name>.<tag>` with the
-    writer's PID in `tag` (a file, or a folder such as an export's); those removed."""
+def writer_id() -> str:
+    """This writer's part of a temporary name: host, PID and a random tag (`host~pid~tag`), so
+    writers on two hosts sharing a disk (or two containers with the same PID) never collide."""
+    return f"{socket.gethostname()}~{os.getpid()}~{secrets.token_hex(3)}"
+
+
+def _dead_writer(text: str) -> bool:
+    """Whether `host~pid~tag` names a writer on this host whose process no longer runs. A writer
+    on another host is never judged dead from here."""
+    parts = text.split("~")
+    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    return pid != os.getpid() and not _alive(pid)
+
+
+def remove_leftovers(path: Path, kind: str = "tmp") -> list[Path]:
+    """Remove what dead writers of `path` on this host left beside it: files
+    `.<name>.<writer>.tmp` (`kind="tmp"`) or folders `.<name>.<kind>-<writer>` (an export's);
+    those removed."""
     gone = []
-    head, tail = f".{path.name}." + tag.split("{pid}")[0], tag.split("{pid}")[1]
+    if kind == "tmp":
+        head, tail = f".{path.name}.", ".tmp"
+    else:
+        head, tail = f".{path.name}.{kind}-", ""
     for left in path.parent.glob(f"{head}*{tail}"):
-        pid = left.name[len(head) : len(left.name) - len(tail)]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if _dead_writer(left.name[len(head) : len(left.name) - len(tail)]):
             if left.is_dir():
                 shutil.rmtree(left, ignore_errors=True)
             else:
@@ -105,7 +127,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     """
     path = Path(path)
     remove_leftovers(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{writer_id()}.tmp")
     try:
         write(tmp)
         os.replace(tmp, path)

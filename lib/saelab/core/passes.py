@@ -146,6 +146,8 @@ def next_token_ce(logits: Logits, tokens: torch.Tensor, reduction="mean") -> tor
     streamed logits (`unembed.Streamed`) are never materialised at all.
     """
     if isinstance(logits, Streamed):
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"reduction={reduction!r} is not one of 'mean', 'sum', 'none'")
         per_row = ce_streamed(logits[:, :-1], tokens[:, 1:])
         return {"mean": per_row.mean, "sum": per_row.sum}.get(reduction, lambda: per_row)()
     return losses.cross_entropy(
@@ -157,6 +159,8 @@ def kl(clean: Logits, sae: Logits, target: losses.KLTarget | None = None) -> tor
     """`KL(P_clean || P_sae)` per token, mean -> scalar, of materialised logits `[..., V]`
     (`losses.kl_loss`; `target`: the clean side already computed) or streamed ones."""
     if isinstance(sae, Streamed):
+        if not isinstance(clean, Streamed):  # both passes decide from the same batch size
+            raise TypeError("streamed SAE logits need the clean pass's streamed hidden state")
         return kl_streamed(clean, sae)
     return losses.kl_loss(clean, sae, target=target)
 

@@ -38,6 +38,15 @@ def duration(seconds: float) -> str:
     return f"{m}m{sec:02d}s" if m else f"{sec}s"
 
 
+def _seconds(text: str) -> float | None:
+    """`$SAELAB_HEARTBEAT` as seconds; None (no lines) when unset or not a number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
 class Heartbeat:
     """Progress lines of one loop over `total` units (steps, rows), at most one every
     `$SAELAB_HEARTBEAT` seconds, and none when it is unset (a notebook run by hand has its bar).
@@ -48,8 +57,7 @@ class Heartbeat:
 
     def __init__(self, desc: str, total: int, unit: str = "steps", tokens_per_unit: int = 0,
                  start: int = 0, enabled: bool = True):  # fmt: skip
-        every = os.environ.get(HEARTBEAT_ENV, "")
-        self.every = float(every) if every and enabled else None
+        self.every = _seconds(os.environ.get(HEARTBEAT_ENV, "")) if enabled else None
         self.desc, self.total, self.unit = desc, total, unit
         self.tokens, self.start = tokens_per_unit, start
         self.t0 = self.last = time.time()

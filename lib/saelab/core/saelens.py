@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from saelab.core.files import naming_full_disk, remove_leftovers
+from saelab.core.files import naming_full_disk, remove_leftovers, writer_id
 from saelab.core.locks import swap_in
 from saelab.core.models import parse_site
 from saelab.core.sae import SAE, SAEConfig, architecture, architectures, library_version, load_sae
@@ -149,8 +149,8 @@ def export_saelens(
                **form.cfg)  # fmt: skip
     path = Path(path)
     _check_target(path, overwrite)
-    remove_leftovers(path, "export-{pid}")  # a killed export's temporary folder
-    tmp = path.parent / f".{path.name}.export-{os.getpid()}"
+    remove_leftovers(path, "export")  # a killed export's temporary folder
+    tmp = path.parent / f".{path.name}.export-{writer_id()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:

@@ -107,11 +107,10 @@ class _ClosedForm(torch.autograd.Function):
     each token's gradient `dloss_n/dh_n [N, d]`: the backward scales it by the incoming `g [N]`."""
 
     @staticmethod
-    def buffers(ctx, h: Tensor) -> tuple[Tensor, Tensor | None]:
-        """The per-token losses `[N]` and, when `h` needs a gradient, `dloss/dh [N, d]`."""
+    def buffers(h: Tensor, want: bool) -> tuple[Tensor, Tensor | None]:
+        """The per-token losses `[N]` and, when a gradient is `want`ed, `dloss/dh [N, d]`."""
         out = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
-        need = ctx.needs_input_grad[0]
-        return out, torch.empty(h.shape, dtype=torch.float32, device=h.device) if need else None
+        return out, torch.empty(h.shape, dtype=torch.float32, device=h.device) if want else None
 
     @staticmethod
     def keep(ctx, grad: Tensor | None, dtype: torch.dtype, out: Tensor) -> Tensor:
@@ -122,7 +121,7 @@ class _ClosedForm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: Tensor):
         (grad,) = ctx.saved_tensors
-        return (g[:, None] * grad).to(ctx.dtype), None, None, None
+        return (g[:, None] * grad).to(ctx.dtype), None, None, None, None
 
 
 class _StreamedKL(_ClosedForm):
@@ -130,8 +129,8 @@ class _StreamedKL(_ClosedForm):
     same arithmetic as `losses._ChunkedKL` on each chunk's logits."""
 
     @staticmethod
-    def forward(ctx, h_sae: Tensor, h_clean: Tensor, u: Unembed, rows: int) -> Tensor:
-        out, grad = _ClosedForm.buffers(ctx, h_sae)
+    def forward(ctx, h_sae: Tensor, h_clean: Tensor, u: Unembed, rows: int, want: bool) -> Tensor:
+        out, grad = _ClosedForm.buffers(h_sae, want)
         for i in range(0, h_sae.shape[0], rows):
             lp = F.log_softmax(u.logits(h_clean[i : i + rows]), dim=-1)
             p = lp.exp()
@@ -147,8 +146,8 @@ class _StreamedCE(_ClosedForm):
     """Per-token cross-entropy of hidden states `h [N, d]` against `targets [N]`."""
 
     @staticmethod
-    def forward(ctx, h: Tensor, targets: Tensor, u: Unembed, rows: int) -> Tensor:
-        out, grad = _ClosedForm.buffers(ctx, h)
+    def forward(ctx, h: Tensor, targets: Tensor, u: Unembed, rows: int, want: bool) -> Tensor:
+        out, grad = _ClosedForm.buffers(h, want)
         for i in range(0, h.shape[0], rows):
             z = u.logits(h[i : i + rows])
             y = targets[i : i + rows]
@@ -163,11 +162,17 @@ class _StreamedCE(_ClosedForm):
 def kl_streamed(clean: Streamed, sae: Streamed) -> Tensor:
     """`KL(P_clean || P_sae)` per token, mean over tokens -> scalar; `losses.kl_loss` on logits
     that are never materialised. No gradient reaches the clean side (Braun et al. 2024 §2)."""
-    u = sae.unembed
-    return _StreamedKL.apply(sae.flat(), clean.flat().detach(), u, _rows(u.vocab)).mean()
+    u, h = sae.unembed, sae.flat()
+    return _StreamedKL.apply(h, clean.flat().detach(), u, _rows(u.vocab), _wants_grad(h)).mean()
 
 
 def ce_streamed(logits: Streamed, targets: Tensor) -> Tensor:
     """Per-token cross-entropy `[N]` of streamed logits `[..., V]` against `targets [...]`."""
-    u = logits.unembed
-    return _StreamedCE.apply(logits.flat(), targets.reshape(-1), u, _rows(u.vocab))
+    u, h = logits.unembed, logits.flat()
+    return _StreamedCE.apply(h, targets.reshape(-1), u, _rows(u.vocab), _wants_grad(h))
+
+
+def _wants_grad(h: Tensor) -> bool:
+    """Whether autograd will ask for `dL/dh` (not under `torch.no_grad`, where `forward` cannot
+    tell: its inputs still say `requires_grad`)."""
+    return torch.is_grad_enabled() and h.requires_grad

@@ -58,7 +58,8 @@ def collect(lm, sae: SAE, data, n_tokens: int = 32_768, batch_size: int = 32) ->
     chunks = []
     for i in range(0, n_rows, batch_size):
         tokens = data.tokens[i : min(i + batch_size, n_rows)]
-        clean = clean_pass(lm, tokens, [site], grads=grads).seen_by_saes(None, sae.dtype)
+        clean = clean_pass(lm, tokens.to(lm.device), [site], grads=grads)
+        clean = clean.seen_by_saes(None, sae.dtype)
         g = clean.grads[site] if grads else None
         with torch.no_grad():
             chunks.append(sae.encode(clean.acts[site], g)[0].float().cpu())

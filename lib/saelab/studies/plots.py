@@ -274,7 +274,8 @@ def firing_frequency(lm, sae, data, n_tokens: int = 65_536, batch_size: int = 32
     n_rows = max(1, min(len(data), n_tokens // data.n_ctx))
     counts = torch.zeros(sae.cfg.d_sae)
     for i in range(0, n_rows, batch_size):
-        clean = clean_pass(lm, data.tokens[i : i + batch_size], [site], grads=grads)
+        tokens = data.tokens[i : i + batch_size].to(lm.device)
+        clean = clean_pass(lm, tokens, [site], grads=grads)
         clean = clean.seen_by_saes(None, sae.dtype)  # a bf16 model's acts, as the SAE reads them
         with torch.no_grad():
             c = sae(clean.acts[site], grad=(clean.grads or {}).get(site)).c
