@@ -549,16 +549,28 @@ for a in alphas:
                  + (f"; TopK / TopK (other seed) {min(nr):.2f}-{max(nr):.2f}" if nr
                     else ""))  # fmt: skip
 if len(verdicts):
-    counts = {c: verdicts[c].value_counts().to_dict() for c in ("faithfulness", "dead_latents",
-                                                                 "steering")}  # fmt: skip
+
+    def by_verdict(column: str) -> str:
+        """'contradicted (unit b=16, rms b=64); not shown (...)': each verdict, its settings."""
+        groups = verdicts.groupby(column)["setting"].apply(list)
+        return "; ".join(f"{v} ({', '.join(names)})" for v, names in groups.items())
+
+    t_ce = table.loc["TopK", "ce_increase"]
+    broken = [n for n in verdicts.setting if table.loc[n, "ce_increase"] > 10 * t_ce]
+    n_grid = int(verdicts.setting.isin(grid_names).sum())
+    score_too = " and the score mode" if len(verdicts) > n_grid else ""
     head = (
-        f"Over the {len(verdicts)} settings where the g-SAE differs from TopK (overlap <= "
-        f"{max_overlap:g}; score mode included), the paper's claims: faithfulness "
-        f"{counts['faithfulness']}, dead latents {counts['dead_latents']}, steering > 5x "
-        f"{counts['steering']} (rules in §6). Without the label (the same weights selecting "
-        f"TopK(z)) their CE increase against TopK's is "
-        f"{verdicts['ce_label_free'].value_counts().to_dict()}."
+        f"{n_grid} of the {len(grid_names)} grid settings{score_too} differ enough from TopK to "
+        f"test the paper (overlap <= {max_overlap:g}). Faithfulness: "
+        f"{by_verdict('faithfulness')}. Fewer dead latents: {by_verdict('dead_latents')}. "
+        f"Steering > 5x: {by_verdict('steering')} (rules in §6). Without the label, the CE "
+        f"increase against TopK's: {by_verdict('ce_label_free')}."
     )
+    for n in broken:  # a verdict from an SAE that does not reconstruct says nothing of the method
+        head += (f" But {n} adds CE +{table.loc[n, 'ce_increase']:.2f}, "
+                 f"{table.loc[n, 'ce_increase'] / t_ce:,.0f}x TopK's +{t_ce:.4f}: it barely "
+                 "reconstructs the residual, so its verdicts are about a broken SAE, not about "
+                 "the gradient term.")  # fmt: skip
 else:
     head = (f"**No setting differs from TopK** (every overlap > {max_overlap:g}), so none of the "
             "paper's three claims can be tested here: the gradient term barely changes which "
