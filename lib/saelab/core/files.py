@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from saelab.core.locks import alive
+
 # ENOSPC: disk full; EDQUOT: quota; EFBIG: a file-size limit (ulimit -f), which is how tests fill
 # a disk without one.
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -74,16 +76,6 @@ def naming_full_disk(path: Path, removed: str = "the partial folder") -> Iterato
         raise
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def writer_id() -> str:
     """This writer's part of a temporary name: host, PID and a random tag (`host~pid~tag`), so
     writers on two hosts sharing a disk (or two containers with the same PID) never collide."""
@@ -97,7 +89,7 @@ def _dead_writer(text: str) -> bool:
     if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
         return False
     pid = int(parts[1])
-    return pid != os.getpid() and not _alive(pid)
+    return pid != os.getpid() and not alive(pid)
 
 
 def remove_leftovers(path: Path, kind: str = "tmp") -> list[Path]:

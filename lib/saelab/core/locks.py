@@ -36,7 +36,8 @@ def _holder(fd: int) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host (someone else's live process counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -56,7 +57,7 @@ def writer_lock(folder: str | os.PathLike, role: str) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = _acquire(path, folder, role)
     previous = _holder(fd)
-    if previous not in (None, os.getpid()) and not _alive(previous):
+    if previous not in (None, os.getpid()) and not alive(previous):
         warnings.warn(
             f"{folder}: took over the {role} lock of process {previous}, which no longer runs "
             "(it stopped without releasing it; what it left is checked as usual)",

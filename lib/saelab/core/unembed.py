@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from saelab.core.losses import _rowdot
+from saelab.core.losses import _chunk_rows, _rowdot
 
 # A batch whose logits would hold more entries than this streams them (256 MiB in float32).
 STREAM_LOGITS = 2**26
@@ -98,10 +98,6 @@ class Streamed:
         return self.h.reshape(-1, self.h.shape[-1])
 
 
-def _rows(vocab: int) -> int:
-    return max(1, STREAM_CHUNK // vocab)
-
-
 class _ClosedForm(torch.autograd.Function):
     """A per-token loss `[N]` of hidden states `h [N, d]` whose forward pass already computed
     each token's gradient `dloss_n/dh_n [N, d]`: the backward scales it by the incoming `g [N]`."""
@@ -163,13 +159,17 @@ def kl_streamed(clean: Streamed, sae: Streamed) -> Tensor:
     """`KL(P_clean || P_sae)` per token, mean over tokens -> scalar; `losses.kl_loss` on logits
     that are never materialised. No gradient reaches the clean side (Braun et al. 2024 §2)."""
     u, h = sae.unembed, sae.flat()
-    return _StreamedKL.apply(h, clean.flat().detach(), u, _rows(u.vocab), _wants_grad(h)).mean()
+    return _StreamedKL.apply(
+        h, clean.flat().detach(), u, _chunk_rows(u.vocab, STREAM_CHUNK), _wants_grad(h)
+    ).mean()
 
 
 def ce_streamed(logits: Streamed, targets: Tensor) -> Tensor:
     """Per-token cross-entropy `[N]` of streamed logits `[..., V]` against `targets [...]`."""
     u, h = logits.unembed, logits.flat()
-    return _StreamedCE.apply(h, targets.reshape(-1), u, _rows(u.vocab), _wants_grad(h))
+    return _StreamedCE.apply(
+        h, targets.reshape(-1), u, _chunk_rows(u.vocab, STREAM_CHUNK), _wants_grad(h)
+    )
 
 
 def _wants_grad(h: Tensor) -> bool:
