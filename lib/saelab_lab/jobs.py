@@ -14,6 +14,8 @@ from saelab_lab.tables import tables
 REF_ID = "ref"  # the run id of the smoke-scale runs: outputs/reference/<notebook>/ref
 PAPER_ID = "paper"  # the long reference sweep and its studies (the `paper` presets)
 HALF_ID = "paper-half"  # the paper sweep at half its token budget (`paper_half`)
+DOUBLING_ID = "doubling"  # local / e2e / e2e+ds near the target CE, 3 seeds, 2M tokens
+DOUBLING_HALF_ID = "doubling-half"  # its twin at 1M tokens
 # What `regenerate` runs, in order: (notebook, preset, run id). 05_pareto is the main job's sweep;
 # the studies after it, under the same run id, read its SAEs (sae_run) when they declare that
 # parameter, at their own preset of that name where they have one, else `default`.
@@ -32,6 +34,10 @@ JOBS = (
     ("05_pareto", "paper_half", HALF_ID),
     ("12_doubling", "paper", PAPER_ID),  # reads both: the doubling test (seconds)
     ("11_gsae_study", "paper", PAPER_ID),  # 141 min on 2 CPU cores (3 seeds, 19 SAEs each)
+    # the doubling test on three seeds, grids cut to the settings near the target CE (issue 30)
+    ("05_pareto", "doubling_half", DOUBLING_HALF_ID),
+    ("05_pareto", "doubling", DOUBLING_ID),
+    ("12_doubling", "doubling", DOUBLING_ID),
 )
 
 
