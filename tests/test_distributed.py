@@ -82,12 +82,15 @@ def test_two_gloo_ranks_equal_one_process(inputs, cache_env, tmp_path):
     cfg = BASE | {"loss": "local"}
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     single = _single(inputs, cfg, tmp_path / "single")
-    log = _torchrun(_args(tmp_path / "cfg.json", tmp_path / "ddp"), cache_env)
+    log = _torchrun(_args(tmp_path / "cfg.json", tmp_path / "ddp", "--log-to", "tensorboard"),
+                    cache_env)  # fmt: skip
     assert (
         "RuntimeWarning" not in log
     )  # `-m saelab.core.distributed` runs a freshly imported module
     _compare(single, tmp_path / "ddp")
     assert not list((tmp_path / "ddp").glob(".*tmp*"))
+    # only rank 0 tracks: one event file (a second rank would add its own, named by its PID)
+    assert len(list((tmp_path / "ddp" / "tensorboard").glob("events.out.tfevents.*"))) == 1
 
 
 def test_torchrun_resumes_an_e2e_checkpoint(inputs, cache_env, tmp_path, monkeypatch):

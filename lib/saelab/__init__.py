@@ -18,6 +18,7 @@ from saelab.core.cache import ActivationCache, cache_activations, load_cache
 from saelab.core.config import TrainConfig
 from saelab.core.convergence import loss_plateau
 from saelab.core.data import TokenDataset, token_dataset
+from saelab.core.hub import push_to_hub
 from saelab.core.metrics import evaluate, evaluate_many, selected_latents, selection_overlap
 from saelab.core.models import Site, load_model, model_info, parse_site, valid_sites
 from saelab.core.objectives import OBJECTIVES, Objective, objective
@@ -48,6 +49,7 @@ __all__ = [
     "model_info",
     "objective",
     "parse_site",
+    "push_to_hub",
     "save_sae",
     "selected_latents",
     "selection_overlap",

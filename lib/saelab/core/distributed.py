@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--text-column", default="text")
     ap.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    ap.add_argument("--log-to", nargs="*", default=[], choices=["wandb", "tensorboard"],
+                    help="trackers that get every metrics.jsonl record too (rank 0)")  # fmt: skip
     ap.add_argument("--debug", action="store_true", help="full tracebacks on errors")
     return ap
 
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         w, device = init_from_env()
         lm, cfg, data, eval_data = load_inputs(args, device, w)
         run = train(lm, data, cfg, args.out, resume=args.resume, eval_data=eval_data,
-                    progress=w.main)  # fmt: skip
+                    progress=w.main, log_to=args.log_to)  # fmt: skip
         if w.main:
             print(json.dumps(run.log[-1]))
     except Exception as e:

@@ -648,14 +648,19 @@ def load_sae(
     The architecture's class is looked up by name and its full state (parameters and buffers)
     is loaded strictly: a missing, extra or misshapen tensor is an error. A folder SAELens wrote
     (`sae_weights.safetensors`) is read by `saelab.core.saelens.load_saelens`; with `sae_id`,
-    `path` names a SAELens pretrained release, fetched through sae_lens' registry. Returned in
-    eval mode.
+    `path` names a SAELens pretrained release, fetched through sae_lens' registry;
+    `hf://org/repo[@revision]/folder` is a folder of a Hub repository (`push_to_hub`'s layout),
+    fetched into the Hub client's cache. Returned in eval mode.
     """
     from saelab.core import saelens  # here, not at the top: saelens builds on this module
 
     if sae_id is not None:
         sae = saelens.load_pretrained(str(path), sae_id)
         return sae.to(device) if device is not None else sae
+    if str(path).startswith("hf://"):  # a folder of a Hub repository (`saelab.core.hub`)
+        from saelab.core import hub
+
+        path = hub.download(str(path))
     path = Path(path)
     if not (path / WEIGHTS_FILE).exists() and saelens.is_saelens_folder(path):
         sae = saelens.load_saelens(path)

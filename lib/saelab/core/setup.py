@@ -46,6 +46,7 @@ from saelab.core.passes import (
 )
 from saelab.core.ranks import World
 from saelab.core.sae import SAE, load_sae
+from saelab.core.tracking import Tracked
 
 # what every config of a `train_many` sweep shares: they fix the batches and the clean pass
 SHARED = {
@@ -296,11 +297,14 @@ class Member:
     n_summed: int = 0
     first_loss: float | None = None  # the first train record's loss (divergence warning)
     warned_diverging: bool = False
+    tracked: Tracked | None = None  # its W&B / TensorBoard runs (`saelab.core.tracking`)
 
     def log(self, rec: dict) -> None:
         self.state.log.append(rec)
         if self.out is not None:
             append_log(self.out, rec)
+        if self.tracked:
+            self.tracked.log(rec)
 
 
 @dataclass

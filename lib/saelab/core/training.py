@@ -13,6 +13,7 @@ sparsity, AuxK, L0). ARCHITECTURE.md draws the data flow of a step. The config l
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import warnings
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from saelab.core import losses, ranks
+from saelab.core import losses, ranks, tracking
 from saelab.core.checkpoint import CheckpointError, checkpoint_step, save_checkpoint, start_files
 from saelab.core.config import TrainConfig
 from saelab.core.locks import writer_lock
@@ -293,7 +294,8 @@ def _say(enabled: bool, text: str) -> None:
 
 
 def train(lm, data, cfg: TrainConfig, out_dir: str | Path | None = None, resume: bool = False,
-          eval_data=None, progress: bool = True, overwrite: bool = False) -> Run:  # fmt: skip
+          eval_data=None, progress: bool = True, overwrite: bool = False,
+          log_to=None) -> Run:  # fmt: skip
     """Train one SAE per site of `cfg` on `data` through the frozen `lm`; tokens `[B, n_ctx]`.
 
     `data` is a TokenDataset, or an `ActivationCache` (`saelab.core.cache`: SAEs whose objective
@@ -311,13 +313,18 @@ def train(lm, data, cfg: TrainConfig, out_dir: str | Path | None = None, resume:
     `overwrite=True` (replace it). `train_config.json` and `metrics.jsonl` are written only
     once the first step has succeeded, and a resume checks that the data is the same (its
     token fingerprint).
+
+    `log_to`: "wandb", "tensorboard", both, or their options (`saelab.core.tracking`): every
+    record of `metrics.jsonl` also goes there, with the config; a resume continues the same
+    tracked run. It is not part of the config: watching a run does not change it.
     """
-    return train_many(lm, data, [cfg], [out_dir], resume, eval_data, progress, overwrite)[0]
+    return train_many(lm, data, [cfg], [out_dir], resume, eval_data, progress, overwrite,
+                      log_to)[0]  # fmt: skip
 
 
 def train_many(lm, data, cfgs: list[TrainConfig], out_dirs: list | None = None,
                resume: bool = False, eval_data=None, progress: bool = True,
-               overwrite: bool = False) -> list[Run]:  # fmt: skip
+               overwrite: bool = False, log_to=None) -> list[Run]:  # fmt: skip
     """Train several SAE configs on the same batches from one clean pass per batch (a sweep).
 
     `cfgs` share `setup.SHARED` (sites, objective, batch size, token budget, seed, excluded
@@ -326,19 +333,22 @@ def train_many(lm, data, cfgs: list[TrainConfig], out_dirs: list | None = None,
     work, for e2e ones each SAE still runs its own spliced pass, on the shared clean logits (and
     dL/dx). Each config gets exactly the run `train(lm, data, cfg, out_dir)` would give (same
     init, batches and steps; tests/test_train.py), with its own `out_dirs[i]`, files, checkpoint
-    and resume. Returns one `Run` per config.
+    and resume. Returns one `Run` per config. `log_to` as `train`'s: one tracked run per config,
+    grouped as one sweep.
     """
     cfgs = list(cfgs)
     out_dirs = list(out_dirs) if out_dirs is not None else [None] * len(cfgs)
     check_sweep(cfgs, out_dirs)
+    options = tracking.trackers(log_to)  # bad names refused before any work
     with ExitStack() as held:  # one writer per out_dir (rank 0 writes): core/locks.py
         for out in out_dirs if ranks.world().main else []:
             if out is not None:
                 held.enter_context(writer_lock(out, "train"))
-        return _sweep(lm, data, cfgs, out_dirs, resume, eval_data, progress, overwrite)
+        return _sweep(lm, data, cfgs, out_dirs, resume, eval_data, progress, overwrite, options)
 
 
-def _sweep(lm, data, cfgs, out_dirs, resume, eval_data, progress, overwrite) -> list[Run]:
+def _sweep(lm, data, cfgs, out_dirs, resume, eval_data, progress, overwrite,
+           options=()) -> list[Run]:  # fmt: skip
     """`train_many`'s body, run while it holds its out_dirs' locks."""
     ctx = context(lm, data, cfgs, out_dirs, eval_data, resume, overwrite)
     members = [member(ctx, cfg, out, resume) for cfg, out in zip(cfgs, out_dirs, strict=True)]
@@ -346,22 +356,33 @@ def _sweep(lm, data, cfgs, out_dirs, resume, eval_data, progress, overwrite) -> 
     if len(steps) > 1:
         raise CheckpointError(f"the sweep's checkpoints stand at different steps {sorted(steps)}; "
                               "resume its runs separately with train()")  # fmt: skip
-    for m in members:
-        for sae in m.state.saes.values():
-            sae.train()
-    loop(ctx, members, steps.pop(), progress)
+    if options and ctx.world.main:  # only rank 0 tracks, as only rank 0 writes
+        track(ctx, members, out_dirs, options)
+    try:
+        for m in members:
+            for sae in m.state.saes.values():
+                sae.train()
+        loop(ctx, members, steps.pop(), progress)
 
-    for m in members:  # the final evaluation, checkpoint and SAEs
-        if not m.started:  # a resume of a finished checkpoint takes no step
-            begin(ctx, m)
-    log_evaluations(ctx, [m for m in members if not _evaluated(m)])
-    checkpoint(ctx, members, final=True)
-    extra = {"data": ctx.data_record}
+        for m in members:  # the final evaluation, checkpoint and SAEs
+            if not m.started:  # a resume of a finished checkpoint takes no step
+                begin(ctx, m)
+        log_evaluations(ctx, [m for m in members if not _evaluated(m)])
+        checkpoint(ctx, members, final=True)
+        extra = {"data": ctx.data_record}
+        for m in members:
+            if m.out is not None:
+                for s, sae in m.state.saes.items():
+                    save_sae(sae, m.out / "saes" / str(s),
+                             extra={"train_config": m.cfg.to_dict()} | extra)  # fmt: skip
+    except BaseException:
+        for m in members:
+            if m.tracked:
+                m.tracked.close(ok=False)
+        raise
     for m in members:
-        if m.out is not None:
-            for s, sae in m.state.saes.items():
-                save_sae(sae, m.out / "saes" / str(s), extra={"train_config": m.cfg.to_dict()}
-                         | extra)  # fmt: skip
+        if m.tracked:
+            m.tracked.close(ok=True)
     ranks.barrier(ctx.world)  # no rank returns (and tears the group down) before rank 0 has written
     for m in members:
         for sae in m.state.saes.values():
@@ -370,6 +391,26 @@ def _sweep(lm, data, cfgs, out_dirs, resume, eval_data, progress, overwrite) -> 
     return [Run({str(s): sae for s, sae in m.state.saes.items()}, m.state.log,
                 Path(o) if o is not None else None, m.cfg)
             for m, o in zip(members, out_dirs, strict=True)]  # fmt: skip
+
+
+def track(ctx: Context, members: list[Member], out_dirs: list, options: list) -> None:
+    """Open each member's tracked runs (`saelab.core.tracking`): named by its folder, grouped
+    by the folders' parent when a sweep has several, with its config, data and model. A resumed
+    member continues its tracked runs; a fresh one sends the records it holds already (the
+    activation scale, the decoder bias)."""
+    outs = [Path(o) if o is not None else None for o in out_dirs]
+    parents = {o.parent.name for o in outs if o is not None}
+    group = (parents.pop() if len(parents) == 1 else f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+             ) if len(members) > 1 else None  # fmt: skip
+    facts = json.loads(json.dumps(ctx.facts, default=str))
+    for i, (m, out) in enumerate(zip(members, outs, strict=True)):
+        name = out.name if out is not None else f"{m.cfg.loss.name}-{m.cfg.sae.architecture}-{i}"
+        config = m.cfg.to_dict() | {"data": ctx.data_record, "model": facts}
+        resumed = m.last_ckpt is not None  # restored from its checkpoint (`setup.member`)
+        m.tracked = tracking.open_run(options, out, name, config, group, resumed)
+        if not resumed:
+            for rec in m.state.log:
+                m.tracked.log(rec)
 
 
 def _evaluated(m: Member) -> bool:
