@@ -48,6 +48,7 @@ alive_tokens: int = 500_000  # SAE positions over which a latent must fire once 
 density_tokens: int = 65_536  # held-out tokens for the firing-frequency histogram
 seed: int = 0  # SAE init and data order
 sae_options: dict = {}  # any other SAEConfig field, e.g. {"pre_subtract_b_dec": True}
+log_to: list = []  # trackers that also get every record: "wandb", "tensorboard" (docs/interop.md)
 out_dir: str = "outputs/01_local_sae/interactive-{time}"  # run folder (saelab.runs sets it)
 
 # %%
@@ -173,7 +174,7 @@ assert abs(loss_hand.item() - loss_lib.item()) < 1e-5, check
 
 # %%
 t0 = time.time()
-run = sl.train(lm, train_data, cfg, out_dir=out, eval_data=eval_data)
+run = sl.train(lm, train_data, cfg, out_dir=out, eval_data=eval_data, log_to=log_to)
 train_s = time.time() - t0
 report = run.log[-1]
 assert report["kind"] == "eval"

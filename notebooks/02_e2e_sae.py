@@ -48,6 +48,7 @@ eval_tokens: int = 16_384  # held-out tokens for the metrics
 alive_tokens: int = 500_000  # SAE positions over which a latent must fire once to be alive
 seed: int = 0  # SAE init and data order
 sae_options: dict = {}  # any other SAEConfig field, e.g. {"pre_subtract_b_dec": True}
+log_to: list = []  # trackers that also get every record: "wandb", "tensorboard" (docs/interop.md)
 out_dir: str = "outputs/02_e2e_sae/interactive-{time}"  # run folder (saelab.runs sets it)
 
 # %%
@@ -205,7 +206,8 @@ print(f"KL on this batch: {kl_hand:.4f} before the step, {kl_after:.4f} after")
 runs, train_s = {}, {}
 for name, cfg in configs.items():
     t0 = time.time()
-    runs[name] = sl.train(lm, train_data, cfg, out_dir=out / name, eval_data=eval_data)
+    runs[name] = sl.train(lm, train_data, cfg, out_dir=out / name, eval_data=eval_data,
+                          log_to=log_to)  # fmt: skip
     train_s[name] = time.time() - t0
 reports = {name: run.log[-1] for name, run in runs.items()}
 logs = {name: run.log for name, run in runs.items()}
@@ -276,7 +278,8 @@ local_sae = out / "local" / "saes" / str(sl.parse_site(site))
 finetune = dataclasses.replace(
     configs["e2e"], init_from=str(local_sae), n_tokens=max(n_tokens // 4, batch_size * n_ctx)
 )
-ft = sl.train(lm, train_data, finetune, out_dir=out / "local_to_e2e", eval_data=eval_data).log[-1]
+ft = sl.train(lm, train_data, finetune, out_dir=out / "local_to_e2e", eval_data=eval_data,
+              log_to=log_to).log[-1]  # fmt: skip
 print(
     f"local SAE: CE +{lo.ce_increase:.3f} at L0 {lo.l0:.1f}; after {finetune.n_tokens:,} tokens "
     f"of e2e fine-tuning: CE +{ft['ce_increase']:.3f} at L0 {ft['l0']:.1f} (e2e from scratch on "

@@ -53,6 +53,7 @@ eval_tokens: int = 16_384  # held-out tokens for the metrics
 alive_tokens: int = 500_000  # SAE positions over which a latent must fire once to be alive
 seed: int = 0  # SAE init and data order
 sae_options: dict = {}  # any other SAEConfig field, e.g. {"pre_subtract_b_dec": True}
+log_to: list = []  # trackers that also get every record: "wandb", "tensorboard" (docs/interop.md)
 out_dir: str = "outputs/03_e2e_ds_sae/interactive-{time}"  # run folder (saelab.runs sets it)
 
 # %%
@@ -197,7 +198,8 @@ print(f"downstream error ({ds_units}) per later layer, by hand:",
 runs, train_s = {}, {}
 for name, cfg in configs.items():
     t0 = time.time()
-    runs[name] = sl.train(lm, train_data, cfg, out_dir=out / name, eval_data=eval_data)
+    runs[name] = sl.train(lm, train_data, cfg, out_dir=out / name, eval_data=eval_data,
+                          log_to=log_to)  # fmt: skip
     train_s[name] = time.time() - t0
 reports = {name: run.log[-1] for name, run in runs.items()}
 fig = plots.train_curves(

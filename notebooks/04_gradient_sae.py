@@ -61,6 +61,7 @@ eval_tokens: int = 16_384  # held-out tokens for the metrics and the density his
 alive_tokens: int = 500_000  # SAE positions over which a latent must fire once to be alive
 seed: int = 0  # SAE init and data order
 sae_options: dict = {}  # any other SAEConfig field, e.g. {"pre_subtract_b_dec": True}
+log_to: list = []  # trackers that also get every record: "wandb", "tensorboard" (docs/interop.md)
 out_dir: str = "outputs/04_gradient_sae/interactive-{time}"  # run folder (saelab.runs sets it)
 
 # %%
@@ -217,7 +218,8 @@ for name, cfg in {
     "g-sae": gsae_config(beta),
 }.items():
     t0 = time.time()
-    runs[name] = sl.train(lm, train_data, cfg, out_dir=out / name, eval_data=eval_data)
+    runs[name] = sl.train(lm, train_data, cfg, out_dir=out / name, eval_data=eval_data,
+                          log_to=log_to)  # fmt: skip
     train_s[name] = time.time() - t0
 reports = {
     name: run.log[-1] | {"nmse": 1 - run.log[-1]["explained_var"]} for name, run in runs.items()
@@ -257,7 +259,7 @@ fig = plots.density_hist(freqs, path=out / "figures" / "latent_density.png")
 for b in betas:
     if b != 0 and b != beta:
         run = sl.train(lm, train_data, gsae_config(b), out_dir=out / f"g-sae-beta{b:g}",
-                       eval_data=eval_data)  # fmt: skip
+                       eval_data=eval_data, log_to=log_to)  # fmt: skip
         runs[f"beta={b:g}"] = run
 sweep_runs = {b: runs["topk" if b == 0 else "g-sae" if b == beta else f"beta={b:g}"] for b in betas}
 sweep = pd.DataFrame([{"beta": b} | r.log[-1] for b, r in sweep_runs.items()]).sort_values("beta")

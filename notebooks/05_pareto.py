@@ -61,6 +61,7 @@ alive_tokens: int = 500_000  # SAE positions over which a latent must fire once 
 seeds: list = [0]  # one SAE per seed and setting (init and data order); CIs over seeds
 target_ce: float = 0.0  # CE increase at which to match the ReLU SAEs (0: middle of the overlap)
 plateau_tol: float = 0.02  # converged: loss falls < this (relative) over the last 10% of steps
+log_to: list = []  # trackers that also get every record: "wandb", "tensorboard" (docs/interop.md)
 out_dir: str = "outputs/05_pareto/interactive-{time}"  # run folder (saelab.runs sets it)
 
 # %%
@@ -172,7 +173,8 @@ rows = []
 for group in groups.values():
     t0 = time.time()
     trained = sl.train_many(lm, train_data, [g[4] for g in group],
-                            [out / "runs" / g[2] for g in group], eval_data=val)  # fmt: skip
+                            [out / "runs" / g[2] for g in group], eval_data=val,
+                            log_to=log_to)  # fmt: skip
     share = (time.time() - t0) / len(group)  # the group's time, split evenly
     for (method, point, name, kw, cfg), run in zip(group, trained, strict=True):
         rep = run.log[-1]

@@ -83,6 +83,7 @@ n_contexts: int = 8  # steering: held-out contexts
 steer_ctx: int = 64  # steering: tokens per context
 n_boot: int = 1000  # bootstrap resamples for the steering CIs
 rel_threshold: float = 0.05  # a difference counts only above this fraction and the seed noise
+log_to: list = []  # trackers that also get every record: "wandb", "tensorboard" (docs/interop.md)
 out_dir: str = "outputs/11_gsae_study/interactive-{time}"  # run folder (saelab.runs sets it)
 
 # %%
@@ -155,7 +156,7 @@ for seed in seeds:
     t0 = time.time()
     trained = sl.train_many(lm, train_data, list(named.values()),
                             [out / "runs" / f"seed{seed}" / n.replace(" ", "_") for n in named],
-                            eval_data=val)  # fmt: skip
+                            eval_data=val, log_to=log_to)  # fmt: skip
     train_s[seed] = time.time() - t0
     runs |= {(name, seed): run for name, run in zip(named, trained, strict=True)}
     print(f"seed {seed}: {len(named)} SAEs in {train_s[seed]:.0f} s")
@@ -330,7 +331,7 @@ if score_mode:
     for seed in seeds:
         (run,) = sl.train_many(lm, train_data, [config(seed, best_gn, best_b, "score")],
                                [out / "runs" / f"seed{seed}" / score_name.replace(" ", "_")],
-                               eval_data=val)  # fmt: skip
+                               eval_data=val, log_to=log_to)  # fmt: skip
         runs[(score_name, seed)] = run
         overlap |= overlaps_for([score_name], seed)
     long = pd.concat([long, pd.DataFrame([r for s in seeds for r in metric_rows([score_name], s)])])
