@@ -60,14 +60,14 @@ import time
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from IPython.display import HTML, Markdown, display
+from IPython.display import HTML, display
 
 import saelab as sl
 from saelab.core.models import get_site, set_site
 from saelab.core.passes import sae_positions
 from saelab.core.setup import estimate_act_scales
 from saelab.core.training import compute_loss
-from saelab.runs import notebook_out_dir, resolve_input
+from saelab.runs import notebook_out_dir, resolve, resolve_input
 from saelab.studies import browser, plots
 
 out = notebook_out_dir(out_dir)  # from the repo root; {time}: a fresh folder
@@ -85,13 +85,6 @@ configs = {
     "e2e": sl.TrainConfig(loss=sl.objective("e2e", kl_coeff=kl_coeff), **base),
     "local": sl.TrainConfig(loss="local", **base),
 }
-
-
-def versus(a: float, b: float, below: str, above: str, rel: float = 0.05) -> str:
-    """`below` / `above` if `a` is over `rel` (5%) below / above `b`, else "about the same"."""
-    if a < b - rel * abs(b):
-        return below
-    return above if a > b + rel * abs(b) else "about the same"
 
 
 # %% [markdown]
@@ -230,41 +223,106 @@ fig = plots.compare_bars(
 )
 
 # %% [markdown]
-# ## 5. What we see
+# ### One prompt, four ways
+#
+# A capability check in the manner of SAELens' "basic loading and analysing" tutorial: the
+# model's five likeliest next tokens after one storyworld prompt, clean, with each SAE spliced in
+# at the site, and with the site zeroed (zero ablation: what losing all of layer 3's input
+# costs). The prompt asks for a possessive that agrees with "Bert", a name 4 tokens back, in a
+# story whose heroine is "Jess"; the clean model gets he/she agreement right 99.7% of the time
+# (`docs/storyworld.md`).
 
-# %% tags=["hide-input"]
+# %%
+prompt = ("Once upon a time, there was a trusty girl named Jess. She had a friend named Bert. "
+          "One day, Bert could not find")  # fmt: skip
+ids = lm.tokenizer(prompt).input_ids
+bos = lm.tokenizer.bos_token_id
+if bos is not None and ids[:1] != [bos]:  # the training rows start with BOS: so does the prompt
+    ids = [bos, *ids]
+prompt_ids = torch.tensor([ids], device=lm.device)  # [1, T]
+n_clean = 1 if bos is not None else 0  # the BOS position stays clean, as in training
+
+
+def top_next(replace=None, k: int = 5) -> list[str]:
+    """The top-k next tokens after the prompt, with `replace(x) -> x_hat` at the site."""
+    with torch.no_grad(), lm.trace(prompt_ids):
+        if replace is not None:
+            x = get_site(lm, site)  # [1, T, d_model]
+            x_new = replace(x[:, n_clean:].float()).to(x.dtype)
+            set_site(lm, site, torch.cat([x[:, :n_clean], x_new], 1))
+        probs = lm.output.logits[0, -1].float().softmax(-1).save()  # [V]
+    p, i = probs.topk(k)
+    return [f"{lm.tokenizer.decode([t])!r} {q:.2f}" for t, q in zip(i.tolist(), p.tolist())]  # noqa: B905
+
+
+ways = {
+    "clean": None,
+    "local SAE": lambda x: runs["local"].sae(x).x_hat,
+    "e2e SAE": lambda x: runs["e2e"].sae(x).x_hat,
+    "zero ablation": torch.zeros_like,
+}
+pd.DataFrame({name: top_next(f) for name, f in ways.items()}, index=[1, 2, 3, 4, 5])
+
+# %% [markdown]
+# With the reference paper sweep's SAEs at phi 1 (2M tokens, seed 0) both SAEs keep " his" on
+# top (0.91 local, 0.90 e2e, against 0.92 clean) and zero ablation loses it (" desk", 0.03): the
+# splice keeps this agreement whatever the SAE's explained variance. One prompt is an anecdote;
+# the held-out CE increase above is the measurement.
+
+# %% [markdown]
+# ## 5. What this run can say, and what it cannot
+#
+# **What it is.** One seed, `n_tokens` training tokens per SAE (the `default` preset: 400k, a
+# preview of a few minutes), both SAEs at one phi. It is **not converged**: on storyworld each
+# doubling of the budget, up to 16M tokens, still cuts a ReLU SAE's L0 by about a quarter
+# (LOG.md, "Probe: how many tokens?"; notebook 12). Read the table as what the two losses do to
+# an SAE, not as a test of the paper.
+#
+# **Why one phi is not the paper's test.** phi weighs the L1 penalty against the MSE for the
+# local SAE and against the KL for the e2e SAE: two losses on different scales, so one phi buys
+# the two SAEs different amounts of damage. Braun et al. compare the methods at a *matched CE
+# increase*, which needs a sweep over phi for each: notebook 05 runs it, and notebook 12 asks
+# whether its answer survives doubling the budget.
+
+# %%
 e, lo = table.loc["e2e"], table.loc["local"]
-v = dict(sparsity=sparsity, e=e, lo=lo, mse_ratio=e.mse / lo.mse, ratio_l0=e.l0 / lo.l0,
-         per_e=e.ce_increase / e.l0, per_lo=lo.ce_increase / lo.l0,
-         t_e2e=train_s["e2e"], t_local=train_s["local"])  # fmt: skip
-# verdicts from the numbers: two values within 5% of each other are called "about the same"
-v["l0_cmp"] = versus(e.l0, lo.l0, "fewer", "more")
-v["ce_cmp"] = versus(e.ce_increase, lo.ce_increase, "less", "more")
-v["ev_cmp"] = versus(e.explained_var, lo.explained_var, "less", "more")
-claim = v["l0_cmp"] == "fewer" and v["ce_cmp"] != "more"
-v["claim"] = "reproduces" if claim else "does not reproduce"
-v["dominates"] = (
-    "dominates" if e.l0 <= lo.l0 and e.ce_increase <= lo.ce_increase else "does not dominate"
-)
-display(
-    Markdown(
-        """
-At phi = {sparsity}, the e2e SAE keeps **{e.l0:.1f}** latents active per token ({e.alive:.0f}
-alive) against **{lo.l0:.1f}** ({lo.alive:.0f} alive) for the local SAE: **{l0_cmp}** active
-latents. Spliced in, it raises CE by **{e.ce_increase:.3f}** nats against the local SAE's
-**{lo.ce_increase:.3f}** ({ce_cmp} loss added; KL {e.kl:.3f} vs {lo.kl:.3f}), while it explains
-{e.explained_var:.1%} of the activation's variance against {lo.explained_var:.1%} ({ev_cmp};
-MSE {mse_ratio:.1f}x the local one).
+print(f"this run: seed {seed}, {n_tokens:,} training tokens per SAE, phi {sparsity:g}; training "
+      f"took {train_s['e2e']:.0f} s (e2e) and {train_s['local']:.0f} s (local)")  # fmt: skip
+pd.DataFrame({
+    "L0": [e.l0, lo.l0], "CE increase": [e.ce_increase, lo.ce_increase],
+    "CE increase per active latent": [e.ce_increase / e.l0, lo.ce_increase / lo.l0],
+    "explained variance": [e.explained_var, lo.explained_var],
+    "output norm / input norm": [e.l2_ratio, lo.l2_ratio],
+}, index=["e2e", "local"]).round(4)  # fmt: skip
 
-Braun et al.'s claim, "e2e needs fewer active latents for no more loss added", is read here as:
-e2e's L0 is more than 5% below local's, and its CE increase is not more than 5% above
-local's. This run **{claim}** it. In the (L0, CE increase) plane the e2e point {dominates}
-the local one. CE increase per active latent: e2e {per_e:.4f}, local {per_lo:.4f} nats. The
-e2e SAE's output norm is {e.l2_ratio:.2f} x its input's (local {lo.l2_ratio:.2f}). Training
-took {t_e2e:.0f} s (e2e) and {t_local:.0f} s (local).
-""".format(**v)
-    )
-)
+# %% [markdown]
+# Three things to look at in the table. What is said of them here holds in the reference run of
+# this notebook (`outputs/reference/02_e2e_sae/ref`, the `default` preset); a run at other
+# settings can differ.
+#
+# - **The e2e SAE explains much less of the activation** (under half of its variance, where the
+#   local SAE explains close to 90%) and still adds less CE. That is the paper's point in one
+#   line: much of the variance at this site lies in directions the later layers barely read,
+#   and only the local loss pays for them.
+# - **Its reconstruction is short**: its output norm is under half its input's, the local
+#   SAE's about 0.8. The KL does not ask for the right length along directions the model is
+#   insensitive to, and the L1 penalty pulls every latent down. e2e+ds (notebook 03) is meant to
+#   restore it; at our budgets it hardly does (0.41, against e2e's 0.32 and local's 0.85, in the
+#   2M-token paper sweep: LOG.md, the matched-budget paper sweep).
+# - **At phi 1 the two L0s are close while e2e adds about half the CE**: at this phi e2e sits
+#   lower in CE, not further left in L0. The sweep turns that into the paper's number, L0 at a
+#   matched CE increase, read here from the reference sweep:
+
+# %%
+paper_run = resolve("outputs/reference/05_pareto/paper")
+if (paper_run / "summary.json").exists():
+    ref = json.loads((paper_run / "summary.json").read_text())
+    r, seeds_ref = ref["l0_ratio"]["linear"], ref["seeds"]
+    print(f"L0(e2e) / L0(local) at CE +{ref['target_ce_increase']:.2f}: {r['mean']:.2f} "
+          f"[{r['lo']:.2f}, {r['hi']:.2f}] (95% interval over seeds {seeds_ref}; "
+          f"{paper_run.relative_to(resolve('.'))}); Braun et al. Table 2: 0.40")  # fmt: skip
+else:
+    print(f"{paper_run} is not here; `make reference` makes it (about an hour)")
 
 # %% [markdown]
 # ## 6. Fine-tuning the local SAE end to end

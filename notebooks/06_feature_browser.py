@@ -119,7 +119,7 @@ table = pd.DataFrame.from_dict(rows, orient="index")
 table.insert(0, "run", picked["run"])
 table.to_csv(out / "reports.csv")
 fig = plots.density_hist({m: r.density for m, r in reports.items()},
-                         path=out / "figures" / "density.png")  # fmt: skip
+                         path=out / "figures" / "density.png", n_tokens=n_tokens)  # fmt: skip
 table
 
 # %% [markdown]

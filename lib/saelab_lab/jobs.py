@@ -16,6 +16,7 @@ PAPER_ID = "paper"  # the long reference sweep and its studies (the `paper` pres
 HALF_ID = "paper-half"  # the paper sweep at half its token budget (`paper_half`)
 DOUBLING_ID = "doubling"  # local / e2e / e2e+ds near the target CE, 3 seeds, 2M tokens
 DOUBLING_HALF_ID = "doubling-half"  # its twin at 1M tokens
+ALIVE_ID = "alive32"  # local / e2e / e2e+ds at dict ratio 32: alive latents where they can die
 # What `regenerate` runs, in order: (notebook, preset, run id). 05_pareto is the main job's sweep;
 # the studies after it, under the same run id, read its SAEs (sae_run) when they declare that
 # parameter, at their own preset of that name where they have one, else `default`.
@@ -38,6 +39,7 @@ JOBS = (
     ("05_pareto", "doubling_half", DOUBLING_HALF_ID),
     ("05_pareto", "doubling", DOUBLING_ID),
     ("12_doubling", "doubling", DOUBLING_ID),
+    ("05_pareto", "alive32", ALIVE_ID),  # dict ratio 32, 2 seeds, 2M tokens (issue 30)
 )
 
 

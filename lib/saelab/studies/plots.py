@@ -284,9 +284,12 @@ def firing_frequency(lm, sae, data, n_tokens: int = 65_536, batch_size: int = 32
 
 
 def density_hist(freqs_by_name: dict[str, torch.Tensor], path=None,
-                 title: str = "Latent density: how often each latent fires"):  # fmt: skip
-    """Histogram of log10 firing frequency per SAE (step outlines in the method styles, so two
-    equal histograms stay visible); never-firing (dead) latents in the legend."""
+                 title: str = "Latent density: how often each latent fires",
+                 n_tokens: int | None = None):  # fmt: skip
+    """Histogram of log10 firing frequency `[d_sae]` per SAE (step outlines in the method
+    styles, so two equal histograms stay visible); the latents that never fired in this sample
+    (of `n_tokens` tokens) in the legend. Not called "dead": the evaluation's alive count uses
+    its own, usually longer window (`alive_tokens`), and the two numbers differ."""
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     logs = {n: torch.as_tensor(f).float() for n, f in freqs_by_name.items()}
     lows = [float(torch.log10(f[f > 0]).min()) for f in logs.values() if (f > 0).any()]
@@ -297,10 +300,10 @@ def density_hist(freqs_by_name: dict[str, torch.Tensor], path=None,
         counts, _ = np.histogram(torch.log10(f[f > 0]).numpy(), bins=bins)
         kw = line_kwargs(name)
         kw.pop("marker")
-        ax.stairs(counts, bins, label=f"{method_label(name)} ({dead}/{f.numel()} dead)",
+        ax.stairs(counts, bins, label=f"{method_label(name)} ({dead} of {f.numel()} never fired)",
                   linewidth=1.6, **kw)  # fmt: skip
     ax.set(xlabel="log10 firing frequency (fraction of tokens)", ylabel="latents", title=title)
-    ax.legend(title="SAE")
+    ax.legend(title=f"SAE, on {n_tokens:,} tokens" if n_tokens else "SAE")
     return _finish(fig, path)
 
 
