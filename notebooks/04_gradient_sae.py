@@ -258,7 +258,8 @@ for b in betas:
 sweep_runs = {b: runs["topk" if b == 0 else "g-sae" if b == beta else f"beta={b:g}"] for b in betas}
 sweep = pd.DataFrame([{"beta": b} | r.log[-1] for b, r in sweep_runs.items()]).sort_values("beta")
 sweep["nmse"] = 1 - sweep.explained_var
-fig = plots.metric_lines(sweep, "beta", METRICS, path=out / "figures" / "beta_sweep.png")
+fig = plots.metric_lines(sweep, "beta", METRICS, path=out / "figures" / "beta_sweep.png",
+                         title=f"Against beta, one run per beta (seed {seed})")  # fmt: skip
 sweep[["beta", *METRICS, "l0", "alive"]]
 
 # %% [markdown]

@@ -233,8 +233,11 @@ for b, folder, ls in (("half", resolve(half_run), ":"), ("full", resolve(sae_run
     ax.plot(t.tokens, smooth, ls, color=plots.line_kwargs(m)["color"], label=f"{b} budget")
     ax_lr.plot(t.tokens, t.lr, ls, color="grey")
 ax.set(ylabel="training loss (5-record mean)", title=f"{point}, seed {s0}: loss and rate")
+# log loss: the first 100k tokens fall from ~10 to ~0.5 and would flatten everything after them
+plots.log_if_spans(ax, "y", [v for line in ax.get_lines() for v in line.get_ydata()], 0.5)
 ax.legend()
 ax_lr.set(xlabel="training tokens", ylabel="lr")
+ax_lr.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v / 1e6:g}M"))
 fig.tight_layout()
 fig.savefig(out / "figures" / "schedule.png", dpi=120)
 

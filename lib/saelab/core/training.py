@@ -87,7 +87,8 @@ def compute_loss(lm, tokens, saes: dict[Site, SAE], cfg: TrainConfig, dead, acts
     exclude_positions`); the objective's KL is still over every position. `clean` (from
     `shared_clean_pass`) is a clean pass already run on `tokens`, shared by several SAEs. Returns
     (loss, logs, outs): the weighted sum of every term, `{name: unweighted value}` plus each
-    site's `mse` and `l0`, and site -> ForwardOutput at the kept positions.
+    site's `mse` (in the SAE's normalised units, whatever the objective; the evaluation's is in
+    raw units) and `l0`, and site -> ForwardOutput at the kept positions.
     """
     sites, obj = sort_sites(list(saes)), cfg.loss
     if acts is not None:
@@ -117,8 +118,9 @@ def compute_loss(lm, tokens, saes: dict[Site, SAE], cfg: TrainConfig, dead, acts
     loss = sum((coeff * value for coeff, value in terms.values()), torch.zeros(()))
     logs = {name: value.item() for name, (_, value) in terms.items()}
     for s in sites:
-        if f"{tag(s)}mse" not in logs:
-            logs[f"{tag(s)}mse"] = losses.mse_loss(outs[s].x_hat, inputs.acts[s]).item()
+        if f"{tag(s)}mse" not in logs:  # in the SAE's own units, as the local objective's term,
+            norm = saes[s].normalize  # so one training-curve panel compares every objective
+            logs[f"{tag(s)}mse"] = losses.mse_loss(norm(outs[s].x_hat), norm(inputs.acts[s])).item()
         logs[f"{tag(s)}l0"] = outs[s].stats()[1]
     return loss, logs, outs
 

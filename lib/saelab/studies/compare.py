@@ -96,26 +96,52 @@ def bracket(df: pd.DataFrame, methods, target: float, x: str = "ce_increase",
 
 
 def pareto_plot(df: pd.DataFrame, y: str = "ce_increase", xs=("l0", "alive"), path=None,
-                title: str | None = None):  # fmt: skip
+                title: str | None = None, seeds: pd.DataFrame | None = None,
+                target: float | None = None):  # fmt: skip
     """Braun et al. Fig. 1: `y` against each of `xs`, one line per method (sorted by x), in the
     methods' shared style (`saelab.studies.plots`). An axis whose values span a decade or more
-    is log-scaled (CE increase usually does); alive latents get integer ticks."""
+    is log-scaled (CE increase usually does); alive latents get integer ticks.
 
+    `df`: one row per setting (its seeds' mean); `seeds`: one row per run (with `point`), each
+    setting's range over its seeds drawn as whiskers in both directions; `target`: the matched
+    CE increase, a dotted line. An `alive` panel whose values all lie within 1% of each other is
+    left out (it would draw noise of one or two latents as a frontier) and the range is said
+    under the title instead."""
+    note = ""
+    if "alive" in xs and len(df) and df["alive"].max() <= 1.01 * df["alive"].min():
+        xs = tuple(x for x in xs if x != "alive")
+        note = (f"alive latents not plotted: every setting keeps {df['alive'].min():.0f}-"
+                f"{df['alive'].max():.0f} alive")  # fmt: skip
     fig, axes = plt.subplots(1, len(xs), figsize=(max(5.2 * len(xs), 6.4), 4.2), squeeze=False)
     kw = plots.style_kwargs(df["method"])
     for ax, x in zip(axes[0], xs, strict=True):
+        if seeds is not None and len(seeds):  # each setting's range over its seeds, both ways
+            for (m, _), g in seeds.groupby(["method", "point"]):
+                if m in set(df.method) and len(g) > 1:
+                    c, mx, my = plots.line_kwargs(m)["color"], g[x].mean(), g[y].mean()
+                    ax.plot([g[x].min(), g[x].max()], [my, my], color=c, lw=1, alpha=0.6)
+                    ax.plot([mx, mx], [g[y].min(), g[y].max()], color=c, lw=1, alpha=0.6)
         sns.lineplot(data=df.sort_values(x), x=x, y=y, hue="method", style="method",
-                     sort=False, estimator=None, ax=ax, markersize=7, **kw)  # fmt: skip
+                     sort=False, estimator=None, ax=ax, markersize=5, **kw)  # fmt: skip
+        if target is not None and target == target:
+            ax.axhline(target, color="0.35", linestyle=":", linewidth=1.2, zorder=0,
+                       label=f"matched at CE +{target:g}")  # fmt: skip
         xlabel = {"l0": "L0 (active latents per token)", "alive": "alive latents"}.get(x, x)
         ylabel = plots.LABELS.get(y, y)
         ax.set(xlabel=xlabel, ylabel=ylabel, title=f"{ylabel.split(' (')[0]} against {xlabel}")
-        plots.log_if_spans(ax, "x", df[x]) or plots.tidy_ticks(ax, "x", integer=x == "alive")
-        plots.log_if_spans(ax, "y", df[y]) or plots.tidy_ticks(ax, "y")
+        everything = pd.concat([df, seeds]) if seeds is not None else df
+        plots.log_if_spans(ax, "x", everything[x]) or plots.tidy_ticks(
+            ax, "x", integer=x == "alive"
+        )
+        plots.log_if_spans(ax, "y", everything[y]) or plots.tidy_ticks(ax, "y")
+        if ax is axes[0, 0]:
+            ax.legend(title="method" + (" (mean over seeds; whiskers: their range)"
+                                        if seeds is not None and len(seeds) else ""))  # fmt: skip
         plots.legend_labels(ax)
         if ax is not axes[0, 0] and ax.get_legend() is not None:
             ax.get_legend().remove()
     default = "Pareto frontiers: CE increase against sparsity (lower left is better)"
-    plots.titled(fig, title or default)
+    plots.titled(fig, (title or default) + (f"\n{note}" if note else ""))
     fig.tight_layout()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

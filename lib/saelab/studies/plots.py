@@ -135,6 +135,12 @@ def log_if_spans(ax, axis: str, values, decades: float = 1.0) -> bool:
         (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
         fmt = ticker.FuncFormatter(lambda v, _: f"{v:g}")
         a = ax.xaxis if axis == "x" else ax.yaxis
+        # labels at 1, 2 and 5 x 10^n over a span of a few decades: a log axis with one
+        # labelled tick cannot be read; over many decades the powers of ten alone
+        v = np.asarray(pd.Series(values).dropna(), dtype=float)
+        span = np.log10(v.max() / v.min()) if len(v) else 0.0
+        a.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0) if span < 3 else
+                                              (1.0,)))  # fmt: skip
         a.set_major_formatter(fmt)
         a.set_minor_formatter(ticker.NullFormatter())  # no "4x10^-1" labels crowding the axis
     return ok
@@ -195,9 +201,10 @@ def _finish(fig: plt.Figure, path: str | Path | None) -> plt.Figure:
 
 
 def _panels(n: int, width: float = 3.6, height: float = 3.0, max_cols: int = 8):
-    """`n` panels, at most `max_cols` to a row; unused panels of the last row are hidden."""
-    cols = min(n, max_cols)
-    rows = -(-n // cols)
+    """`n` panels in as few rows as `max_cols` allows, spread evenly over them (5 panels at most
+    4 to a row: 3 + 2, not 4 + 1); unused panels of the last row are hidden."""
+    rows = -(-n // max_cols)
+    cols = -(-n // rows)
     fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
@@ -248,23 +255,47 @@ def train_curves(log, keys=TRAIN_KEYS, path=None, title: str | None = None) -> p
     names = list(logs)
     multi = len(names) > 1
     fig, axes = _panels(len(panels), width=4.0, height=3.2, max_cols=4)
-    for i, (ax, (k, runs, t)) in enumerate(zip(axes, panels, strict=True)):
+    for ax, (k, runs, t) in zip(axes, panels, strict=True):
         sub = df[df.run.isin(runs)]
         kw = style_kwargs(runs) if multi else {}
         if multi:
             kw.pop("markers")
         sns.lineplot(data=sub, x="step", y=k, hue="run" if multi else None,
-                     style="run" if multi else None, ax=ax,
-                     legend="auto" if multi and (i == 0 or k == "loss") else False,
+                     style="run" if multi else None, ax=ax, legend="auto" if multi else False,
                      **kw)  # fmt: skip
         ax.set(ylabel=LABELS.get(k, k), title=t)
         if k == "l0" or not log_if_spans(ax, "y", sub[k], decades=1.0):
             tidy_ticks(ax, "y")
         tidy_ticks(ax, "x", integer=True)
-        legend_labels(ax)
+    if multi:  # one legend for the figure: every panel's lines in the same styles
+        shared_legend(fig, axes)
     runs_text = ", ".join(method_label(n) for n in names) if multi else ""
     titled(fig, title or "Training curves" + (f": {runs_text}" if runs_text else ""))
     return _finish(fig, path)
+
+
+def shared_legend(fig: plt.Figure, axes: list) -> None:
+    """Gather the entries of `axes`' legends into one (methods' display names), drawn in the
+    figure's first unused panel, else to the right of the last panel; the axes' own go."""
+    entries = {}
+    for ax in axes:
+        leg = ax.get_legend()
+        if leg is None:
+            continue
+        handles = getattr(leg, "legend_handles", None) or leg.legendHandles
+        for h, t in zip(handles, leg.get_texts(), strict=True):
+            entries.setdefault(method_label(t.get_text()), h)
+        leg.remove()
+    if not entries:
+        return
+    spare = [ax for ax in fig.axes if not ax.get_visible()]
+    if spare:
+        spare[0].set_visible(True)
+        spare[0].axis("off")
+        spare[0].legend(entries.values(), entries.keys(), title="run", loc="center")
+    else:
+        axes[-1].legend(entries.values(), entries.keys(), title="run", loc="upper left",
+                        bbox_to_anchor=(1.02, 1.0))  # fmt: skip
 
 
 def firing_frequency(lm, sae, data, n_tokens: int = 65_536, batch_size: int = 32) -> torch.Tensor:
@@ -360,14 +391,20 @@ def compare_bars(df: pd.DataFrame, metrics, hue: str = "run", x: str | None = No
 def metric_lines(df: pd.DataFrame, x: str, metrics, hue: str | None = None, path=None,
                  title: str | None = None):  # fmt: skip
     """One line panel per metric against `x` (e.g. a hyperparameter sweep); `hue` lines take
-    their method styles."""
+    their method styles. A metric that moves by under 10% of its size is drawn on an axis at
+    least that tall, so that noise does not look like a trend."""
     fig, axes = _panels(len(metrics), width=3.4, height=3.2)
     kw = dict(hue=hue, style=hue, **style_kwargs(df[hue])) if hue else dict(marker="o")
     for ax, m in zip(axes, metrics, strict=True):
         legend = "auto" if hue and ax is axes[0] else False
         sns.lineplot(data=df, x=x, y=m, ax=ax, legend=legend, **kw)
         ax.set(ylabel=LABELS.get(m, m), title=LABELS.get(m, m))
-        log_if_spans(ax, "y", df[m]) or tidy_ticks(ax, "y")
+        if not log_if_spans(ax, "y", df[m]):
+            lo, hi, mid = df[m].min(), df[m].max(), df[m].abs().mean()
+            if np.isfinite(mid) and mid > 0 and hi - lo < 0.1 * mid:
+                centre = (lo + hi) / 2
+                ax.set_ylim(centre - 0.06 * mid, centre + 0.06 * mid)
+            tidy_ticks(ax, "y")
         if hue:
             legend_labels(ax)
     titled(fig, title or f"{', '.join(LABELS.get(m, m) for m in metrics)} against {x}")
