@@ -157,7 +157,8 @@ summ_by = {s: steering.summarize(a, alphas, n_boot=n_boot, seed=seed) for s, a i
 ratios_by = {s: steering.ratio_table(a["g-sae"], a["topk"], alphas, n_boot=n_boot, seed=seed)
              for s, a in added_by.items()}  # fmt: skip
 added, summ, ratios = added_by[s0], summ_by[s0], ratios_by[s0]  # the first seed
-fig = steering.steering_plot(summ, ratios, path=out / "figures" / "steering.png")
+fig = steering.steering_plot(summ, ratios, path=out / "figures" / "steering.png",
+                             ratios_by_seed=ratios_by, seed=s0)  # fmt: skip
 
 # %%
 table = steering.wide_table(summ, ratios)

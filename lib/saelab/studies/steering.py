@@ -204,10 +204,12 @@ def ratio_table(
 
 
 def steering_plot(summary: pd.DataFrame, ratios: pd.DataFrame, path=None,
-                  title: str | None = None):  # fmt: skip
+                  title: str | None = None, ratios_by_seed: dict | None = None,
+                  seed: int | None = None):  # fmt: skip
     """Left: probability added against alpha per set of directions (95% CI bands), in the
-    methods' shared style; right: the g-SAE / TopK ratio against alpha with its CI and the
-    paper's 5x."""
+    methods' shared style, for one seed's SAEs (`seed`, named in the panel's title); right: the
+    g-SAE / TopK ratio against alpha with its CI and the paper's 5x: `ratios`, or one line per
+    seed of `ratios_by_seed` ({seed: ratio table}), so no seed is left out silently."""
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10.4, 4.0))
     for name in plots.method_order(summary["directions"]):
@@ -215,15 +217,20 @@ def steering_plot(summary: pd.DataFrame, ratios: pd.DataFrame, path=None,
         kw = plots.line_kwargs(name)
         ax.plot(g.alpha, g["mean"], label=plots.method_label(name), **kw)
         ax.fill_between(g.alpha, g.ci_lo, g.ci_hi, color=kw["color"], alpha=0.15)
+    which = f", seed {seed}" if seed is not None else ""
     ax.set(xscale="log", xlabel="alpha (x mean ||x|| at the site)",
            ylabel="probability added to assoc. tokens",
-           title="Probability added (mean over latents, 95% CI)")  # fmt: skip
+           title=f"Probability added (mean over latents, 95% CI{which})")  # fmt: skip
     if (summary["ci_lo"] > 0).all():  # the small alphas add orders of magnitude less
         ax.set_yscale("log")
     ax.legend(title="directions")
     g_colour = plots.PALETTE["gtopk"]
-    bx.plot(ratios.alpha, ratios.ratio, marker="o", color=g_colour, label="ours")
-    bx.fill_between(ratios.alpha, ratios.ci_lo, ratios.ci_hi, color=g_colour, alpha=0.2)
+    per_seed = ratios_by_seed or {seed: ratios}
+    for i, (s, r) in enumerate(per_seed.items()):
+        label = f"seed {s}" if ratios_by_seed else "ours"
+        bx.plot(r.alpha, r.ratio, marker="os^vD"[i % 5], color=g_colour, label=label,
+                alpha=1.0 if i == 0 else 0.7, linestyle=("-", "--", ":", "-.")[i % 4])  # fmt: skip
+        bx.fill_between(r.alpha, r.ci_lo, r.ci_hi, color=g_colour, alpha=0.2 / len(per_seed))
     bx.axhline(PAPER_RATIO, ls="--", color="grey", label=f"paper: > {PAPER_RATIO:g}")
     bx.axhline(1.0, ls=":", color="black", lw=0.8, label="equal (1)")
     bx.set(xscale="log", xlabel="alpha (x mean ||x|| at the site)", ylabel="g-SAE / TopK",
