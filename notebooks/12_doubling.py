@@ -44,7 +44,7 @@ import json
 
 import matplotlib.pyplot as plt
 import pandas as pd
-from IPython.display import Markdown, display
+from IPython.display import display
 
 from saelab.runs import notebook_out_dir, resolve
 from saelab.studies import compare, plots
@@ -171,7 +171,19 @@ for how, log_x in (("linear", False), ("log_ce", True)):
                                bracketed="")
                           | compare.settled(r_full / r_half - 1, tol))  # fmt: skip
 test = pd.DataFrame(tests + ratio_rows)
-show = ["result", "how", "half", "full", "mean", "lo", "hi", "verdict", "bracketed", "per_seed"]
+show = [
+    "result",
+    "how",
+    "half",
+    "full",
+    "mean",
+    "lo",
+    "hi",
+    "verdict",
+    "seeds_needed",
+    "bracketed",
+    "per_seed",
+]
 display(test[show].rename(columns={"mean": "change", "lo": "change lo", "hi": "change hi"})
         .round(4))  # fmt: skip
 
@@ -242,39 +254,44 @@ fig.tight_layout()
 fig.savefig(out / "figures" / "schedule.png", dpi=120)
 
 # %% [markdown]
-# **What we see.**
+# The test's numbers, each result on one line: its value at half and at full budget, the mean
+# change on doubling with its 95% t-interval over seeds, the verdict by the rule above, and how
+# many seeds would decide an undecided one if its mean and spread stayed as measured.
 
-# %% tags=["hide-input"]
+# %%
 
 
 def line(r):
     if r["n"] == 0:  # a sweep does not reach the target
-        return (f"{r['result']}: fewer than two seeds with both sweeps reaching this CE "
-                f"(**{r['verdict']}**)")  # fmt: skip
+        return f"{r['result']}: fewer than two seeds with both sweeps reaching this CE: undecided"
     ci = "" if r["n"] < 2 else f" [{r['lo']:+.1%}, {r['hi']:+.1%}]"
+    need = r.get("seeds_needed")
+    more = ("" if r["verdict"] != "undecided" else
+            f"; seeds to decide at this mean and SD: {need if need else 'over 1,000'}")  # fmt: skip
     return (f"{r['result']}: {r['half']:.3g} -> {r['full']:.3g}, change {r['mean']:+.1%}{ci} "
-            f"(**{r['verdict']}**)")  # fmt: skip
+            f"over {r['n']} seeds: {r['verdict']}{more}")  # fmt: skip
 
 
 lin = test[test.how == "linear"].to_dict("records")
-n_seeds = int(max(len(s) for s in budgets.seeds))
-verdict = (
-    f"Doubling the budget from {budgets.half.min():,} to {budgets.full.min():,} tokens per SAE, "
-    f"at CE +{target:.4f} (linear in CE, mean over the {n_seeds} seeds with its 95% "
-    f"t-interval; settled = the interval inside ±{tol:.0%}, fewer than two seeds: undecided): "
-    + "; ".join(line(r) for r in lin)
-    + ". "
-)
-moving = [r["result"] for r in lin
-          if r["result"].startswith("L0 ") and r["n"] and r["verdict"] != "settled"]  # fmt: skip
-ratios = [r for r in lin if "/" in r["result"]]
-if moving:
-    verdict += (f"So {', '.join(moving)} {'has' if len(moving) == 1 else 'have'} not been shown "
-                "to settle: the sweep's SAEs are not converged by this test. ")  # fmt: skip
-for r in (r for r in ratios if r["n"]):
-    verdict += (f"The claim {r['result']} is **{r['verdict']}** "
-                f"({r['half']:.2f} at half budget, {r['full']:.2f} at full). ")  # fmt: skip
-display(Markdown(verdict))
+verdict = (f"{budgets.half.min():,} -> {budgets.full.min():,} tokens per SAE, at CE "
+           f"+{target:.4f} (linear in CE; tolerance ±{tol:.0%}):\n"
+           + "\n".join(line(r) for r in lin))  # fmt: skip
+print(verdict)
+
+# %% [markdown]
+# **How to read it.** A single L0 that keeps moving says the SAEs have not converged; that was
+# expected (section 2) and is not the claim. The claims are the two ratios, and they can settle
+# while their parts move: if local and e2e both get a third sparser per doubling, their ratio
+# stays put. In the runs of this notebook so far (`outputs/reference/12_doubling/paper`, two
+# seeds; `.../doubling`, three seeds on the settings near the target):
+#
+# - L0(e2e+ds) / L0(local) does stay put: it settled at 0.47 on three seeds.
+# - L0(e2e) / L0(local) falls by about a tenth per doubling (0.44 -> 0.39 on three seeds), with
+#   the mean change (-11%) almost exactly on the rule's -10% edge. That is the case the rule
+#   handles worst: no number of seeds puts the interval on one side of an edge its mean sits on
+#   (the last column says how many it would take). A longer budget can decide it instead: a 4M
+#   sweep against the 2M one either keeps falling (moving) or levels off (settled).
+# - A one-seed preview has no interval: every result is undecided, whatever the numbers.
 
 # %%
 summary = dict(

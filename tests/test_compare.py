@@ -4,6 +4,7 @@ import math
 
 import pandas as pd
 import pytest
+from scipy import stats
 
 from saelab.studies import compare
 
@@ -110,3 +111,15 @@ def test_settled_reads_the_seed_interval_against_the_tolerance(changes, verdict)
     got = compare.settled(changes, tol=0.1)
     assert got["verdict"] == verdict and got["settled"] == (verdict == "settled")
     assert got["n"] == sum(1 for c in changes if c == c)
+
+
+def test_seeds_to_decide_is_the_first_n_whose_interval_clears_the_edge():
+    # 12_doubling/doubling's e2e ratio: -11.0% with SD 5.1 points over 3 seeds, 1 point past -10%
+    n = compare.seeds_to_decide(-0.110, 0.051, tol=0.1)
+    assert 90 <= n <= 110
+    half = stats.t.ppf(0.975, n - 1) * 0.051 / math.sqrt(n)
+    assert -0.110 + half <= -0.1 < -0.110 + stats.t.ppf(0.975, n - 2) * 0.051 / math.sqrt(n - 1)
+    assert compare.seeds_to_decide(-0.1, 0.05) is None  # a mean on the edge: no n decides
+    assert compare.seeds_to_decide(0.0, 0.01) == 2  # well inside: two seeds settle it
+    assert compare.settled([-0.0516, -0.1452, -0.1331])["seeds_needed"] > 50
+    assert compare.settled([0.05])["seeds_needed"] is None  # one seed: no spread to use

@@ -154,9 +154,10 @@ def test_notebook_runs_through_papermill(name, tmp_path, monkeypatch, request):
         results = {(r["result"], r["how"]) for r in s["doubling"]}
         assert ("L0(e2e) / L0(local)", "log_ce") in results and len(results) == 2 * 5
         assert all(r["verdict"] in ("settled", "moving", "undecided") for r in s["doubling"])
-        assert (out / "figures" / "frontiers.png").exists() and "Doubling the budget" in s[
+        assert (out / "figures" / "frontiers.png").exists() and "tokens per SAE, at CE" in s[
             "verdict"
         ]
+        assert all("seeds_needed" in r for r in s["doubling"])
     if name == "00_storyworld":
         m = json.loads((out / "metrics.json").read_text())
         assert m["train_tokens"] == 6 * 16 * 128 and m["vocab_size"] == 512

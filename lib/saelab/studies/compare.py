@@ -229,10 +229,11 @@ def settled(changes, tol: float = 0.1) -> dict:
 
     The verdict reads the 95% t-interval of the mean change over seeds (`seed_stats`):
     **settled** when it lies inside `(-tol, tol)`, **moving** when it lies wholly beyond `tol` on
-    one side, else **undecided** (the interval straddles `±tol`: more seeds would tell). Fewer
-    than two finite changes (one seed, or a sweep that misses the target) have no interval:
-    undecided. Returns `seed_stats`' `mean`, `sd`, `n`, `lo`, `hi`, `verdict` and `settled`
-    (verdict == "settled").
+    one side, else **undecided** (the interval straddles `±tol`). Fewer than two finite changes
+    (one seed, or a sweep that misses the target) have no interval: undecided. Returns
+    `seed_stats`' `mean`, `sd`, `n`, `lo`, `hi`, `verdict`, `settled` (verdict == "settled")
+    and `seeds_needed` (`seeds_to_decide`: how many seeds would decide it if the mean and SD
+    stayed as measured; None when not within 1,000, as for a mean on the edge).
     """
 
     st = seed_stats(changes)
@@ -244,4 +245,21 @@ def settled(changes, tol: float = 0.1) -> dict:
         verdict = "moving"
     else:
         verdict = "undecided"
-    return st | dict(verdict=verdict, settled=verdict == "settled")
+    needed = seeds_to_decide(st["mean"], st["sd"], tol) if st["n"] >= 2 else None
+    return st | dict(verdict=verdict, settled=verdict == "settled", seeds_needed=needed)
+
+
+def seeds_to_decide(mean: float, sd: float, tol: float = 0.1, most: int = 1000) -> int | None:
+    """The fewest seeds n (>= 2) whose 95% t-interval `mean ± t(0.975, n-1) * sd / sqrt(n)`
+    lies inside `(-tol, tol)` or wholly beyond `±tol` (the doubling test decides), if the mean
+    and SD stayed as measured; None if more than `most`. A mean close to `±tol` needs a great
+    many: more seeds are then not the way to decide it (a longer budget is)."""
+    from scipy import stats as st
+
+    if not (np.isfinite(mean) and np.isfinite(sd)):
+        return None
+    for n in range(2, most + 1):
+        half = st.t.ppf(0.975, n - 1) * sd / np.sqrt(n)
+        if -tol < mean - half and mean + half < tol or mean - half >= tol or mean + half <= -tol:
+            return n
+    return None
