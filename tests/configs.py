@@ -23,3 +23,20 @@ def config(**kw) -> sl.TrainConfig:
         loss=sl.objective(loss, **coeffs) if isinstance(loss, str) else loss,
         **train,
     )
+
+
+def killed_at(monkeypatch, n: int):
+    """Make the `n`-th call of `training.compute_loss` (the n-th step) raise KeyboardInterrupt,
+    as a kill would; returns the real function, to put back before resuming."""
+    from saelab.core import training as tr
+
+    real, calls = tr.compute_loss, {"n": 0}
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(tr, "compute_loss", dying)
+    return real

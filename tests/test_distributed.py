@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+from configs import killed_at
 
 import saelab as sl
 from saelab.core import distributed as dd
@@ -98,15 +99,7 @@ def test_torchrun_resumes_an_e2e_checkpoint(inputs, cache_env, tmp_path, monkeyp
     cfg = BASE | {"loss": "e2e"}
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     single = _single(inputs, cfg, tmp_path / "single")
-    real, calls = tr.compute_loss, {"n": 0}
-
-    def dying(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(tr, "compute_loss", dying)
+    real = killed_at(monkeypatch, 6)
     with pytest.raises(KeyboardInterrupt):
         _single(inputs, cfg, tmp_path / "ddp")
     monkeypatch.setattr(tr, "compute_loss", real)

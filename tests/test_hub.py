@@ -55,10 +55,13 @@ def fake_hub(monkeypatch):
                                               f"commit/{SHA}", "commitOid": SHA})  # fmt: skip
         return httpx2.Response(404, json={"error": f"not faked: {request.method} {path}"})
 
+    from huggingface_hub.utils import _http
+
+    real = _http._GLOBAL_CLIENT_FACTORY  # the client's own factory, restored after the test
     huggingface_hub.set_client_factory(
         lambda: httpx2.Client(transport=httpx2.MockTransport(answer)))  # fmt: skip
     yield sent
-    huggingface_hub.set_client_factory(httpx2.Client)
+    huggingface_hub.set_client_factory(real)
 
 
 def _committed(sent) -> dict[str, bytes]:
@@ -125,3 +128,13 @@ def test_bad_hub_addresses_are_refused_naming_the_form(run):
     with pytest.raises(ValueError, match=r"hf://org/repo/<the SAE's folder>"):
         sl.load_sae("hf://org/repo")
     assert hub.parse_hf("hf://org/repo@v2/a/b") == ("org/repo", "v2", "a/b")
+
+
+def test_a_multi_site_card_shows_each_saes_own_metrics(run):
+    final = {"ce_increase": 0.08, "kl": 0.09, "resid_pre.3/l0": 12.0, "resid_pre.4/l0": 30.0,
+             "resid_pre.3/mse": 0.1, "resid_pre.4/mse": 0.2}  # fmt: skip
+    saes = {"resid_pre.3": run.sae, "resid_pre.4": run.sae}
+    card = hub.model_card(saes, {s: final for s in saes}, REPO)
+    first, second = card.split("## `resid_pre.4`")
+    assert "l0 12," in first and "l0 30," in second and "mse 0.2" in second
+    assert "ce_increase (all 2 SAEs spliced) 0.08" in first

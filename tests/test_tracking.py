@@ -6,7 +6,7 @@ import struct
 import sys
 
 import pytest
-from configs import config
+from configs import config, killed_at
 
 from saelab.core import tracking
 from saelab.core import training as tr
@@ -79,6 +79,8 @@ def _wandb_run(run_dir):
 
 
 def _tensorboard(log_dir) -> dict[int, dict]:
+    """Every scalar TensorBoard's own reader shows, {step: {tag: value}}; a (tag, step) shown
+    twice (a resume that re-logged a record without purging) fails here."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
@@ -86,6 +88,7 @@ def _tensorboard(log_dir) -> dict[int, dict]:
     rows: dict[int, dict] = {}
     for tag in acc.Tags()["scalars"]:
         for ev in acc.Scalars(tag):
+            assert tag not in rows.get(ev.step, {}), f"{tag} at step {ev.step} twice"
             rows.setdefault(ev.step, {})[tag] = ev.value
     return rows
 
@@ -129,20 +132,13 @@ def test_a_sweep_is_one_tracked_run_per_sae_in_one_group(lm, data, tmp_path):
 
 def test_a_resumed_run_continues_the_same_tracked_run(lm, data, tmp_path, monkeypatch):
     cfg, out = _cfg(), tmp_path / "cut"
-    real, calls = tr.compute_loss, {"n": 0}
-
-    def dying(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 6:  # after the step-4 checkpoint
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
     opts = (tracking.WandB(mode="offline"), "tensorboard")
-    monkeypatch.setattr(tr, "compute_loss", dying)
+    real = killed_at(monkeypatch, 7)  # after the step-4 checkpoint and the step-6 record
     with pytest.raises(KeyboardInterrupt):
         tr.train(lm, data, cfg, out, progress=False, log_to=opts)
     monkeypatch.setattr(tr, "compute_loss", real)
     first = json.loads((out / tracking.TRACKING_FILE).read_text())["wandb"]
+    assert 6 in _wandb_history(next((out / "wandb").glob("offline-run-*")))  # logged, then cut
     tr.train(lm, data, cfg, out, resume=True, progress=False, log_to=opts)
     dirs = sorted((out / "wandb").glob("offline-run-*"))
     assert len(dirs) == 2 and {_wandb_run(d).run_id for d in dirs} == {first}
@@ -154,6 +150,38 @@ def test_a_resumed_run_continues_the_same_tracked_run(lm, data, tmp_path, monkey
             seen.setdefault(step, {}).update(row)
     _same(seen, _expected(out), rel=1e-9)
     _same(_tensorboard(out / "tensorboard"), _expected(out), rel=1e-6)
+
+
+def test_a_tracker_added_on_resume_gets_the_whole_run(lm, data, tmp_path, monkeypatch):
+    cfg, out = _cfg(), tmp_path / "cut"
+    real = killed_at(monkeypatch, 7)
+    with pytest.raises(KeyboardInterrupt):
+        tr.train(lm, data, cfg, out, progress=False, log_to="tensorboard")
+    monkeypatch.setattr(tr, "compute_loss", real)
+    assert not (out / tracking.TRACKING_FILE).exists()  # TensorBoard has no id to keep
+    tr.train(lm, data, cfg, out, resume=True, progress=False,
+             log_to=(tracking.WandB(mode="offline"), "tensorboard"))  # fmt: skip
+    (run_dir,) = (out / "wandb").glob("offline-run-*")
+    _same(_wandb_history(run_dir), _expected(out), rel=1e-9)  # replayed up to step 4, then live
+    _same(_tensorboard(out / "tensorboard"), _expected(out), rel=1e-6)
+
+
+def test_a_failing_tracker_is_dropped_and_training_goes_on(lm, data, tmp_path, monkeypatch):
+    real, calls = tracking._TensorBoardSink.log, {"n": 0}
+
+    def flaky(self, step, values):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("disk full")
+        return real(self, step, values)
+
+    monkeypatch.setattr(tracking._TensorBoardSink, "log", flaky)
+    opts = (tracking.WandB(mode="offline"), "tensorboard")
+    with pytest.warns(UserWarning, match="tensorboard failed .OSError: disk full"):
+        run = tr.train(lm, data, _cfg(), tmp_path / "r", progress=False, log_to=opts)
+    assert run.log[-1]["kind"] == "eval" and calls["n"] == 3  # dropped after its failure
+    (run_dir,) = (tmp_path / "r" / "wandb").glob("offline-run-*")
+    _same(_wandb_history(run_dir), _expected(tmp_path / "r"), rel=1e-9)  # W&B got everything
 
 
 def test_a_missing_tracker_names_its_extra_and_training_goes_on(lm, data, tmp_path, monkeypatch):
@@ -169,6 +197,8 @@ def test_bad_log_to_is_refused_before_training(lm, data, tmp_path, bad):
     with pytest.raises(ValueError, match="tracker"):
         tr.train(lm, data, _cfg(), tmp_path / "r", progress=False, log_to=bad)
     assert not (tmp_path / "r").exists()
+    with pytest.raises(ValueError, match=r"out_dir, or pass TensorBoard\(log_dir=...\)"):
+        tr.train(lm, data, _cfg(), None, progress=False, log_to="tensorboard")
 
 
 def test_scalars_name_each_number_by_its_record_kind():

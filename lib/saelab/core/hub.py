@@ -53,6 +53,8 @@ def push_to_hub(sae_or_run, repo_id: str, path_in_repo: str | None = None,
         lay_out(saes, metrics, root, repo_id, path_in_repo, allow_gtopk)
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if revision not in (None, "main"):  # a branch must exist before a commit to it
+            api.create_branch(repo_id, branch=revision, exist_ok=True, repo_type="model")
         message = commit_message or f"saelab: SAEs at {', '.join(saes)}"
         return api.upload_folder(repo_id=repo_id, folder_path=root, revision=revision,
                                  repo_type="model", commit_message=message)  # fmt: skip
@@ -134,8 +136,14 @@ def _sae_section(sae: SAE, site: str, sae_id: str, final: dict, repo_id: str) ->
             ("training tokens", f"{train['n_tokens']:,}" if "n_tokens" in train else "unknown"),
             ("data", (extra.get("data") or {}).get("source", "unknown"))]  # fmt: skip
     if final:
-        shown = [f"{k} {final[k]:.4g}" for k in CARD_METRICS
-                 if isinstance(final.get(k), int | float)]  # fmt: skip
+        # a multi-site run records each SAE's own metrics as "<site>/<key>"; the CE metrics
+        # without a site are of every SAE of the run spliced in together
+        own = {k: final[f"{site}/{k}"] for k in CARD_METRICS if f"{site}/{k}" in final}
+        joint = {k: final[k] for k in CARD_METRICS if k in final and k not in own}
+        if own:
+            joint = {f"{k} (all {len(saes_of(final))} SAEs spliced)": v for k, v in joint.items()}
+        shown = [f"{k} {v:.4g}" for k, v in (own | joint).items()
+                 if isinstance(v, int | float)]  # fmt: skip
         n = final.get("n_tokens")
         rows.append(("final metrics" + (f" ({n:,} held-out tokens)" if n else ""),
                      ", ".join(shown)))  # fmt: skip
@@ -147,6 +155,11 @@ def _sae_section(sae: SAE, site: str, sae_id: str, final: dict, repo_id: str) ->
             "import saelab as sl", f'sae = sl.load_sae("{HF_PREFIX}{repo_id}/{sae_id}")',
             "```", ""]  # fmt: skip
     return out
+
+
+def saes_of(final: dict) -> set[str]:
+    """The sites of a multi-site run's eval record (its "<site>/<key>" keys)."""
+    return {k.split("/")[0] for k in final if "/" in k and not k.startswith(("ds_", "alive_"))}
 
 
 def parse_hf(uri: str) -> tuple[str, str | None, str]:

@@ -37,11 +37,12 @@ TRACKING_FILE = "tracking.json"  # in the run folder: the tracked runs' ids, for
 class WandB:
     """Options of the W&B tracker (`log_to=(WandB(project="my-saes"),)`; `"wandb"` = defaults).
 
-    `mode`: "online", "offline" (no network: `wandb sync` uploads later) or "disabled"; None
-    takes `WANDB_MODE` from the environment, else online. `group`: the run's group (a sweep's
-    runs get their folder's parent name when None)."""
+    `mode`: "online", "offline" (no network: `wandb sync` uploads later), "disabled", or any
+    mode W&B accepts; None leaves it to W&B (`WANDB_MODE`, else online). `project`: None takes
+    `WANDB_PROJECT`, else "saelab". `group`: the run's group (a sweep's runs get their folders'
+    parent name when None)."""
 
-    project: str = "saelab"
+    project: str | None = None
     entity: str | None = None
     mode: str | None = None
     group: str | None = None
@@ -120,47 +121,75 @@ def _number(v) -> bool:
 
 
 class Tracked:
-    """The open trackers of one run: `log(rec)` each record, `close(ok)` at the end."""
+    """The open trackers of one run: `log(rec)` each record, `close(ok)` at the end. A tracker
+    that fails (a network error, a full disk) is dropped with a warning: training and
+    `metrics.jsonl` go on without it."""
 
     def __init__(self, sinks: list):
         self.sinks = sinks
 
-    def log(self, rec: dict) -> None:
+    def log(self, rec: dict, only_new: bool = False) -> None:
+        """Send `rec` to every tracker (`only_new`: to those that started a new tracked run,
+        which a resume replays the log to)."""
         values = scalars(rec)
         if values:
-            for sink in self.sinks:
-                sink.log(int(rec.get("step", 0)), values)
+            for sink in [s for s in self.sinks if not (only_new and s.continued)]:
+                self._guard(sink, "log", int(rec.get("step", 0)), values)
 
     def close(self, ok: bool = True) -> None:
-        for sink in self.sinks:
-            sink.close(ok)
+        for sink in list(self.sinks):
+            self._guard(sink, "close", ok)
+
+    def ids(self) -> dict[str, str]:
+        """{tracker: run id} of the trackers that have one (W&B), for `out/tracking.json`."""
+        return {s.name: s.run_id for s in self.sinks if getattr(s, "run_id", None)}
+
+    def _guard(self, sink, method: str, *args) -> None:
+        try:
+            getattr(sink, method)(*args)
+        except Exception as e:  # noqa: BLE001 - a tracker never stops training
+            self.sinks.remove(sink)
+            warnings.warn(f"{sink.name} failed ({type(e).__name__}: {e}) and is left out of "
+                          "the rest of this run; metrics.jsonl has every record",
+                          stacklevel=3)  # fmt: skip
 
     def __bool__(self) -> bool:
         return bool(self.sinks)
 
 
 def open_run(options: list, out: Path | None, name: str, config: dict, group: str | None,
-             resumed: bool) -> Tracked:  # fmt: skip
+             resumed: bool, resume_step: int = 0) -> Tracked:  # fmt: skip
     """Open each tracker of `options` for one run (folder `out`, display `name`, `config`, sweep
-    `group`). A resumed run reuses the ids saved in `out/tracking.json`. A tracker whose package
-    is not installed is skipped with a warning naming `pip install saelab[<extra>]`."""
-    saved = _read_ids(out) if out is not None else {}
+    `group`). A resumed run (`resume_step`: its checkpoint's step) continues the W&B run whose id
+    `out/tracking.json` holds, and TensorBoard's event files, dropping their records after
+    `resume_step`; a tracker with nothing to continue starts a new tracked run (`continued`
+    False: the caller replays the log to it). A tracker whose package is not installed, or that
+    fails to open, is left out with a warning (`pip install saelab[<extra>]` for the former)."""
+    saved = _read_ids(out) if out is not None and resumed else {}
     sinks = []
     for opt in options:
         try:
             if opt.name == "wandb":
-                sinks.append(_WandbSink(opt, out, name, config, group, saved.get("wandb"), resumed))
+                sinks.append(_WandbSink(opt, out, name, config, group, saved.get("wandb")))
             else:
-                sinks.append(_TensorBoardSink(opt, out, name, config))
+                sinks.append(_TensorBoardSink(opt, out, name, config, resumed, resume_step))
         except ModuleNotFoundError as e:
             warnings.warn(f"log_to={opt.name!r}: {e.name} is not installed, so this run is not "
                           f"sent to {opt.name} (metrics.jsonl has every record); install it with "
                           f"`pip install saelab[{opt.extra}]`", stacklevel=3)  # fmt: skip
-    ids = {s.name: s.run_id for s in sinks if getattr(s, "run_id", None)}
-    if out is not None and ids:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / TRACKING_FILE).write_text(json.dumps(_read_ids(out) | ids, indent=2) + "\n")
+        except Exception as e:  # noqa: BLE001 - auth, network: the run trains without it
+            warnings.warn(f"log_to={opt.name!r} could not start ({type(e).__name__}: {e}); this "
+                          "run is not sent there (metrics.jsonl has every record)",
+                          stacklevel=3)  # fmt: skip
     return Tracked(sinks)
+
+
+def save_ids(out: Path, tracked: Tracked) -> None:
+    """Record `tracked`'s run ids in `out/tracking.json`, for a resume to continue them; called
+    once the run's first step has succeeded, with its other files (`checkpoint.start_files`)."""
+    ids = tracked.ids()
+    if ids:
+        (out / TRACKING_FILE).write_text(json.dumps(_read_ids(out) | ids, indent=2) + "\n")
 
 
 def _read_ids(out: Path) -> dict:
@@ -177,17 +206,15 @@ def _read_ids(out: Path) -> dict:
 class _WandbSink:
     name = "wandb"
 
-    def __init__(self, opt: WandB, out, name, config, group, saved_id, resumed):
+    def __init__(self, opt: WandB, out, name, config, group, saved_id):
         import wandb
 
-        mode = opt.mode or os.environ.get("WANDB_MODE") or "online"
-        if mode not in ("online", "offline", "disabled"):
-            raise ValueError(f"W&B mode={mode!r} is not valid; choose 'online', 'offline' or "
-                             "'disabled'")  # fmt: skip
-        run_id = saved_id if resumed and saved_id else secrets.token_hex(6)  # W&B ids: [a-z0-9]
+        self.continued = saved_id is not None  # a resume continues the run of that id
+        run_id = saved_id or secrets.token_hex(6)  # W&B ids: [a-z0-9]
         self.run = wandb.init(
-            project=opt.project, entity=opt.entity, name=name, group=opt.group or group,
-            tags=list(opt.tags), config=config, id=run_id, resume="allow", mode=mode,
+            project=opt.project or os.environ.get("WANDB_PROJECT") or "saelab",
+            entity=opt.entity, name=name, group=opt.group or group, tags=list(opt.tags),
+            config=config, id=run_id, resume="allow", mode=opt.mode,
             dir=str(out) if out is not None else None, reinit="create_new",
             # W&B's capture of stdout would swallow the progress lines papermill runs print
             settings=wandb.Settings(console="off", silent=True),
@@ -206,16 +233,17 @@ class _WandbSink:
 class _TensorBoardSink:
     name = "tensorboard"
 
-    def __init__(self, opt: TensorBoard, out, name, config):
+    def __init__(self, opt: TensorBoard, out, name, config, resumed=False, resume_step=0):
         import tensorboard  # noqa: F401  (torch's writer needs it; its absence is named here)
         from torch.utils.tensorboard import SummaryWriter
 
-        if opt.log_dir is None and out is None:
-            raise ValueError("log_to='tensorboard' needs an out_dir or "
-                             "TensorBoard(log_dir=...)")  # fmt: skip
         log_dir = Path(opt.log_dir) / name if opt.log_dir else Path(out) / "tensorboard"
-        self.writer = SummaryWriter(str(log_dir))
-        self.writer.add_text("config", "```\n" + json.dumps(config, indent=2) + "\n```")
+        self.continued = resumed and log_dir.is_dir()
+        # on resume, the stopped run's records after its checkpoint are purged, not shown twice
+        purge = resume_step + 1 if self.continued else None
+        self.writer = SummaryWriter(str(log_dir), purge_step=purge)
+        if not self.continued:
+            self.writer.add_text("config", "```\n" + json.dumps(config, indent=2) + "\n```")
 
     def log(self, step: int, values: dict) -> None:
         for tag, v in values.items():

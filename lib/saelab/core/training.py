@@ -280,9 +280,11 @@ def loop(ctx: Context, members: list[Member], start: int, progress: bool) -> Non
 
 
 def begin(ctx: Context, m: Member) -> None:
-    """Write `m`'s run files (`checkpoint.start_files`), once."""
+    """Write `m`'s run files (`checkpoint.start_files`, and its tracked runs' ids), once."""
     if m.out is not None:
         start_files(m.out, m.cfg, m.state.log, ctx.data_record, ctx.overwrite)
+        if m.tracked:
+            tracking.save_ids(m.out, m.tracked)
     m.started = True
 
 
@@ -342,6 +344,9 @@ def train_many(lm, data, cfgs: list[TrainConfig], out_dirs: list | None = None,
     out_dirs = list(out_dirs) if out_dirs is not None else [None] * len(cfgs)
     check_sweep(cfgs, out_dirs)
     options = tracking.trackers(log_to)  # bad names refused before any work
+    if any(o.name == "tensorboard" and o.log_dir is None for o in options) and None in out_dirs:
+        raise ValueError("log_to='tensorboard' writes to <out_dir>/tensorboard: give every run "
+                         "an out_dir, or pass TensorBoard(log_dir=...)")  # fmt: skip
     with ExitStack() as held:  # one writer per out_dir (rank 0 writes): core/locks.py
         for out in out_dirs if ranks.world().main else []:
             if out is not None:
@@ -358,9 +363,9 @@ def _sweep(lm, data, cfgs, out_dirs, resume, eval_data, progress, overwrite,
     if len(steps) > 1:
         raise CheckpointError(f"the sweep's checkpoints stand at different steps {sorted(steps)}; "
                               "resume its runs separately with train()")  # fmt: skip
-    if options and ctx.world.main:  # only rank 0 tracks, as only rank 0 writes
-        track(ctx, members, out_dirs, options)
     try:
+        if options and ctx.world.main:  # only rank 0 tracks, as only rank 0 writes
+            track(ctx, members, out_dirs, options)
         for m in members:
             for sae in m.state.saes.values():
                 sae.train()
@@ -398,8 +403,9 @@ def _sweep(lm, data, cfgs, out_dirs, resume, eval_data, progress, overwrite,
 def track(ctx: Context, members: list[Member], out_dirs: list, options: list) -> None:
     """Open each member's tracked runs (`saelab.core.tracking`): named by its folder, grouped
     by the folders' parent when a sweep has several, with its config, data and model. A resumed
-    member continues its tracked runs; a fresh one sends the records it holds already (the
-    activation scale, the decoder bias)."""
+    member continues its tracked runs; a tracker with no run to continue (a fresh run, or one
+    added on resume) gets the records the member holds already (the activation scale, the
+    decoder bias, and on resume everything up to the checkpoint)."""
     outs = [Path(o) if o is not None else None for o in out_dirs]
     parents = {o.parent.name for o in outs if o is not None}
     group = (parents.pop() if len(parents) == 1 else f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -409,10 +415,9 @@ def track(ctx: Context, members: list[Member], out_dirs: list, options: list) ->
         name = out.name if out is not None else f"{m.cfg.loss.name}-{m.cfg.sae.architecture}-{i}"
         config = m.cfg.to_dict() | {"data": ctx.data_record, "model": facts}
         resumed = m.last_ckpt is not None  # restored from its checkpoint (`setup.member`)
-        m.tracked = tracking.open_run(options, out, name, config, group, resumed)
-        if not resumed:
-            for rec in m.state.log:
-                m.tracked.log(rec)
+        m.tracked = tracking.open_run(options, out, name, config, group, resumed, m.state.step)
+        for rec in m.state.log:  # what a new tracked run has not seen (a resumed one has)
+            m.tracked.log(rec, only_new=True)
 
 
 def _evaluated(m: Member) -> bool:

@@ -108,7 +108,7 @@ def pareto_plot(df: pd.DataFrame, y: str = "ce_increase", xs=("l0", "alive"), pa
     left out (it would draw noise of one or two latents as a frontier) and the range is said
     under the title instead."""
     note = ""
-    if "alive" in xs and len(df) and df["alive"].max() <= 1.01 * df["alive"].min():
+    if len(xs) > 1 and "alive" in xs and len(df) and df["alive"].max() <= 1.01 * df["alive"].min():
         xs = tuple(x for x in xs if x != "alive")
         note = (f"alive latents not plotted: every setting keeps {df['alive'].min():.0f}-"
                 f"{df['alive'].max():.0f} alive")  # fmt: skip

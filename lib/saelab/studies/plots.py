@@ -176,7 +176,7 @@ def titled(fig: plt.Figure, title: str) -> plt.Figure:
 TRAIN_KEYS = ("loss", "mse", "kl", "ds_mse", "l0")
 LABELS = {
     "loss": "training loss",
-    "mse": "MSE at the site",
+    "mse": "MSE at the site",  # training curves: the SAE's normalised units; evaluations: raw
     "kl": "KL(P_clean || P_sae)",
     "ds_mse": "downstream error",
     "l0": "L0 (active latents / token)",
@@ -282,7 +282,7 @@ def shared_legend(fig: plt.Figure, axes: list) -> None:
         leg = ax.get_legend()
         if leg is None:
             continue
-        handles = getattr(leg, "legend_handles", None) or leg.legendHandles
+        handles = getattr(leg, "legend_handles", None) or getattr(leg, "legendHandles", [])
         for h, t in zip(handles, leg.get_texts(), strict=True):
             entries.setdefault(method_label(t.get_text()), h)
         leg.remove()
