@@ -115,11 +115,12 @@ def model_card(saes: dict[str, SAE], metrics: dict[str, dict], repo_id: str,
               ""]  # fmt: skip
     for site, sae in saes.items():
         sae_id = f"{prefix}/{site}" if prefix and prefix != "." else site
-        lines += _sae_section(sae, site, sae_id, metrics.get(site, {}), repo_id)
+        lines += _sae_section(sae, site, sae_id, metrics.get(site, {}), repo_id, len(saes))
     return "\n".join(lines) + "\n"
 
 
-def _sae_section(sae: SAE, site: str, sae_id: str, final: dict, repo_id: str) -> list[str]:
+def _sae_section(sae: SAE, site: str, sae_id: str, final: dict, repo_id: str,
+                 n_saes: int = 1) -> list[str]:  # fmt: skip
     cfg, extra = sae.cfg, getattr(sae, "extra", None) or {}
     train = extra.get("train_config") or {}
     loss = train.get("loss") or {}
@@ -141,7 +142,7 @@ def _sae_section(sae: SAE, site: str, sae_id: str, final: dict, repo_id: str) ->
         own = {k: final[f"{site}/{k}"] for k in CARD_METRICS if f"{site}/{k}" in final}
         joint = {k: final[k] for k in CARD_METRICS if k in final and k not in own}
         if own:
-            joint = {f"{k} (all {len(saes_of(final))} SAEs spliced)": v for k, v in joint.items()}
+            joint = {f"{k} (all {n_saes} SAEs spliced)": v for k, v in joint.items()}
         shown = [f"{k} {v:.4g}" for k, v in (own | joint).items()
                  if isinstance(v, int | float)]  # fmt: skip
         n = final.get("n_tokens")
@@ -155,11 +156,6 @@ def _sae_section(sae: SAE, site: str, sae_id: str, final: dict, repo_id: str) ->
             "import saelab as sl", f'sae = sl.load_sae("{HF_PREFIX}{repo_id}/{sae_id}")',
             "```", ""]  # fmt: skip
     return out
-
-
-def saes_of(final: dict) -> set[str]:
-    """The sites of a multi-site run's eval record (its "<site>/<key>" keys)."""
-    return {k.split("/")[0] for k in final if "/" in k and not k.startswith(("ds_", "alive_"))}
 
 
 def parse_hf(uri: str) -> tuple[str, str | None, str]:
