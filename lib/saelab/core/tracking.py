@@ -217,7 +217,7 @@ class _WandbSink:
             config=config, id=run_id, resume="allow", mode=opt.mode,
             dir=str(out) if out is not None else None, reinit="create_new",
             # W&B's capture of stdout would swallow the progress lines papermill runs print
-            settings=wandb.Settings(console="off", silent=True),
+            settings=wandb.Settings(console="off", silent=True, **_flush_often(wandb)),
         )  # fmt: skip
         self.run.define_metric("step")
         self.run.define_metric("*", step_metric="step")
@@ -228,6 +228,13 @@ class _WandbSink:
 
     def close(self, ok: bool) -> None:
         self.run.finish(exit_code=0 if ok else 1)
+
+
+def _flush_often(wandb) -> dict:
+    """W&B writes its run file every 15 s by default; a run shorter than that finished with an
+    empty offline file here (wandb 0.31, LOG.md 2026-12-04), so flush every half second."""
+    field = "x_transaction_log_flush_interval"
+    return {field: 0.5} if field in getattr(wandb.Settings, "model_fields", {}) else {}
 
 
 class _TensorBoardSink:
