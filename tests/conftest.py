@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 
 import pytest
 
@@ -74,3 +76,23 @@ def nbdir(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runs, "NOTEBOOKS", d)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's chromium on PATH, installed with apt-get (as root) when missing; else skip."""
+    for name in ("chromium", "chromium-browser"):
+        if shutil.which(name):
+            return shutil.which(name)
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("chromium not on PATH and we cannot apt-get install it (not root)")
+    try:
+        subprocess.run("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install "
+                       "-y -qq chromium", shell=True,
+                       check=True, timeout=180, capture_output=True)  # fmt: skip
+    except (subprocess.SubprocessError, OSError) as e:
+        pytest.skip(f"could not install chromium with apt-get: {e}")
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found:
+        pytest.skip("apt-get ran but no chromium on PATH")
+    return found

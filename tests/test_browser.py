@@ -7,8 +7,6 @@ search has a known answer. Expected values are computed directly from the activa
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from html.parser import HTMLParser
 
@@ -210,26 +208,6 @@ def test_choose_latents(browser):
 
 
 # --- a real render in headless Chromium -------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    """Debian's chromium on PATH, installed with apt-get (as root) when missing; else skip."""
-    for name in ("chromium", "chromium-browser"):
-        if shutil.which(name):
-            return shutil.which(name)
-    if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("chromium not on PATH and we cannot apt-get install it (not root)")
-    try:
-        subprocess.run("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install "
-                       "-y -qq chromium", shell=True,
-                       check=True, timeout=180, capture_output=True)  # fmt: skip
-    except (subprocess.SubprocessError, OSError) as e:
-        pytest.skip(f"could not install chromium with apt-get: {e}")
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not found:
-        pytest.skip("apt-get ran but no chromium on PATH")
-    return found
 
 
 def test_exported_html_renders_in_headless_chromium(browser, chromium, tmp_path):

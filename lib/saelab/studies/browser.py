@@ -69,6 +69,8 @@ class LatentReport:
     precision: Tensor | None = None  # [d, C] P(concept | fires)
     recall: Tensor | None = None  # [d, C] P(fires | concept)
     f1: Tensor | None = None  # [d, C] harmonic mean of the two
+    logit_hist: Tensor | None = None  # [d, n_bins] counts of its logit effects over the vocab
+    logit_range: Tensor | None = None  # [d, 2] min and max of those effects (the bins' span)
     extra: dict = field(default_factory=dict)  # free-form provenance (run, method, ...)
 
     @property
@@ -159,6 +161,19 @@ def act_histograms(flat: Tensor, max_act: Tensor, n_bins: int = 24) -> Tensor:
     return torch.bincount(j * n_bins + b, minlength=d * n_bins).reshape(d, n_bins)
 
 
+def logit_histograms(effects: Tensor, n_bins: int = 24) -> tuple[Tensor, Tensor]:
+    """Counts `[d, n_bins]` of each latent's direct logit effects `effects [d, V]` in equal bins
+    of its own [min, max], and those ranges `[d, 2]` (Neuronpedia's logit histogram, written by
+    `neuronpedia.py`)."""
+    lo, hi = effects.min(1).values, effects.max(1).values
+    span = (hi - lo).clamp(min=1e-12)
+    b = ((effects - lo[:, None]) / span[:, None] * n_bins).long().clamp_(0, n_bins - 1)
+    d = effects.shape[0]
+    rows = torch.arange(d)[:, None] * n_bins
+    counts = torch.bincount((rows + b).flatten(), minlength=d * n_bins).reshape(d, n_bins)
+    return counts, torch.stack([lo, hi], 1)
+
+
 def concept_match(
     fires: Tensor, concepts: Tensor, chunk: int = 8192
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -198,6 +213,7 @@ def report_from_activations(
     up, down = effects.topk(n, dim=-1), effects.topk(n, dim=-1, largest=False)
     logit_ids = torch.stack([up.indices, down.indices], 1)
     logit_vals = torch.stack([up.values, down.values], 1)
+    logit_hist, logit_range = logit_histograms(effects, n_bins)
     vocab = decode_vocab(lm.tokenizer, torch.cat([ctx_ids.flatten(), logit_ids.flatten()]))
     names = precision = recall = f1 = None
     if acts.labels is not None:
@@ -212,7 +228,7 @@ def report_from_activations(
         max_act=max_act, mean_act=mean_act, hist=act_histograms(flat, max_act, n_bins),
         ctx_ids=ctx_ids, ctx_acts=ctx_acts, before=before, logit_ids=logit_ids,
         logit_vals=logit_vals, vocab=vocab, concept_names=names, precision=precision,
-        recall=recall, f1=f1,
+        recall=recall, f1=f1, logit_hist=logit_hist, logit_range=logit_range,
     )  # fmt: skip
 
 
