@@ -29,6 +29,18 @@
 # once on the held-out tokens), `explained_var = 1 - SSE / SS(x - mean x)`, `ce_increase = CE(SAE) -
 # CE(clean)`, and `ce_loss_score = (CE_zero - CE_SAE) / (CE_zero - CE_clean)`: the fraction of the
 # loss that zero-ablating the site costs which the SAE recovers.
+#
+# > **What this run is.** At the `default` preset: one seed, 600k training tokens, one phi, a
+# > preview of about a minute on a laptop CPU. It is **not converged** (notebook 12) and shows
+# > the mechanism, not a result. The comparison the paper makes, local against e2e at matched CE
+# > increase, lives in notebook 05: in its `paper` run (2M tokens, 2 seeds) e2e needs
+# > 0.39 [0.24, 0.54] times local's L0 at CE +0.06, against Braun et al.'s 0.40.
+#
+# **Sections.** 1 model and data · 2 one step by hand, with two exercises (10 min) · 3 a few
+# steps of the training loop by hand, checked against `sl.train` (exercise, 15 min) · 4 training
+# · 5 evaluation · 6 latent density · 7 what this run is, and two ways of scoring it · 8 three
+# latents. The exercises are optional: each has a spec, a folded solution (click the cell's
+# margin to unfold it) and a check; papermill runs the solutions.
 
 # %% tags=["parameters"]
 model: str = "storyworld"  # frozen LM: "storyworld", a hub id such as "gpt2", or a local HF dir
@@ -51,8 +63,14 @@ sae_options: dict = {}  # any other SAEConfig field, e.g. {"pre_subtract_b_dec":
 log_to: list = []  # trackers that also get every record: "wandb", "tensorboard" (docs/interop.md)
 out_dir: str = "outputs/01_local_sae/interactive-{time}"  # run folder (saelab.runs sets it)
 
+# %% [markdown]
+# **Setup** (no need to read): imports, the run folder, and the training configs built from the
+# parameters above.
+
 # %%
+import dataclasses
 import json
+import math
 import time
 
 import pandas as pd
@@ -63,7 +81,7 @@ from IPython.display import HTML, display
 import saelab as sl
 from saelab.core.models import get_site
 from saelab.core.passes import sae_input, sae_positions
-from saelab.core.setup import estimate_act_scales
+from saelab.core.setup import estimate_act_scales, excluded_tokens
 from saelab.core.training import compute_loss
 from saelab.runs import notebook_out_dir, resolve_input
 from saelab.studies import browser, plots
@@ -123,8 +141,19 @@ estimate_act_scales(lm, train_data, {S: sae}, keep, batch_size)
 tokens = train_data.tokens[:batch_size].to(lm.device)  # [B, T]
 
 # %% [markdown]
-# Read the residual stream at the site inside a trace; `get_site` names the same module on GPT-2,
-# Llama, Pythia or Gemma. Keep the positions the SAE trains on and scale them.
+# Read the residual stream at the site inside an nnsight trace. Three things about `lm.trace`
+# that trip people up the first time:
+#
+# - inside the `with` block nothing has run yet: `get_site(lm, site)` (the output of the right
+#   module, whatever the model family: GPT-2, Llama, Pythia or Gemma) is a placeholder for a value
+#   the forward pass will produce;
+# - `.save()` asks nnsight to keep that value; after the block, `x` is a real tensor. A value not
+#   saved is gone when the block exits;
+# - the block follows the forward pass, so read (or write) sites in the order the model reaches
+#   them (nnsight raises `OutOfOrderError` otherwise). Notebook 04 adds the backward pass, where
+#   gradients arrive in the reverse order.
+#
+# Then keep the positions the SAE trains on and scale them.
 
 # %%
 with torch.no_grad(), lm.trace(tokens):
@@ -136,25 +165,61 @@ print(f"x {tuple(x.shape)} -> x_in {tuple(x_in.shape)}; mean ||x_in|| = "
       f"{x_in.norm(dim=-1).mean():.2f} (sqrt(d_in) = {x_in.shape[-1] ** 0.5:.2f})")  # fmt: skip
 
 # %% [markdown]
-# The forward pass: encoder, ReLU, and the decoder with its rows normalised *inside* the pass.
+# **Exercise 1 · the forward pass** (●○○, 5 min). Write `sae_forward(x_in, sae) -> (c, x_hat)`
+# for `x_in [B, T', d_in]`: the latents `c = ReLU(x_in W_enc + b_enc)` `[B, T', d_sae]` and the
+# reconstruction `x_hat = c normalize(W_dec) + b_dec` `[B, T', d_in]`, where `W_dec [d_sae,
+# d_in]` has its rows scaled to unit length inside the pass. If `sae.cfg.pre_subtract_b_dec`
+# (off by default), subtract `b_dec` from `x_in` before encoding.
+#
+# <details><summary>Hint</summary><code>F.normalize(W, dim=-1)</code> scales each row of
+# <code>W</code> to unit norm, and keeps the gradient flowing through the division.</details>
+#
+# The folded cell below is the solution; write yours in the cell after it (it replaces the
+# solution) and run the check two cells further on.
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+def sae_forward(x_in, sae):
+    """Solution: encoder, ReLU, and the decoder with its rows normalised inside the pass."""
+    x_enc = x_in - sae.b_dec if sae.cfg.pre_subtract_b_dec else x_in
+    c = torch.relu(x_enc @ sae.W_enc + sae.b_enc)  # [B, T', d_sae]
+    D = F.normalize(sae.W_dec, dim=-1)  # unit-norm dictionary rows [d_sae, d_in]
+    return c, c @ D + sae.b_dec  # x_hat [B, T', d_in], in the SAE's (scaled) units
+
 
 # %%
-x_enc = x_in - sae.b_dec if sae.cfg.pre_subtract_b_dec else x_in  # default: no pre-subtraction
-c = torch.relu(x_enc @ sae.W_enc + sae.b_enc)  # [B, T', d_sae]
-D = F.normalize(sae.W_dec, dim=-1)  # unit-norm dictionary rows [d_sae, d_in]
-x_hat = c @ D + sae.b_dec  # [B, T', d_in], in the SAE's (scaled) units
+# Your version (uncomment and fill in):
+# def sae_forward(x_in, sae):
+#     ...
+#     return c, x_hat
 
 # %% [markdown]
-# The loss: MSE over elements, plus `phi` times the L1 norm per token over `d_in`.
+# **Exercise 2 · the loss** (●○○, 5 min). Write `local_loss(x_in, c, x_hat, phi) -> (loss, mse,
+# l1)`: `mse` the mean over every element of `(x_hat - x_in)^2`, `l1` the L1 norm of `c` over
+# its last dimension, averaged over tokens and divided by `d_in`, and `loss = mse + phi * l1`.
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+def local_loss(x_in, c, x_hat, phi):
+    """Solution: MSE over elements, plus phi times the per-token L1 norm over d_in."""
+    mse = (x_hat - x_in).pow(2).mean()
+    l1 = c.norm(p=1, dim=-1).mean() / x_in.shape[-1]
+    return mse + phi * l1, mse, l1
+
 
 # %%
-mse = (x_hat - x_in).pow(2).mean()
-l1 = c.norm(p=sae.cfg.sparsity_p, dim=-1).mean() / x_in.shape[-1]  # p = 1 by default
-loss_hand = mse + sparsity * l1
+# Your version (uncomment and fill in):
+# def local_loss(x_in, c, x_hat, phi):
+#     ...
+#     return loss, mse, l1
+
+# %%
+c, x_hat = sae_forward(x_in, sae)
+loss_hand, mse, l1 = local_loss(x_in, c, x_hat, sparsity)
 
 # %% [markdown]
-# The library's step on the same batch and the same SAE (`saelab.core.training.compute_loss`, no
-# latent dead yet):
+# **The check**: the library's step on the same batch and the same SAE
+# (`saelab.core.training.compute_loss`, no latent dead yet) gives the same three numbers.
 
 # %%
 dead = {S: torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=lm.device)}
@@ -166,7 +231,89 @@ print(check.to_string(float_format="{:.7f}".format))
 assert abs(loss_hand.item() - loss_lib.item()) < 1e-5, check
 
 # %% [markdown]
-# ## 3. Training
+# ## 3. A few steps of the training loop by hand
+#
+# **Exercise 3 · the loop** (●●○, 15 min). Write `train_by_hand(n_steps, warmup)` that trains a
+# fresh SAE for `n_steps` steps the way `sl.train` does, and returns it:
+#
+# 1. the same start: `torch.manual_seed(seed)`, then the SAE from `cfg_short.sae_config`, then
+#    `estimate_act_scales` on the training rows, special tokens left out (step 4);
+# 2. `torch.optim.Adam(sae.parameters(), lr=lr)`; before step `t`, set the learning rate to
+#    `lr * (t + 1) / warmup` during warmup, then a cosine from `lr` down to `0.1 * lr` at the last
+#    step (`min_frac + (1 - min_frac) * (1 + cos(pi * s)) / 2` times `lr`, `s` going 0 -> 1
+#    after warmup);
+# 3. batches in `sl.train`'s order: `train_data.batches(batch_size, shuffle=True, seed=seed)`;
+# 4. the SAE sees the positions `keep` (all but BOS) less any special token (storyworld's rows
+#    hold `<|endoftext|>` between stories; `excluded_tokens` lists the ids): a bool mask `[B,
+#    T]`, the activations `x[mask] [N, d_in]`, scaled by `sae.act_scale`;
+# 5. the loss of exercises 1 and 2, `backward`, clip the global gradient norm at 10 (a guard
+#    against rare spikes), `opt.step()`.
+#
+# Nothing is done to the decoder between steps, and that is a choice worth seeing. Braun et al.
+# (e2e_sae) normalise the rows of `W_dec` *inside* the forward pass, so the gradient reaches
+# `W_dec` through the normalisation: the derivative of `W / ||W||` has no component along `W`,
+# so the loss cannot pull a row longer or shorter, and its stored length drifts harmlessly. The
+# TopK SAEs of Gao et al. 2024 store unit rows instead and, after every step, remove the gradient
+# along each row and scale the rows back to unit length; notebook 04 writes that loop. The check
+# trains the same SAE with `sl.train` and compares every weight.
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+def train_by_hand(n_steps, warmup):
+    """Solution: sl.train's loop for a local ReLU SAE, written out."""
+    torch.manual_seed(seed)
+    sae = sl.SAE.from_config(cfg_short.sae_config(site, info["d_model"])).to(lm.device)
+    special = torch.tensor(excluded_tokens(cfg.exclude_tokens, lm, None), device=lm.device)
+    estimate_act_scales(lm, train_data, {S: sae}, keep, batch_size, special=special)
+    opt = torch.optim.Adam(sae.parameters(), lr=lr)
+    order = train_data.batches(batch_size, shuffle=True, seed=seed)
+    for t in range(n_steps):
+        s = min(1.0, (t - warmup) / max(1, n_steps - warmup))
+        cosine = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s))
+        for group in opt.param_groups:
+            group["lr"] = lr * (t + 1) / warmup if t < warmup else lr * cosine
+        tokens = next(order).to(lm.device)  # [B, T]
+        mask = torch.zeros(tokens.shape, dtype=torch.bool, device=lm.device)  # [B, T]
+        mask[:, keep] = True  # every position but BOS...
+        mask &= ~torch.isin(tokens, special)  # ...and no special token anywhere in a row
+        with torch.no_grad(), lm.trace(tokens):
+            x = get_site(lm, site).save()
+        x_in = x[mask].float() * sae.act_scale  # [N, d_in]
+        c, x_hat = sae_forward(x_in, sae)
+        loss = local_loss(x_in, c, x_hat, sparsity)[0]
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), 10.0)
+        opt.step()
+    return sae
+
+
+# %%
+# Your version (uncomment and fill in):
+# def train_by_hand(n_steps, warmup):
+#     ...
+#     return sae
+
+# %% [markdown]
+# **The check**: eight steps (three of warmup; fewer if the training rows run out first) by hand
+# and with `sl.train` on the same config.
+
+# %%
+hand_steps = min(8, len(train_data) // batch_size)  # one pass over the rows at most
+hand_warmup = min(3, max(1, hand_steps // 2))
+cfg_short = dataclasses.replace(cfg, n_tokens=hand_steps * batch_size * n_ctx,
+                                warmup=hand_warmup, eval_tokens=n_ctx * 4,
+                                alive_tokens=n_ctx * 4)  # fmt: skip
+by_hand = train_by_hand(hand_steps, hand_warmup)
+by_lib = sl.train(lm, train_data, cfg_short, progress=False).sae
+diffs = {k: (by_hand.state_dict()[k] - v).abs().max().item()
+         for k, v in by_lib.state_dict().items()}  # fmt: skip
+print(f"largest difference per tensor after {hand_steps} steps: "
+      + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))  # fmt: skip
+assert max(diffs.values()) < 1e-5, diffs
+
+# %% [markdown]
+# ## 4. Training
 #
 # `sl.train` stops the model's forward pass right after the site (nothing downstream enters the
 # local loss), so each step costs a fraction of a full pass. The run ends with `sl.evaluate` on
@@ -185,7 +332,7 @@ fig = plots.train_curves(run.log, path=out / "figures" / "train_curves.png")
 # down; the two settle into the trade-off that `phi` sets.
 
 # %% [markdown]
-# ## 4. Evaluation: the SAE spliced into the model
+# ## 5. Evaluation: the SAE spliced into the model
 
 # %%
 keys = ["l0", "alive", "dead_frac", "mse", "explained_var", "l2_ratio", "ce_clean", "ce_sae",
@@ -193,7 +340,7 @@ keys = ["l0", "alive", "dead_frac", "mse", "explained_var", "l2_ratio", "ce_clea
 pd.Series({k: report[k] for k in keys}, name="local").to_frame()
 
 # %% [markdown]
-# ## 5. Latent density
+# ## 6. Latent density
 #
 # How often each latent fires on held-out tokens. A healthy dictionary has most latents in a band
 # of rare-but-not-never; latents that never fire are dead capacity.
@@ -204,7 +351,7 @@ fig = plots.density_hist({"local": freq}, path=out / "figures" / "latent_density
                          n_tokens=density_tokens)  # fmt: skip
 
 # %% [markdown]
-# ## 6. What this run is, and two ways of scoring it
+# ## 7. What this run is, and two ways of scoring it
 #
 # **What it is.** One seed, `n_tokens` training tokens (the `default` preset: 600k, a preview
 # of under a minute), one phi. Not converged: on storyworld each doubling of a ReLU SAE's budget,
@@ -250,7 +397,7 @@ summary = {k: report[k] for k in keys} | {
 print(f"done in {time.time() - t_start:.0f} s; outputs in {out}")
 
 # %% [markdown]
-# ## 7. Three latents of this SAE
+# ## 8. Three latents of this SAE
 #
 # Dashboards (`saelab.studies.browser`) of three alive latents of the SAE trained above, on the
 # held-out tokens, spread over the alive latents from rare to common (`choose_latents(...,

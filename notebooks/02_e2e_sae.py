@@ -29,6 +29,19 @@
 # The claim to check: e2e reconstructs the activation far worse (low explained variance) while
 # hurting the model's loss as little as, or less than, a local SAE with more active latents.
 # Here both are trained at the same `phi`; the Pareto comparison across `phi` is notebook 05.
+#
+# > **What this run is.** At the `default` preset: one seed, 400k training tokens per SAE, the
+# > e2e and the local SAE at one phi; a preview of a few minutes, **not converged** (notebook
+# > 12). At one phi the two SAEs do not damage the output equally, so this run cannot test the
+# > claim; it shows the mechanism. The test is notebook 05's matched-CE comparison: in its `paper`
+# > run (2M tokens, 2 seeds) e2e needs 0.39 [0.24, 0.54] times local's L0 at CE +0.06 (Braun et
+# > al.: 0.40), and 3 seeds at 2M tokens give the same 0.39 (`05_pareto/doubling`).
+#
+# **Sections.** 1 model and data · 2 one e2e step by hand (two exercises, 15 min) · 3 training
+# the e2e SAE and a local SAE at the same phi · 4 side by side, and one prompt four ways · 5 what
+# this run can say · 6 fine-tuning the local SAE end to end · 7 three latents. Each exercise has
+# a spec, a folded solution (click the cell's margin to unfold it) and a check; papermill runs
+# the solutions.
 
 # %% tags=["parameters"]
 model: str = "storyworld"  # frozen LM: "storyworld", a hub id such as "gpt2", or a local HF dir
@@ -50,6 +63,10 @@ seed: int = 0  # SAE init and data order
 sae_options: dict = {}  # any other SAEConfig field, e.g. {"pre_subtract_b_dec": True}
 log_to: list = []  # trackers that also get every record: "wandb", "tensorboard" (docs/interop.md)
 out_dir: str = "outputs/02_e2e_sae/interactive-{time}"  # run folder (saelab.runs sets it)
+
+# %% [markdown]
+# **Setup** (no need to read): imports, the run folder, and the training configs built from the
+# parameters above.
 
 # %%
 import copy
@@ -122,15 +139,23 @@ with torch.no_grad(), lm.trace(tokens):
     logits_clean = lm.output.logits.save()  # [B, T, V]
 
 # %% [markdown]
-# The splice: inside one trace, read `x` at the site, encode and decode it with the SAE's
-# weights (scaled in, scaled back out), and write `x_hat` over `x` at the kept positions; the BOS
-# position stays clean (ARCHITECTURE.md §6). The remaining blocks then run on `x_hat`, and
+# **Exercise 1 · the splice** (●●○, 10 min). Write `spliced(sae) -> (logits, c)`: inside one
+# `lm.trace(tokens)`, read `x = get_site(lm, site)` `[B, T, d_model]`, take the kept positions
+# `x[:, keep]` and scale them by `sae.act_scale`, encode and decode them as in notebook 01
+# (`c = ReLU(x_in W_enc + b_enc)`, `x_hat = c normalize(W_dec) + b_dec`), scale `x_hat` back to
+# raw units, write it over `x` at the kept positions with `set_site` (BOS stays clean:
+# ARCHITECTURE.md §6), and save the logits and `c`. The later blocks then run on `x_hat` and
 # autograd records them, so a loss on these logits has a gradient in the SAE's weights.
+#
+# <details><summary>Hint</summary><code>x.index_copy(1, keep, x_hat)</code> is <code>x</code>
+# with the positions <code>keep</code> of dimension 1 replaced; <code>set_site(lm, site,
+# value)</code> writes a value where <code>get_site</code> reads. Nothing may be written
+# before it is read: assign, don't modify in place.</details>
 
 
-# %%
+# %% tags=["solution"] jupyter={"source_hidden": true}
 def spliced(sae):
-    """Logits [B, T, V] with `sae`'s reconstruction at the site, and its latents [B, T', d_sae]."""
+    """Solution: logits [B, T, V] with `sae`'s reconstruction spliced in, and c [B, T', d_sae]."""
     scale = sae.act_scale
     with lm.trace(tokens):
         x = get_site(lm, site)  # [B, T, d_model]
@@ -143,25 +168,44 @@ def spliced(sae):
     return logits, c
 
 
-# %% [markdown]
-# KL(P_clean || P_SAE) per token, averaged over every position (BOS included: the SAE is not
-# spliced there, so its KL is 0), plus the same sparsity term as notebook 01:
-
-
 # %%
+# Your version (uncomment and fill in):
+# def spliced(sae):
+#     with lm.trace(tokens):
+#         ...
+#     return logits, c
+
+# %% [markdown]
+# **Exercise 2 · the KL** (●○○, 5 min). Write `kl(logits)`: `KL(P_clean || P_SAE)` per token
+# from `logits_clean` and `logits` `[B, T, V]` (log-softmax both, in float32), averaged over
+# every position (BOS included: the SAE is not spliced there, so its KL is 0).
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
 def kl(logits):
+    """Solution: the mean over positions of sum_v p_clean (log p_clean - log p_sae)."""
     lp_clean, lp_sae = F.log_softmax(logits_clean.float(), -1), F.log_softmax(logits.float(), -1)
     return (lp_clean.exp() * (lp_clean - lp_sae)).sum(-1).mean()
 
 
+# %%
+# Your version (uncomment and fill in):
+# def kl(logits):
+#     ...
+
+# %% [markdown]
+# The loss adds notebook 01's sparsity term:
+
+# %%
 logits, c = spliced(sae)
 kl_hand = kl(logits)
 l1 = c.norm(p=sae.cfg.sparsity_p, dim=-1).mean() / sae.cfg.d_in
 loss_hand = kl_coeff * kl_hand + sparsity * l1
 
 # %% [markdown]
-# The library's step on the same batch and SAE (`compute_loss`; it skips the blocks before the
-# site and reuses the clean residual there, which changes nothing since no SAE sits in them):
+# **The check**: the library's step on the same batch and SAE (`compute_loss`; it skips the
+# blocks before the site and reuses the clean residual there, which changes nothing since no SAE
+# sits in them):
 
 # %%
 dead = {S: torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=lm.device)}
@@ -184,7 +228,8 @@ loss = (
     + sparsity * c.norm(p=trial.cfg.sparsity_p, dim=-1).mean() / trial.cfg.d_in
 )
 loss.backward()
-print({name: f"{p.grad.norm():.3g}" for name, p in trial.named_parameters()}, "(gradient norms)")
+print("gradient norms: " + ", ".join(f"{name} {p.grad.norm():.3g}"
+                                     for name, p in trial.named_parameters()))  # fmt: skip
 torch.optim.Adam(trial.parameters(), lr=lr).step()
 with torch.no_grad():
     kl_after = kl(spliced(trial)[0])

@@ -32,6 +32,17 @@
 # Table 5): the downstream reconstruction error layer by layer, and the norm ratio
 # `||x_hat|| / ||x||` (in the paper e2e SAEs shrink their output and the downstream loss restores
 # it).
+#
+# > **What this run is.** At the `default` preset: one seed, the three SAEs at one phi; a preview
+# > of a few minutes, **not converged** (notebook 12). At one phi the three do not damage the
+# > output equally, so this run shows the mechanism, not the paper's comparison. That lives in
+# > notebook 10, at matched CE: in its `paper` run (2M tokens, 2 seeds, CE +0.06) the last
+# > layer's downstream error is 6.4 times local's for e2e and 2.4 times for e2e+ds.
+#
+# **Sections.** 1 model and data · 2 one e2e+ds step by hand (exercise, 10 min) · 3 three SAEs
+# at one phi · 4 downstream reconstruction layer by layer · 5 output norm · 6 what this run can
+# say · 7 three latents. The exercise has a spec, a folded solution (click the cell's margin to
+# unfold it) and a check; papermill runs the solution.
 
 # %% tags=["parameters"]
 model: str = "storyworld"  # frozen LM: "storyworld", a hub id such as "gpt2", or a local HF dir
@@ -55,6 +66,10 @@ seed: int = 0  # SAE init and data order
 sae_options: dict = {}  # any other SAEConfig field, e.g. {"pre_subtract_b_dec": True}
 log_to: list = []  # trackers that also get every record: "wandb", "tensorboard" (docs/interop.md)
 out_dir: str = "outputs/03_e2e_ds_sae/interactive-{time}"  # run folder (saelab.runs sets it)
+
+# %% [markdown]
+# **Setup** (no need to read): imports, the run folder, and the training configs built from the
+# parameters above.
 
 # %%
 import json
@@ -131,7 +146,7 @@ resid_clean = []  # nnsight fills containers made outside the trace
 with torch.no_grad(), lm.trace(tokens):
     resid_clean += [get_site(lm, s).save() for s in later]  # each [B, T, d_model]
     logits_clean = lm.output.logits.save()
-print("later sites:", [str(s) for s in later])
+print("later sites: " + ", ".join(str(s) for s in later))
 
 # %% [markdown]
 # The same splice as notebook 02, now also reading the later residual stream of the spliced model
@@ -151,22 +166,44 @@ with lm.trace(tokens):
     logits = lm.output.logits.save()
 
 # %% [markdown]
-# The three terms: the KL of notebook 02, the mean over later layers of the squared error between
-# spliced and clean residuals (over every position; normalised, each layer's over its clean
-# residual's mean square), and the sparsity term.
+# **Exercise · the downstream term** (●○○, 10 min). Write `downstream_error(resid_sae,
+# resid_clean, units) -> (ds, per_layer)` for two lists of later residuals, each `[B, T,
+# d_model]`: per layer, the mean over every element (every position) of the squared difference,
+# divided, when `units == "normalised"`, by the mean square of the clean residual (`"raw"`: not
+# divided); `ds` is the mean of the per-layer values, a scalar.
+#
+# Why normalise: a later residual's size grows with depth and differs between models by orders of
+# magnitude, so the paper's raw MSE weighs against the KL differently on every model; over the
+# clean residual's mean square, `ds_coeff` means the same everywhere (ARCHITECTURE.md §4).
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+def downstream_error(resid_sae, resid_clean, units):
+    """Solution: each later layer's squared error (over its clean mean square), and their mean."""
+    per_layer = [(a - b).pow(2).mean() / (b.pow(2).mean() if units == "normalised" else 1)
+                 for a, b in zip(resid_sae, resid_clean, strict=True)]  # fmt: skip
+    return torch.stack(per_layer).mean(), per_layer
+
+
+# %%
+# Your version (uncomment and fill in):
+# def downstream_error(resid_sae, resid_clean, units):
+#     ...
+#     return ds, per_layer
+
+# %% [markdown]
+# The three terms: the KL of notebook 02, the downstream term, and the sparsity term.
 
 # %%
 lp_clean, lp_sae = F.log_softmax(logits_clean.float(), -1), F.log_softmax(logits.float(), -1)
 kl = (lp_clean.exp() * (lp_clean - lp_sae)).sum(-1).mean()
-ds_layers = [(a - b).pow(2).mean() / (b.pow(2).mean() if ds_units == "normalised" else 1)
-             for a, b in zip(resid_sae, resid_clean, strict=True)]  # fmt: skip
-ds = torch.stack(ds_layers).mean()
+ds, ds_layers = downstream_error(resid_sae, resid_clean, ds_units)
 l1 = c.norm(p=sae.cfg.sparsity_p, dim=-1).mean() / sae.cfg.d_in
 loss_hand = kl_coeff * kl + ds_coeff * ds + sparsity * l1
 
 # %% [markdown]
-# Against the library's step on the same batch and SAE (`compute_loss`, whose objective terms are
-# `objectives.E2EDownstream.terms`):
+# **The check**: the library's step on the same batch and SAE (`compute_loss`, whose objective
+# terms are `objectives.E2EDownstream.terms`):
 
 # %%
 dead = {S: torch.zeros(sae.cfg.d_sae, dtype=torch.bool, device=lm.device)}
@@ -178,8 +215,8 @@ check = pd.DataFrame(
 )  # fmt: skip
 print(check.to_string(float_format="{:.7f}".format))
 assert abs(loss_hand.item() - loss_lib.item()) < 1e-5, check
-print(f"downstream error ({ds_units}) per later layer, by hand:",
-      {str(s): round(m.item(), 5) for s, m in zip(later, ds_layers, strict=True)})  # fmt: skip
+print(f"downstream error ({ds_units}) per later layer, by hand: " + ", ".join(
+    f"{s} {m.item():.5f}" for s, m in zip(later, ds_layers, strict=True)))  # fmt: skip
 
 # %% [markdown]
 # ## 3. Three SAEs at one phi

@@ -37,6 +37,19 @@
 # `beta = 0` is exactly TopK selection. A caveat for reading the numbers: `g` needs the next
 # token, so a g-SAE's selection (in training *and* in evaluation, where we splice it in) sees the
 # label it is scored on; TopK does not.
+#
+# > **What this run is.** At the `default` preset: one seed, 300k training tokens per SAE, TopK
+# > and one g-SAE at k 16, and a beta sweep of one seed per beta; a preview of a few minutes,
+# > not converged. It shows the mechanism; one seed cannot carry Olmo et al.'s claims, which are
+# > differences of a few percent. Notebook 11 tests them with three seeds: in its `paper` run the
+# > trained g-SAE at beta 1 picks 97% of the latents TopK would, and no setting differs from
+# > TopK by enough to test the paper.
+#
+# **Sections.** 1 model and data · 2 one g-SAE selection by hand (exercise, 10 min) · 3 a few
+# TopK training steps by hand: AuxK and the unit-norm decoder (exercise, 20 min) · 4 TopK and
+# g-SAE at equal k · 5 latent density · 6 a beta sweep · 7 what this run can say · 8 three
+# latents. Each exercise has a spec, a folded solution (click the cell's margin to unfold it)
+# and a check; papermill runs the solutions.
 
 # %% tags=["parameters"]
 model: str = "storyworld"  # frozen LM: "storyworld", a hub id such as "gpt2", or a local HF dir
@@ -48,7 +61,7 @@ n_ctx: int = 128  # tokens per sequence
 dict_ratio: float = 32.0  # latents per residual dimension (d_sae / d_model)
 k: int = 16  # active latents per token, both SAEs
 beta: float = 1.0  # g-SAE weight of the gradient term in the score
-betas: list = [0.0, 1.0, 4.0]  # beta sweep for section 4 (beta 0 selects as plain TopK)
+betas: list = [0.0, 1.0, 4.0]  # beta sweep for section 6 (beta 0 selects as plain TopK)
 value_mode: str = "plain"  # g-SAE: selected latents carry ReLU(z) ("plain") or ReLU(s) ("score")
 grad_norm: str = "unit"  # normalisation of dL/dx: "unit" per token, "rms" per batch, "none"
 auxk_coeff: float = 0.03125  # AuxK weight (Gao et al.: 1/32)
@@ -64,8 +77,13 @@ sae_options: dict = {}  # any other SAEConfig field, e.g. {"pre_subtract_b_dec":
 log_to: list = []  # trackers that also get every record: "wandb", "tensorboard" (docs/interop.md)
 out_dir: str = "outputs/04_gradient_sae/interactive-{time}"  # run folder (saelab.runs sets it)
 
+# %% [markdown]
+# **Setup** (no need to read): imports, the run folder, and the training configs built from the
+# parameters above.
+
 # %%
 import json
+import math
 import re
 import time
 
@@ -77,7 +95,7 @@ from IPython.display import HTML, display
 import saelab as sl
 from saelab.core.models import get_site
 from saelab.core.passes import sae_positions
-from saelab.core.setup import estimate_act_scales
+from saelab.core.setup import estimate_act_scales, excluded_tokens, init_b_dec
 from saelab.core.training import compute_loss
 from saelab.runs import notebook_out_dir, resolve, resolve_input
 from saelab.studies import browser, plots
@@ -126,6 +144,12 @@ print(f"{model} at {site}; train {train_data.n_tokens:,} tokens, held out {eval_
 # initialisation (built as `sl.train` builds it: same seed, `act_scale` from the training rows;
 # `W_enc = W_dec^T`). First `g = dL/dx`: mark the site's activation as a graph node inside the
 # trace, backpropagate the next-token cross-entropy through the frozen model, and save `.grad`.
+#
+# The nnsight idioms in this cell: `.requires_grad_(True)` on the site's output makes it a leaf
+# the backward pass reaches; `lm.output.logits` is read after the site, in execution order;
+# `with ce.backward():` opens the backward pass inside the trace, and there `x.grad` is read in
+# the *reverse* order of the forward pass (a later site's gradient arrives first). As in notebook
+# 01, `.save()` keeps a value past the `with` block.
 
 # %%
 S = sl.parse_site(site)
@@ -146,9 +170,33 @@ with lm.trace(tokens):
         g_saved = x.grad.save()  # dL/dx [B, T, d_model]
 
 # %% [markdown]
-# The score `s = z + beta z |g_hat D^T|` with `g_hat` at unit norm per token (`grad_norm`),
-# and each selection: TopK keeps the k largest `z`, the g-SAE the k largest `s`; both carry
-# `ReLU(z)` (`value_mode="plain"`).
+# **Exercise 1 · the g-SAE's selection** (●○○, 10 min). Write `gsae_select(z, g, W_dec, beta,
+# k) -> (s, pick)` for pre-activations `z [B, T', d_sae]`, gradients `g [B, T', d_in]` and unit
+# decoder rows `W_dec [d_sae, d_in]`: normalise `g` to unit norm per token (add `1e-8` to the
+# norm), score `s = z + beta * z * |g_hat W_dec^T|`, and return `s` and the indices of its `k`
+# largest entries per token `[B, T', k]`. TopK is the same with `beta = 0`.
+#
+# The folded cell below is the solution; write yours in the cell after it (it replaces the
+# solution); the check is two cells further on.
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+def gsae_select(z, g, W_dec, beta, k):
+    """Solution: Olmo et al. 2024 §3's score with a unit-norm gradient, and its top k."""
+    g_hat = g / (g.norm(dim=-1, keepdim=True) + 1e-8)
+    s = z + beta * z * (g_hat @ W_dec.T).abs()
+    return s, s.topk(k, dim=-1).indices
+
+
+# %%
+# Your version (uncomment and fill in):
+# def gsae_select(z, g, W_dec, beta, k):
+#     ...
+#     return s, pick
+
+# %% [markdown]
+# Both selections on the batch: TopK keeps the k largest `z`, the g-SAE the k largest `s`;
+# both carry `ReLU(z)` (`value_mode="plain"`).
 
 # %%
 scale = sae.act_scale
@@ -156,8 +204,8 @@ x_in, g = x_saved[:, keep].float() * scale, g_saved[:, keep].float()  # [B, T', 
 x_enc = x_in - sae.b_dec if sae.cfg.pre_subtract_b_dec else x_in
 z = x_enc @ sae.W_enc + sae.b_enc  # [B, T', d_sae]
 g_hat = g / (g.norm(dim=-1, keepdim=True) + 1e-8)
-s = z + beta * z * (g_hat @ sae.W_dec.T).abs()
-pick_topk, pick_g = z.topk(k, dim=-1).indices, s.topk(k, dim=-1).indices  # [B, T', k]
+s, pick_g = gsae_select(z, g, sae.W_dec, beta, k)
+pick_topk = z.topk(k, dim=-1).indices  # [B, T', k]
 
 # %% [markdown]
 # One token, the one in this batch where the two selections differ most (the mean overlap over
@@ -173,9 +221,9 @@ pd.DataFrame({"latent": ids, "z": z[b, t, ids].tolist(), "score s": s[b, t, ids]
               "g-SAE": [i in pick_g[b, t] for i in ids]})  # fmt: skip
 
 # %% [markdown]
-# The library's g-SAE on the same batch must select the same latents (its `c` is `ReLU(z)` at
-# them), and `compute_loss`'s loss must be the MSE of that reconstruction (AuxK is an exact zero
-# while no latent is dead):
+# **The check**: the library's g-SAE on the same batch must select the same latents (its `c` is
+# `ReLU(z)` at them), and `compute_loss`'s loss must be the MSE of that reconstruction (AuxK is
+# an exact zero while no latent is dead):
 
 # %%
 c = torch.zeros_like(z).scatter(-1, pick_g, torch.relu(z.gather(-1, pick_g)))
@@ -199,7 +247,120 @@ for b_ in [0.0, 1.0, 4.0, 16.0, 64.0]:
 pd.Series(sel_overlap, name="overlap with TopK(z)").rename_axis("beta").to_frame().T
 
 # %% [markdown]
-# ## 3. TopK and g-SAE at equal k
+# ## 3. A few TopK training steps by hand: AuxK and the unit-norm decoder
+#
+# **Exercise 2 · the loop** (●●●, 20 min). Write `train_topk_by_hand(n_steps, warmup)` that
+# trains a fresh TopK SAE (config `cfg_short`) the way `sl.train` does and returns it with its
+# AuxK value per step. The start and the schedule are notebook 01's loop; new here:
+#
+# 1. **the start**: `torch.manual_seed(seed)`, the SAE from `cfg_short.sae_config` (its init
+#    already sets `W_enc = W_dec^T` with unit rows), `estimate_act_scales`, then `b_dec` at the
+#    mean activation (`init_b_dec(..., "mean", ...)`; Gao et al. §2.1). Special tokens are left
+#    out of both estimates (`special=`);
+# 2. **dead latents**: a counter per latent of the tokens since it last fired, starting at 0;
+#    after each step, 0 where it fired, plus this step's tokens elsewhere. A latent whose counter
+#    is at least `cfg_short.dead_tokens` is dead;
+# 3. **the loss**: `z = x_in W_enc + b_enc`, `c` = ReLU of the `k` largest `z` (zeros elsewhere),
+#    `x_hat = c W_dec + b_dec`, `mse` over elements, plus, when a latent is dead, `auxk_coeff`
+#    times **AuxK** (Gao et al. §A.2): the residual `e = x_in - x_hat` (detached) reconstructed
+#    from the `n_aux = min(d_in // 2, d_sae)` largest pre-activations among the dead latents
+#    (ReLU, no bias), `||e_hat - e||^2 / ||e - mean(e)||^2` (sums over tokens and dimensions);
+# 4. **the decoder** (Gao et al. §A.1): after `backward`, remove from `W_dec.grad` its component
+#    along each row, clip the global gradient norm at 10, `opt.step()`, then scale the rows of
+#    `W_dec` back to unit norm. The forward pass uses the rows as stored, so unlike notebook 01's
+#    ReLU SAE their length must be held at 1 by hand; removing the parallel part first keeps
+#    Adam's moments from accumulating a push that the renormalisation would undo.
+#
+# The check trains the same SAE with `sl.train` (`dead_tokens` set to one step's tokens, so that
+# AuxK is at work from the second step) and compares every weight and the AuxK values.
+
+
+# %% tags=["solution"] jupyter={"source_hidden": true}
+def train_topk_by_hand(n_steps, warmup):
+    """Solution: sl.train's loop for a TopK SAE, AuxK and the decoder projection written out."""
+    torch.manual_seed(seed)
+    sae = sl.SAE.from_config(cfg_short.sae_config(site, d_model)).to(lm.device)
+    special = torch.tensor(excluded_tokens(cfg_short.exclude_tokens, lm, None), device=lm.device)
+    estimate_act_scales(lm, train_data, {S: sae}, keep, batch_size, special=special)
+    init_b_dec(lm, train_data, {S: sae}, "mean", keep, batch_size, special=special)
+    opt = torch.optim.Adam(sae.parameters(), lr=lr)
+    since_fire = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=lm.device)
+    order, auxk = train_data.batches(batch_size, shuffle=True, seed=seed), []
+    for t in range(n_steps):
+        s = min(1.0, (t - warmup) / max(1, n_steps - warmup))
+        for group in opt.param_groups:  # notebook 01's schedule
+            group["lr"] = lr * ((t + 1) / warmup if t < warmup
+                                else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s)))  # fmt: skip
+        tokens = next(order).to(lm.device)
+        mask = torch.zeros(tokens.shape, dtype=torch.bool, device=lm.device)
+        mask[:, keep] = True
+        mask &= ~torch.isin(tokens, special)
+        with torch.no_grad(), lm.trace(tokens):
+            x = get_site(lm, site).save()
+        x_in = x[mask].float() * sae.act_scale  # [N, d_in]
+        z = x_in @ sae.W_enc + sae.b_enc  # [N, d_sae]
+        top = z.topk(k, dim=-1)
+        c = torch.zeros_like(z).scatter(-1, top.indices, torch.relu(top.values))
+        x_hat = c @ sae.W_dec + sae.b_dec
+        loss = (x_hat - x_in).pow(2).mean()
+        dead = since_fire >= cfg_short.dead_tokens
+        aux = torch.zeros(())
+        if dead.any():
+            e = (x_in - x_hat).detach()
+            z_dead = torch.where(dead, z, torch.full_like(z, -torch.inf))
+            n_aux = min(sae.cfg.n_aux, int(dead.sum()))
+            top_aux = z_dead.topk(n_aux, dim=-1)
+            c_aux = torch.zeros_like(z).scatter(-1, top_aux.indices, torch.relu(top_aux.values))
+            aux = (c_aux @ sae.W_dec - e).pow(2).sum() / (e - e.mean(0)).pow(2).sum()
+            loss = loss + sae.cfg.auxk_coeff * aux
+        auxk.append(aux.item())
+        opt.zero_grad()
+        loss.backward()
+        with torch.no_grad():
+            u = F.normalize(sae.W_dec, dim=-1)
+            sae.W_dec.grad -= (sae.W_dec.grad * u).sum(-1, keepdim=True) * u
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), 10.0)
+        opt.step()
+        with torch.no_grad():
+            sae.W_dec.copy_(F.normalize(sae.W_dec, dim=-1))
+        fired = (c != 0).any(0)
+        since_fire = torch.where(fired, 0, since_fire + x_in.shape[0])
+    return sae, auxk
+
+
+# %%
+# Your version (uncomment and fill in):
+# def train_topk_by_hand(n_steps, warmup):
+#     ...
+#     return sae, auxk
+
+# %% [markdown]
+# **The check**: six steps by hand and with `sl.train` on the same config.
+
+# %%
+hand_steps = min(6, len(train_data) // batch_size)  # one pass over the rows at most
+d_model = sl.model_info(lm)["d_model"]
+cfg_short = sl.TrainConfig(
+    sae=sl.SAEConfig.create(architecture="topk", **shape),
+    **(base | dict(n_tokens=hand_steps * batch_size * n_ctx, warmup=min(2, hand_steps - 1),
+                   log_every=1,
+                   dead_tokens=batch_size * (n_ctx - 1), eval_tokens=4 * n_ctx,
+                   alive_tokens=4 * n_ctx)),
+)  # fmt: skip
+by_hand, auxk_hand = train_topk_by_hand(hand_steps, min(2, hand_steps - 1))
+run_short = sl.train(lm, train_data, cfg_short, progress=False)
+auxk_lib = [r["auxk"] for r in run_short.log if r.get("kind") == "train"]
+diffs = {k_: (by_hand.state_dict()[k_] - v).abs().max().item()
+         for k_, v in run_short.sae.state_dict().items()}  # fmt: skip
+print("AuxK per step, by hand: " + ", ".join(f"{a:.4f}" for a in auxk_hand))
+print("AuxK per step, sl.train: " + ", ".join(f"{a:.4f}" for a in auxk_lib))
+print("largest difference per tensor: " + ", ".join(f"{k_} {v:.1e}" for k_, v in diffs.items()))
+assert max(diffs.values()) < 1e-4, diffs
+assert hand_steps < 3 or max(auxk_hand) > 0  # AuxK at work from the second step
+assert max(abs(a - b) for a, b in zip(auxk_hand, auxk_lib, strict=True)) < 1e-4
+
+# %% [markdown]
+# ## 4. TopK and g-SAE at equal k
 #
 # Each g-SAE step adds a backward pass through the frozen model for `g`. We report the
 # normalised MSE as `nmse = 1 - explained_var` (SSE over the activation's variance about its
@@ -232,7 +393,7 @@ table
 fig = plots.compare_bars(table, METRICS, path=out / "figures" / "compare.png")
 
 # %% [markdown]
-# ## 4. Latent density
+# ## 5. Latent density
 #
 # How often each latent fires on the held-out tokens (for the g-SAE, with its gradient-informed
 # selection). Both SAEs train with AuxK on the latents silent for `dead_tokens` tokens.
@@ -244,7 +405,7 @@ freqs = {
 fig = plots.density_hist(freqs, path=out / "figures" / "latent_density.png", n_tokens=eval_tokens)
 
 # %% [markdown]
-# ## 5. How much gradient? A beta sweep
+# ## 6. How much gradient? A beta sweep
 #
 # `beta = 0` selects exactly as TopK does (same init, same data order, same loss), so the TopK
 # run stands in for it; the run at `beta` above is reused; the others are trained here.
@@ -263,7 +424,7 @@ fig = plots.metric_lines(sweep, "beta", METRICS, path=out / "figures" / "beta_sw
 sweep[["beta", *METRICS, "l0", "alive"]]
 
 # %% [markdown]
-# ## 6. What this run can say, and what it cannot
+# ## 7. What this run can say, and what it cannot
 #
 # **What it is.** One seed, `n_tokens` training tokens per SAE (the `default` preset: 300k, a
 # preview), TopK and one g-SAE at the same k, and a beta sweep of one seed per beta. Olmo et
@@ -322,7 +483,7 @@ summary |= {"k": k, "beta": beta, "value_mode": value_mode, "grad_norm": grad_no
 print(f"done in {time.time() - t_start:.0f} s; outputs in {out}")
 
 # %% [markdown]
-# ## 7. Three latents of the g-SAE
+# ## 8. Three latents of the g-SAE
 #
 # Dashboards (`saelab.studies.browser`) of three alive latents of the g-SAE trained above, on
 # the held-out tokens, spread from rare to common. The browser gives the g-SAE its dL/dx from the
