@@ -37,8 +37,10 @@
 # the choices above are ours, so compare the *ratio* with its 5x, not the raw probabilities.
 #
 # **Seeds.** `05` trains every SAE once per seed. Every seed's TopK and g-SAE pair (at this k) is
-# steered on its own, with its own bootstrap CIs; tables and figures show the first seed, as do
-# the summary's `ratios` and `prob_added`. `ratios_by_seed` has each seed's ratio with its CI,
+# steered on its own, with its own bootstrap CIs. The table of section 2 and the figure's left
+# panel (probability added) show the first seed, as do the summary's `ratios` and `prob_added`;
+# the figure's right panel draws every seed's ratio with its CI, one line per seed, and section 3
+# lists them. `ratios_by_seed` has each seed's ratio with its CI,
 # and `over_seeds` every number of `ratios`, `prob_added` and the twin fractions over seeds: one
 # record `{key, method, metric, alpha, mean, sd, n, lo, hi, seeds, per_seed}` per number (`key`
 # the summary entry holding the first seed's value; `lo`, `hi` the 95% t-interval over seeds,
@@ -66,7 +68,6 @@ import json
 import time
 
 import pandas as pd
-from IPython.display import Markdown, display
 
 import saelab as sl
 from saelab.runs import notebook_out_dir, resolve, resolve_input
@@ -142,7 +143,9 @@ twin
 # `steering.prob_added` repeats the contexts once per steering vector along the batch dimension
 # and adds each vector at the site (skipping the blocks before it and feeding them the clean
 # residual plus the vector); the unsteered probabilities come from the same pass with a zero
-# vector, so `alpha = 0` would add exactly 0.
+# vector, so `alpha = 0` would add exactly 0. The figure: left, the probability each set of
+# directions adds, for the first seed's SAEs; right, the ratio g-SAE / TopK with its bootstrap
+# CI for every seed (one line each), against the paper's 5x.
 
 # %%
 contexts = val.tokens[-n_contexts:, :n_ctx]  # the last rows: arbitrary held-out text
@@ -194,58 +197,51 @@ ratios_seed.pivot(index="alpha", columns="seed", values="ratio").assign(
     hi=[ratio_over[a]["hi"] for a in alphas])  # fmt: skip
 
 # %% [markdown]
-# **What we see.**
+# The numbers per seed: near twins against the other-seed null, the ratio g-SAE / TopK at each
+# alpha (bootstrap CI over latents per seed, t-interval over seeds) next to the paper's 5x, and
+# each SAE's latents against random directions at the alpha nearest 1 (difference of the means,
+# bootstrap CI over latents).
 
-# %% tags=["hide-input"]
-MORE = 0.10  # "more twins than the null": at least 10 percentage points above it
+# %%
 tw = twin.set_index("pair")
 same, nearest_cos = tw.loc[f"g-sae s{s0} -> topk s{s0}", ["frac_above_0_9", "mean_cos"]]
-line = (
-    f"{same:.0%} of the g-SAE's directions (seed {s0}) have a TopK direction of the same "
-    f"seed (shared init) with cosine above 0.9 (mean nearest cosine {nearest_cos:.3f})"
-)
-if len(seeds) > 1:
-    s1 = seeds[1]
-    null = tw.loc[f"topk s{s1} -> topk s{s0}", "frac_above_0_9"]
-    other = tw.loc[f"g-sae s{s1} -> topk s{s0}", "frac_above_0_9"]
-    verdict = "more" if same >= null + MORE else "no more"
-    line += (f"; the null, TopK seed {s1} -> TopK seed {s0} (other init): {null:.0%}; g-SAE seed "
-             f"{s1} -> TopK seed {s0}: {other:.0%}. The shared init leaves **{verdict}** near "
-             f"twins than the null (more: at least {MORE * 100:.0f} percentage points above "
-             "it)")  # fmt: skip
-else:
-    line += "; with one seed there is no null (a dictionary of another init) to compare with"
-lines = [line]
-verdicts = []
-for _, r in ratios.iterrows():
-    # against the paper's 5x: "above" / "below" when the 95% CI excludes 5
-    verdict = "above" if r.ci_lo > 5 else "below" if r.ci_hi < 5 else "consistent with"
-    verdicts.append(verdict)
-    lines.append(f"alpha {r.alpha:g}: g-SAE / TopK = {r.ratio:.2f} [{r.ci_lo:.2f}, {r.ci_hi:.2f}]"
-                 f" (**{verdict}** the paper's 5x)")  # fmt: skip
-    if len(seeds) > 1:
-        each = ratios_seed[ratios_seed.alpha == r.alpha].itertuples()
-        each = ", ".join(f"{x.ratio:.2f} [{x.ci_lo:.2f}, {x.ci_hi:.2f}]" for x in each)
-        over_r = stats.seed_text(ratio_over[r.alpha], ".2f")
-        lines[-1] += f"; over seeds {over_r} (per seed: {each})"
+lines = [f"{r.pair}{' (shared init)' if r.shared_init else ''}: {r.frac_above_0_9:.1%} of "
+         f"directions have a twin above cos 0.9; mean nearest cos {r.mean_cos:.3f}"
+         for r in twin.itertuples()]  # fmt: skip
+for a in alphas:
+    each = ratios_seed[ratios_seed.alpha == a].itertuples()
+    each = ", ".join(f"seed {x.seed} {x.ratio:.2f} [{x.ci_lo:.2f}, {x.ci_hi:.2f}]" for x in each)
+    lines.append(f"alpha {a:g}: g-SAE / TopK {each}; mean "
+                 f"{stats.seed_text(ratio_over[a], '.2f')}; paper > 5")  # fmt: skip
 a_mid = min(alphas, key=lambda a: abs(a - 1.0))
 i = list(alphas).index(a_mid)
-for name in ("topk", "g-sae"):
-    diff = analysis.bootstrap_diff_ci(added[name][i], added["random"][i], n_boot, seed)
-    better = "more" if diff[1] > 0 else "less" if diff[2] < 0 else "no more or less"
-    lines.append(f"at alpha {a_mid:g}, {plots.method_label(name)} latents add "
-                 f"{added[name][i].mean():.4f}, random directions {added['random'][i].mean():.4f}: "
-                 f"{plots.method_label(name)} adds **{better}** than chance (difference "
-                 f"{diff[0]:+.4f} [{diff[1]:+.4f}, {diff[2]:+.4f}])")  # fmt: skip
-n_above, n_below = verdicts.count("above"), verdicts.count("below")
-claim = ("is reproduced" if n_above else "is not reproduced" if n_below == len(verdicts)
-         else "is neither reproduced nor excluded")  # fmt: skip
-head = (f"The paper's claim (g-SAE latents add > 5x the probability TopK latents add) **{claim}** "
-        f"here (reproduced: the 95% CI of the ratio lies above 5 at some steering strength; "
-        f"excluded: below 5 at every one): above at {n_above}, below at {n_below} of "
-        f"{len(verdicts)} strengths.")  # fmt: skip
-head = f"Seed {s0} of {seeds}. " + head
-display(Markdown(head + "\n\n" + "\n".join(f"- {line}" for line in lines)))
+for s in seeds:
+    rnd = added_by[s]["random"][i]
+    for name in ("topk", "g-sae"):
+        diff = analysis.bootstrap_diff_ci(added_by[s][name][i], rnd, n_boot, seed)
+        lines.append(f"alpha {a_mid:g}, seed {s}: {plots.method_label(name)} latents add "
+                     f"{float(added_by[s][name][i].mean()):.4f}, random directions "
+                     f"{float(rnd.mean()):.4f}, difference {diff[0]:+.4f} "
+                     f"[{diff[1]:+.4f}, {diff[2]:+.4f}]")  # fmt: skip
+print("\n".join(lines))
+
+# %% [markdown]
+# **How to read it.** Olmo et al. report that g-SAE latents, added to the residual stream, raise
+# the probability of their associated tokens more than 5x as much as TopK latents do. In the
+# `paper` run (the k 16 TopK and g-SAE of 05's `paper` sweep: 2,048 latents, 2M tokens, CE
+# +0.010 to +0.012, 2 seeds; 256 random alive latents per SAE) the ratio is 0.91 to 1.09 for
+# seed 0, every bootstrap CI containing 1, and 0.72 to 0.88 for seed 1, its CI below 1 at alpha
+# 0.1 to 1. Over the two seeds it is 0.84 to 0.98, with t-intervals as wide as [-1.46, 3.27] at
+# alpha 1: whether g-SAE latents steer a little more or a little less than TopK's is open here;
+# no interval, per seed or over seeds, reaches 5. Both kinds do steer: at alpha 1, seed 0's TopK
+# latents add 0.026 and its g-SAE latents 0.028 against 0.016 for random directions, both
+# differences' CIs above 0. One reason the two may differ little: 36% (seed 0) and 33% (seed 1)
+# of g-SAE directions have a twin above cosine 0.9 in the TopK SAE that started from the same
+# decoder, against 0.8% between TopK seeds 1 and 0, so about a third of the latents are in
+# effect shared. The paper's steering scale, contexts and latent choice are not in our summary
+# of it and seed 1's pair had not met the plateau criterion, so this is one setup, not a
+# refutation; `latent_choice="frequent"` (the most active latents) or notebook `11_gsae_study`,
+# which makes the gradient's weight beta the variable, are the next things to try.
 
 # %%
 summary = dict(
