@@ -54,7 +54,6 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 import torch
-from IPython.display import Markdown, display
 
 import saelab as sl
 from saelab.runs import notebook_out_dir
@@ -189,33 +188,31 @@ else:  # the shipped model, trained elsewhere (the `full` preset): its CE beside
 fig.tight_layout()
 fig.savefig(out / "figures" / "val_ce.png", dpi=120)
 
-# %% [markdown]
-# **What we see.**
+# %%
+print(f"validation CE {metrics['val_ce']:.3f} nats/token; bigram {metrics['bigram_ce']:.3f}, "
+      f"unigram {metrics['unigram_ce']:.3f}")  # fmt: skip
+print(
+    f"pronoun agreement {metrics['pronoun_agreement']:.3f} over "
+    f"{metrics['n_pronoun_positions']:,} he/she positions; quote closing "
+    f"{metrics['quote_close_acc']:.3f} over {metrics['n_quote_close_positions']:,} positions"
+)
+where = "here" if train_model else "by the `full` preset (the shipped model)"
+print(f"{metrics['train_tokens']:,} training tokens in {train_time:.0f} s, trained {where}; "
+      f"{metrics['n_params']:,} parameters")  # fmt: skip
 
-# %% tags=["hide-input"]
-GOOD = 0.9  # a probe counts as passed at this accuracy or above
-keys = ("val_ce", "bigram_ce", "unigram_ce", "pronoun_agreement", "n_pronoun_positions",
-        "quote_close_acc", "train_tokens")  # fmt: skip
-facts = {k: metrics[k] for k in keys}
-facts |= dict(
-    train_s=train_time, good=GOOD,
-    vs_bigram="beats" if facts["val_ce"] < facts["bigram_ce"] else "does not beat",
-    pronouns="passes" if facts["pronoun_agreement"] >= GOOD else "fails",
-    quotes="passes" if facts["quote_close_acc"] >= GOOD else "fails",
-)  # fmt: skip
-both = facts["pronoun_agreement"] >= GOOD and facts["quote_close_acc"] >= GOOD
-facts["tracks"] = "tracks" if both else "does not yet track"
-WHAT_WE_SEE = """
-- Validation CE **{val_ce:.3f}** nats/token against bigram {bigram_ce:.3f} and unigram
-  {unigram_ce:.3f}: the model **{vs_bigram}** the bigram baseline (it uses more than the previous
-  token only if its CE is below the bigram's).
-- Pronoun agreement {pronoun_agreement:.3f} over {n_pronoun_positions} he/she positions and
-  quote closing {quote_close_acc:.3f}: the model **{pronouns}** the pronoun probe and **{quotes}**
-  the quote probe (passed: accuracy at least {good:g}): it **{tracks}** long-range state.
-- {train_tokens:,} training tokens in {train_s:.0f} s{where}.
-"""
-facts["where"] = "" if train_model else " (the shipped model's training, by the `full` preset)"
-display(Markdown(WHAT_WE_SEE.format(**facts)))
+# %% [markdown]
+# **How to read it.** The reference run (`outputs/reference/00_storyworld/ref`) reports on the
+# shipped model: validation CE 1.384 nats/token on rows that start with a BOS, against 2.434
+# for the bigram and 5.559 for the unigram baseline. A model that only used the previous token
+# could not go below the bigram; this one is a nat per token better, so it uses context. The two
+# probes say which context: it gives the right pronoun for the story's character 99.7% of the
+# time (5,448 positions) and closes an open quote 99.1% of the time (995 positions), both of which
+# need state carried over many tokens. That is what makes storyworld a useful test bed: a model
+# of 440k parameters, small enough to train SAEs on in minutes on a CPU, that still computes
+# something the SAEs can be asked about. The training run's own report gave 1.277 on rows cut
+# from the token stream without a BOS; docs/storyworld.md explains the difference. A run with
+# `train_model=True` and a small budget (the tests' smoke run: six steps of a two-layer model)
+# prints a model that has barely started: compare its numbers with these before using it.
 
 # %%
 (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
