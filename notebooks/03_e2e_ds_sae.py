@@ -279,17 +279,16 @@ pd.DataFrame({"L0": table.l0, "CE increase": table.ce_increase,
 
 # %% [markdown]
 # Two things in this table surprised us the first time, and both come from comparing at one
-# phi rather than at one CE increase. Each held in the reference run of this notebook
-# (`outputs/reference/03_e2e_ds_sae/ref`, made before the downstream term was normalised), so
-# a rerun may differ in the details:
+# phi rather than at one CE increase. Each holds in the reference run of this notebook
+# (`outputs/reference/03_e2e_ds_sae/ref`); a run at other settings can differ in the details:
 #
-# - **e2e is not sparser than local here.** Its L0 was a little *above* local's (36.2 against
-#   35.3), while notebook 02, at the same phi on 400k tokens, has it a little below. At phi 1 the
+# - **e2e is not sparser than local here.** Its L0 is a little *above* local's (36.1 against
+#   35.2), while notebook 02, at the same phi on 400k tokens, has it a little below. At phi 1 the
 #   two L0s are close and their order is noise; what separates the methods at this phi is the CE
 #   increase (e2e adds well under half of local's). "Fewer latents" is a statement at matched CE.
 # - **e2e+ds reconstructs the later layers better than the local SAE** (downstream MSE at the
-#   last layer 0.059 against local's 0.084 and e2e's 0.197), though the local SAE is the one
-#   fitting the activation. It pays with the most active latents of the three (L0 47) and ends
+#   last layer 0.042 against local's 0.084 and e2e's 0.195), though the local SAE is the one
+#   fitting the activation. It pays with the most active latents of the three (L0 57) and ends
 #   with the lowest CE increase: at this phi e2e+ds sits far down its frontier, where every
 #   method is faithful.
 #
