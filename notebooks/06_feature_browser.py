@@ -163,7 +163,7 @@ for m, row in table.iterrows():
 # The e2e latents fire on about a third as many tokens as local's (median density 0.92% against
 # 3.0%). That is what L0 5.6 against 15.3 over the same ~500 latents means: e2e spends fewer,
 # rarer latents per token, not fewer latents. Not every latent fires on these 32,768 tokens (13 of
-# local's 512, 41 of e2e+ds's), while 05 counts every one alive over its 500,000-token window:
+# local's 512, 42 of e2e+ds's), while 05 counts every one alive over its 500,000-token window:
 # those are rare latents, not dead ones. The density figure says how many never fired here.
 
 # %% [markdown]

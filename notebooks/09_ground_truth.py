@@ -325,16 +325,16 @@ if {"topk", "gtopk"} <= set(results):
 # 2M-token `paper` sweep, local, e2e and e2e+ds read off at CE +0.06) nothing contradicts the claim,
 # and two seeds cannot confirm it. With 6.4 active latents against local's 15.8, e2e's mean best F1
 # is 0.270 against 0.288 and its mean best AUROC 0.662 against 0.709 (first seed); over seeds the
-# differences are -0.014 [-0.075, 0.048] and -0.038 [-0.145, 0.068]. e2e explains more of its
-# latents with one concept (0.374 vs 0.281; rare concepts only, 0.041 vs 0.005), and both seeds
+# differences are -0.014 [-0.074, 0.047] and -0.038 [-0.145, 0.068]. e2e explains more of its
+# latents with one concept (0.374 vs 0.281; rare concepts only, 0.040 vs 0.005), and both seeds
 # agree on the direction, but every e2e-minus-local interval crosses zero (with two seeds the
 # t-interval is wide by construction: t(0.975, 1) = 12.7). The g-SAE and TopK (k 8, their nearest
 # runs, at CE +0.020 and +0.025, well below the target, with 2048 latents against the ReLU SAEs'
-# 512) cannot be told apart: mean best F1 0.333 and 0.333, g-SAE minus TopK +0.005 [-0.056, 0.066].
+# 512) cannot be told apart: mean best F1 0.333 and 0.333, g-SAE minus TopK +0.005 [-0.056, 0.065].
 #
 # What is surprising is how much of "explained" is one concept. `sentence_type=statement` is on 87%
 # of tokens, so a precision of 0.9 for it is nearly free; it explains 131 of local's 137 explained
-# latents and 545 of TopK's 748 (section 5). The rare-only fraction is the one to read, and it is
+# latents and 543 of TopK's 748 (section 5). The rare-only fraction is the one to read, and it is
 # small: local 0.5%, e2e 4%, TopK 17%. Categorical labels (colour, size, emotion, number) are barely
 # recovered by any single latent (the heat map in section 4).
 #
