@@ -27,8 +27,8 @@
 #
 # This notebook trains its own six ReLU SAEs (3 types x 2 seeds), one sparsity coefficient per
 # type, meant to land the three at a similar CE increase. The `paper` preset (2M tokens) reads
-# its phi values off `outputs/reference/05_pareto/paper` near that sweep's target CE +0.06 (the
-# preset file says which), and they land close together (section 1). The `default` preset's
+# its phi values off `outputs/reference/05_pareto/doubling` near CE +0.06 (the preset file says
+# which), and they land close together (section 1). The `default` preset's
 # (500k tokens; local phi 0.3, e2e phi 1, e2e+ds phi 3) do not: its `ref` run has local at CE
 # +0.013, e2e at +0.052 and e2e+ds at +0.075, so its similarities are not a comparison at matched
 # CE. Intervals are 95% percentile bootstraps over directions (`saelab.studies.analysis`); they
@@ -136,16 +136,17 @@ print(f"largest mean CE increase / smallest: {spread:.2f}x")
 # %% [markdown]
 # **How to read it.** Braun et al. compare the dictionaries of SAEs trained to a similar CE loss
 # increase, so that a difference in geometry is not a difference in how much of the model's
-# performance each SAE keeps. In the `paper` run (2M tokens per SAE, 2 seeds) the three types
-# land at local +0.061, e2e +0.067 and e2e+ds +0.058, the two seeds of each type within 0.002 of
-# each other: the largest is 1.17x the smallest (e2e is 10% above local, 17% above e2e+ds). They
-# get there at very different sparsity (L0 about 20 for local, 7.5 for e2e, 9.4 for e2e+ds),
-# which is the paper's main result showing again. At the default preset the types are not
-# matched (the `ref` run: local +0.013, e2e +0.052, e2e+ds +0.075, 5.6x apart), so the geometry
-# below is then a comparison of SAEs that keep very different amounts of the model's
-# performance. To match them at another budget, raise `local_sparsity` (or lower
-# `e2e_ds_sparsity`) until the factor printed above is close to 1; a 05_pareto sweep at that
-# budget shows where each phi lands.
+# performance each SAE keeps. In the `paper` run (2M tokens per SAE, 2 seeds) the three types land
+# at local +0.060, e2e +0.060 and e2e+ds +0.059, the largest 1.03x the smallest. They get there at
+# very different sparsity (L0 about 20 for local, 8.6 for e2e, 9.8 for e2e+ds), which is the paper's
+# main result showing again. The phi values that do this moved when e2e+ds's downstream term was
+# normalised: at the old e2e+ds phi 4 it now lands at CE +0.038, and a first run of this preset
+# today was off by 1.78x; `05_pareto/doubling` gave the new values. At the default preset the types
+# are not matched (the `ref` run: local +0.013, e2e +0.052, e2e+ds +0.075, 5.6x apart), so the
+# geometry below is then a comparison of SAEs that keep very different amounts of the model's
+# performance. To match them at another budget, read each method's phi near the target off a
+# 05_pareto sweep at that budget, or move `local_sparsity` up (or `e2e_ds_sparsity` down) until the
+# factor printed above is close to 1.
 
 # %% [markdown]
 # ## 2. Alive directions, how far they moved, and chance
@@ -229,21 +230,21 @@ lines.append("mean cos to init: " + ", ".join(
 print("\n".join(lines))
 
 # %% [markdown]
-# **How to read it.** Braun et al. (GPT-2 layer 6) find local dictionaries more tightly packed
-# than e2e ones (mean within-SAE max cosine 0.166 higher) and slightly more than e2e+ds ones
-# (0.04), and e2e dictionaries the least stable across seeds. In the `paper` run (2 seeds),
-# local - e2e is +0.145 and +0.150, +0.148 [+0.117, +0.178] over seeds: close to the paper's
-# 0.166, in a 64-dimensional stream where random directions already reach 0.368. local - e2e+ds
-# is +0.057 and +0.077, each seed's bootstrap CI above 0, but +0.067 [-0.061, +0.194] over the
-# two seeds: the paper's sign, which two seeds cannot establish. The other measures order as in
-# the paper: cross-seed local 0.743, e2e+ds 0.674, e2e 0.556, and e2e+ds directions sit nearer
-# the local dictionary than e2e's do (0.603 against 0.501; random 0.361). What the run cannot
-# separate: e2e's directions also moved least from their nearly orthogonal random init (mean
-# cosine to init 0.51, against local 0.36 and e2e+ds 0.42), and a dictionary closer to that
-# start looks both less packed and less stable across seeds, while none of these SAEs has
-# settled at 2M tokens (`papers/e2e-sae/README.md`, the doubling test). Doubling `n_tokens`
-# would show whether the gaps hold as the directions move further; a third seed (`seeds=[0, 1,
-# 2]`) would narrow the interval on local - e2e+ds.
+# **How to read it.** Braun et al. (GPT-2 layer 6) find local dictionaries more tightly packed than
+# e2e ones (mean within-SAE max cosine 0.166 higher) and slightly more than e2e+ds ones (0.04), and
+# e2e dictionaries the least stable across seeds. In the `paper` run (2 seeds), local - e2e is
+# +0.150 and +0.143, +0.147 [+0.098, +0.195] over seeds: close to the paper's 0.166, in a
+# 64-dimensional stream where random directions already reach 0.368. local - e2e+ds is +0.050 and
+# +0.049, +0.050 [+0.045, +0.055] over seeds, against the paper's 0.04: the two seeds agree so
+# closely that even a two-seed interval excludes 0. The other measures order as in the paper:
+# cross-seed local 0.746, e2e+ds 0.687, e2e 0.560, and e2e+ds directions sit nearer the local
+# dictionary than e2e's do (0.630 against 0.506; random 0.362). What the run cannot separate: e2e's
+# directions also moved least from their nearly orthogonal random init (mean cosine to init 0.52,
+# against local 0.36 and e2e+ds 0.40), and a dictionary closer to that start looks both less packed
+# and less stable across seeds, while none of these SAEs has settled at 2M tokens
+# (`papers/e2e-sae/README.md`, the doubling test). Doubling `n_tokens` would show whether the gaps
+# hold as the directions move further; a third seed (`seeds=[0, 1, 2]`) would narrow the interval on
+# local - e2e.
 
 # %% [markdown]
 # ## 4. UMAP of two dictionaries
@@ -271,7 +272,7 @@ else:
 
 # %% [markdown]
 # **How to read it.** Braun et al. use such a map to look for regions that one dictionary covers
-# and the other does not. In the `paper` run (seed 0), 0.51 of each direction's 10 nearest
+# and the other does not. In the `paper` run (seed 0), 0.49 of each direction's 10 nearest
 # neighbours come from its own dictionary, against 0.50 if the two were fully mixed: by this
 # count local and e2e directions interleave across the map, which suggests the within-SAE gap
 # above is about how densely each dictionary packs the same regions rather than regions one of
