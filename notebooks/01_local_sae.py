@@ -239,9 +239,9 @@ assert abs(loss_hand.item() - loss_lib.item()) < 1e-5, check
 # 1. the same start: `torch.manual_seed(seed)`, then the SAE from `cfg_short.sae_config`, then
 #    `estimate_act_scales` on the training rows, special tokens left out (step 4);
 # 2. `torch.optim.Adam(sae.parameters(), lr=lr)`; before step `t`, set the learning rate to
-#    `lr * (t + 1) / warmup` during warmup, then a cosine from `lr` down to `0.1 * lr` at the last
-#    step (`min_frac + (1 - min_frac) * (1 + cos(pi * s)) / 2` times `lr`, `s` going 0 -> 1
-#    after warmup);
+#    `lr * (t + 1) / warmup` during warmup, then a cosine towards `0.1 * lr`: `lr * (0.1 + 0.9 *
+#    (1 + cos(pi * s)) / 2)` with `s = (t - warmup) / (n_steps - warmup)` (it would reach 1 one
+#    step after the last);
 # 3. batches in `sl.train`'s order: `train_data.batches(batch_size, shuffle=True, seed=seed)`;
 # 4. the SAE sees the positions `keep` (all but BOS) less any special token (storyworld's rows
 #    hold `<|endoftext|>` between stories; `excluded_tokens` lists the ids): a bool mask `[B,
@@ -250,12 +250,14 @@ assert abs(loss_hand.item() - loss_lib.item()) < 1e-5, check
 #    against rare spikes), `opt.step()`.
 #
 # Nothing is done to the decoder between steps, and that is a choice worth seeing. Braun et al.
-# (e2e_sae) normalise the rows of `W_dec` *inside* the forward pass, so the gradient reaches
-# `W_dec` through the normalisation: the derivative of `W / ||W||` has no component along `W`,
-# so the loss cannot pull a row longer or shorter, and its stored length drifts harmlessly. The
-# TopK SAEs of Gao et al. 2024 store unit rows instead and, after every step, remove the gradient
-# along each row and scale the rows back to unit length; notebook 04 writes that loop. The check
-# trains the same SAE with `sl.train` and compares every weight.
+# (e2e_sae) normalise the rows of `W_dec` *inside* the forward pass, so the gradient reaches `W_dec`
+# through the normalisation: the derivative of `W / ||W||` has no component along `W`, so the loss
+# does not pull a row longer or shorter. Its stored length still drifts (Adam's per-coordinate steps
+# are not orthogonal to the row), which changes how far a step turns that direction, an effective
+# learning rate per latent, but not what the forward pass computes. The TopK SAEs of Gao et al. 2024
+# store unit rows instead and, after every step, remove the gradient along each row and scale the
+# rows back to unit length; notebook 04 writes that loop. The check trains the same SAE with
+# `sl.train` and compares every weight.
 
 
 # %% tags=["solution"] jupyter={"source_hidden": true}

@@ -155,16 +155,17 @@ for m, row in table.iterrows():
           f"median density {row.median_density_alive:.2%}")  # fmt: skip
 
 # %% [markdown]
-# **How to read it.** In the `paper` run (2M tokens per SAE, 2 seeds, not converged) the three
-# ReLU SAEs picked sit at CE +0.056 to +0.060, a close match. TopK and g-SAE do not: even at the
-# smallest k of the sweep (8) they reach only +0.020 to +0.025, so their rows are better
-# reconstructions, not matched ones. Compare them with each other, not with the ReLU rows.
+# **How to read it.** In the `paper` run (2M tokens per SAE, 2 seeds, not converged) the three ReLU
+# SAEs picked sit at CE +0.056 to +0.060, a close match. TopK and g-SAE do not: even at the smallest
+# k of the sweep (8) they reach only +0.020 to +0.025, so their rows are better reconstructions, not
+# matched ones. Compare them with each other, not with the ReLU rows.
 #
 # The e2e latents fire on about a third as many tokens as local's (median density 0.92% against
-# 3.0%). That is what L0 5.6 against 15.3 over the same ~500 latents means: e2e spends fewer,
-# rarer latents per token, not fewer latents. Not every latent fires on these 32,768 tokens (13 of
-# local's 512, 42 of e2e+ds's), while 05 counts every one alive over its 500,000-token window:
-# those are rare latents, not dead ones. The density figure says how many never fired here.
+# 3.0%). That is what L0 5.6 against 15.3 over the same ~500 latents means: e2e spends fewer, rarer
+# latents per token, not fewer latents. Not every latent fires on these 32,768 tokens (13 of local's
+# 512, 42 of e2e+ds's), while 05 counts all of them alive (e2e+ds all but one) over its
+# 500,000-token window: those are rare latents, not dead ones. The density figure says how many
+# never fired here.
 
 # %% [markdown]
 # ## 3. The browser
@@ -265,19 +266,20 @@ if labelled:
             print(f"  {plots.method_label(m):7s} {stats.seed_text(st, '.1f')}")
 
 # %% [markdown]
-# **How to read it.** In the `paper` run (2 seeds) local has the most concept detectors of the
-# three ReLU SAEs, 32.0 [19.3, 44.7] against e2e's 19.5 [0.4, 38.6] and e2e+ds's 26.5 [-5.3,
-# 58.3]; the intervals overlap, so two seeds do not establish a difference. What is clearer is
-# the typical latent: its best F1 falls from 0.21 (local) to 0.09 (e2e), while all three cover
-# the same 18-20 of the 103 concepts. A latent that fires rarely has low recall on any concept
-# that spans many tokens, and e2e's latents fire a third as often (section 2).
+# **How to read it.** In the `paper` run (2 seeds) local has the most concept detectors of the three
+# ReLU SAEs, 32.0 [19.3, 44.7] against e2e's 19.5 [0.4, 38.6] and e2e+ds's 26.5 [-5.3, 58.3]; the
+# intervals overlap, so two seeds do not establish a difference. What is clearer is the typical
+# latent: its best F1 falls from 0.21 (local) to 0.09 (e2e), while all three cover the same 18-20 of
+# the 103 concepts. A latent that fires rarely has low recall on any concept that spans many tokens,
+# and e2e's latents fire a third as often (section 2).
 #
-# Braun et al. found no significant loss of interpretability for e2e latents, measured by
-# automated interpretability. Storyworld's labels measure something narrower (does one latent
-# track one labelled variable?), so this is not a contradiction; it is the one measure here on
-# which e2e looks worse, and 2 seeds cannot say by how much. TopK and g-SAE have four times as
-# many latents and cover more concepts (24), but most of their latents are rare, which is why
-# their median best F1 is lowest (0.05).
+# Braun et al. found no significant loss of interpretability for e2e latents, measured by automated
+# interpretability. Storyworld's labels measure something narrower (does one latent track one
+# labelled variable?), so this is not a contradiction; it is the one measure here on which e2e looks
+# worse. (Notebook 09 averages over concepts, not latents, and there e2e is close to local: a
+# typical e2e latent matches no label well, but most labels still find one that does.) TopK and
+# g-SAE have four times as many latents and cover more concepts (24), but most of their latents are
+# rare, which is why their median best F1 is lowest (0.05).
 
 # %% [markdown]
 # ## 5. Dashboards to keep and share

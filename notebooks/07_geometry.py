@@ -25,15 +25,14 @@
 #   e2e SAE find the local SAE's directions? We compare across seeds (e2e seed 0 against local
 #   seed 1): SAEs with the same seed start from the same decoder, which would count as similarity.
 #
-# This notebook trains its own six ReLU SAEs (3 types x 2 seeds), one sparsity coefficient per
-# type, meant to land the three at a similar CE increase. The `paper` preset (2M tokens) reads
-# its phi values off `outputs/reference/05_pareto/doubling` near CE +0.06 (the preset file says
-# which), and they land close together (section 1). The `default` preset's
-# (500k tokens; local phi 0.3, e2e phi 1, e2e+ds phi 3) do not: its `ref` run has local at CE
-# +0.013, e2e at +0.052 and e2e+ds at +0.075, so its similarities are not a comparison at matched
-# CE. Intervals are 95% percentile bootstraps over directions (`saelab.studies.analysis`); they
-# do not include seed-to-seed variation, which the two seeds show (the within-SAE differences
-# also get a t-interval over seeds).
+# This notebook trains its own six ReLU SAEs (3 types x 2 seeds), one sparsity coefficient per type,
+# meant to land the three at a similar CE increase. The `paper` preset (2M tokens) reads its phi
+# values off `outputs/reference/05_pareto/doubling` near CE +0.06 (the preset file says which), and
+# they land close together (section 1). The `default` preset's (500k tokens; local phi 0.3, e2e phi
+# 1, e2e+ds phi 3) do not: its `ref` run has local at CE +0.013, e2e at +0.053 and e2e+ds at +0.054,
+# so its similarities are not a comparison at matched CE. Intervals are 95% percentile bootstraps
+# over directions (`saelab.studies.analysis`); they do not include seed-to-seed variation, which the
+# two seeds show (the within-SAE differences also get a t-interval over seeds).
 
 # %% tags=["parameters"]
 model: str = "storyworld"  # frozen LM: "storyworld", a hub id such as "gpt2", or a local HF dir
@@ -142,7 +141,7 @@ print(f"largest mean CE increase / smallest: {spread:.2f}x")
 # main result showing again. The phi values that do this moved when e2e+ds's downstream term was
 # normalised: at the old e2e+ds phi 4 it now lands at CE +0.038, and a first run of this preset
 # today was off by 1.78x; `05_pareto/doubling` gave the new values. At the default preset the types
-# are not matched (the `ref` run: local +0.013, e2e +0.052, e2e+ds +0.075, 5.6x apart), so the
+# are not matched (the `ref` run: local +0.013, e2e +0.053, e2e+ds +0.054, 4.1x apart), so the
 # geometry below is then a comparison of SAEs that keep very different amounts of the model's
 # performance. To match them at another budget, read each method's phi near the target off a
 # 05_pareto sweep at that budget, or move `local_sparsity` up (or `e2e_ds_sparsity` down) until the
@@ -235,16 +234,16 @@ print("\n".join(lines))
 # e2e dictionaries the least stable across seeds. In the `paper` run (2 seeds), local - e2e is
 # +0.150 and +0.143, +0.147 [+0.098, +0.195] over seeds: close to the paper's 0.166, in a
 # 64-dimensional stream where random directions already reach 0.368. local - e2e+ds is +0.050 and
-# +0.049, +0.050 [+0.045, +0.055] over seeds, against the paper's 0.04: the two seeds agree so
-# closely that even a two-seed interval excludes 0. The other measures order as in the paper:
+# +0.049, +0.050 [+0.045, +0.055] over seeds, against the paper's 0.04, each seed's bootstrap
+# interval above 0 ([+0.029, +0.072] and [+0.027, +0.072]); the narrow interval over seeds rests on
+# one degree of freedom, so read the per-seed ones. The other measures order as in the paper:
 # cross-seed local 0.746, e2e+ds 0.687, e2e 0.560, and e2e+ds directions sit nearer the local
 # dictionary than e2e's do (0.630 against 0.506; random 0.362). What the run cannot separate: e2e's
-# directions also moved least from their nearly orthogonal random init (mean cosine to init 0.52,
-# against local 0.36 and e2e+ds 0.40), and a dictionary closer to that start looks both less packed
-# and less stable across seeds, while none of these SAEs has settled at 2M tokens
-# (`papers/e2e-sae/README.md`, the doubling test). Doubling `n_tokens` would show whether the gaps
-# hold as the directions move further; a third seed (`seeds=[0, 1, 2]`) would narrow the interval on
-# local - e2e.
+# directions also moved least from their random init (mean cosine to init 0.52, against local 0.36
+# and e2e+ds 0.40), and a dictionary closer to that start looks both less packed and less stable
+# across seeds, while none of these SAEs has settled at 2M tokens (`papers/e2e-sae/README.md`, the
+# doubling test). Doubling `n_tokens` would show whether the gaps hold as the directions move
+# further; a third seed (`seeds=[0, 1, 2]`) would narrow the interval on local - e2e.
 
 # %% [markdown]
 # ## 4. UMAP of two dictionaries

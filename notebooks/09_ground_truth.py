@@ -322,15 +322,16 @@ if {"topk", "gtopk"} <= set(results):
 # explains each latent, a second call scores the explanation) and find e2e latents about as
 # interpretable as local ones; the claim to check is *no loss* while e2e uses fewer active latents.
 # Storyworld replaces the LLM's guess with the labels. In the `paper` run (2 seeds, the SAEs of 05's
-# 2M-token `paper` sweep, local, e2e and e2e+ds read off at CE +0.06) nothing contradicts the claim,
-# and two seeds cannot confirm it. With 6.4 active latents against local's 15.8, e2e's mean best F1
-# is 0.270 against 0.288 and its mean best AUROC 0.662 against 0.709 (first seed); over seeds the
-# differences are -0.014 [-0.074, 0.047] and -0.038 [-0.145, 0.068]. e2e explains more of its
-# latents with one concept (0.374 vs 0.281; rare concepts only, 0.040 vs 0.005), and both seeds
-# agree on the direction, but every e2e-minus-local interval crosses zero (with two seeds the
-# t-interval is wide by construction: t(0.975, 1) = 12.7). The g-SAE and TopK (k 8, their nearest
-# runs, at CE +0.020 and +0.025, well below the target, with 2048 latents against the ReLU SAEs'
-# 512) cannot be told apart: mean best F1 0.333 and 0.333, g-SAE minus TopK +0.005 [-0.056, 0.065].
+# 2M-token `paper` sweep, local, e2e and e2e+ds read off at CE +0.06) neither a loss nor no loss is
+# established: both seeds put e2e lower on AUROC and best F1 and higher on explained latents. With
+# 6.4 active latents against local's 15.8, e2e's mean best F1 is 0.270 against 0.288 and its mean
+# best AUROC 0.662 against 0.709 (first seed); over seeds the differences are -0.014 [-0.074, 0.047]
+# and -0.038 [-0.145, 0.068]. e2e explains more of its latents with one concept (0.374 vs 0.281;
+# rare concepts only, 0.040 vs 0.005), and both seeds agree on the direction, but every
+# e2e-minus-local interval crosses zero (with two seeds the t-interval is wide by construction:
+# t(0.975, 1) = 12.7). The g-SAE and TopK (k 8, their nearest runs, at CE +0.020 and +0.025, well
+# below the target, with 2048 latents against the ReLU SAEs' 512) cannot be told apart: mean best F1
+# 0.333 and 0.333, g-SAE minus TopK +0.005 [-0.056, 0.065].
 #
 # What is surprising is how much of "explained" is one concept. `sentence_type=statement` is on 87%
 # of tokens, so a precision of 0.9 for it is nearly free; it explains 131 of local's 137 explained

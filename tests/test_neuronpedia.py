@@ -103,12 +103,17 @@ def test_export_layout_round_trip_and_refusals(report, tmp_path):
                      "skipped_indexes.json"]  # fmt: skip
     batches = npd.read_export(folder)
     assert [f["feature_index"] for b in batches for f in b["features"]] == latents
-    assert {(b["model_id"], b["layer"], b["sae_set"]) for b in batches} == {
-        ("storyworld", 3, "res-saelab")}  # the layer of resid_pre.3  # fmt: skip
+    assert {(b["model_id"], b["layer"], b["sae_set"], b["sae_id_suffix"]) for b in batches} == {
+        ("storyworld", 3, "res-saelab", None)}  # the layer of resid_pre.3  # fmt: skip
     dead = [f for b in batches for f in b["features"] if f["feature_index"] == DEAD][0]
     assert dead["activations"] == [] and dead["frac_nonzero"] == 0
     skipped = json.loads((folder / "skipped_indexes.json").read_text())
-    assert DEAD in skipped["skipped_indexes"] and 0 not in skipped["skipped_indexes"]
+    assert skipped["skipped_indexes"] == []  # the dead latent was exported; the rest fired
+    live = npd.export(report, [0, 1], tmp_path / "np2", model_id="storyworld", sae_set="s")
+    skipped = json.loads((live / "skipped_indexes.json").read_text())
+    assert skipped["skipped_indexes"] == [DEAD]  # dead and not exported; live ones left out
+    with pytest.raises(ValueError, match="batch_size=0 must be at least 1"):
+        npd.export(report, [0], tmp_path / "np3", model_id="m", sae_set="s", batch_size=0)
     with pytest.raises(FileExistsError, match="already holds a Neuronpedia export"):
         npd.export(report, latents, folder, model_id="storyworld", sae_set="res-saelab")
     with pytest.raises(ValueError, match=r"latents \[12\] are out of range.*valid: 0..11"):
@@ -193,7 +198,7 @@ def test_viewer_renders_storyworld_in_headless_chromium(report, chromium, tmp_pa
     i = int(report.density.argmax())
     tok = int(report.ctx_ids[i, 0, report.before])
     saved = report.vocab[tok]
-    report.vocab[tok] = "</script><b>&"  # a token that would break out of the data block
+    report.vocab[tok] = "<!--<script></script><b>&"  # would end the data block or comment it
     try:
         folder = npd.export(report, [i, 0, DEAD], tmp_path / "np", model_id="storyworld",
                             sae_set="res-saelab", n_ctx=64)  # fmt: skip
@@ -203,8 +208,9 @@ def test_viewer_renders_storyworld_in_headless_chromium(report, chromium, tmp_pa
     check_render(dom, folder)
     p = _Rendered()
     p.feed(dom)
-    assert p.latents[i]["peaks"][0] == "</script><b>&"  # shown as text, not markup
+    assert p.latents[i]["peaks"][0] == "<!--<script></script><b>&"  # shown as text, not markup
     assert p.latents[DEAD]["ctx"] == []
+    assert "<!--" not in (folder / "index.html").read_text()  # escaped in the page's source
 
 
 def tiny_llama(tmp_path):

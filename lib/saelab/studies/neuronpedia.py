@@ -96,15 +96,21 @@ def batch_json(report: LatentReport, latents, model_id: str, sae_set: str, layer
     if layer is None:
         layer = parse_site(report.sae_info["site"]).layer
     feats = [feature_json(report, int(i), dataset, n_ctx) for i in latents]
-    return dict(model_id=model_id, layer=int(layer), sae_set=sae_set, features=feats)
+    return dict(model_id=model_id, layer=int(layer), sae_set=sae_set, sae_id_suffix=None,
+                features=feats)  # fmt: skip
 
 
 def export(report: LatentReport, latents, folder, model_id: str, sae_set: str,
            layer: int | None = None, dataset: str = "", n_ctx: int = 0,
            batch_size: int = 128) -> Path:  # fmt: skip
     """Write `latents` of `report` as Neuronpedia batch files into `folder`, with
-    `skipped_indexes.json` (every latent that never fired on the report's tokens) and
-    `index.html` (the viewer). Refuses a folder that already holds an export.
+    `skipped_indexes.json` and `index.html` (the viewer). Refuses a folder that already holds an
+    export.
+
+    `skipped_indexes.json` lists the latents that never fired on the report's tokens and are not
+    exported: Neuronpedia creates those as dead. SAEDashboard lists every latent it did not
+    export, since it exports all the live ones; here a partial export (a chosen few latents)
+    must not mark the live ones it left out as dead, so they are in neither file.
 
     Returns the folder. `batch_size`: features per `batch-<n>.json` (SAEDashboard's
     `n_features_at_a_time`).
@@ -124,9 +130,10 @@ def export(report: LatentReport, latents, folder, model_id: str, sae_set: str,
                           n_ctx) for s in range(0, max(len(latents), 1), batch_size)]  # fmt: skip
     for n, b in enumerate(batches):
         (folder / f"batch-{n}.json").write_text(json.dumps(b), encoding="utf-8")
-    dead = (report.density == 0).nonzero().flatten().tolist()
+    chosen = set(latents)
+    dead = [i for i in (report.density == 0).nonzero().flatten().tolist() if i not in chosen]
     skipped = dict(model_id=model_id, layer=str(batches[0]["layer"]), sae_set=sae_set,
-                   skipped_indexes=dead)  # fmt: skip
+                   log_sparsity=None, skipped_indexes=dead)  # fmt: skip
     (folder / "skipped_indexes.json").write_text(json.dumps(skipped), encoding="utf-8")
     (folder / "index.html").write_text(viewer_html(batches, report.name), encoding="utf-8")
     return folder
@@ -144,9 +151,17 @@ def viewer_html(batches: list[dict], title: str = "") -> str:
     """A standalone page (no network) that draws every feature of `batches` from the batch JSON
     itself, embedded as `<script type="application/json">` data, with a script: what it shows is
     what a reader of the files gets. Each feature is a section `id="latent-<i>"`."""
-    data = json.dumps(batches).replace("</", "<\\/")  # no "</script>" inside the data block
-    name = json.dumps(title or "SAE").replace("</", "<\\/")
-    return VIEWER.replace("__DATA__", data).replace("__TITLE__", name)
+    head, rest = VIEWER.split("__DATA__")
+    middle, tail = rest.split("__TITLE__")
+    return head + _script_json(batches) + middle + _script_json(title or "SAE") + tail
+
+
+def _script_json(value) -> str:
+    """JSON that is inert inside a `<script>` element: no `<`, `>` or `&` characters at all
+    (escaped as JSON's `\\u003c` ...), so no token string can close the element or open an HTML
+    comment in it."""
+    text = json.dumps(value)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 VIEWER = """<!DOCTYPE html>
