@@ -51,7 +51,9 @@ def feature_json(report: LatentReport, i: int, dataset: str = "", n_ctx: int = 0
 
     Contexts: one `activations` entry per top context (padding dropped), `bin_min` -1 and
     `bin_max` the latent's largest activation, as SAEDashboard writes its "top activations"
-    group; `qualifying_token_index` is the context's peak token.
+    group; `qualifying_token_index` is the context's peak token. `n_prompts_total` is the
+    report's positions over `n_ctx`, approximate when positions were left out (BOS, special
+    tokens): the report keeps positions, not rows.
     """
     acts = []
     for ids, vals in zip(report.ctx_ids[i].tolist(), report.ctx_acts[i].tolist(), strict=True):
