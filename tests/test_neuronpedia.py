@@ -73,6 +73,8 @@ def test_feature_record_equals_the_report(report, lm):
     # the logit histogram counts every vocabulary entry; the promoted token is the top effect
     effects = features.logit_effects(lm, report.extra["sae"].decoder_directions())[i]
     assert sum(f["logits_hist_data_bar_heights"]) == lm.config.vocab_size
+    centres = f["logits_hist_data_bar_values"]  # bin centres inside [min, max] of the effects
+    assert float(effects.min()) < centres[0] < centres[-1] < float(effects.max())
     assert f["pos_str"][0] == report.vocab[int(effects.argmax())]
     assert f["pos_values"][0] == pytest.approx(float(effects.max()), abs=1e-3)
     assert f["neg_values"][0] == pytest.approx(float(effects.min()), abs=1e-3)
@@ -87,6 +89,7 @@ def test_feature_record_equals_the_report(report, lm):
         assert a["tokens"] == [report.vocab[int(t)] for t in ids[keep]]
         assert a["values"] == pytest.approx(vals[keep].tolist(), abs=1e-3)
         q = a["qualifying_token_index"]
+        assert a["values"][q] == max(a["values"])  # the peak is the context's largest value
         assert a["values"][q] == pytest.approx(float(vals[report.before]), abs=1e-3)
         assert a["bin_max"] == pytest.approx(float(flat.max()), abs=1e-3)
         peaks.append(a["values"][q])
