@@ -1,11 +1,15 @@
-"""`config(**kw)`: a TrainConfig from one keyword list, so a test names only what it varies.
+"""`config(**kw)`: a TrainConfig from one keyword list, so a test names only what it varies;
+`killed_at` and `dump_dom`, two more helpers the tests share.
 
 Keywords that are TrainConfig fields stay; `sae` (an architecture name, default "relu") and
 every other keyword build the SAE's config; `kl_coeff` / `ds_coeff` go to the objective named by
 `loss`. A test helper, not the library's: the library takes the nested form only.
 """
 
+import subprocess
 from dataclasses import fields
+
+import pytest
 
 import saelab as sl
 
@@ -40,3 +44,16 @@ def killed_at(monkeypatch, n: int):
 
     monkeypatch.setattr(tr, "compute_loss", dying)
     return real
+
+
+def dump_dom(chromium: str, page, tmp_path) -> subprocess.CompletedProcess:
+    """Headless Chromium's DOM of `page` after its scripts ran (`--dump-dom`), with a fresh
+    profile and no background networking (the machine has none); skips the test after 90 s."""
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+           "--disable-background-networking", "--disable-component-update", "--no-first-run",
+           f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+           page.resolve().as_uri()]  # fmt: skip
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+    except subprocess.TimeoutExpired:
+        pytest.skip("chromium did not finish rendering in 90 s")

@@ -7,11 +7,11 @@ search has a known answer. Expected values are computed directly from the activa
 
 from __future__ import annotations
 
-import subprocess
 from html.parser import HTMLParser
 
 import pytest
 import torch
+from configs import dump_dom
 
 from saelab.core.models import parse_site
 from saelab.core.passes import clean_pass
@@ -213,20 +213,7 @@ def test_choose_latents(browser):
 def test_exported_html_renders_in_headless_chromium(browser, chromium, tmp_path):
     latents = [NAME_LATENT, 1, 5, 9]
     path = br.export_html(browser.report, latents, tmp_path / "dash.html")
-    cmd = [
-        chromium,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--dump-dom",
-        path.resolve().as_uri(),
-    ]
-    try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
-    except subprocess.TimeoutExpired:
-        pytest.skip("chromium did not finish rendering in 90 s")
+    res = dump_dom(chromium, path, tmp_path)
     p = _Sections()
     p.feed(res.stdout)
     assert p.latents == latents, res.stderr[-2000:]

@@ -9,12 +9,12 @@ beside saelab (docs/interop.md), so its key list is written out here.
 from __future__ import annotations
 
 import json
-import subprocess
 from html.parser import HTMLParser
 
 import pytest
 import torch
 import transformers as tf
+from configs import dump_dom
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 import saelab as sl
@@ -169,14 +169,7 @@ class _Rendered(HTMLParser):
 
 
 def render(chromium, page, tmp_path) -> str:
-    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-           "--disable-background-networking", "--disable-component-update", "--no-first-run",
-           f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
-           page.resolve().as_uri()]  # fmt: skip
-    try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
-    except subprocess.TimeoutExpired:
-        pytest.skip("chromium did not finish rendering in 90 s")
+    res = dump_dom(chromium, page, tmp_path)
     assert 'data-rendered="' in res.stdout, res.stderr[-2000:]  # the script ran to its end
     return res.stdout
 

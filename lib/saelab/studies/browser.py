@@ -153,12 +153,17 @@ def top_contexts(
     return ids.permute(1, 0, 2).contiguous(), vals.permute(1, 0, 2).contiguous()
 
 
+def _bin_counts(rows: Tensor, values: Tensor, lo, span, d: int, n_bins: int) -> Tensor:
+    """Counts `[d, n_bins]` of `values [M]`, each of latent `rows [M]`, in `n_bins` equal bins of
+    `[lo, lo + span]` (scalars or `[M]`, per value); the top edge goes in the last bin."""
+    b = ((values - lo) / span * n_bins).long().clamp_(0, n_bins - 1)
+    return torch.bincount(rows * n_bins + b, minlength=d * n_bins).reshape(d, n_bins)
+
+
 def act_histograms(flat: Tensor, max_act: Tensor, n_bins: int = 24) -> Tensor:
     """Counts `[d, n_bins]` of each latent's nonzero activations (`flat [N, d]`) over [0, max]."""
     n, j = (flat > 0).nonzero(as_tuple=True)
-    b = (flat[n, j] / max_act[j] * n_bins).long().clamp_(0, n_bins - 1)
-    d = flat.shape[1]
-    return torch.bincount(j * n_bins + b, minlength=d * n_bins).reshape(d, n_bins)
+    return _bin_counts(j, flat[n, j], 0.0, max_act[j], flat.shape[1], n_bins)
 
 
 def logit_histograms(effects: Tensor, n_bins: int = 24) -> tuple[Tensor, Tensor]:
@@ -166,11 +171,10 @@ def logit_histograms(effects: Tensor, n_bins: int = 24) -> tuple[Tensor, Tensor]
     of its own [min, max], and those ranges `[d, 2]` (Neuronpedia's logit histogram, written by
     `neuronpedia.py`)."""
     lo, hi = effects.min(1).values, effects.max(1).values
+    d, V = effects.shape
+    rows = torch.arange(d).repeat_interleave(V)
     span = (hi - lo).clamp(min=1e-12)
-    b = ((effects - lo[:, None]) / span[:, None] * n_bins).long().clamp_(0, n_bins - 1)
-    d = effects.shape[0]
-    rows = torch.arange(d)[:, None] * n_bins
-    counts = torch.bincount((rows + b).flatten(), minlength=d * n_bins).reshape(d, n_bins)
+    counts = _bin_counts(rows, effects.flatten(), lo[rows], span[rows], d, n_bins)
     return counts, torch.stack([lo, hi], 1)
 
 
