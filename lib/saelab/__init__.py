@@ -24,12 +24,14 @@ from saelab.core.models import Site, load_model, model_info, parse_site, valid_s
 from saelab.core.objectives import OBJECTIVES, Objective, objective
 from saelab.core.sae import SAE, SAEConfig, architecture, architectures, load_sae, save_sae
 from saelab.core.saelens import export_saelens, to_saebench
+from saelab.core.schedule import Finetune
 from saelab.core.training import Run, train, train_many
 
 __all__ = [
     "OBJECTIVES",
     "SAE",
     "ActivationCache",
+    "Finetune",
     "Objective",
     "Run",
     "SAEConfig",

@@ -232,6 +232,12 @@ class ActivationCache:
 
     def check_training(self, cfg, lm=None) -> None:
         """Raise unless a `TrainConfig` (and model, if given) can train from this cache."""
+        if cfg.finetune is not None and cfg.finetune.loss.needs_model:
+            raise ValueError(
+                f"a fine-tune with loss={cfg.finetune.loss.name!r} cannot train from an "
+                "activation cache: it splices the SAE into the model for the run's last part. "
+                "Train on the token dataset (the whole run shares the model's passes)"
+            )
         if cfg.loss.needs_model:
             raise ValueError(
                 f"loss={cfg.loss.name!r} cannot train from an activation cache: e2e losses need "

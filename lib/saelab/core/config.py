@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from saelab.core.models import parse_site
 from saelab.core.objectives import Local, Objective, objective
 from saelab.core.sae import SAEConfig, check_number, is_int
+from saelab.core.schedule import Finetune, as_finetune
 
 DEAD_TOKENS_CAP = 10_000_000  # sparsify's dead_feature_threshold (Gao et al. 2024 use 10M too)
 
@@ -67,6 +68,9 @@ class TrainConfig:
     sites: tuple[str, ...] = ("resid_pre.3",)  # one or several sites (a str is accepted)
     sae: SAEConfig = field(default_factory=lambda: SAEConfig.create(architecture="relu"))
     loss: Objective = field(default_factory=Local)  # local | e2e | e2e+ds, with coefficients
+    # the last part of the run trains with another objective (`saelab.core.schedule`: local,
+    # then a balanced KL + MSE fine-tune, Karvonen 2025); a Finetune or a dict of its fields
+    finetune: Finetune | None = None
     # positions the SAEs leave clean and out of their losses and metrics; None: the BOS position
     # (0) when the data prepends one, else none (ARCHITECTURE.md §6)
     exclude_positions: tuple[int, ...] | None = None
@@ -108,6 +112,10 @@ class TrainConfig:
             raise ValueError("sites is empty; give at least one site such as 'resid_pre.3'")
         object.__setattr__(self, "sae", _as_sae_config(self.sae))
         object.__setattr__(self, "loss", _as_objective(self.loss))
+        object.__setattr__(self, "finetune", as_finetune(self.finetune))
+        if self.finetune is not None and self.finetune.loss == self.loss:
+            raise ValueError(f"finetune loss {self.finetune.loss.to_dict()} is the run's own "
+                             "loss: a fine-tune switches to another objective")  # fmt: skip
         if self.exclude_positions is not None:
             ex = self.exclude_positions
             if isinstance(ex, int | str) or not all(is_int(p) and p >= 0 for p in ex):
@@ -156,8 +164,10 @@ class TrainConfig:
             raise ValueError(f"{e} (dict_ratio {self.sae.dict_ratio} x {d_in})") from e
 
     def to_dict(self) -> dict:
-        """The config as JSON-ready dict: `sae` as its fields, `loss` as `{"name", coeffs}`."""
-        return asdict(self) | {"loss": self.loss.to_dict()}
+        """The config as JSON-ready dict: `sae` as its fields, `loss` as `{"name", coeffs}`,
+        `finetune` as `Finetune.to_dict` (or None)."""
+        ft = self.finetune.to_dict() if self.finetune is not None else None
+        return asdict(self) | {"loss": self.loss.to_dict(), "finetune": ft}
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:

@@ -8,6 +8,7 @@ step, the activation cache and the evaluation ask it instead of testing loss nam
 | `local` | the site's clean activation only | MSE(x_hat, x) per site |
 | `e2e` | clean logits; the SAE spliced into the model | kl_coeff * KL(P_clean ‖ P_sae) |
 | `e2e+ds` | as e2e, plus the residual stream after the last site | + ds_coeff * downstream MSE |
+| `e2e+mse` | as e2e | kl_coeff * KL + mse_coeff * MSE(x_hat, x) per site |
 
 Each term is `(coefficient, unweighted scalar)`; the architecture adds its own (sparsity, AuxK,
 L0) per SAE (`SAE.loss_terms`). An objective is a frozen config that owns its coefficients, as
@@ -136,7 +137,24 @@ class E2EDownstream(E2E):
         return super().terms(clean, spliced, outs, sites, saes) | {"ds_mse": (self.ds_coeff, ds)}
 
 
-OBJECTIVES: dict[str, type[Objective]] = {o.name: o for o in (Local, E2E, E2EDownstream)}
+@dataclass(frozen=True)
+class E2ELocal(E2E):
+    """KL plus each site's own MSE: the fine-tune objective of Karvonen 2025 (arXiv 2503.17272),
+    which `TrainConfig.finetune` switches to for the last part of a run (`saelab.core.schedule`
+    balances its KL against the MSE there)."""
+
+    name: ClassVar[str] = "e2e+mse"
+    mse_coeff: float = 1.0
+
+    def terms(self, clean, spliced, outs, sites, saes) -> dict[str, Term]:
+        """`{"kl": (kl_coeff, KL), "mse": (mse_coeff, MSE)}` (`"<site>/mse"` per site when
+        there are several), the MSE in each SAE's own units as the local objective's."""
+        local = Local().terms(clean, spliced, outs, sites, saes)
+        mse = {name: (self.mse_coeff, value) for name, (_, value) in local.items()}
+        return super().terms(clean, spliced, outs, sites, saes) | mse
+
+
+OBJECTIVES: dict[str, type[Objective]] = {o.name: o for o in (Local, E2E, E2EDownstream, E2ELocal)}
 
 
 def objective(name: str, **coeffs: float) -> Objective:

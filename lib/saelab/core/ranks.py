@@ -119,6 +119,16 @@ def check_same_step(step: int, device: torch.device, w: World) -> None:
         )
 
 
+def mean(values: torch.Tensor, w: World) -> torch.Tensor:
+    """The mean over ranks of `values [n]` (a CPU tensor in and out), one all-reduce."""
+    if w.size == 1:
+        return values
+    nccl = dist.get_backend() == "nccl"  # nccl reduces CUDA tensors only
+    buf = values.to(torch.device("cuda", torch.cuda.current_device()) if nccl else values.device)
+    dist.all_reduce(buf)
+    return (buf / w.size).cpu()
+
+
 def barrier(w: World) -> None:
     """Wait for every rank (a no-op for a single process)."""
     if w.size > 1:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from saelab.core import ranks
+from saelab.core import ranks, schedule
 from saelab.core.cache import ActivationCache
 from saelab.core.checkpoint import (
     TrainState,
@@ -52,6 +52,8 @@ from saelab.core.tracking import Tracked
 SHARED = {
     "sites": lambda c: c.sites,
     "loss": lambda c: c.loss.name,  # the objective; its coefficients may differ
+    # the fine-tune's objective and switch step (its coefficients and balance may differ)
+    "finetune": lambda c: c.finetune and (c.finetune.loss.name, c.finetune.fraction),
     "batch_size": lambda c: c.batch_size,
     "n_tokens": lambda c: c.n_tokens,
     "seed": lambda c: c.seed,
@@ -255,12 +257,12 @@ def activation_stats(lm, data, sites: list[Site], keep, batch_size: int, n_token
 
 
 def shared_clean_pass(lm, tokens: torch.Tensor, saes: list[dict[Site, SAE]],
-                      cfg: TrainConfig) -> Clean:  # fmt: skip
+                      cfg: TrainConfig, obj=None) -> Clean:  # fmt: skip
     """One clean pass on `tokens [B, T]` serving every SAE set in `saes` (one per config of a
     sweep, same sites): activations, and the logits, later residuals and dL/dx where the
-    objective or any SAE needs them."""
+    objective (`obj`, default `cfg.loss`) or any SAE needs them."""
     sites = sort_sites(list(saes[0]))
-    obj = cfg.loss
+    obj = obj or cfg.loss
     later = obj.later(lm, sites) if obj.spliced else []
     grads = any(sae.needs_grad for group in saes for sae in group.values())
     return clean_pass(lm, tokens, sites, later, logits=obj.needs_logits, grads=grads)
@@ -298,6 +300,8 @@ class Member:
     first_loss: float | None = None  # the first train record's loss (divergence warning)
     warned_diverging: bool = False
     tracked: Tracked | None = None  # its W&B / TensorBoard runs (`saelab.core.tracking`)
+    kl_scale: float | None = None  # the fine-tune's KL scale, once measured (saelab.core.schedule)
+    pending: list[dict] = field(default_factory=list)  # records a step made, for the loop to log
 
     def log(self, rec: dict) -> None:
         self.state.log.append(rec)
@@ -363,8 +367,9 @@ def context(lm, data, cfgs: list[TrainConfig], out_dirs: list, eval_data, resume
     n_steps = n_steps_of(cfg0, data, facts)
     check_schedule(cfgs, n_steps, data.n_ctx)
     ranks.check_batch(cfg0.batch_size, w)
-    if lm is not None and cfg0.loss.spliced:
-        cfg0.loss.later(lm, sites)  # e.g. e2e+ds with no later layer: refused now
+    for obj in schedule.objectives(cfg0):
+        if lm is not None and obj.spliced:
+            obj.later(lm, sites)  # e.g. e2e+ds with no later layer: refused now
     if eval_data is None:
         eval_data = cache.token_dataset() if cache is not None and lm is not None else data
     excluded = excluded_positions(cfg0.exclude_positions, data)
@@ -423,4 +428,10 @@ def member(ctx: Context, cfg: TrainConfig, out_dir, resume: bool) -> Member:
         if bias:
             state.log.append({"step": 0, "kind": "b_dec_init", "method": method, "norm": bias})
     ranks.check_same_step(state.step, ctx.device, ctx.world)
-    return Member(cfg, out if ctx.world.main else None, state, ckpt if resumed else None)
+    return Member(
+        cfg,
+        out if ctx.world.main else None,
+        state,
+        ckpt if resumed else None,
+        kl_scale=schedule.kl_scale(state.log),
+    )  # a resume past the switch keeps it

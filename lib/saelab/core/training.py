@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from saelab.core import losses, ranks, tracking
+from saelab.core import losses, ranks, schedule, tracking
 from saelab.core.checkpoint import CheckpointError, checkpoint_step, save_checkpoint, start_files
 from saelab.core.config import TrainConfig
 from saelab.core.locks import writer_lock
@@ -78,23 +78,26 @@ class NonFiniteLoss(RuntimeError):
 
 
 def compute_loss(lm, tokens, saes: dict[Site, SAE], cfg: TrainConfig, dead, acts=None, keep=None,
-                 clean: Clean | None = None):  # fmt: skip
+                 clean: Clean | None = None, obj=None, kl_scale=None):  # fmt: skip
     """One step's loss and its parts for `tokens [B, T]`; `dead` maps site -> bool mask [d_sae].
 
     `acts` (site -> `[B, T, d_in]`, from an activation cache) replaces the clean pass of an
     objective that needs no model; `tokens` and `lm` are then unused. `keep` (positions `[T']`)
     restricts the SAEs, their losses and the splice to those positions (`TrainConfig.
     exclude_positions`); the objective's KL is still over every position. `clean` (from
-    `shared_clean_pass`) is a clean pass already run on `tokens`, shared by several SAEs. Returns
+    `shared_clean_pass`) is a clean pass already run on `tokens`, shared by several SAEs. `obj`:
+    the objective of this step (default `cfg.loss`; `schedule.objective_at`), `kl_scale` a
+    factor on its KL coefficient (the fine-tune's balance), or a function of the step's logs
+    that gives it (the switch step measures it on its own batch). Returns
     (loss, logs, outs): the weighted sum of every term, `{name: unweighted value}` plus each
     site's `mse` (in the SAE's normalised units, whatever the objective; the evaluation's is in
     raw units) and `l0`, and site -> ForwardOutput at the kept positions.
     """
-    sites, obj = sort_sites(list(saes)), cfg.loss
+    sites, obj = sort_sites(list(saes)), obj or cfg.loss
     if acts is not None:
         clean = Clean(acts, None, None, [])
     elif clean is None:
-        clean = shared_clean_pass(lm, tokens, [saes], cfg)
+        clean = shared_clean_pass(lm, tokens, [saes], cfg, obj)
     if obj.needs_logits and clean.kl_target is None and not isinstance(clean.logits, Streamed):
         # once per batch, shared by a sweep's SAEs (streamed logits have no materialised side)
         clean.kl_target = losses.kl_target(clean.logits, in_place=True)
@@ -115,13 +118,15 @@ def compute_loss(lm, tokens, saes: dict[Site, SAE], cfg: TrainConfig, dead, acts
         own = sae.loss_terms(sae.normalize(inputs.acts[s]),
                              out._replace(x_hat=sae.normalize(out.x_hat)), dead[s])  # fmt: skip
         terms |= {f"{tag(s)}{name}": term for name, term in own.items()}
-    loss = sum((coeff * value for coeff, value in terms.values()), torch.zeros(()))
     logs = {name: value.item() for name, (_, value) in terms.items()}
     for s in sites:
         if f"{tag(s)}mse" not in logs:  # in the SAE's own units, as the local objective's term,
             norm = saes[s].normalize  # so one training-curve panel compares every objective
             logs[f"{tag(s)}mse"] = losses.mse_loss(norm(outs[s].x_hat), norm(inputs.acts[s])).item()
         logs[f"{tag(s)}l0"] = outs[s].stats()[1]
+    if kl_scale is not None:
+        terms = schedule.scaled(terms, kl_scale(logs) if callable(kl_scale) else kl_scale)
+    loss = sum((coeff * value for coeff, value in terms.values()), torch.zeros(()))
     return loss, logs, outs
 
 
@@ -133,9 +138,21 @@ def step(ctx: Context, m: Member, batch: torch.Tensor, clean: Clean | None = Non
     hook (e.g. removing the gradient parallel to unit decoder rows), clip, Adam, the after-step
     hook (e.g. decoder renormalisation), dead-latent counters. Returns the step's log values
     (loss first), equal on every rank. A non-finite loss stops the run before the step is taken
-    (`NonFiniteLoss`)."""
+    (`NonFiniteLoss`). From `schedule.switch_step` on, the step trains with the fine-tune's
+    objective; the first such step measures its KL scale (`m.kl_scale`, logged by the loop)."""
     cfg, state, saes = m.cfg, m.state, m.state.saes
     sites = list(saes)
+    obj, scale = schedule.objective_at(cfg, state.step, ctx.n_steps), None
+    if obj is not cfg.loss and cfg.finetune.balance:
+        scale = m.kl_scale
+        if scale is None:  # the switch: MSE / KL on this batch, the same on every rank
+
+            def scale(logs: dict) -> float:
+                m.kl_scale = schedule.balance_scale(logs, lambda t: ranks.mean(t, ctx.world))
+                m.pending.append({"step": state.step, "kind": "finetune", "kl_scale": m.kl_scale,
+                                  "loss": obj.to_dict()})  # fmt: skip
+                return m.kl_scale
+
     lr = lr_at(state.step, ctx.n_steps, cfg.lr, cfg.warmup, cfg.min_lr_frac)
     for g in state.opt.param_groups:
         g["lr"] = lr
@@ -144,7 +161,7 @@ def step(ctx: Context, m: Member, batch: torch.Tensor, clean: Clean | None = Non
     tokens = tokens if acts is not None else batch
     keep = batch_positions(tokens, ctx.keep, ctx.special) if tokens is not None else ctx.keep
     tokens = None if acts is not None else tokens
-    loss, logs, outs = compute_loss(ctx.lm, tokens, saes, cfg, dead, acts, keep, clean)
+    loss, logs, outs = compute_loss(ctx.lm, tokens, saes, cfg, dead, acts, keep, clean, obj, scale)
     state.opt.zero_grad(set_to_none=True)
     loss.backward()
     fired = [outs[s].stats()[0] for s in sites]
@@ -173,14 +190,16 @@ def step(ctx: Context, m: Member, batch: torch.Tensor, clean: Clean | None = Non
 
 
 def record(ctx: Context, m: Member, logs: dict, tokens_per_s: float) -> None:
-    """Add a step's `logs` to `m`'s running sums; every `log_every` steps (and at the last) write
-    a train record holding their mean: one batch in `log_every` would be mostly batch noise to a
-    plateau test."""
+    """Add a step's `logs` to `m`'s running sums; every `log_every` steps (and at the last, and
+    before a fine-tune switches objective) write a train record holding their mean: one batch in
+    `log_every` would be mostly batch noise to a plateau test."""
     lr = logs.pop("lr")
     for k, v in logs.items():
         m.sums[k] = m.sums.get(k, 0.0) + v
     m.n_summed += 1
-    if m.state.step % m.cfg.log_every == 0 or m.state.step == ctx.n_steps:
+    # also at the last step, and at the last before a fine-tune: one objective per record
+    ends = (ctx.n_steps, schedule.switch_step(m.cfg, ctx.n_steps))
+    if m.state.step % m.cfg.log_every == 0 or m.state.step in ends:
         means = {k: v / m.n_summed for k, v in m.sums.items()}
         m.sums, m.n_summed = {}, 0
         warn_if_diverging(m, means["loss"])
@@ -249,8 +268,9 @@ def loop(ctx: Context, members: list[Member], start: int, progress: bool) -> Non
         batch = ranks.shard(next(data), w).to(ctx.device)
         tokens = ranks.shard(next(rows), w).to(ctx.device) if rows is not None else None
         clean = None
-        if len(members) > 1 and ctx.cache is None:
-            clean = shared_clean_pass(ctx.lm, batch, [m.state.saes for m in members], cfg0)
+        if len(members) > 1 and ctx.cache is None:  # members share the schedule (setup.SHARED)
+            clean = shared_clean_pass(ctx.lm, batch, [m.state.saes for m in members], cfg0,
+                                      schedule.objective_at(cfg0, i, n_steps))  # fmt: skip
         for m in members:
             try:
                 logs = step(ctx, m, batch, clean, tokens)
@@ -260,6 +280,9 @@ def loop(ctx: Context, members: list[Member], start: int, progress: bool) -> Non
             tps = (i + 1 - start) * n_tok_step / (time.time() - t0 + 1e-9)
             if not m.started:
                 begin(ctx, m)
+            for rec in m.pending:  # the fine-tune's switch record, once the run's files exist
+                m.log(rec)
+            m.pending.clear()
             record(ctx, m, logs, tps)
             if len(members) == 1:
                 bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items()
