@@ -17,7 +17,8 @@ from saelab.core.setup import init_sae
 sae_lens = pytest.importorskip("sae_lens")  # installed by `make test` (the dev extra)
 
 D_IN, D_SAE = 16, 64
-ARCHS = [("relu", {}), ("topk", {"k": 4}), ("jumprelu", {}), ("batchtopk", {"k": 4})]
+ARCHS = [("relu", {}), ("topk", {"k": 4}), ("jumprelu", {}), ("batchtopk", {"k": 4}),
+         ("matryoshka", {"k": 4})]  # fmt: skip
 
 
 def _trained_like(arch: str, kw: dict, norm: str, pre: bool, seed: int = 0) -> sl.SAE:
@@ -36,7 +37,7 @@ def _trained_like(arch: str, kw: dict, norm: str, pre: bool, seed: int = 0) -> s
             sae.set_act_scale(7.0)
         if arch == "jumprelu":
             sae.threshold.uniform_(0, 0.5)
-        if arch == "batchtopk":
+        if arch in ("batchtopk", "matryoshka"):
             sae.threshold.fill_(0.2)
     return sae.eval()
 
@@ -192,8 +193,9 @@ def test_a_saelens_batchtopk_training_folder_loads_with_its_threshold(tmp_path):
 def test_each_saelens_architecture_is_read_by_the_architecture_that_declares_it():
     from saelab.core.saelens import reader
 
-    got = {a: reader(a)[0] for a in ("standard", "topk", "jumprelu", "batchtopk")}
+    names = ("standard", "topk", "jumprelu", "batchtopk", "matryoshka_batchtopk")
+    got = {a: reader(a)[0] for a in names}
     assert got == {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu",
-                   "batchtopk": "batchtopk"}  # fmt: skip
+                   "batchtopk": "batchtopk", "matryoshka_batchtopk": "matryoshka"}  # fmt: skip
     with pytest.raises(ValueError, match="architecture='gated' is not supported"):
         reader("gated")

@@ -19,6 +19,7 @@ CASES = {
                             grad_norm="rms"),
     "batchtopk": dict(architecture="batchtopk", k=K),
     "batchtopk-grad-score": dict(architecture="batchtopk", k=K, beta=1.0, value_mode="score"),
+    "matryoshka": dict(architecture="matryoshka", k=K),
 }  # fmt: skip
 
 

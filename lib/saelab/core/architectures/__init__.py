@@ -11,3 +11,4 @@ from saelab.core.architectures import topk
 from saelab.core.architectures import gtopk
 from saelab.core.architectures import batchtopk
 from saelab.core.architectures import jumprelu
+from saelab.core.architectures import matryoshka
