@@ -44,6 +44,9 @@ SMOKE = {
         n_tokens=4096, batch_size=8, betas=[1.0, 64.0], grad_norms=["unit", "none"],
         eval_tokens=1024, alive_tokens=1024, n_latents=8, n_contexts=2, steer_ctx=16, n_boot=100,
     ),
+    "13_beyond_the_papers": dict(n_tokens=8 * 128 * 8, batch_size=8, ks=[8, 16],
+                                 fractions=[0.25], eval_tokens=1024, alive_tokens=1024,
+                                 warmup=2, dict_ratio=2.0),
 }  # fmt: skip
 
 
@@ -158,6 +161,12 @@ def test_notebook_runs_through_papermill(name, tmp_path, monkeypatch, request):
             "verdict"
         ]
         assert all("seeds_needed" in r for r in s["doubling"])
+    if name == "13_beyond_the_papers":
+        s = json.loads((out / "summary.json").read_text())
+        assert {r["method"] for r in s["recovered"]} == {"TopK local+ft25%"}
+        assert {r["width"] for r in s["prefixes"]} == {8, 16, 32, 64, 128}  # d_sae 128
+        for png in ("prefixes", "pareto"):
+            assert (out / "figures" / f"{png}.png").stat().st_size > 1000
     if name == "00_storyworld":
         m = json.loads((out / "metrics.json").read_text())
         assert m["train_tokens"] == 6 * 16 * 128 and m["vocab_size"] == 512

@@ -29,10 +29,12 @@ JOBS = (
     ("05_pareto", "default", REF_ID),
     *((study, "default", REF_ID) for study in runs.STUDIES),
     ("11_gsae_study", "default", REF_ID),  # trains its own TopK / g-SAE grid (reads no 05 run)
+    ("13_beyond_the_papers", "default", REF_ID),  # fine-tune and Matryoshka (reads no 05 run)
     ("05_pareto", "paper", PAPER_ID),  # long (not converged), 2 seeds: 52 min on 2 CPU cores
     *((study, runs.study_preset(study, "paper"), PAPER_ID) for study in runs.STUDIES),
     # the paper sweep's twin at half its budget, for the doubling test (12_doubling)
     ("05_pareto", "paper_half", HALF_ID),
+    ("13_beyond_the_papers", "paper", PAPER_ID),  # draws paper-half's frontiers (pareto_run)
     ("12_doubling", "paper", PAPER_ID),  # reads both: the doubling test (seconds)
     ("11_gsae_study", "paper", PAPER_ID),  # 141 min on 2 CPU cores (3 seeds, 19 SAEs each)
     # the doubling test on three seeds, grids cut to the settings near the target CE (issue 30)

@@ -1,0 +1,329 @@
+# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 13 · Beyond the papers: a KL fine-tune, and Matryoshka SAEs trained end to end
+#
+# Two things researchers train today that neither paper had:
+#
+# - **The cheap route to e2e.** Karvonen 2025 (arXiv 2503.17272) trains an SAE on MSE and spends
+#   only the last few percent of its tokens on a KL + MSE fine-tune; on Gemma and Pythia that
+#   closed 20-50% of the CE-loss gap to full end-to-end training. In saelab it is one run:
+#   `TrainConfig(loss="local", finetune=sl.Finetune(fraction=0.1))`. At the switch the KL is
+#   scaled to the MSE's size on that batch, so the fine-tune's loss starts where the MSE was
+#   (ARCHITECTURE.md §4, "The fine-tune").
+# - **Matryoshka BatchTopK** (Bussmann et al. 2025, arXiv 2503.17547): the first 1/16, 1/8, 1/4
+#   and 1/2 of the dictionary must each reconstruct the activation on their own, which pushes
+#   general features into the early latents. No library had trained one end to end; here the
+#   full dictionary is trained on the KL and the inner prefixes keep their MSE (ARCHITECTURE.md
+#   §3, "Matryoshka's prefixes", with what that choice costs).
+#
+# **The questions.** At the same number of training tokens per SAE, with every SAE a TopK-family
+# SAE at `k` in `ks` (so L0 is `k` and "matched L0" is exact):
+#
+# 1. How much of e2e's CE advantage over local training does a KL + MSE fine-tune over the last
+#    10% or 25% of the tokens recover? `recovered = (CE_local - CE_ft) / (CE_local - CE_e2e)` per
+#    k and seed, with CE the CE-loss increase with the SAE spliced in.
+# 2. Is the same true of Matryoshka, local against e2e? And what do its prefixes do: CE and L0 of
+#    each prefix used as an SAE on its own (`sae.prefix(m)`).
+# 3. Where do they all sit on the L0-CE plane?
+#
+# **Seeds.** Each (seed, objective) is one `sl.train_many` call: the SAEs that share an
+# objective and a schedule share each batch's clean pass. Numbers are means over seeds with 95%
+# t-intervals; with two seeds those intervals are wide, and the text says when they cross zero.
+#
+# The `default` preset is a preview (200k tokens per SAE, 2 seeds) that runs in minutes on a
+# laptop; the `paper` preset (2M tokens, 3 seeds) is the reference run the README's scorecard
+# quotes. Transcoders, the issue's third part, are not in this notebook yet (LOG.md says where
+# that stands).
+
+# %% tags=["parameters"]
+model: str = "storyworld"  # frozen LM: "storyworld", a hub id such as "gpt2", or a local HF dir
+dataset: str = "storyworld"  # token source for training and evaluation
+site: str = "resid_pre.3"  # residual-stream site the SAEs read and write
+n_ctx: int = 128  # tokens per row
+dict_ratio: float = 8.0  # latents per residual dimension (d_sae / d_model)
+ks: list = [8, 16, 32]  # active latents per token (TopK) or per token on average (Matryoshka)
+fractions: list = [0.1, 0.25]  # parts of the run that the KL + MSE fine-tune takes
+seeds: list = [0, 1]  # one train_many call per (seed, objective)
+lr: float = 0.004  # peak Adam learning rate (warmup, cosine decay)
+warmup: int = 20  # warmup steps
+batch_size: int = 16  # rows per step
+n_tokens: int = 200_000  # training tokens per SAE, every method
+eval_tokens: int = 16_384  # held-out tokens for each SAE's evaluation
+alive_tokens: int = 100_000  # held-out SAE positions over which a latent must fire to be alive
+pareto_run: str = ""  # a 05_pareto run whose ReLU local and e2e frontiers the last figure shows
+log_to: list = []  # trackers that also get every record: "wandb", "tensorboard" (docs/interop.md)
+out_dir: str = "outputs/13_beyond_the_papers/interactive-{time}"  # run folder (saelab.runs)
+
+# %%
+import json
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+import saelab as sl
+from saelab.runs import notebook_out_dir, resolve_input
+from saelab.studies import plots
+from saelab.studies.stats import seed_stats
+
+out = notebook_out_dir(out_dir)  # from the repo root; {time}: a fresh folder
+(out / "figures").mkdir(parents=True, exist_ok=True)
+t_start = time.time()
+seeds, ks = [int(s) for s in seeds], [int(k) for k in ks]
+lm = sl.load_model(resolve_input(model))
+source = resolve_input(dataset)
+train_data = sl.token_dataset(source, lm.tokenizer, n_ctx, split="train", n_tokens=n_tokens)
+val = sl.token_dataset(
+    source,
+    lm.tokenizer,
+    n_ctx,
+    split="validation",
+    n_tokens=max(eval_tokens, alive_tokens + alive_tokens // (n_ctx - 1) + n_ctx),
+)
+base = dict(sites=(site,), lr=lr, warmup=warmup, batch_size=batch_size, n_tokens=n_tokens,
+            eval_tokens=eval_tokens, alive_tokens=alive_tokens,
+            log_every=max(1, n_tokens // (batch_size * n_ctx) // 20))  # fmt: skip
+print(f"{model} at {site}; {train_data.n_tokens:,} training tokens per SAE, k in {ks}, "
+      f"fine-tunes over the last {fractions}, seeds {seeds}")  # fmt: skip
+
+# %% [markdown]
+# ## 1. Training
+#
+# Per seed, four kinds of call: local (TopK and Matryoshka at every k), local then a fine-tune
+# (TopK, one call per fraction), and e2e (TopK and Matryoshka). The method names below are the
+# ones every table uses.
+
+# %%
+METHODS = {  # name -> (architecture, objective, fine-tune fraction or None)
+    "TopK local": ("topk", "local", None),
+    **{f"TopK local+ft{round(100 * f)}%": ("topk", "local", float(f)) for f in fractions},
+    "TopK e2e": ("topk", "e2e", None),
+    "Matryoshka local": ("matryoshka", "local", None),
+    "Matryoshka e2e": ("matryoshka", "e2e", None),
+}
+
+
+def config(method: str, k: int, seed: int) -> sl.TrainConfig:
+    """The TrainConfig of `method` at `k` for `seed`."""
+    arch, loss, fraction = METHODS[method]
+    ft = sl.Finetune(fraction=fraction) if fraction is not None else None
+    sae = sl.SAEConfig.create(architecture=arch, k=k, dict_ratio=dict_ratio)
+    return sl.TrainConfig(sae=sae, loss=loss, finetune=ft, seed=seed, **base)
+
+
+runs, train_s = {}, {}  # (method, k, seed) -> Run; (group, seed) -> seconds
+for seed in seeds:
+    groups: dict[tuple, list[str]] = {}  # methods that can share a call
+    for m, (_, loss, fraction) in METHODS.items():
+        groups.setdefault((loss, fraction), []).append(m)
+    for (loss, fraction), methods in groups.items():
+        named = [(m, k) for m in methods for k in ks]
+        folders = [out / "runs" / f"seed{seed}" / f"{m.replace(' ', '_')}_k{k}" for m, k in named]
+        t0 = time.time()
+        trained = sl.train_many(lm, train_data, [config(m, k, seed) for m, k in named], folders,
+                                eval_data=val, log_to=log_to)  # fmt: skip
+        train_s[(loss, fraction, seed)] = time.time() - t0
+        runs |= {(m, k, seed): r for (m, k), r in zip(named, trained, strict=True)}
+        print(f"seed {seed}, {loss}" + (f" then fine-tune {fraction:g}" if fraction else "")
+              + f": {len(named)} SAEs in {train_s[(loss, fraction, seed)]:.0f} s")  # fmt: skip
+
+# %% [markdown]
+# ## 2. The fine-tune: how much of e2e's advantage does it recover?
+#
+# The CE-loss increase of each SAE at the end of its run (held out), per method and k, as mean
+# and 95% t-interval over seeds. Then the fraction of the local-to-e2e gap each fine-tune closes.
+
+# %%
+rows = [dict(method=m, k=k, seed=s, ce_increase=r.log[-1]["ce_increase"], l0=r.log[-1]["l0"],
+             nmse=1 - r.log[-1]["explained_var"], dead_frac=r.log[-1]["dead_frac"])
+        for (m, k, s), r in runs.items()]  # fmt: skip
+long = pd.DataFrame(rows)
+long.to_csv(out / "metrics.csv", index=False)
+
+
+def summary(frame: pd.DataFrame, value: str) -> pd.DataFrame:
+    """Mean and 95% t-interval over seeds of `value`, per method and k."""
+    stats = frame.groupby(["method", "k"])[value].apply(lambda v: pd.Series(seed_stats(v)))
+    return stats.unstack().reindex(columns=["mean", "lo", "hi", "n"])
+
+
+ce = summary(long, "ce_increase")
+ce.round(4)
+
+# %%
+ft_methods = [m for m, (_, _, f) in METHODS.items() if f is not None]
+gap_rows = []
+for seed in seeds:
+    for k in ks:
+        loc = runs[("TopK local", k, seed)].log[-1]["ce_increase"]
+        e2e = runs[("TopK e2e", k, seed)].log[-1]["ce_increase"]
+        for m in ft_methods:
+            ft = runs[(m, k, seed)].log[-1]["ce_increase"]
+            share = (loc - ft) / (loc - e2e) if loc != e2e else np.nan
+            gap_rows.append(dict(method=m, k=k, seed=seed, gap=loc - e2e, recovered=share))
+gaps = pd.DataFrame(gap_rows)
+recovered = summary(gaps, "recovered")
+gap = summary(gaps[gaps.method == ft_methods[0]], "gap")
+print("local - e2e CE gap per k (mean over seeds):",
+      {k: round(float(gap.loc[(ft_methods[0], k), "mean"]), 4) for k in ks})  # fmt: skip
+recovered.round(3)
+
+# %% [markdown]
+# The same question in L0: at the CE increase TopK local reaches at the middle k, how many
+# active latents does each method need? Per seed, each method's L0 at that CE is read off its
+# three points (interpolated linearly in log L0 against log CE; NaN where the target is outside
+# its range), and `recovered` is then `(1 - L0_method / L0_local) / (1 - L0_e2e / L0_local)`.
+
+
+# %%
+def l0_at(method: str, seed: int, target: float) -> float:
+    """`method`'s L0 at CE increase `target` for `seed` (log-log interpolation over ks)."""
+    pts = sorted((runs[(method, k, seed)].log[-1]["ce_increase"], runs[(method, k, seed)].log[-1]
+                  ["l0"]) for k in ks)  # fmt: skip
+    ce_, l0_ = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
+    t = np.log(target)
+    return float(np.exp(np.interp(t, ce_, l0_))) if ce_[0] <= t <= ce_[-1] else float("nan")
+
+
+k_mid = ks[len(ks) // 2]
+matched = []
+for seed in seeds:
+    target = runs[("TopK local", k_mid, seed)].log[-1]["ce_increase"]
+    at = {m: l0_at(m, seed, target) for m in METHODS}
+    for m in METHODS:
+        gain = (1 - at[m] / at["TopK local"]) / (1 - at["TopK e2e"] / at["TopK local"])
+        matched.append(dict(method=m, k=k_mid, seed=seed, target_ce=target, l0=at[m],
+                            l0_ratio=at[m] / at["TopK local"], recovered=gain))  # fmt: skip
+matched = pd.DataFrame(matched)
+recovered_l0 = summary(matched, "recovered")[["mean", "lo", "hi"]].add_suffix(" recovered")
+l0_matched = summary(matched, "l0_ratio").join(recovered_l0)
+l0_matched.round(3)
+
+# %% [markdown]
+# What each fine-tune cost, in wall-clock seconds per call (the same tokens; a fine-tune step
+# runs the spliced pass, a local step does not):
+
+# %%
+cost = pd.DataFrame([dict(objective=loss, finetune=f, seed=s, seconds=round(v))
+                     for (loss, f, s), v in train_s.items()])  # fmt: skip
+cost
+
+# %% [markdown]
+# ## 3. Matryoshka: local against e2e, and what the prefixes do
+#
+# CE at equal k beside TopK's, then each prefix of the middle-k Matryoshka SAEs evaluated as an
+# SAE on its own (the first m latents, the full SAE's inference threshold): its L0 is the part of
+# the full L0 that falls inside it.
+
+# %%
+ce.loc[[m for m in ce.index.get_level_values(0).unique() if "local" in m or "e2e" in m]].round(4)
+
+# %%
+prefix_rows = []
+for seed in seeds:
+    for m in ("Matryoshka local", "Matryoshka e2e"):
+        sae = runs[(m, k_mid, seed)].sae
+        for width in sae.cfg.widths:
+            rep = sl.evaluate(lm, sae.prefix(width), val, n_tokens=eval_tokens,
+                              batch_size=batch_size, alive_tokens=None)  # fmt: skip
+            prefix_rows.append(dict(method=m, width=width, seed=seed, l0=rep["l0"],
+                                    ce_increase=rep["ce_increase"]))  # fmt: skip
+prefixes = pd.DataFrame(prefix_rows)
+prefixes.to_csv(out / "prefixes.csv", index=False)
+prefix_table = prefixes.groupby(["method", "width"])[["l0", "ce_increase"]].mean()
+prefix_table.round(4)
+
+# %%
+plots.use_theme()
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+for m, color in (("Matryoshka local", plots.PALETTE["local"]),
+                 ("Matryoshka e2e", plots.PALETTE["e2e"])):  # fmt: skip
+    t = prefixes[prefixes.method == m].groupby("width")
+    for ax, col in zip(axes, ("ce_increase", "l0"), strict=True):
+        mean, lo, hi = (t[col].mean(), t[col].min(), t[col].max())
+        ax.plot(mean.index, mean.values, marker="o", color=color, label=m)
+        ax.fill_between(mean.index, lo.values, hi.values, color=color, alpha=0.2)
+for ax, ylabel in zip(axes, ("CE-loss increase (nats)", "L0 inside the prefix"), strict=True):
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="prefix width m (latents)", ylabel=ylabel)
+axes[0].set_yscale("log")
+axes[0].legend()
+fig.suptitle(f"Matryoshka prefixes at k={k_mid} (mean; band: min-max over seeds)")
+fig.tight_layout()
+fig.savefig(out / "figures" / "prefixes.png", dpi=120)
+
+# %% [markdown]
+# ## 4. Every method on the L0-CE plane
+#
+# Mean over seeds at each k (bars: 95% t-interval of the CE increase). Down is better; TopK's L0
+# is k exactly, Matryoshka's is k on average over the batch.
+
+# %%
+l0 = summary(long, "l0")
+fig, ax = plt.subplots(figsize=(6.6, 4.4))
+if pareto_run:  # 05's ReLU frontiers, mean over its seeds at each sparsity coefficient
+    sweep = pd.read_csv(resolve_input(pareto_run) + "/sweep.csv")
+    for loss in ("local", "e2e"):
+        pts = sweep[sweep.method == loss].groupby("sparsity")[["l0", "ce_increase"]].mean()
+        pts = pts.sort_values("l0")
+        ax.plot(pts.l0, pts.ce_increase, color=plots.PALETTE[loss], alpha=0.35, lw=3,
+                label=f"05 ReLU {loss}")  # fmt: skip
+colors = {
+    "TopK local": plots.PALETTE["local"],
+    "TopK e2e": plots.PALETTE["e2e"],
+    "Matryoshka local": plots.PALETTE["local"],
+    "Matryoshka e2e": plots.PALETTE["e2e"],
+}
+extra = iter(["#029e73", "#cc78bc", "#ca9161"])
+for m in METHODS:
+    c = ce.loc[m]
+    color = colors.get(m) or next(extra)
+    ax.errorbar(l0.loc[m, "mean"], c["mean"], yerr=[c["mean"] - c["lo"], c["hi"] - c["mean"]],
+                marker="s" if m.startswith("Matryoshka") else "o", color=color, capsize=3,
+                ls="--" if m.startswith("Matryoshka") else "-", label=m)  # fmt: skip
+ax.set(xscale="log", yscale="log", xlabel="L0 (held out)", ylabel="CE-loss increase (nats)",
+       title=f"{n_tokens:,} tokens per SAE, {len(seeds)} seeds")  # fmt: skip
+for axis in (ax.xaxis, ax.yaxis):  # plain numbers at 1, 2, 5 x 10^n
+    axis.set_major_locator(plots.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(plots.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(plots.ticker.NullFormatter())
+ax.legend(fontsize=8)
+fig.tight_layout()
+fig.savefig(out / "figures" / "pareto.png", dpi=120)
+
+# %% [markdown]
+# ## 5. Summary
+#
+# `summary.json` holds every number above (per method and k: the mean, interval and per-seed
+# values), for the README's scorecard and the tests.
+
+
+# %%
+def records(table: pd.DataFrame, metric: str) -> list[dict]:
+    """One record per (method, k) of a `summary` table."""
+    return [dict(method=m, k=int(k), metric=metric, **{c: float(table.loc[(m, k), c])
+            for c in ("mean", "lo", "hi", "n")}) for m, k in table.index]  # fmt: skip
+
+
+summary_json = dict(
+    n_tokens=n_tokens, seeds=seeds, ks=ks, fractions=[float(f) for f in fractions],
+    ce_increase=records(ce, "ce_increase"), recovered=records(recovered, "recovered"),
+    l0_at_matched_ce=records(l0_matched, "l0_ratio"),
+    l0_recovered=[dict(method=m, k=int(k), metric="l0_recovered", mean=float(r["mean recovered"]),
+                       lo=float(r["lo recovered"]), hi=float(r["hi recovered"]))
+                  for (m, k), r in l0_matched.iterrows()],
+    prefixes=prefixes.to_dict(orient="records"),
+    train_seconds=[dict(objective=loss, finetune=f, seed=s, seconds=v)
+                   for (loss, f, s), v in train_s.items()],
+    minutes=(time.time() - t_start) / 60,
+)  # fmt: skip
+(out / "summary.json").write_text(json.dumps(summary_json, indent=2) + "\n")
+print(f"done in {summary_json['minutes']:.1f} min")
