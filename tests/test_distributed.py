@@ -94,6 +94,21 @@ def test_two_gloo_ranks_equal_one_process(inputs, cache_env, tmp_path):
     assert len(list((tmp_path / "ddp" / "tensorboard").glob("events.out.tfevents.*"))) == 1
 
 
+def test_two_gloo_ranks_fine_tune_with_the_one_process_kl_scale(inputs, cache_env, tmp_path):
+    """The fine-tune's balance is measured on the whole global batch: each rank's MSE and KL
+    averaged over ranks (`ranks.mean`), so both ranks use the single process's scale."""
+    cfg = BASE | {"loss": "local", "finetune": {"fraction": 0.5}}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    single = _single(inputs, cfg, tmp_path / "single")
+    _torchrun(_args(tmp_path / "cfg.json", tmp_path / "ddp"), cache_env)
+    _compare(single, tmp_path / "ddp")
+    log = [json.loads(x) for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    (ours,) = [r for r in log if r["kind"] == "finetune"]
+    (one,) = [r for r in single.log if r["kind"] == "finetune"]
+    assert ours["step"] == one["step"] == 4
+    assert ours["kl_scale"] == pytest.approx(one["kl_scale"], rel=1e-5)
+
+
 def test_torchrun_resumes_an_e2e_checkpoint(inputs, cache_env, tmp_path, monkeypatch):
     """An e2e run stopped after its step-4 checkpoint, finished by 2 ranks, equals the whole run."""
     cfg = BASE | {"loss": "e2e"}
