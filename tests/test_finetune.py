@@ -79,7 +79,7 @@ def test_the_switch_balances_the_kl_to_the_mse_of_its_batch(lm, data, tmp_path, 
     assert switch["kl_scale"] == pytest.approx(logs["mse"] / logs["kl"], rel=1e-5)
 
 
-@pytest.mark.parametrize("checkpoint_at", [8, 10])  # before the switch (step 9), after it
+@pytest.mark.parametrize("checkpoint_at", [8, 9, 10])  # before the switch (step 9), at it, after
 def test_a_run_killed_across_the_switch_resumes_to_the_same_weights(
     lm, data, tmp_path, monkeypatch, checkpoint_at
 ):
@@ -110,7 +110,10 @@ def test_fine_tuning_a_saved_sae_from_its_first_step(lm, data, tmp_path):
     assert switch["kind"] == "finetune" and switch["step"] == 0
     # balanced: 0.5 MSE + 0.5 (MSE / KL) KL is the MSE itself (AuxK is 0: nothing is dead yet)
     assert rec["loss"] == pytest.approx(rec["mse"], rel=1e-5)
-    assert tuned.log[-1]["ce_sae"] < first.log[-1]["ce_sae"]  # 12 KL steps lower the CE
+    # the control: the same 12 steps on the local loss alone lower the CE less
+    more = _cfg(finetune=None, init_from=cfg.init_from, log_every=1, warmup=0)
+    local = tr.train(lm, data, more, tmp_path / "more", progress=False)
+    assert tuned.log[-1]["ce_sae"] < local.log[-1]["ce_sae"] < first.log[-1]["ce_sae"] + 1e-3
 
 
 def test_a_sweep_with_a_fine_tune_gives_each_run_its_own_result(lm, data):
@@ -142,3 +145,26 @@ def test_every_architecture_trains_local_then_fine_tunes_with_kl_and_mse(lm, dat
     (switch,) = [r for r in run.log if r["kind"] == "finetune"]
     assert switch["step"] == 2 and 0 < switch["kl_scale"] < float("inf")
     assert all(torch.isfinite(p).all() for p in run.sae.parameters())
+
+
+def test_the_balance_sums_every_sites_own_mse_and_nothing_else(lm, data):
+    """Two Matryoshka SAEs: the scale is (MSE_a + MSE_b) / KL of the switch step, without the
+    prefix MSEs (logged as '<site>/prefix<m>_mse')."""
+    cfg = _cfg(sites=("resid_pre.2", "resid_pre.4"), sae="matryoshka", log_every=1,
+               n_tokens=8 * 64 * 4, finetune={"fraction": 0.5})  # fmt: skip
+    run = tr.train(lm, data, cfg, None, progress=False)
+    (switch,) = [r for r in run.log if r["kind"] == "finetune"]
+    (first,) = [r for r in run.log if r["kind"] == "train" and r["step"] == switch["step"] + 1]
+    assert "resid_pre.2/prefix8_mse" in first  # d_sae 128: prefixes 8, 16, 32, 64
+    mse = first["resid_pre.2/mse"] + first["resid_pre.4/mse"]  # the switch step's own values
+    assert switch["kl_scale"] == pytest.approx(mse / first["kl"], rel=1e-6)
+
+
+def test_the_plateau_test_reads_only_the_fine_tune_after_its_switch():
+    from saelab.core.convergence import loss_plateau
+
+    log = [{"step": s, "kind": "train", "loss": 10.0 - s / 100} for s in range(1, 91)]
+    log += [{"step": 90, "kind": "finetune", "kl_scale": 0.1}]
+    log += [{"step": s, "kind": "train", "loss": 1.0} for s in range(91, 101)]
+    p = loss_plateau(log)  # the last 20% straddles the switch: only steps 91..100 count
+    assert p["n"] == 10 and p["first"] == p["second"] == 1.0 and p["converged"]

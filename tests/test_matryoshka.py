@@ -33,6 +33,7 @@ def test_widths_default_to_bussmann_et_al_groups_and_bad_ones_are_refused():
     assert make().cfg.widths == (4, 8, 16, 32, 64)  # groups d/16, d/16, d/8, d/4, d/2
     assert make(matryoshka_widths=[16, 32]).cfg.widths == (16, 32, 64)  # d_sae appended
     assert make(matryoshka_widths=(16, 64)).cfg.widths == (16, 64)
+    assert make(matryoshka_widths=(64,)).cfg.widths == (64,)  # no inner prefix: plain BatchTopK
     for bad, match in [((32, 16), "strictly increasing"), ((16, 128), "go past d_sae=64"),
                        ((0, 16), "ints >= 1"), (16, "ints >= 1")]:  # fmt: skip
         with pytest.raises(ValueError, match=match):
@@ -77,6 +78,10 @@ def test_a_prefix_is_the_sae_of_its_first_latents_at_inference(tmp_path):
         assert torch.allclose(c, out.c[:, :width], atol=1e-6)
     with pytest.raises(ValueError, match="width=10 is not a prefix; the prefixes: "):
         sae.prefix(10)
+    state = torch.random.get_rng_state()
+    half = sae.to(torch.float64).prefix(16)  # its dtype, and the global RNG left alone
+    assert half.dtype == torch.float64 and torch.equal(torch.random.get_rng_state(), state)
+    sae.to(torch.float32)
     save_sae(sae, tmp_path / "m")
     back = load_sae(tmp_path / "m")
     assert back.cfg == sae.cfg and torch.equal(back(x).c, out.c)

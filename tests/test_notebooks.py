@@ -164,6 +164,7 @@ def test_notebook_runs_through_papermill(name, tmp_path, monkeypatch, request):
     if name == "13_beyond_the_papers":
         s = json.loads((out / "summary.json").read_text())
         assert {r["method"] for r in s["recovered"]} == {"TopK local+ft25%"}
+        assert any(r["mean"] == r["mean"] for r in s["recovered"])  # not all NaN
         assert {r["width"] for r in s["prefixes"]} == {8, 16, 32, 64, 128}  # d_sae 128
         for png in ("prefixes", "pareto"):
             assert (out / "figures" / f"{png}.png").stat().st_size > 1000

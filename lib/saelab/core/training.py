@@ -252,8 +252,9 @@ def loop(ctx: Context, members: list[Member], start: int, progress: bool) -> Non
     """Steps `start`..`n_steps`: one batch and one shared clean pass, one `step` per member,
     their logs, due evaluations, then due checkpoints (which hold the log with them)."""
     cfg0, n_steps, w = members[0].cfg, ctx.n_steps, ctx.world
-    desc = (f"{cfg0.loss.name}/{cfg0.sae.architecture}" if len(members) == 1
-            else f"{len(members)} SAEs ({cfg0.loss.name})")  # fmt: skip
+    obj = cfg0.loss.name + (f"→{cfg0.finetune.loss.name}" if cfg0.finetune else "")
+    desc = (f"{obj}/{cfg0.sae.architecture}" if len(members) == 1
+            else f"{len(members)} SAEs ({obj})")  # fmt: skip
     say = progress and w.main
     n_tok_step = cfg0.batch_size * ctx.data.n_ctx  # global: batch_size is the global batch
     _say(say, f"training {desc}: {n_steps - start} steps of {n_tok_step:,} tokens"

@@ -212,11 +212,17 @@ def _panels(n: int, width: float = 3.6, height: float = 3.0, max_cols: int = 8):
 
 
 def objective_of(log) -> str:
-    """The objective a run trained with: `Run.cfg.loss`, else read off its log's keys (`ds_mse`:
-    e2e+ds, `kl`: e2e, neither: local)."""
+    """The objective a run trained with: `Run.cfg.loss` ("local→e2e+mse" for a run that ends
+    with a fine-tune, `TrainConfig.finetune`: its loss changes units at the switch), else read
+    off its log's keys (`finetune` record: a fine-tune, `ds_mse`: e2e+ds, `kl`: e2e, neither:
+    local)."""
     cfg = getattr(log, "cfg", None)
     if cfg is not None and getattr(cfg, "loss", None):
-        return cfg.loss.name
+        ft = getattr(cfg, "finetune", None)
+        return cfg.loss.name + (f"→{ft.loss.name}" if ft is not None else "")
+    switch = [r for r in getattr(log, "log", log) if r.get("kind") == "finetune"]
+    if switch:
+        return f"?→{switch[0]['loss']['name']}"
     recs = [r for r in getattr(log, "log", log) if r.get("kind") == "train"]
     keys = set().union(*recs) if recs else set()
     return "e2e+ds" if "ds_mse" in keys else "e2e" if "kl" in keys else "local"

@@ -66,10 +66,9 @@ class MatryoshkaConfig(BatchTopKConfig):
     def widths(self) -> tuple[int, ...]:
         """Every prefix's width, the last `d_sae` (the config must have its d_sae)."""
         d = self.d_sae
-        inner = [w for w in self.matryoshka_widths if w < d] or sorted(
-            {d // g for g in GROUP_DIVISORS if 1 <= d // g < d}
-        )
-        return (*inner, d)
+        if not self.matryoshka_widths:  # Bussmann et al.'s groups
+            return (*sorted({d // g for g in GROUP_DIVISORS if 1 <= d // g < d}), d)
+        return (*[w for w in self.matryoshka_widths if w < d], d)
 
 
 @register
@@ -118,7 +117,8 @@ class MatryoshkaSAE(BatchTopKSAE):
         k_aux = kw["k_aux"] and min(kw["k_aux"], width)
         cfg = SAEConfig.create(**(kw | {"architecture": "batchtopk", "d_sae": width,
                                         "k": min(self.cfg.k, width), "k_aux": k_aux}))  # fmt: skip
-        small = SAE.from_config(cfg).to(self.device)
+        with torch.random.fork_rng(devices=[]):  # its throwaway init leaves the RNG alone
+            small = SAE.from_config(cfg).to(device=self.device, dtype=self.dtype)
         state = {n: t[..., :width] if n in ("W_enc", "b_enc") else t[:width] if n == "W_dec"
                  else t for n, t in self.state_dict().items()}  # fmt: skip
         small.load_state_dict(state)
