@@ -129,8 +129,10 @@ def _sae_section(sae: SAE, site: str, sae_id: str, final: dict, repo_id: str,
     coeffs = ", ".join(f"{k} {v}" for k, v in loss.items() if k != "name")
     ft = train.get("finetune")
     if ft:  # the last part of the run trained with another objective (`TrainConfig.finetune`)
-        objective += (f", then {ft['loss']['name']} over the last {ft['fraction']:.0%} of the "
-                      f"steps" + (" (KL balanced to the MSE)" if ft.get("balance") else ""))
+        objective += (
+            f", then {ft['loss']['name']} over the last {ft['fraction']:.0%} of the "
+            f"steps" + (" (KL balanced to the MSE)" if ft.get("balance") else "")
+        )
     rows = [("model", cfg.model_name or "unknown"), ("site", f"`{site}` (hook `{cfg.hook_name}`)"),
             ("architecture", cfg.architecture + (f", k {cfg.k}" if getattr(cfg, "k", None)
                                                  else "")),
