@@ -34,8 +34,8 @@ JOBS = (
     *((study, runs.study_preset(study, "paper"), PAPER_ID) for study in runs.STUDIES),
     # the paper sweep's twin at half its budget, for the doubling test (12_doubling)
     ("05_pareto", "paper_half", HALF_ID),
-    ("13_beyond_the_papers", "paper", PAPER_ID),  # draws paper-half's frontiers (pareto_run)
     ("12_doubling", "paper", PAPER_ID),  # reads both: the doubling test (seconds)
+    ("13_beyond_the_papers", "paper", PAPER_ID),  # trains its own (reads no 05 run yet)
     ("11_gsae_study", "paper", PAPER_ID),  # 141 min on 2 CPU cores (3 seeds, 19 SAEs each)
     # the doubling test on three seeds, grids cut to the settings near the target CE (issue 30)
     ("05_pareto", "doubling_half", DOUBLING_HALF_ID),
