@@ -300,7 +300,6 @@ class Member:
     first_loss: float | None = None  # the first train record's loss (divergence warning)
     warned_diverging: bool = False
     tracked: Tracked | None = None  # its W&B / TensorBoard runs (`saelab.core.tracking`)
-    kl_scale: float | None = None  # the fine-tune's KL scale, once measured (saelab.core.schedule)
     pending: list[dict] = field(default_factory=list)  # records a step made, for the loop to log
 
     def log(self, rec: dict) -> None:
@@ -428,10 +427,4 @@ def member(ctx: Context, cfg: TrainConfig, out_dir, resume: bool) -> Member:
         if bias:
             state.log.append({"step": 0, "kind": "b_dec_init", "method": method, "norm": bias})
     ranks.check_same_step(state.step, ctx.device, ctx.world)
-    return Member(
-        cfg,
-        out if ctx.world.main else None,
-        state,
-        ckpt if resumed else None,
-        kl_scale=schedule.kl_scale(state.log),
-    )  # a resume past the switch keeps it
+    return Member(cfg, out if ctx.world.main else None, state, ckpt if resumed else None)

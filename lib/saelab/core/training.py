@@ -139,19 +139,20 @@ def step(ctx: Context, m: Member, batch: torch.Tensor, clean: Clean | None = Non
     hook (e.g. decoder renormalisation), dead-latent counters. Returns the step's log values
     (loss first), equal on every rank. A non-finite loss stops the run before the step is taken
     (`NonFiniteLoss`). From `schedule.switch_step` on, the step trains with the fine-tune's
-    objective; the first such step measures its KL scale (`m.kl_scale`, logged by the loop)."""
+    objective; the first such step measures its KL scale, a `finetune` record the loop logs
+    (`m.pending`) and every later step reads back from the log (`schedule.kl_scale`)."""
     cfg, state, saes = m.cfg, m.state, m.state.saes
     sites = list(saes)
     obj, scale = schedule.objective_at(cfg, state.step, ctx.n_steps), None
     if obj is not cfg.loss and cfg.finetune.balance:
-        scale = m.kl_scale
+        scale = schedule.kl_scale(state.log)
         if scale is None:  # the switch: MSE / KL on this batch, the same on every rank
 
             def scale(logs: dict) -> float:
-                m.kl_scale = schedule.balance_scale(logs, lambda t: ranks.mean(t, ctx.world))
-                m.pending.append({"step": state.step, "kind": "finetune", "kl_scale": m.kl_scale,
+                measured = schedule.balance_scale(logs, lambda t: ranks.mean(t, ctx.world))
+                m.pending.append({"step": state.step, "kind": "finetune", "kl_scale": measured,
                                   "loss": obj.to_dict()})  # fmt: skip
-                return m.kl_scale
+                return measured
 
     lr = lr_at(state.step, ctx.n_steps, cfg.lr, cfg.warmup, cfg.min_lr_frac)
     for g in state.opt.param_groups:
