@@ -119,6 +119,7 @@ def expected_path(name: str, site: Site) -> tuple[str, str]:
         "resid_pre": (block, "input"),
         "resid_post": (block, "output"),
         "attn_out": (f"{block}.{attn}", "output"),
+        "mlp_in": (f"{block}.mlp", "input"),
         "mlp_out": (f"{block}.{mlp}", "output"),
     }[site.kind]
 
@@ -234,8 +235,14 @@ def test_parse_site_names_and_aliases():
     assert parse_site("resid_post.11", n_layers=12) == Site("resid_post", 11)
     assert valid_sites(2) == [
         "resid_pre.0", "resid_pre.1", "resid_post.0", "resid_post.1",
-        "attn_out.0", "attn_out.1", "mlp_out.0", "mlp_out.1",
+        "attn_out.0", "attn_out.1", "mlp_in.0", "mlp_in.1", "mlp_out.0", "mlp_out.1",
     ]  # fmt: skip
+    # the MLP's input after its norm: SAELens' transcoders name it ln2.hook_normalized; TL's own
+    # hook_mlp_in is before the norm, so it is not an alias
+    assert parse_site("blocks.4.ln2.hook_normalized") == Site("mlp_in", 4)
+    assert Site("mlp_in", 4).hook_name == "blocks.4.ln2.hook_normalized"
+    with pytest.raises(ValueError, match="unknown site"):
+        parse_site("blocks.4.hook_mlp_in")
 
 
 @pytest.mark.parametrize(
@@ -246,7 +253,8 @@ def test_parse_site_bad_name_lists_valid_sites(bad):
         parse_site(bad, n_layers=6)
     msg = str(err.value)
     assert repr(bad) in msg
-    for listed in ["resid_pre.0..5", "resid_post.0..5", "attn_out.0..5", "mlp_out.0..5"]:
+    for listed in ["resid_pre.0..5", "resid_post.0..5", "attn_out.0..5", "mlp_in.0..5",
+                   "mlp_out.0..5"]:  # fmt: skip
         assert listed in msg
     assert "blocks.0.hook_resid_pre" in msg  # says TL aliases are accepted
 
@@ -262,9 +270,11 @@ def test_parse_site_bad_layer():
 
 
 def test_sort_sites():
-    sites = ["resid_post.1", "blocks.0.hook_mlp_out", "attn_out.1", "resid_pre.1", "resid_pre.0"]
+    sites = ["resid_post.1", "blocks.0.hook_mlp_out", "attn_out.1", "resid_pre.1", "resid_pre.0",
+             "mlp_in.0"]  # fmt: skip
     assert [str(s) for s in sort_sites(sites)] == [
         "resid_pre.0",
+        "mlp_in.0",
         "mlp_out.0",
         "resid_pre.1",
         "attn_out.1",
@@ -313,8 +323,39 @@ def test_residual_decomposition(fam, ids):
         torch.testing.assert_close(acts[f"resid_post.{L}"], total, atol=1e-5, rtol=1e-5)
 
 
+# the norm in front of each family's MLP, and whether the MLP reads the block's input (parallel
+# residual) rather than the residual after attention
+PRE_MLP_NORM = {"gpt2": ("ln_2", False), "gpt_neo": ("ln_2", False),
+                "gpt_neox": ("post_attention_layernorm", True),
+                "gemma2": ("pre_feedforward_layernorm", False)}  # fmt: skip
+
+
+def test_mlp_in_is_the_residual_after_the_pre_mlp_norm(fam, ids):
+    """A transcoder's input, computed from the residual stream and the norm's own module."""
+    acts, _ = trace_sites(fam.lm, ids)
+    norm_name, parallel = PRE_MLP_NORM.get(fam.name, ("post_attention_layernorm", False))
+    blocks = block_list(fam.hf)
+    for L in range(N_LAYERS):
+        resid = acts[f"resid_pre.{L}"]
+        if not parallel:
+            # gemma2's attn_out is already post-normed and added as it is
+            resid = resid + acts[f"attn_out.{L}"]
+        with torch.no_grad():
+            expected = getattr(blocks[L], norm_name)(resid)
+        torch.testing.assert_close(acts[f"mlp_in.{L}"], expected, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize(
-    "name", ["resid_pre.0", "resid_pre.1", "resid_post.0", "attn_out.1", "mlp_out.0", "mlp_out.1"]
+    "name",
+    [
+        "resid_pre.0",
+        "resid_pre.1",
+        "resid_post.0",
+        "attn_out.1",
+        "mlp_in.1",
+        "mlp_out.0",
+        "mlp_out.1",
+    ],
 )
 def test_set_site_matches_torch_hook(fam, ids, name):
     site = parse_site(name)

@@ -53,7 +53,9 @@ def _identity_sae(d: int, site: str) -> SAE:
     return sae
 
 
-@pytest.mark.parametrize("site", ["resid_pre.3", "resid_post.1", "attn_out.2", "mlp_out.0"])
+@pytest.mark.parametrize(
+    "site", ["resid_pre.3", "resid_post.1", "attn_out.2", "mlp_in.1", "mlp_out.0"]
+)
 def test_exact_sae_scores_perfectly(lm, data, site):
     """Splicing in a lossless SAE must leave the model unchanged, at skippable sites or not."""
     rep = evaluate(lm, _identity_sae(64, site), data, n_tokens=4 * 128, batch_size=4)

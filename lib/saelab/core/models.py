@@ -2,7 +2,9 @@
 
 A site is where an SAE reads (and, for e2e, writes) activations: `resid_pre.L` (input of block L),
 `resid_post.L` (output of block L), `attn_out.L` and `mlp_out.L` (what attention and the MLP of
-block L add to the residual stream). TransformerLens names (`blocks.L.hook_resid_pre`) are aliases.
+block L add to the residual stream), `mlp_in.L` (what the MLP of block L reads: the residual after
+its pre-MLP norm; a transcoder's input). TransformerLens names (`blocks.L.hook_resid_pre`) are
+aliases; `mlp_in.L` is `blocks.L.ln2.hook_normalized`, as SAELens' transcoders name it.
 
 Each supported architecture family is described by an `Arch`: where its blocks live and which
 submodule of a block produces the attention and MLP contributions. `get_site` / `set_site` read
@@ -25,7 +27,9 @@ from nnsight import LanguageModel, NNsightDeprecationWarning
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM
 
-SITE_KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out")
+SITE_KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_in", "mlp_out")
+# execution order within a block (`sort_sites`); nnsight reads sites only in this order
+SITE_ORDER = {"resid_pre": 0, "attn_out": 1, "mlp_in": 2, "mlp_out": 3, "resid_post": 4}
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -252,6 +256,7 @@ class Arch:
     mlp: str  # likewise for the MLP
     final_norm: str
     block_tuple: bool = False  # the block returns (hidden, attn_weights), not a tensor
+    mlp_module: str = "mlp"  # the MLP itself: its input (after the pre-MLP norm) is mlp_in
 
 
 _LLAMA = Arch("llama", "model.layers", "self_attn", "mlp", "model.norm")
@@ -315,13 +320,20 @@ class Site:
 
     @property
     def hook_name(self) -> str:
-        """The TransformerLens hook name, e.g. "blocks.3.hook_resid_pre"."""
+        """The TransformerLens hook name, e.g. "blocks.3.hook_resid_pre"; for `mlp_in`
+        "blocks.3.ln2.hook_normalized", the name SAELens' transcoders give the MLP's input (in
+        TransformerLens it holds that input only when the norm's weights are folded into W_in,
+        its `fold_ln` default: TL's own `hook_mlp_in` is before the norm)."""
+        if self.kind == "mlp_in":
+            return f"blocks.{self.layer}.ln2.hook_normalized"
         return f"blocks.{self.layer}.hook_{self.kind}"
 
 
 _KINDS_RE = "|".join(SITE_KINDS)
 _SITE_RE = re.compile(rf"(?P<kind>{_KINDS_RE})\.(?P<layer>\d+)")
-_TL_RE = re.compile(rf"blocks\.(?P<layer>\d+)\.hook_(?P<kind>{_KINDS_RE})")
+_TL_KINDS = "|".join(k for k in SITE_KINDS if k != "mlp_in")  # TL's hook_mlp_in is pre-norm
+_TL_RE = re.compile(rf"blocks\.(?P<layer>\d+)\.hook_(?P<kind>{_TL_KINDS})")
+_TL_MLP_IN_RE = re.compile(r"blocks\.(?P<layer>\d+)\.ln2\.hook_normalized")
 
 
 def valid_sites(model_or_n_layers) -> list[str]:
@@ -333,9 +345,8 @@ def valid_sites(model_or_n_layers) -> list[str]:
 
 
 def sort_sites(sites: list[str | Site]) -> list[Site]:
-    """Sites in execution order (by layer: resid_pre, attn_out, mlp_out, resid_post)."""
-    order = {"resid_pre": 0, "attn_out": 1, "mlp_out": 2, "resid_post": 3}
-    return sorted(map(parse_site, sites), key=lambda s: (s.layer, order[s.kind]))
+    """Sites in execution order (by layer: resid_pre, attn_out, mlp_in, mlp_out, resid_post)."""
+    return sorted(map(parse_site, sites), key=lambda s: (s.layer, SITE_ORDER[s.kind]))
 
 
 def _valid_msg(n_layers: int | None) -> str:
@@ -344,16 +355,21 @@ def _valid_msg(n_layers: int | None) -> str:
     else:
         last = "" if n_layers == 1 else f"..{n_layers - 1}"
         sites = ", ".join(f"{kind}.0{last}" for kind in SITE_KINDS)
-    return f"valid sites: {sites} (TransformerLens aliases such as blocks.0.hook_resid_pre too)"
+    return (
+        f"valid sites: {sites} (TransformerLens aliases such as blocks.0.hook_resid_pre "
+        "too; mlp_in.L is blocks.L.ln2.hook_normalized)"
+    )
 
 
 def parse_site(site: str | Site, n_layers: int | None = None) -> Site:
     """Parse "resid_pre.3" or "blocks.3.hook_resid_pre" into a Site, checking the layer range."""
     if not isinstance(site, Site):
-        match = _SITE_RE.fullmatch(str(site)) or _TL_RE.fullmatch(str(site))
+        name = str(site)
+        tl_in = _TL_MLP_IN_RE.fullmatch(name)
+        match = _SITE_RE.fullmatch(name) or _TL_RE.fullmatch(name) or tl_in
         if match is None:
             raise ValueError(f"unknown site {site!r}; {_valid_msg(n_layers)}")
-        site = Site(match["kind"], int(match["layer"]))
+        site = Site("mlp_in" if tl_in else match["kind"], int(match["layer"]))
     if n_layers is not None and site.layer >= n_layers:
         raise ValueError(
             f"site {str(site)!r} is past the last layer of a {n_layers}-layer model; "
@@ -375,6 +391,7 @@ def site_path(lm: Any, site: str | Site) -> tuple[str, str]:
         "resid_pre": (block, "input"),
         "resid_post": (block, "output"),
         "attn_out": (f"{block}.{arch.attn}", "output"),
+        "mlp_in": (f"{block}.{arch.mlp_module}", "input"),
         "mlp_out": (f"{block}.{arch.mlp}", "output"),
     }[site.kind]
 
