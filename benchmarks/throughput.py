@@ -40,8 +40,18 @@ def make_cfg(arch: str, loss: str, args) -> training.TrainConfig:
     sae = sl.SAEConfig.create(architecture=arch, dict_ratio=args.dict_ratio, **kw)
     ds = loss == "e2e+ds"
     obj = sl.objective(loss, **(dict(kl_coeff=0.5, ds_coeff=2.5) if ds else {}))
-    return training.TrainConfig(sites=(args.site,), sae=sae, loss=obj, batch_size=args.batch_size,
-                                dead_tokens=1, seed=args.seed, warmup=0)  # fmt: skip
+    return training.TrainConfig(sites=(site_for(sae, args.site),), sae=sae, loss=obj,
+                                batch_size=args.batch_size, dead_tokens=1, seed=args.seed,
+                                warmup=0)  # fmt: skip
+
+
+def site_for(sae: sl.SAEConfig, site: str) -> str:
+    """`site`, or for an SAE that cannot write it (a transcoder) the MLP output of its layer."""
+    try:
+        sae.input_site(parse_site(site))
+        return site
+    except ValueError:
+        return f"mlp_out.{parse_site(site).layer}"
 
 
 def parse_combos(text: str | None) -> list[tuple[str, str]]:
@@ -66,7 +76,7 @@ def max_rss_mib() -> float:
 
 def time_combo(lm, batches: list[torch.Tensor], cfg, args, device) -> dict:
     """Time `args.steps` library steps (after `args.warmup_steps`), alternating with forwards."""
-    site = parse_site(args.site)
+    site = parse_site(cfg.sites[0])
     facts = dict(d_in=sl.model_info(lm)["d_model"], model_name="bench", device=device)
     state = new_state(cfg, [site], facts)
     ctx, member = Context.for_steps(lm, [site], facts), Member(cfg, None, state)
@@ -89,7 +99,7 @@ def time_combo(lm, batches: list[torch.Tensor], cfg, args, device) -> dict:
             peak = max(peak, torch.cuda.max_memory_allocated())
         t1 = time.perf_counter()
         with torch.no_grad():
-            clean_pass(lm, tokens, [site], logits=True)
+            clean_pass(lm, tokens, list({site, cfg.sae.input_site(site)}), logits=True)
         if cuda:
             torch.cuda.synchronize()
         t2 = time.perf_counter()

@@ -136,7 +136,8 @@ def test_an_activation_cache_cannot_feed_a_spliced_fine_tune(lm, data, tmp_path)
 @pytest.mark.parametrize("arch", sl.architectures())
 def test_every_architecture_trains_local_then_fine_tunes_with_kl_and_mse(lm, data, arch):
     extra = {"relu": {}, "jumprelu": {}}.get(arch, {"k": 8})
-    cfg = config(sites=(SITE,), sae=arch, dict_ratio=2, n_tokens=8 * 64 * 4, batch_size=8,
+    site = "mlp_out.3" if "transcoder" in arch else SITE  # transcoders write the MLP's output
+    cfg = config(sites=(site,), sae=arch, dict_ratio=2, n_tokens=8 * 64 * 4, batch_size=8,
                  eval_tokens=4 * 64, alive_tokens=None, warmup=1, log_every=1,
                  finetune={"fraction": 0.5}, **extra)  # fmt: skip
     run = tr.train(lm, data, cfg, None, progress=False)

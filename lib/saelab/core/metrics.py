@@ -25,9 +25,11 @@ from saelab.core.passes import (
     as_sites,
     batch_positions,
     clean_pass,
+    input_sites,
     kl,
     later_sites,
     next_token_ce,
+    read_sites,
     sae_positions,
     select,
     special_ids,
@@ -204,6 +206,12 @@ def evaluate_many(
                 f"and {[str(s) for s in other]} (evaluate each set on its own)"
             )
     cached = isinstance(lm, ActivationCache)
+    for saes in sets:
+        for s, inp in input_sites(saes).items():  # a transcoder reads another site than it writes
+            if inp != s and (cached or inp in saes):
+                raise ValueError(f"the SAE at {s} reads {inp}: " + (
+                    "an activation cache holds one site; evaluate it on the model" if cached
+                    else "another SAE of this set replaces it; evaluate them apart"))  # fmt: skip
     if cached and data is not None:
         raise ValueError("evaluate on an ActivationCache reads the cache's own rows: pass "
                          "data=None (or evaluate the model on `data`)")  # fmt: skip
@@ -257,16 +265,17 @@ def _fired_after(lm, sets: list[dict], data, start: int, stop: int, batch_size: 
     for i in range(start, stop, batch_size):
         beat.tick(i)
         tokens = data.tokens[i : min(i + batch_size, stop)].to(lm.device)
-        clean = clean_pass(lm, tokens, sites, grads=needs_grad)  # stops after the last site
+        clean = clean_pass(lm, tokens, read_sites(sets), grads=needs_grad)  # stops after them
         keep = seen(tokens)
         for saes, stats_j in zip(sets, stats, strict=True):
             with torch.no_grad():
                 if len(sites) == 1:
                     (s,) = sites
                     sae = saes[s]
+                    inp = sae.cfg.input_site(s)  # a transcoder reads another site
                     grad = (None if clean.grads is None or not sae.needs_grad
-                            else select(clean.grads[s], keep, sae.dtype))  # fmt: skip
-                    outs = {s: sae(select(clean.acts[s], keep, sae.dtype), grad=grad)}
+                            else select(clean.grads[inp], keep, sae.dtype))  # fmt: skip
+                    outs = {s: sae(select(clean.acts[inp], keep, sae.dtype), grad=grad)}
                 else:
                     outs = spliced_pass(lm, tokens, saes, clean, logits=False, keep=keep).outs
             for s in sites:
@@ -296,7 +305,7 @@ def _evaluate(lm, sets: list[dict], data, n_rows: int, batch_size: int, seen,
     for i in range(0, n_rows, batch_size):
         beat.tick(i)
         tokens = tokens_all[i : i + batch_size].to(lm.device)  # the CE targets, on the GPU too
-        clean = clean_pass(lm, tokens, sites, later, logits=True, grads=needs_grad)
+        clean = clean_pass(lm, tokens, read_sites(sets), later, logits=True, grads=needs_grad)
         keep = seen(tokens)
         with torch.no_grad():
             zero = spliced_pass(lm, tokens, None, clean, zero_sites=sites, keep=keep)

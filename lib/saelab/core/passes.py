@@ -125,11 +125,24 @@ def sae_input(lm, tokens: torch.Tensor, sae: SAE, keep: torch.Tensor | None = No
     (`sae_positions`; None: all), in the SAE's dtype and in its own units, i.e. times
     `act_scale` when the SAE normalises activations (ARCHITECTURE.md §6): the `x` of the local
     MSE and of the SAE's own loss terms in `training.compute_loss`. `sae(...)` itself takes raw
-    activations (`select(clean.acts[site], keep)`) and normalises them inside.
+    activations (`select(clean.acts[site], keep)`) and normalises them inside. For a transcoder
+    this is its target, the site it writes; it reads `sae.cfg.input_site(site)`.
     """
     site = parse_site(site if site is not None else sae.cfg.site)
     clean = clean_pass(lm, tokens.to(lm.device), [site])
     return sae.normalize(clean.seen_by_saes(keep, sae.dtype).acts[site])
+
+
+def input_sites(saes: dict[Site, SAE]) -> dict[Site, Site]:
+    """The site each SAE reads, by the site it writes: the same one, except a transcoder's."""
+    return {s: sae.cfg.input_site(s) for s, sae in saes.items()}
+
+
+def read_sites(sets) -> list[Site]:
+    """Every site the clean pass must read for `sets` (`{Site: SAE}` or a list of them, sharing
+    their written sites): the written ones (targets) and the ones read (inputs), in order."""
+    sets = [sets] if isinstance(sets, dict) else list(sets)
+    return sort_sites({s for saes in sets for pair in input_sites(saes).items() for s in pair})
 
 
 def later_sites(lm, sites: list[Site]) -> list[Site]:
@@ -295,14 +308,17 @@ def spliced_pass(
     grads = clean.grads or {}
     later = list(later)
     u = _stream(lm, tokens) if logits else None
+    reads = input_sites(saes) if saes is not None else {}
 
-    def replace(s: Site, x: torch.Tensor):
-        x_in = select(x, keep)
+    def replace(s: Site, x: torch.Tensor, x_read: torch.Tensor | None = None):
+        """`x` replaced at `s` by the SAE's output for its input: `x`, or `x_read` (a
+        transcoder's input site, read earlier in this pass)."""
         if saes is None:
-            new, out = torch.zeros_like(x_in), None
+            new, out = torch.zeros_like(select(x, keep)), None
         else:
-            sae = saes[s]
-            out = sae(x_in.to(sae.dtype), grad=select(grads.get(s), keep, sae.dtype))
+            sae, inp = saes[s], reads[s]
+            x_in = select(x if x_read is None else x_read, keep)
+            out = sae(x_in.to(sae.dtype), grad=select(grads.get(inp), keep, sae.dtype))
             new = out.x_hat.to(x.dtype)  # a bf16 model gets bf16 back; the SAE stays fp32
         if _is_mask(keep):  # special tokens left clean wherever they are
             return x.masked_scatter(keep.to(x.device)[..., None].expand_as(x), new), out
@@ -314,7 +330,7 @@ def spliced_pass(
     res: dict[str, torch.Tensor] = {}
     with lm.trace(tokens):
         first, rest = sites[0], sites[1:]
-        n_skip = skippable_blocks(first)
+        n_skip = skippable_blocks(first) if reads.get(first, first) == first else 0
         if n_skip:
             # the blocks before the first site see no SAE: reuse the clean pass's residual
             x_hat, out = replace(first, clean.acts[first])
@@ -325,7 +341,10 @@ def spliced_pass(
         else:
             rest = sites
         for s in rest:
-            x_hat, out = replace(s, get_site(lm, s))
+            # a transcoder reads its input here, as the spliced model computes it, before the
+            # site it writes (mlp_in before mlp_out: `models.SITE_ORDER`)
+            x_read = get_site(lm, reads[s]) if reads.get(s, s) != s else None
+            x_hat, out = replace(s, get_site(lm, s), x_read)
             set_site(lm, s, x_hat)
             if out is not None:
                 outs[s] = out.save()

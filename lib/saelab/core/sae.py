@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from saelab.core import sparse
 from saelab.core.files import write_atomic
 from saelab.core.integrity import SHA_KEY, tensors_sha256
+from saelab.core.models import Site
 
 if TYPE_CHECKING:
     from saelab.core.saelens import SAELensForm
@@ -172,6 +173,12 @@ class SAEConfig:
     def needs_grad(self) -> bool:
         """Whether encoding needs dL/dx at the site (gradient-informed selection)."""
         return False
+
+    def input_site(self, site: Site) -> Site:
+        """The site this SAE reads when it is trained at, and spliced into, `site`: `site`
+        itself; a transcoder reads another (`architectures/transcoder.py`) and refuses a `site`
+        it cannot write, naming the valid ones."""
+        return site
 
     def for_site(self, d_in: int, site: str = "", hook_name: str = "", model_name: str = "",
                  model_path: str = ""):  # fmt: skip

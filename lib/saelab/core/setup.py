@@ -40,6 +40,8 @@ from saelab.core.passes import (
     batch_positions,
     clean_pass,
     excluded_positions,
+    input_sites,
+    read_sites,
     sae_positions,
     select,
     special_ids,
@@ -173,10 +175,12 @@ def estimate_act_scales(lm, data, saes: dict, keep, batch_size: int, n_tokens: i
     mean raw norm} for the log.
     """
     sites = [s for s, sae in saes.items() if sae.cfg.normalize_activations != "none"]
-    stats = site_stats(lm, data, saes, sites, keep, batch_size, n_tokens, known, special)
+    reads = input_sites(saes)  # a transcoder's scale is its input's: it works on x * act_scale
+    stats = site_stats(lm, data, saes, list(dict.fromkeys(reads[s] for s in sites)), keep,
+                       batch_size, n_tokens, known, special)  # fmt: skip
     for s in sites:
-        saes[s].set_act_scale(stats[s].mean_norm)
-    return {str(s): stats[s].mean_norm for s in sites}
+        saes[s].set_act_scale(stats[reads[s]].mean_norm)
+    return {str(s): stats[reads[s]].mean_norm for s in sites}
 
 
 @torch.no_grad()
@@ -265,7 +269,7 @@ def shared_clean_pass(lm, tokens: torch.Tensor, saes: list[dict[Site, SAE]],
     obj = obj or cfg.loss
     later = obj.later(lm, sites) if obj.spliced else []
     grads = any(sae.needs_grad for group in saes for sae in group.values())
-    return clean_pass(lm, tokens, sites, later, logits=obj.needs_logits, grads=grads)
+    return clean_pass(lm, tokens, read_sites(saes), later, logits=obj.needs_logits, grads=grads)
 
 
 def batches(data, cfg: TrainConfig, start: int = 0):
@@ -363,6 +367,8 @@ def context(lm, data, cfgs: list[TrainConfig], out_dirs: list, eval_data, resume
     facts = [model_facts(lm, data, cfg) for cfg in cfgs][0]  # an activation cache checks each
     cache = data if isinstance(data, ActivationCache) else None
     sites = sort_sites([parse_site(s, facts["n_layers"]) for s in cfg0.sites])
+    for cfg in cfgs:
+        check_reads(cfg, sites, cache)
     n_steps = n_steps_of(cfg0, data, facts)
     check_schedule(cfgs, n_steps, data.n_ctx)
     ranks.check_batch(cfg0.batch_size, w)
@@ -383,6 +389,22 @@ def context(lm, data, cfgs: list[TrainConfig], out_dirs: list, eval_data, resume
                                           "excluded_tokens": list(tokens_out)}, overwrite,
                    facts, special=torch.tensor(tokens_out, dtype=torch.long)
                    if tokens_out else None)  # fmt: skip
+
+
+def check_reads(cfg: TrainConfig, sites: list[Site], cache) -> None:
+    """Refuse a run whose SAEs read a site another SAE of it writes, or (a transcoder) a site an
+    activation cache, which holds the one site it stores, does not have."""
+    reads = {s: cfg.sae.input_site(s) for s in sites}  # a bad transcoder site is refused here
+    for s, inp in reads.items():
+        if inp == s:
+            continue
+        if inp in sites:
+            raise ValueError(f"the SAE written at {s} reads {inp}, which another SAE of this "
+                             f"run replaces; train them in separate runs")  # fmt: skip
+        if cache is not None:
+            raise ValueError(f"architecture={cfg.sae.architecture!r} reads {inp} and writes "
+                             f"{s}; an activation cache holds one site: train it from tokens "
+                             "through the model")  # fmt: skip
 
 
 def excluded_tokens(exclude_tokens, lm, cache) -> tuple[int, ...]:

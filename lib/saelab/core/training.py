@@ -29,7 +29,7 @@ from saelab.core.config import TrainConfig
 from saelab.core.locks import writer_lock
 from saelab.core.metrics import evaluate_many
 from saelab.core.models import Site, sort_sites
-from saelab.core.passes import Clean, batch_positions, spliced_pass
+from saelab.core.passes import Clean, batch_positions, input_sites, spliced_pass
 from saelab.core.progress import Heartbeat, duration, progress_bar
 from saelab.core.progress import say as say_line
 from saelab.core.sae import SAE, save_sae
@@ -109,8 +109,9 @@ def compute_loss(lm, tokens, saes: dict[Site, SAE], cfg: TrainConfig, dead, acts
         later = obj.later(lm, sites)
         spliced = spliced_pass(lm, tokens, saes, clean, later, keep=keep)
         outs = spliced.outs
-    else:
-        outs = {s: saes[s](inputs.acts[s], grad=grad.get(s)) for s in sites}
+    else:  # each SAE reads its input site (a transcoder: another than the one it writes)
+        reads = input_sites(saes)
+        outs = {s: saes[s](inputs.acts[reads[s]], grad=grad.get(reads[s])) for s in sites}
     terms = obj.terms(inputs, spliced, outs, sites, saes)
     tag = (lambda s: "") if len(sites) == 1 else (lambda s: f"{s}/")
     for s in sites:  # the SAE's own terms in its own (normalised) units; act_scale 1 if unscaled

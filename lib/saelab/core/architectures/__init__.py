@@ -12,3 +12,4 @@ from saelab.core.architectures import gtopk
 from saelab.core.architectures import batchtopk
 from saelab.core.architectures import jumprelu
 from saelab.core.architectures import matryoshka
+from saelab.core.architectures import transcoder

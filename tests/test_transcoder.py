@@ -1,0 +1,174 @@
+"""Transcoders and skip transcoders: read mlp_in.L, write mlp_out.L. The local and e2e steps are
+checked against a by-hand nnsight splice of the MLP (to 1e-5), every objective trains, and what
+cannot be right (another site, a cache, SAELens) is refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from configs import config
+
+import saelab as sl
+from saelab.core import training as tr
+from saelab.core.passes import batch_positions, sae_positions, special_ids
+from saelab.core.sae import SAE, SAEConfig, load_sae, save_sae
+
+SITE = "mlp_out.2"
+ARCHS = ("transcoder", "skip_transcoder")
+
+
+def _cfg(arch="transcoder", **kw) -> sl.TrainConfig:
+    base = dict(sites=(SITE,), sae=arch, k=8, dict_ratio=2, n_tokens=8 * 32 * 4, batch_size=8,
+                eval_tokens=4 * 32, alive_tokens=None, warmup=1, log_every=1)  # fmt: skip
+    return config(**(base | kw))
+
+
+@pytest.fixture(scope="module")
+def data(storyworld_data):
+    return storyworld_data(32, n_tokens=8 * 32 * 5)
+
+
+def _sae(lm, data, arch: str, loss="local") -> tuple[SAE, sl.TrainConfig]:
+    """A transcoder after two training steps (act_scale, b_dec and W_skip away from init)."""
+    cfg = _cfg(arch, loss=loss, n_tokens=8 * 32 * 2)
+    return tr.train(lm, data, cfg, None, progress=False).sae.train(), cfg
+
+
+def _clean_rows(lm, data, n: int = 4):
+    """`n` rows with no special token past position 0, and the positions the SAEs see."""
+    keep = sae_positions(data)
+    special = torch.tensor(special_ids(lm.tokenizer))
+    rows = [r for r in data.tokens if batch_positions(r[None], keep, special) is keep]
+    return torch.stack(rows[:n]), keep
+
+
+def _mlp(lm):
+    return lm.transformer.h[2].mlp
+
+
+def test_it_reads_mlp_in_and_refuses_any_other_site(lm, data):
+    cfg = SAEConfig.create(architecture="transcoder", k=4)
+    assert cfg.input_site(sl.parse_site("mlp_out.3")) == sl.parse_site("mlp_in.3")
+    with pytest.raises(ValueError, match=r"train it at an mlp_out site \(e.g. mlp_out.3\), not "
+                                         r"resid_pre.3"):  # fmt: skip
+        cfg.input_site(sl.parse_site("resid_pre.3"))
+    with pytest.raises(ValueError, match="reads mlp_in.L and writes mlp_out.L"):
+        tr.train(lm, data, _cfg(sites=("attn_out.2",)), None, progress=False)
+    with pytest.raises(ValueError, match="pre_subtract_b_dec=True"):
+        SAEConfig.create(architecture="transcoder", k=4, pre_subtract_b_dec=True)
+    # a plain SAE reads the site it writes
+    assert SAEConfig.create(architecture="topk", k=4).input_site(sl.parse_site(SITE)).kind == (
+        "mlp_out"
+    )
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_local_step_is_the_mse_of_the_mlp_output_from_its_input(lm, data, arch):
+    sae, cfg = _sae(lm, data, arch)
+    tokens, keep = _clean_rows(lm, data)
+    with torch.no_grad(), lm.trace(tokens):
+        x_in = _mlp(lm).input.save()
+        y = _mlp(lm).output.save()
+    x_in, y = x_in[:, keep], y[:, keep]
+    s = sae.act_scale
+    z = (x_in * s) @ sae.W_enc + sae.b_enc  # by hand: TopK, decode, the skip path, unscale
+    top = z.topk(8, dim=-1)
+    c = torch.zeros_like(z).scatter(-1, top.indices, F.relu(top.values))
+    y_hat = c @ sae.W_dec + sae.b_dec
+    if arch == "skip_transcoder":
+        y_hat = y_hat + (x_in * s) @ sae.W_skip.T
+        assert sae.W_skip.abs().sum() > 0  # trained away from its zero init
+    expected = F.mse_loss(y_hat, y * s)
+    dead = {sl.parse_site(SITE): torch.zeros(sae.cfg.d_sae, dtype=torch.bool)}
+    loss, logs, outs = tr.compute_loss(lm, tokens, {sl.parse_site(SITE): sae}, cfg, dead,
+                                       keep=keep)  # fmt: skip
+    assert logs["mse"] == pytest.approx(expected.item(), rel=1e-5)
+    torch.testing.assert_close(outs[sl.parse_site(SITE)].x_hat, y_hat / s, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_e2e_step_is_the_kl_of_a_by_hand_splice_of_the_mlp(lm, data, arch):
+    """The MLP's output replaced, at the kept positions, by the transcoder's output for the
+    MLP's input in the same (spliced) pass: the KL and its gradient to 1e-5."""
+    sae, cfg = _sae(lm, data, arch, loss="e2e")
+    tokens, keep = _clean_rows(lm, data)
+    with torch.no_grad(), lm.trace(tokens):
+        clean = lm.output.logits.save()
+    with lm.trace(tokens):
+        x_in = _mlp(lm).input
+        y = _mlp(lm).output
+        y_hat = sae(x_in[:, keep]).x_hat
+        _mlp(lm).output = y.index_copy(1, keep, y_hat)
+        spliced = lm.output.logits.save()
+    p = F.log_softmax(clean.float(), -1)
+    by_hand = (p.exp() * (p - F.log_softmax(spliced.float(), -1))).sum(-1).mean()
+    grads = torch.autograd.grad(by_hand, [sae.W_enc, sae.W_dec])
+    dead = {sl.parse_site(SITE): torch.zeros(sae.cfg.d_sae, dtype=torch.bool)}
+    loss, logs, _ = tr.compute_loss(lm, tokens, {sl.parse_site(SITE): sae}, cfg, dead, keep=keep)
+    assert logs["kl"] == pytest.approx(by_hand.item(), rel=1e-5, abs=1e-7)
+    kl_coeff = cfg.loss.kl_coeff
+    mine = torch.autograd.grad(loss, [sae.W_enc, sae.W_dec])  # KL, plus AuxK: zero, none dead
+    for a, b in zip(mine, grads, strict=True):
+        torch.testing.assert_close(a, kl_coeff * b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("loss", ["local", "e2e", "e2e+ds"])
+def test_trains_with_every_objective(lm, data, arch, loss):
+    kw = dict(kl_coeff=0.5, ds_coeff=2.5) if loss == "e2e+ds" else {}
+    run = tr.train(lm, data, _cfg(arch, loss=loss, **kw), None, progress=False)
+    train = [r for r in run.log if r["kind"] == "train"]
+    assert all(r["l0"] == pytest.approx(8.0) for r in train)
+    assert ("kl" in train[0]) == (loss != "local") and ("ds_mse" in train[0]) == (loss == "e2e+ds")
+    (ev,) = [r for r in run.log if r["kind"] == "eval"]
+    # the eval's reconstruction is of the MLP's output: a transcoder that learned anything
+    # explains some of its variance, and replacing the MLP costs less than zero-ablating it
+    assert ev["explained_var"] > 0 and ev["ce_sae"] < ev["ce_zero_abl"]
+    assert run.sae.cfg.site == SITE
+    (scale,) = [r for r in run.log if r["kind"] == "act_scale"]
+    assert scale["mean_norm"][SITE] > 0  # measured on mlp_in, logged under the site written
+
+
+def test_two_transcoders_splice_together_and_the_scale_is_the_inputs(lm, data):
+    run = tr.train(lm, data, _cfg(sites=("mlp_out.1", "mlp_out.3"), loss="e2e"), None,
+                   progress=False)  # fmt: skip
+    assert sorted(run.saes) == ["mlp_out.1", "mlp_out.3"]
+    tokens, keep = _clean_rows(lm, data)
+    with torch.no_grad(), lm.trace(tokens):
+        x1 = lm.transformer.h[1].mlp.input.save()
+    expected = float(x1[:, keep].norm(dim=-1).mean())  # an estimate from other rows: close
+    (scale,) = [r for r in run.log if r["kind"] == "act_scale"]
+    assert scale["mean_norm"]["mlp_out.1"] == pytest.approx(expected, rel=0.1)
+
+
+def test_the_skip_path_starts_at_zero_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    cfg = SAEConfig.create(architecture="skip_transcoder", d_in=8, d_sae=32, k=4)
+    sae = SAE.from_config(cfg)
+    assert sae.W_skip.shape == (8, 8) and not sae.W_skip.any()
+    x = torch.randn(5, 8)
+    plain = SAE.from_config(SAEConfig.create(architecture="transcoder", d_in=8, d_sae=32, k=4))
+    plain.load_state_dict({k: v for k, v in sae.state_dict().items() if k != "W_skip"})
+    torch.testing.assert_close(sae(x).x_hat, plain(x).x_hat)
+    with torch.no_grad():
+        sae.W_skip.normal_()
+        sae.act_scale.fill_(2.0)
+    expected = plain.train(False)(x).x_hat  # same dictionary, scale 1 ...
+    save_sae(sae, tmp_path / "t")
+    back = load_sae(tmp_path / "t")
+    assert back.cfg == sae.cfg
+    torch.testing.assert_close(back(x).x_hat, sae(x).x_hat)
+    assert not torch.allclose(sae(x).x_hat, expected)  # ... differ by the skip path and scale
+
+
+def test_a_cache_and_saelens_export_are_refused(lm, data, tmp_path):
+    cache = sl.cache_activations(lm, data, SITE, tmp_path / "cache")
+    with pytest.raises(ValueError, match="reads mlp_in.2 and writes mlp_out.2; an activation "
+                                         "cache holds one site"):  # fmt: skip
+        tr.train(None, cache, _cfg(), None, progress=False)
+    sae = SAE.from_config(SAEConfig.create(architecture="transcoder", d_in=8, d_sae=32, k=4))
+    with pytest.raises(ValueError, match="no SAELens equivalent"):
+        sae.to_saelens(1.0)
+    with pytest.raises(ValueError, match="reads mlp_in.2: an activation cache holds one site"):
+        sl.evaluate(cache, {SITE: sae.to(torch.float32)}, None)
