@@ -172,3 +172,58 @@ def test_a_cache_and_saelens_export_are_refused(lm, data, tmp_path):
         sae.to_saelens(1.0)
     with pytest.raises(ValueError, match="reads mlp_in.2: an activation cache holds one site"):
         sl.evaluate(cache, {SITE: sae.to(torch.float32)}, None)
+
+
+# --- sparsify's format ---------------------------------------------------------------------------
+
+
+def _random(arch: str, **kw) -> SAE:
+    """An SAE of `arch`, every weight random, an activation scale: nothing folds trivially."""
+    torch.manual_seed(1)
+    sae = SAE.from_config(SAEConfig.create(architecture=arch, d_in=8, d_sae=32, k=4, **kw))
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.normal_(0, 0.5)
+        sae.act_scale.fill_(1.7)
+    return sae.eval()
+
+
+@pytest.mark.parametrize(
+    "arch, kw",
+    [
+        ("transcoder", {}),
+        ("skip_transcoder", {}),
+        ("topk", {}),
+        ("topk", {"pre_subtract_b_dec": True}),
+    ],
+)
+def test_sparsify_reads_the_export_and_computes_the_same(tmp_path, arch, kw):
+    sparsify = pytest.importorskip("sparsify")
+    sae = _random(arch, **kw)
+    sl.export_sparsify(sae, tmp_path / "e")
+    theirs = sparsify.SparseCoder.load_from_disk(tmp_path / "e")
+    assert theirs.cfg.transcode == (arch != "topk") and theirs.cfg.k == 4
+    assert (theirs.W_skip is not None) == (arch == "skip_transcoder")
+    x = torch.randn(16, 8)
+    out = theirs(x)
+    c = torch.zeros(16, 32).scatter(-1, out.latent_indices, out.latent_acts)
+    mine = sae(x)
+    torch.testing.assert_close(out.sae_out, mine.x_hat, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(c, mine.c, atol=1e-5, rtol=1e-5)
+
+
+def test_the_sparsify_export_refuses_what_it_cannot_write(tmp_path):
+    with pytest.raises(ValueError, match="'batchtopk' has no sparsify equivalent.*topk, "
+                                         "transcoder, skip_transcoder"):  # fmt: skip
+        sl.export_sparsify(_random("batchtopk"), tmp_path / "b")
+    sae = _random("transcoder")
+    save_sae(sae, tmp_path / "saelab")  # the same two file names as a sparsify folder
+    before = (tmp_path / "saelab" / "sae.safetensors").read_bytes()
+    with pytest.raises(FileExistsError, match="never writes into it"):
+        sl.export_sparsify(sae, tmp_path / "saelab", overwrite=True)
+    assert (tmp_path / "saelab" / "sae.safetensors").read_bytes() == before
+    sl.export_sparsify(sae, tmp_path / "e")
+    with pytest.raises(FileExistsError, match="holds a sparsify export; pass overwrite=True"):
+        sl.export_sparsify(sae, tmp_path / "e")
+    sl.export_sparsify(_random("skip_transcoder"), tmp_path / "e", overwrite=True)
+    assert "W_skip" in (tmp_path / "e" / "sae.safetensors").read_bytes().decode("latin-1")

@@ -25,6 +25,7 @@ from saelab.core.objectives import OBJECTIVES, Objective, objective
 from saelab.core.sae import SAE, SAEConfig, architecture, architectures, load_sae, save_sae
 from saelab.core.saelens import export_saelens, to_saebench
 from saelab.core.schedule import Finetune
+from saelab.core.sparsify_io import export_sparsify
 from saelab.core.training import Run, train, train_many
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "evaluate",
     "evaluate_many",
     "export_saelens",
+    "export_sparsify",
     "load_cache",
     "load_model",
     "load_sae",
