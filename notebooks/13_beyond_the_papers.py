@@ -34,6 +34,10 @@
 # 2. Is the same true of Matryoshka, local against e2e? And what do its prefixes do: CE and L0 of
 #    each prefix used as an SAE on its own (`sae.prefix(m)`).
 # 3. Where do they all sit on the L0-CE plane?
+# 4. A transcoder (Dunefsky et al. 2024) reads an MLP's input and writes its output, so spliced
+#    in it *replaces* the MLP; a skip transcoder (Paulo et al. 2025) adds a learned linear path.
+#    Does e2e training do for them what it does for SAEs? Local against e2e at one MLP, the
+#    CE increase with the MLP replaced, beside zero-ablating that MLP.
 #
 # **Seeds.** Each (seed, objective) is one `sl.train_many` call: the SAEs that share an
 # objective and a schedule share each batch's clean pass. Numbers are means over seeds with 95%
@@ -47,8 +51,7 @@
 #
 # The `default` preset is a preview (200k tokens per SAE, 2 seeds) that runs in minutes on a
 # laptop; the `paper` preset (1M tokens, 3 seeds) is the reference run the README's scorecard
-# quotes. Transcoders, the issue's third part, are not in this notebook yet (LOG.md says where
-# that stands).
+# quotes.
 
 # %% tags=["parameters"]
 model: str = "storyworld"  # frozen LM: "storyworld", a hub id such as "gpt2", or a local HF dir
@@ -66,6 +69,8 @@ n_tokens: int = 200_000  # training tokens per SAE, every method
 eval_tokens: int = 16_384  # held-out tokens for each SAE's evaluation
 alive_tokens: int = 100_000  # held-out SAE positions over which a latent must fire to be alive
 pareto_run: str = ""  # a 05_pareto run whose ReLU local and e2e frontiers the last figure shows
+transcoder_site: str = "mlp_out.3"  # the MLP the transcoders replace (they read mlp_in.3)
+transcoders: list = ["transcoder", "skip_transcoder"]  # trained local and e2e at that MLP
 log_to: list = []  # trackers that also get every record: "wandb", "tensorboard" (docs/interop.md)
 out_dir: str = "outputs/13_beyond_the_papers/interactive-{time}"  # run folder (saelab.runs)
 
@@ -76,6 +81,7 @@ import time
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from IPython.display import display
 
 import saelab as sl
 from saelab.runs import notebook_out_dir, resolve_input
@@ -105,43 +111,48 @@ print(f"{model} at {site}; {train_data.n_tokens:,} training tokens per SAE, k in
 # %% [markdown]
 # ## 1. Training
 #
-# Per seed, four kinds of call: local (TopK and Matryoshka at every k), local then a fine-tune
-# (TopK, one call per fraction), and e2e (TopK and Matryoshka). The method names below are the
-# ones every table uses.
+# Per seed, one call per kind: local (TopK and Matryoshka at every k), local then a fine-tune
+# (TopK, one call per fraction), and e2e (TopK and Matryoshka), at `site`; then the
+# transcoders local and e2e at `transcoder_site`. The method names below are the ones every
+# table uses.
 
 # %%
-METHODS = {  # name -> (architecture, objective, fine-tune fraction or None)
-    "TopK local": ("topk", "local", None),
-    **{f"TopK local+ft{round(100 * f)}%": ("topk", "local", float(f)) for f in fractions},
-    "TopK e2e": ("topk", "e2e", None),
-    "Matryoshka local": ("matryoshka", "local", None),
-    "Matryoshka e2e": ("matryoshka", "e2e", None),
-}
+NAMES = {"transcoder": "Transcoder", "skip_transcoder": "Skip transcoder"}
+METHODS = {  # name -> (architecture, objective, fine-tune fraction or None, site)
+    "TopK local": ("topk", "local", None, site),
+    **{f"TopK local+ft{round(100 * f)}%": ("topk", "local", float(f), site) for f in fractions},
+    "TopK e2e": ("topk", "e2e", None, site),
+    "Matryoshka local": ("matryoshka", "local", None, site),
+    "Matryoshka e2e": ("matryoshka", "e2e", None, site),
+    **{f"{NAMES[a]} {loss}": (a, loss, None, transcoder_site)
+       for a in transcoders for loss in ("local", "e2e")},
+}  # fmt: skip
+SAE_METHODS = [m for m, v in METHODS.items() if v[3] == site]  # the ones on one L0-CE plane
 
 
 def config(method: str, k: int, seed: int) -> sl.TrainConfig:
     """The TrainConfig of `method` at `k` for `seed`."""
-    arch, loss, fraction = METHODS[method]
+    arch, loss, fraction, at = METHODS[method]
     ft = sl.Finetune(fraction=fraction) if fraction is not None else None
     sae = sl.SAEConfig.create(architecture=arch, k=k, dict_ratio=dict_ratio)
-    return sl.TrainConfig(sae=sae, loss=loss, finetune=ft, seed=seed, **base)
+    return sl.TrainConfig(sae=sae, loss=loss, finetune=ft, seed=seed, **base | {"sites": (at,)})
 
 
 runs, train_s = {}, {}  # (method, k, seed) -> Run; (group, seed) -> seconds
 for seed in seeds:
     groups: dict[tuple, list[str]] = {}  # methods that can share a call
-    for m, (_, loss, fraction) in METHODS.items():
-        groups.setdefault((loss, fraction), []).append(m)
-    for (loss, fraction), methods in groups.items():
+    for m, (_, loss, fraction, at) in METHODS.items():
+        groups.setdefault((loss, fraction, at), []).append(m)
+    for (loss, fraction, at), methods in groups.items():
         named = [(m, k) for m in methods for k in ks]
         folders = [out / "runs" / f"seed{seed}" / f"{m.replace(' ', '_')}_k{k}" for m, k in named]
         t0 = time.time()
         trained = sl.train_many(lm, train_data, [config(m, k, seed) for m, k in named], folders,
                                 eval_data=val, log_to=log_to)  # fmt: skip
-        train_s[(loss, fraction, seed)] = time.time() - t0
+        train_s[(loss, fraction, at, seed)] = time.time() - t0
         runs |= {(m, k, seed): r for (m, k), r in zip(named, trained, strict=True)}
-        print(f"seed {seed}, {loss}" + (f" then fine-tune {fraction:g}" if fraction else "")
-              + f": {len(named)} SAEs in {train_s[(loss, fraction, seed)]:.0f} s")  # fmt: skip
+        print(f"seed {seed}, {loss} at {at}" + (f" then fine-tune {fraction:g}" if fraction else "")
+              + f": {len(named)} SAEs in {train_s[(loss, fraction, at, seed)]:.0f} s")  # fmt: skip
 
 # %% [markdown]
 # ## 2. The fine-tune: how much of e2e's advantage does it recover?
@@ -151,7 +162,8 @@ for seed in seeds:
 
 # %%
 rows = [dict(method=m, k=k, seed=s, ce_increase=r.log[-1]["ce_increase"], l0=r.log[-1]["l0"],
-             nmse=1 - r.log[-1]["explained_var"], dead_frac=r.log[-1]["dead_frac"])
+             nmse=1 - r.log[-1]["explained_var"], dead_frac=r.log[-1]["dead_frac"],
+             ce_zero_abl=r.log[-1]["ce_zero_abl"] - r.log[-1]["ce_clean"])
         for (m, k, s), r in runs.items()]  # fmt: skip
 long = pd.DataFrame(rows)
 long.to_csv(out / "metrics.csv", index=False)
@@ -167,7 +179,7 @@ ce = summary(long, "ce_increase")
 ce.round(4)
 
 # %%
-ft_methods = [m for m, (_, _, f) in METHODS.items() if f is not None]
+ft_methods = [m for m, (_, _, f, _) in METHODS.items() if f is not None]
 gap_rows = []
 for seed in seeds:
     for k in ks:
@@ -210,7 +222,7 @@ k_mid = ks[len(ks) // 2]
 matched = []
 for seed in seeds:
     target = runs[("TopK local", k_mid, seed)].log[-1]["ce_increase"]
-    at = {m: l0_at(m, seed, target) for m in METHODS}
+    at = {m: l0_at(m, seed, target) for m in SAE_METHODS}
     local, e2e = at["TopK local"][0], at["TopK e2e"][0]
     for m, (l0_m, outside) in at.items():
         matched.append(dict(method=m, k=k_mid, seed=seed, target_ce=target, l0=l0_m,
@@ -225,15 +237,18 @@ l0_matched.round(3)
 
 # %% [markdown]
 # What each kind of run cost, in wall-clock seconds per SAE (a call's time over its SAEs; the
-# local and e2e calls train TopK and Matryoshka together, the fine-tune calls TopK alone; a
-# fine-tune step runs the spliced pass, a local step does not):
+# local and e2e calls train TopK and Matryoshka together, the fine-tune calls TopK alone, the
+# transcoder calls both transcoders; a fine-tune step runs the spliced pass, a local step does
+# not):
 
 # %%
-n_saes = {(loss, f): sum(1 for m, (_, lo, fr) in METHODS.items() if (lo, fr) == (loss, f))
-          * len(ks) for loss, f, _ in train_s}  # fmt: skip
-cost = pd.DataFrame([dict(objective=loss, finetune=f, seed=s, seconds_per_sae=v / n_saes[(loss, f)])
-                     for (loss, f, s), v in train_s.items()])  # fmt: skip
-cost.groupby(["objective", "finetune"], dropna=False).seconds_per_sae.mean().round(1)
+n_saes = {}  # (objective, fine-tune, site) -> SAEs per call
+for _, loss, f, at in METHODS.values():
+    n_saes[(loss, f, at)] = n_saes.get((loss, f, at), 0) + len(ks)
+cost = pd.DataFrame([dict(objective=loss, finetune=f, site=at, seed=s,
+                          seconds_per_sae=v / n_saes[(loss, f, at)])
+                     for (loss, f, at, s), v in train_s.items()])  # fmt: skip
+cost.groupby(["site", "objective", "finetune"], dropna=False).seconds_per_sae.mean().round(1)
 
 # %% [markdown]
 # ## 3. Matryoshka: local against e2e, and what the prefixes do
@@ -304,7 +319,7 @@ colors = {
     "Matryoshka e2e": plots.PALETTE["e2e"],
 }
 extra = iter(["#029e73", "#cc78bc", "#ca9161"])
-for m in METHODS:
+for m in SAE_METHODS:
     c = ce.loc[m]
     color = colors.get(m) or next(extra)
     ax.errorbar(l0.loc[m, "mean"], c["mean"], yerr=[c["mean"] - c["lo"], c["hi"] - c["mean"]],
@@ -321,7 +336,41 @@ fig.tight_layout()
 fig.savefig(out / "figures" / "pareto.png", dpi=120)
 
 # %% [markdown]
-# ## 5. Summary
+# ## 5. Transcoders: local against e2e at one MLP
+#
+# Each transcoder replaces the MLP of `transcoder_site`'s block: the CE increase is that of the
+# model with the MLP's output predicted from its input by k latents. Zero-ablating the MLP (the
+# dotted line) is what doing without it costs. These numbers are not on the plane above: an SAE
+# there reconstructs the residual stream, which holds far more than one MLP's output.
+
+# %%
+tc_methods = [m for m in METHODS if m not in SAE_METHODS]
+if tc_methods:
+    zero_abl = long[long.method.isin(tc_methods)].ce_zero_abl.mean()
+    print(f"zero-ablating the MLP at {transcoder_site}: CE +{zero_abl:.4f}")
+    tc = ce.loc[tc_methods].join(l0.loc[tc_methods][["mean"]].rename(columns={"mean": "L0"}))
+    tc = tc.join(summary(long[long.method.isin(tc_methods)], "nmse")[["mean"]]
+                 .rename(columns={"mean": "NMSE"}))  # fmt: skip
+    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    for m in tc_methods:
+        c = ce.loc[m]
+        color = plots.PALETTE["e2e" if m.endswith("e2e") else "local"]
+        ax.errorbar(l0.loc[m, "mean"], c["mean"], yerr=[c["mean"] - c["lo"], c["hi"] - c["mean"]],
+                    marker="s" if m.startswith("Skip") else "o", color=color, capsize=3,
+                    ls="--" if m.startswith("Skip") else "-", label=m)  # fmt: skip
+    ax.axhline(zero_abl, color="grey", ls=":", label="MLP zero-ablated")
+    ax.set(xscale="log", yscale="log", xlabel="L0 (held out)", ylabel="CE-loss increase (nats)",
+           title=f"Transcoders replacing the MLP at {transcoder_site}")  # fmt: skip
+    ax.xaxis.set_major_locator(plots.ticker.FixedLocator(ks))  # TopK: L0 is k, or just under
+    ax.xaxis.set_major_formatter(plots.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_locator(plots.ticker.NullLocator())
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "figures" / "transcoders.png", dpi=120)
+    display(tc.round(4))
+
+# %% [markdown]
+# ## 6. Summary
 #
 # `summary.json` holds every number above (per method and k: the mean, interval and per-seed
 # values), for the README's scorecard and the tests.
@@ -343,15 +392,17 @@ summary_json = dict(
                        extrapolated=int(r["extrapolated"]))
                   for (m, k), r in l0_matched.iterrows()],
     prefixes=prefixes.to_dict(orient="records"),
-    train_seconds=[dict(objective=loss, finetune=f, seed=s, seconds=v)
-                   for (loss, f, s), v in train_s.items()],
+    transcoder_site=transcoder_site,
+    mlp_zero_ablation=float(zero_abl) if tc_methods else None,
+    train_seconds=[dict(objective=loss, finetune=f, site=at, seed=s, seconds=v)
+                   for (loss, f, at, s), v in train_s.items()],
     minutes=(time.time() - t_start) / 60,
 )  # fmt: skip
 (out / "summary.json").write_text(json.dumps(summary_json, indent=2) + "\n")
 print(f"done in {summary_json['minutes']:.1f} min")
 
 # %% [markdown]
-# ## 6. How to read it
+# ## 7. How to read it
 #
 # *The numbers below are the `paper` run's (`outputs/reference/13_beyond_the_papers/paper`: 1M
 # tokens per SAE, k 4 to 32, 3 seeds; each mean with its 95% t-interval over seeds). A run at
@@ -412,4 +463,5 @@ print(f"done in {summary_json['minutes']:.1f} min")
 # both. At 512 latents on a 64-wide model, the usual test (first-letter features) has no
 # counterpart, and this notebook does not try one.
 #
-# **Transcoders**, the issue's third part, are not in this run.
+# **Transcoders** (section 5) joined the notebook after this run: the `paper` run has none yet,
+# and the numbers above are from the notebook as it stood without them.

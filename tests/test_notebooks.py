@@ -166,8 +166,11 @@ def test_notebook_runs_through_papermill(name, tmp_path, monkeypatch, request):
         assert {r["method"] for r in s["recovered"]} == {"TopK local+ft25%"}
         assert any(r["mean"] == r["mean"] for r in s["recovered"])  # not all NaN
         assert {r["width"] for r in s["prefixes"]} == {8, 16, 32, 64, 128}  # d_sae 128
-        for png in ("prefixes", "pareto"):
+        for png in ("prefixes", "pareto", "transcoders"):
             assert (out / "figures" / f"{png}.png").stat().st_size > 1000
+        assert s["transcoder_site"] == "mlp_out.3" and s["mlp_zero_ablation"] > 0
+        tc = {r["method"] for r in s["ce_increase"]} - {"TopK local", "TopK e2e"}
+        assert {"Transcoder local", "Transcoder e2e", "Skip transcoder e2e"} <= tc
     if name == "00_storyworld":
         m = json.loads((out / "metrics.json").read_text())
         assert m["train_tokens"] == 6 * 16 * 128 and m["vocab_size"] == 512
