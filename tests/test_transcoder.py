@@ -227,3 +227,28 @@ def test_the_sparsify_export_refuses_what_it_cannot_write(tmp_path):
         sl.export_sparsify(sae, tmp_path / "e")
     sl.export_sparsify(_random("skip_transcoder"), tmp_path / "e", overwrite=True)
     assert "W_skip" in (tmp_path / "e" / "sae.safetensors").read_bytes().decode("latin-1")
+
+
+# --- every model family --------------------------------------------------------------------------
+
+from test_models import V  # noqa: E402
+from test_real_conventions import family  # noqa: E402, F401  (a fixture)
+
+
+def test_a_transcoder_trains_e2e_ds_in_every_family(family):  # noqa: F811
+    """GPT-2, GPT-Neo, GPT-NeoX (parallel residual), Llama, Qwen2, Gemma 1 and 2: the MLP's input
+    is read where that family's MLP reads it (tests/test_models.py checks the site itself).
+    Random ids after a BOS: the tiny tokenizer reads text as unknown ids in some families."""
+    lm = family
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(1, V, (40, 16), generator=g)
+    tokens[:, 0] = 0  # BOS
+    data = sl.TokenDataset(tokens, source="random", split="train", prepend_bos=True)
+    cfg = _cfg("skip_transcoder", sites=("mlp_out.0",), loss="e2e+ds", kl_coeff=0.5, ds_coeff=2.5,
+               n_tokens=4 * 16 * 3, batch_size=4, eval_tokens=4 * 16, k=4)  # fmt: skip
+    run = tr.train(lm, data, cfg, None, progress=False)
+    train = [r for r in run.log if r["kind"] == "train"]
+    assert all(r["kl"] > 1e-6 and r["ds_mse"] > 1e-6 for r in train)
+    assert train[-1]["loss"] < 10 * train[0]["loss"]  # nothing diverging
+    assert run.sae.W_skip.abs().sum() > 0 and run.sae.W_dec.abs().sum() > 0
+    assert all(torch.isfinite(p).all() for p in run.sae.parameters())
