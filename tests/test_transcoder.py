@@ -252,3 +252,16 @@ def test_a_transcoder_trains_e2e_ds_in_every_family(family):  # noqa: F811
     assert train[-1]["loss"] < 10 * train[0]["loss"]  # nothing diverging
     assert run.sae.W_skip.abs().sum() > 0 and run.sae.W_dec.abs().sum() > 0
     assert all(torch.isfinite(p).all() for p in run.sae.parameters())
+
+
+def test_the_feature_studies_encode_what_a_transcoder_reads(lm, data):
+    from saelab.studies.features import collect
+    from saelab.studies.plots import firing_frequency
+
+    sae = _sae(lm, data, "transcoder")[0].eval()
+    acts = collect(lm, sae, data, n_tokens=4 * 32, batch_size=4)
+    with torch.no_grad(), lm.trace(data.tokens[:4]):
+        x_in = _mlp(lm).input.save()
+    torch.testing.assert_close(acts.flat.view(4, 32, -1), sae.encode(x_in)[0], atol=1e-6, rtol=0)
+    freq = firing_frequency(lm, sae, data, n_tokens=4 * 32, batch_size=4)
+    assert freq.sum() * 4 * 32 == pytest.approx(float((acts.flat > 0).sum()))

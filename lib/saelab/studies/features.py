@@ -52,7 +52,7 @@ def collect(lm, sae: SAE, data, n_tokens: int = 32_768, batch_size: int = 32) ->
     A g-SAE's selection needs dL/dx, i.e. the true next token: its activations are those of the
     training objective, measured with the label in hand (Olmo et al. 2024 §3).
     """
-    site = parse_site(sae.cfg.site)
+    site = sae.cfg.input_site(parse_site(sae.cfg.site))  # a transcoder reads the MLP's input
     n_rows = max(1, min(len(data), n_tokens // data.n_ctx))
     grads = sae.needs_grad
     chunks = []

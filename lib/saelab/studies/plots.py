@@ -306,7 +306,7 @@ def shared_legend(fig: plt.Figure, axes: list) -> None:
 
 def firing_frequency(lm, sae, data, n_tokens: int = 65_536, batch_size: int = 32) -> torch.Tensor:
     """Fraction of tokens `[d_sae]` on which each latent fires, on the first ~n_tokens of `data`."""
-    site = parse_site(sae.cfg.site)
+    site = sae.cfg.input_site(parse_site(sae.cfg.site))  # a transcoder reads the MLP's input
     grads = sae.needs_grad  # g-SAEs select latents with dL/dx
     n_rows = max(1, min(len(data), n_tokens // data.n_ctx))
     counts = torch.zeros(sae.cfg.d_sae)
