@@ -265,3 +265,61 @@ def test_the_feature_studies_encode_what_a_transcoder_reads(lm, data):
     torch.testing.assert_close(acts.flat.view(4, 32, -1), sae.encode(x_in)[0], atol=1e-6, rtol=0)
     freq = firing_frequency(lm, sae, data, n_tokens=4 * 32, batch_size=4)
     assert freq.sum() * 4 * 32 == pytest.approx(float((acts.flat > 0).sum()))
+
+
+@pytest.mark.parametrize("transcode, skip", [(True, False), (True, True), (False, False)])
+def test_load_sae_reads_a_sparsify_folder(tmp_path, transcode, skip):
+    sparsify = pytest.importorskip("sparsify")
+    torch.manual_seed(3)
+    cfg = sparsify.SparseCoderConfig(num_latents=32, k=4, transcode=transcode, skip_connection=skip)
+    theirs = sparsify.SparseCoder(8, cfg)
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.normal_(0, 0.5)
+    theirs.save_to_disk(tmp_path / "s")
+    ours = sl.load_sae(tmp_path / "s")
+    arch = {(True, False): "transcoder", (True, True): "skip_transcoder"}.get((transcode, skip))
+    assert ours.cfg.architecture == (arch or "topk") and ours.cfg.k == 4
+    assert ours.cfg.pre_subtract_b_dec == (not transcode) and not ours.training
+    x = torch.randn(16, 8)
+    out = theirs(x)
+    c = torch.zeros(16, 32).scatter(-1, out.latent_indices, out.latent_acts)
+    torch.testing.assert_close(ours(x).x_hat, out.sae_out, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours(x).c, c, atol=1e-5, rtol=1e-5)
+    # and back: the export of what was read is what sparsify wrote
+    sl.export_sparsify(ours, tmp_path / "back")
+    again = sparsify.SparseCoder.load_from_disk(tmp_path / "back")
+    torch.testing.assert_close(again(x).sae_out, out.sae_out, atol=1e-5, rtol=1e-5)
+
+
+def test_a_sparsify_folder_that_cannot_be_reproduced_is_refused(tmp_path):
+    sparsify = pytest.importorskip("sparsify")
+    cfg = sparsify.SparseCoderConfig(num_latents=32, k=4, activation="groupmax")
+    sparsify.SparseCoder(8, cfg).save_to_disk(tmp_path / "g")
+    with pytest.raises(ValueError, match="activation='groupmax'; saelab reads TopK only"):
+        sl.load_sae(tmp_path / "g")
+
+
+def test_a_sparsify_transcoder_fine_tunes_with_the_kl(lm, data, tmp_path):
+    """What sparsify users cannot do there: Karvonen's KL + MSE fine-tune of their transcoder."""
+    sparsify = pytest.importorskip("sparsify")
+    torch.manual_seed(0)
+    theirs = sparsify.SparseCoder(64, sparsify.SparseCoderConfig(num_latents=128, k=8,
+                                                                  transcode=True))  # fmt: skip
+    with torch.no_grad():
+        theirs.W_dec.normal_(0, 0.05)
+    theirs.save_to_disk(tmp_path / "s")
+    start = sl.load_sae(tmp_path / "s")
+    cfg = _cfg(init_from=str(tmp_path / "s"), normalize_activations="none", dict_ratio=2,
+               finetune={"fraction": 1.0})  # fmt: skip
+    run = tr.train(lm, data, cfg, None, progress=False)
+    assert [r["kind"] for r in run.log][:2] == ["finetune", "train"]
+    assert not torch.equal(run.sae.W_dec, start.W_dec)
+    # a sparsify SAE subtracts b_dec from its input: a run that would not is refused
+    sparsify.SparseCoder(64, sparsify.SparseCoderConfig(num_latents=128, k=8)).save_to_disk(
+        tmp_path / "sae"
+    )
+    topk = _cfg("topk", sites=("resid_pre.3",), init_from=str(tmp_path / "sae"), dict_ratio=2,
+                normalize_activations="none")  # fmt: skip
+    with pytest.raises(ValueError, match="its pre_subtract_b_dec is True but this run's SAE"):
+        tr.train(lm, data, topk, None, progress=False)

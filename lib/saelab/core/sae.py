@@ -657,7 +657,8 @@ def load_sae(
     (`sae_weights.safetensors`) is read by `saelab.core.saelens.load_saelens`; with `sae_id`,
     `path` names a SAELens pretrained release, fetched through sae_lens' registry;
     `hf://org/repo[@revision]/folder` is a folder of a Hub repository (`push_to_hub`'s layout),
-    fetched into the Hub client's cache. Returned in eval mode.
+    fetched into the Hub client's cache. A folder EleutherAI sparsify wrote (its `cfg.json` has no
+    `architecture`) is read by `saelab.core.sparsify_io.load_sparsify`. Returned in eval mode.
     """
     from saelab.core import saelens  # here, not at the top: saelens builds on this module
 
@@ -669,6 +670,13 @@ def load_sae(
 
         path = hub.download(str(path))
     path = Path(path)
+    from saelab.core import sparsify_io  # here, not at the top: it builds on this module
+
+    if sparsify_io.is_sparsify_folder(path):  # sae.safetensors too, but sparsify's cfg.json
+        sae = sparsify_io.load_sparsify(path)
+        if d_in is not None and sae.cfg.d_in != d_in:
+            raise ValueError(f"SAE at {path} has d_in={sae.cfg.d_in} but the site has d_in={d_in}")
+        return sae.to(device) if device is not None else sae
     if not (path / WEIGHTS_FILE).exists() and saelens.is_saelens_folder(path):
         sae = saelens.load_saelens(path)
         if d_in is not None and sae.cfg.d_in != d_in:

@@ -121,7 +121,8 @@ def init_sae(sae: SAE, path: str) -> None:
     """Load the weights (and activation scale) of the SAE at `path` into `sae`, checking fit."""
     src = load_sae(path, device=sae.device)
     mine, theirs = sae.cfg, src.cfg
-    for name in ("architecture", "d_in", "d_sae", "normalize_activations"):
+    # pre_subtract_b_dec changes what the weights compute (sparsify and many SAELens SAEs set it)
+    for name in ("architecture", "d_in", "d_sae", "normalize_activations", "pre_subtract_b_dec"):
         if getattr(mine, name) != getattr(theirs, name):
             raise ValueError(
                 f"init_from={path!r}: its {name} is {getattr(theirs, name)!r} but this run's SAE "

@@ -1,4 +1,4 @@
-"""SAEs and transcoders in EleutherAI sparsify's format: a folder `sparsify.SparseCoder.
+"""SAEs and transcoders in EleutherAI sparsify's format, both ways: a folder `sparsify.SparseCoder.
 load_from_disk` reads (`cfg.json`: `d_in` and its `SparseCoderConfig` fields; `sae.safetensors`:
 `encoder.weight [d_sae, d_in]`, `encoder.bias [d_sae]`, `W_dec [d_sae, d_in]`, `b_dec [d_in]` and,
 for a skip transcoder, `W_skip [d_in, d_in]`). sparsify trains TopK SAEs and transcoders, so
@@ -11,6 +11,11 @@ act_scale:
     encoder.weight = (s W_enc)^T      encoder.bias = b_enc (+ b_dec W_enc, an SAE that does not
     W_dec = W_dec / s                  subtract b_dec itself)
     b_dec = b_dec / s                 W_skip = W_skip (x s W_skip^T / s = x W_skip^T)
+
+`load_sae` reads a sparsify folder back (`load_sparsify`): a transcoder as `transcoder` or
+`skip_transcoder`, an SAE as `topk` with `pre_subtract_b_dec` (sparsify subtracts `b_dec`), no
+activation scale. The folder does not say which site it was trained at (sparsify names the
+folder by its hookpoint): the SAE's `site` stays empty, and `TrainConfig.sites` gives it.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from safetensors.torch import save_file
 
 from saelab.core.files import naming_full_disk, remove_leftovers, writer_id
 from saelab.core.locks import swap_in
-from saelab.core.sae import SAE
+from saelab.core.sae import SAE, SAEConfig, _read_weights
 
 EXPORTS = ("topk", "transcoder", "skip_transcoder")  # the architectures sparsify has
 
@@ -93,16 +98,55 @@ def sparsify_form(sae: SAE) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, cfg
 
 
-def _is_sparsify_folder(path: Path) -> bool:
-    """A folder holding exactly a sparsify export: its two files, a cfg without `architecture`
-    (saelab's and SAELens' cfg.json have one) and with sparsify's `transcode`."""
-    if {p.name for p in path.iterdir()} != {"cfg.json", "sae.safetensors"}:
+def is_sparsify_folder(path: Path) -> bool:
+    """Whether `path` holds a sparsify SAE: `sae.safetensors` and a `cfg.json` with sparsify's
+    fields (`d_in`, `k`, `num_latents`) and without `architecture`, which saelab's and SAELens'
+    configs have."""
+    if not ((path / "cfg.json").is_file() and (path / "sae.safetensors").is_file()):
         return False
     try:
         cfg = json.loads((path / "cfg.json").read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return False
-    return isinstance(cfg, dict) and "transcode" in cfg and "architecture" not in cfg
+    return (isinstance(cfg, dict) and "architecture" not in cfg
+            and {"d_in", "k", "num_latents"} <= set(cfg))  # fmt: skip
+
+
+def load_sparsify(path: str | os.PathLike) -> SAE:
+    """The saelab SAE equal to the sparsify SAE or transcoder in folder `path` (same latents and
+    outputs; module docstring). Refuses what saelab cannot reproduce: another activation than
+    TopK, and weights whose shapes disagree with the config. Returned in eval mode."""
+    path = Path(path)
+    cfg = json.loads((path / "cfg.json").read_text())
+    where = f"sparsify SAE at {path}"
+    if cfg.get("activation", "topk") != "topk":
+        raise ValueError(f"{where}: activation={cfg['activation']!r}; saelab reads TopK only")
+    w = {k: v.float() for k, v in _read_weights(path / "sae.safetensors").items()}
+    d_in = int(cfg["d_in"])
+    d_sae = int(cfg["num_latents"]) or d_in * int(cfg.get("expansion_factor", 0))
+    transcoder, skip = bool(cfg.get("transcode")), "W_skip" in w
+    if skip and not transcoder:
+        raise ValueError(f"{where}: a skip connection on an SAE (transcode=false) has no saelab "
+                         "equivalent")  # fmt: skip
+    shapes = {"encoder.weight": (d_sae, d_in), "encoder.bias": (d_sae,), "W_dec": (d_sae, d_in),
+              "b_dec": (d_in,)} | ({"W_skip": (d_in, d_in)} if skip else {})  # fmt: skip
+    got = {k: tuple(v.shape) for k, v in w.items()}
+    if got != shapes:
+        raise ValueError(f"{where}: weights {got} do not match d_in={d_in}, num_latents={d_sae} "
+                         f"(expected {shapes})")  # fmt: skip
+    arch = ("skip_transcoder" if skip else "transcoder") if transcoder else "topk"
+    kw = {} if transcoder else {"pre_subtract_b_dec": True}
+    sae_cfg = SAEConfig.create(architecture=arch, d_in=d_in, d_sae=d_sae, k=int(cfg["k"]),
+                               normalize_activations="none", **kw)  # fmt: skip
+    with torch.random.fork_rng(devices=[]):  # building the module must not move the global RNG
+        sae = SAE.from_config(sae_cfg)
+    state = {"W_enc": w["encoder.weight"].T.contiguous(), "b_enc": w["encoder.bias"],
+             "W_dec": w["W_dec"], "b_dec": w["b_dec"], "act_scale": torch.tensor(1.0)}  # fmt: skip
+    if skip:
+        state["W_skip"] = w["W_skip"]
+    sae.load_state_dict(state, strict=True)
+    sae.extra = {"source": {"format": "sparsify", "path": str(path), "cfg": cfg}}
+    return sae.eval()
 
 
 def _check_target(path: Path, overwrite: bool) -> None:
@@ -113,7 +157,8 @@ def _check_target(path: Path, overwrite: bool) -> None:
         raise FileExistsError(f"{path} is a file; export into a new or empty folder")
     if not any(path.iterdir()):
         return
-    if _is_sparsify_folder(path):
+    only_its_files = {p.name for p in path.iterdir()} == {"cfg.json", "sae.safetensors"}
+    if only_its_files and is_sparsify_folder(path):
         if overwrite:
             return
         raise FileExistsError(f"{path} holds a sparsify export; pass overwrite=True to replace "
