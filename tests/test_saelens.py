@@ -199,3 +199,14 @@ def test_each_saelens_architecture_is_read_by_the_architecture_that_declares_it(
                    "batchtopk": "batchtopk", "matryoshka_batchtopk": "matryoshka"}  # fmt: skip
     with pytest.raises(ValueError, match="architecture='gated' is not supported"):
         reader("gated")
+
+
+@pytest.mark.parametrize("site, kwargs", [("mlp_in.2", {"fold_ln": False}), ("resid_pre.2", {})])
+def test_an_mlp_in_export_asks_transformer_lens_not_to_fold_the_norm(tmp_path, site, kwargs):
+    """TransformerLens' ln2.hook_normalized is the MLP's input only with fold_ln=False."""
+    cfg = sl.SAEConfig.create(architecture="topk", k=4, d_in=8, d_sae=32, site=site,
+                              hook_name=sl.parse_site(site).hook_name)  # fmt: skip
+    sl.export_saelens(sl.SAE.from_config(cfg), tmp_path / "e")
+    meta = json.loads((tmp_path / "e" / "cfg.json").read_text())["metadata"]
+    assert meta["model_from_pretrained_kwargs"] == kwargs
+    assert meta["hook_name"] == sl.parse_site(site).hook_name

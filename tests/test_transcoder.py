@@ -103,12 +103,15 @@ def test_the_e2e_step_is_the_kl_of_a_by_hand_splice_of_the_mlp(lm, data, arch):
         spliced = lm.output.logits.save()
     p = F.log_softmax(clean.float(), -1)
     by_hand = (p.exp() * (p - F.log_softmax(spliced.float(), -1))).sum(-1).mean()
-    grads = torch.autograd.grad(by_hand, [sae.W_enc, sae.W_dec])
+    params = [sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec] + (
+        [sae.W_skip] if arch == "skip_transcoder" else []
+    )
+    grads = torch.autograd.grad(by_hand, params)
     dead = {sl.parse_site(SITE): torch.zeros(sae.cfg.d_sae, dtype=torch.bool)}
     loss, logs, _ = tr.compute_loss(lm, tokens, {sl.parse_site(SITE): sae}, cfg, dead, keep=keep)
     assert logs["kl"] == pytest.approx(by_hand.item(), rel=1e-5, abs=1e-7)
     kl_coeff = cfg.loss.kl_coeff
-    mine = torch.autograd.grad(loss, [sae.W_enc, sae.W_dec])  # KL, plus AuxK: zero, none dead
+    mine = torch.autograd.grad(loss, params)  # KL, plus AuxK: zero, none dead
     for a, b in zip(mine, grads, strict=True):
         torch.testing.assert_close(a, kl_coeff * b, atol=1e-5, rtol=1e-4)
 
@@ -130,16 +133,62 @@ def test_trains_with_every_objective(lm, data, arch, loss):
     assert scale["mean_norm"][SITE] > 0  # measured on mlp_in, logged under the site written
 
 
-def test_two_transcoders_splice_together_and_the_scale_is_the_inputs(lm, data):
+def test_two_transcoders_splice_together_and_the_second_reads_the_spliced_model(lm, data):
+    """The transcoder at mlp_out.3 reads mlp_in.3 as the model computes it with the one at
+    mlp_out.1 spliced in, not the clean value: the KL of a by-hand splice of both, to 1e-5."""
     run = tr.train(lm, data, _cfg(sites=("mlp_out.1", "mlp_out.3"), loss="e2e"), None,
                    progress=False)  # fmt: skip
     assert sorted(run.saes) == ["mlp_out.1", "mlp_out.3"]
+    one, three = run.saes["mlp_out.1"].train(), run.saes["mlp_out.3"].train()
     tokens, keep = _clean_rows(lm, data)
     with torch.no_grad(), lm.trace(tokens):
-        x1 = lm.transformer.h[1].mlp.input.save()
-    expected = float(x1[:, keep].norm(dim=-1).mean())  # an estimate from other rows: close
+        clean_in3 = lm.transformer.h[3].mlp.input.save()  # in execution order: before logits
+        clean = lm.output.logits.save()
+    with torch.no_grad(), lm.trace(tokens):
+        for layer, sae in ((1, one), (3, three)):
+            mlp = lm.transformer.h[layer].mlp
+            x_in, y = mlp.input, mlp.output
+            mlp.output = y.index_copy(1, keep, sae(x_in[:, keep]).x_hat)
+            if layer == 3:
+                spliced_in3 = x_in.save()
+        spliced = lm.output.logits.save()
+    assert not torch.allclose(spliced_in3, clean_in3, atol=1e-3)  # the first splice reaches it
+    p = F.log_softmax(clean.float(), -1)
+    by_hand = (p.exp() * (p - F.log_softmax(spliced.float(), -1))).sum(-1).mean()
+    dead = {sl.parse_site(s): torch.zeros(128, dtype=torch.bool) for s in run.saes}
+    saes = {sl.parse_site(s): sae for s, sae in run.saes.items()}
+    _, logs, _ = tr.compute_loss(lm, tokens, saes, run.cfg, dead, keep=keep)
+    assert logs["kl"] == pytest.approx(by_hand.item(), rel=1e-5)
+
+
+def test_the_activation_scale_is_the_inputs(lm, data):
+    from saelab.core.passes import sae_positions as positions
+    from saelab.core.setup import activation_stats
+
+    run = tr.train(lm, data, _cfg(), None, progress=False)
     (scale,) = [r for r in run.log if r["kind"] == "act_scale"]
-    assert scale["mean_norm"]["mlp_out.1"] == pytest.approx(expected, rel=0.1)
+    special = torch.tensor(special_ids(lm.tokenizer))
+    stats = activation_stats(lm, data, [sl.parse_site("mlp_in.2"), sl.parse_site(SITE)],
+                             positions(data), 8, 2**16, special=special)  # fmt: skip
+    assert scale["mean_norm"][SITE] == pytest.approx(stats[sl.parse_site("mlp_in.2")].mean_norm)
+    assert stats[sl.parse_site(SITE)].mean_norm < 0.8 * scale["mean_norm"][SITE]  # not mlp_out's
+    assert float(run.sae.act_scale) == pytest.approx(8 / scale["mean_norm"][SITE])  # sqrt(64)
+
+
+def test_the_alive_window_encodes_what_a_transcoder_reads(lm, data):
+    """Past the eval rows, `evaluate` fires latents from the MLP's input (no spliced pass)."""
+    sae = _sae(lm, data, "transcoder")[0].eval()
+    tokens, keep = _clean_rows(lm, data, n=8)
+    rows = sl.TokenDataset(tokens, source="storyworld", split="train", prepend_bos=True)
+    rep = sl.evaluate(lm, {SITE: sae}, rows, n_tokens=2 * 32, batch_size=2,
+                      alive_tokens=8 * len(keep))  # fmt: skip
+    with torch.no_grad(), lm.trace(tokens):
+        x_in = _mlp(lm).input.save()
+    fired = (sae.encode(x_in[:, keep])[0] > 0).flatten(0, 1).any(0)
+    assert rep["alive"] == int(fired.sum()) and rep["alive_window_tokens"] == 8 * len(keep)
+    with pytest.raises(ValueError, match="reads mlp_in.2: another SAE of this set replaces it"):
+        topk = SAE.from_config(SAEConfig.create(architecture="topk", k=4, d_in=64, d_sae=128))
+        sl.evaluate(lm, {SITE: sae, "mlp_in.2": topk}, rows, n_tokens=2 * 32)
 
 
 def test_the_skip_path_starts_at_zero_and_round_trips(tmp_path):
@@ -154,12 +203,10 @@ def test_the_skip_path_starts_at_zero_and_round_trips(tmp_path):
     with torch.no_grad():
         sae.W_skip.normal_()
         sae.act_scale.fill_(2.0)
-    expected = plain.train(False)(x).x_hat  # same dictionary, scale 1 ...
     save_sae(sae, tmp_path / "t")
     back = load_sae(tmp_path / "t")
     assert back.cfg == sae.cfg
     torch.testing.assert_close(back(x).x_hat, sae(x).x_hat)
-    assert not torch.allclose(sae(x).x_hat, expected)  # ... differ by the skip path and scale
 
 
 def test_a_cache_and_saelens_export_are_refused(lm, data, tmp_path):
@@ -209,7 +256,9 @@ def test_sparsify_reads_the_export_and_computes_the_same(tmp_path, arch, kw):
     c = torch.zeros(16, 32).scatter(-1, out.latent_indices, out.latent_acts)
     mine = sae(x)
     torch.testing.assert_close(out.sae_out, mine.x_hat, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(c, mine.c, atol=1e-5, rtol=1e-5)
+    # the scale goes into the latents, as in the SAELens export; the rows stay as trained
+    torch.testing.assert_close(c, mine.c / 1.7, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(theirs.W_dec, sae.W_dec)
 
 
 def test_the_sparsify_export_refuses_what_it_cannot_write(tmp_path):
@@ -276,6 +325,8 @@ def test_load_sae_reads_a_sparsify_folder(tmp_path, transcode, skip):
     with torch.no_grad():
         for p in theirs.parameters():
             p.normal_(0, 0.5)
+    if not transcode:  # sparsify keeps an SAE's rows unit (normalize_decoder)
+        theirs.set_decoder_norm_to_unit_norm()
     theirs.save_to_disk(tmp_path / "s")
     ours = sl.load_sae(tmp_path / "s")
     arch = {(True, False): "transcoder", (True, True): "skip_transcoder"}.get((transcode, skip))
@@ -298,6 +349,12 @@ def test_a_sparsify_folder_that_cannot_be_reproduced_is_refused(tmp_path):
     sparsify.SparseCoder(8, cfg).save_to_disk(tmp_path / "g")
     with pytest.raises(ValueError, match="activation='groupmax'; saelab reads TopK only"):
         sl.load_sae(tmp_path / "g")
+    free = sparsify.SparseCoder(8, sparsify.SparseCoderConfig(num_latents=32, k=4))
+    with torch.no_grad():
+        free.W_dec.mul_(2.0)  # normalize_decoder=False training leaves rows like these
+    free.save_to_disk(tmp_path / "f")
+    with pytest.raises(ValueError, match=r"decoder rows are not unit norm \(from 2 to 2;"):
+        sl.load_sae(tmp_path / "f")
 
 
 def test_a_sparsify_transcoder_fine_tunes_with_the_kl(lm, data, tmp_path):

@@ -205,9 +205,10 @@ def auxk_loss(
 ) -> Tensor:
     """AuxK: NMSE of reconstructing `residual [..., d_in]` from the top-`k_aux` dead latents.
 
-    `pre [..., d_sae]` are the pre-activations, `W_dec_dirs [d_sae, d_in]` the unit decoder rows,
-    `dead_mask [d_sae]` marks dead latents. Returns a scalar (zero, still in the graph, if none
-    is dead); the caller multiplies it by its coefficient (1/32 in Gao et al. 2024 §A.2).
+    `pre [..., d_sae]` are the pre-activations, `W_dec_dirs [d_sae, d_in]` the decoder rows (unit
+    but for transcoders), `dead_mask [d_sae]` marks dead latents. Returns a scalar (zero, still
+    in the graph, if none is dead); the caller multiplies it by its coefficient (1/32 in Gao et
+    al. 2024 §A.2).
     """
     # Gao et al. 2024 §A.2: residual = x - x_hat.detach() is a target, so it is detached here too.
     # The decode has no bias: b_dec is already inside x_hat, so the residual is bias-free.

@@ -1,10 +1,12 @@
 """The frozen language model: loading it through nnsight, and naming the activation sites of it.
 
-A site is where an SAE reads (and, for e2e, writes) activations: `resid_pre.L` (input of block L),
+A site is where an SAE reads and, spliced in, writes activations (a transcoder reads one site and
+writes another: `SAEConfig.input_site`): `resid_pre.L` (input of block L),
 `resid_post.L` (output of block L), `attn_out.L` and `mlp_out.L` (what attention and the MLP of
 block L add to the residual stream), `mlp_in.L` (what the MLP of block L reads: the residual after
 its pre-MLP norm; a transcoder's input). TransformerLens names (`blocks.L.hook_resid_pre`) are
-aliases; `mlp_in.L` is `blocks.L.ln2.hook_normalized`, as SAELens' transcoders name it.
+aliases; `mlp_in.L` is `blocks.L.ln2.hook_normalized`, as SAELens' transcoders name it (equal
+in TransformerLens only when the model is loaded with `fold_ln=False`).
 
 Each supported architecture family is described by an `Arch`: where its blocks live and which
 submodule of a block produces the attention and MLP contributions. `get_site` / `set_site` read
@@ -321,9 +323,10 @@ class Site:
     @property
     def hook_name(self) -> str:
         """The TransformerLens hook name, e.g. "blocks.3.hook_resid_pre"; for `mlp_in`
-        "blocks.3.ln2.hook_normalized", the name SAELens' transcoders give the MLP's input (in
-        TransformerLens it holds that input only when the norm's weights are folded into W_in,
-        its `fold_ln` default: TL's own `hook_mlp_in` is before the norm)."""
+        "blocks.3.ln2.hook_normalized", the name SAELens' transcoders give the MLP's input. In
+        TransformerLens it holds that input only with `fold_ln=False`: by default the norm's
+        weights are folded into W_in and the hook holds the normalised residual before them
+        (TL's own `hook_mlp_in` is before the norm)."""
         if self.kind == "mlp_in":
             return f"blocks.{self.layer}.ln2.hook_normalized"
         return f"blocks.{self.layer}.hook_{self.kind}"

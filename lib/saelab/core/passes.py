@@ -3,15 +3,17 @@
 - `clean_pass`: the frozen model as it is. Reads the SAE sites (and the later residual stream for
   downstream losses/metrics), optionally the logits, and for g-SAEs the gradient of the model's
   next-token loss with respect to each site, dL/dx (Olmo et al. 2024 §3).
-- `spliced_pass`: the same model with each site's activation replaced by its SAE's
-  reconstruction (all sites at once, in execution order, as e2e_sae does), or by zeros (the
-  zero-ablation baseline of `ce_loss_score`).
+- `spliced_pass`: the same model with each site's activation replaced by its SAE's output (all
+  sites at once, in execution order, as e2e_sae does; a transcoder's output for the site it
+  reads, `mlp_in.L`, as the spliced model computes it), or by zeros (the zero-ablation baseline
+  of `ce_loss_score`).
 - Logits come back as `[B, T, V]`, or, when a batch's would exceed `unembed.STREAM_LOGITS`
   entries, as the final hidden state (`unembed.Streamed`) with the output embedding skipped;
   `next_token_ce` and `kl` read both.
 - `sae_positions` and `sae_input`: the positions and the activations `[B, T', d_in]` an SAE
-  sees in a training step and in `evaluate` (BOS left out; the activations in the SAE's units),
-  for checking a step by hand.
+  reconstructs in a training step and in `evaluate` (BOS left out; in the SAE's units), for
+  checking a step by hand; `input_sites` / `read_sites`: the sites SAEs read (a transcoder's
+  differs from the one it writes).
 
 The frozen model dominates cost (ARCHITECTURE.md §2): when the first site is a residual-stream
 site, the spliced pass skips every block before it and feeds the cached clean residual instead of
@@ -330,7 +332,7 @@ def spliced_pass(
     res: dict[str, torch.Tensor] = {}
     with lm.trace(tokens):
         first, rest = sites[0], sites[1:]
-        n_skip = skippable_blocks(first) if reads.get(first, first) == first else 0
+        n_skip = skippable_blocks(first)  # 0 for mlp_out, the one site a transcoder writes
         if n_skip:
             # the blocks before the first site see no SAE: reuse the clean pass's residual
             x_hat, out = replace(first, clean.acts[first])

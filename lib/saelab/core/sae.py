@@ -357,7 +357,9 @@ class SAE(nn.Module):
         return self.cfg.needs_grad
 
     def decoder_directions(self) -> Tensor:
-        """Unit-norm dictionary directions `[d_sae, d_in]`."""
+        """The dictionary's rows `[d_sae, d_in]` as `decode` uses them: unit norm for every
+        architecture but the transcoders, whose rows carry the output's scale (studies that
+        want directions normalise them)."""
         return self.W_dec  # kept at unit norm by `normalize_decoder_` after each step
 
     def normalize(self, x: Tensor) -> Tensor:

@@ -136,7 +136,8 @@ def export_saelens(
         context_size=context_size if context_size is not None else data.get("n_ctx"),
         prepend_bos=prepend_bos if prepend_bos is not None else data.get("prepend_bos"),
         dataset_path=data.get("source"),
-        model_from_pretrained_kwargs={},
+        # TransformerLens' ln2.hook_normalized is the MLP's input only without fold_ln (models.py)
+        model_from_pretrained_kwargs={"fold_ln": False} if _reads_mlp_in(cfg.site) else {},
         exclude_special_tokens=data.get("excluded_tokens") or None,  # saelab left them out
         saelab_version=library_version(),
         saelab_architecture=cfg.architecture,
@@ -162,6 +163,14 @@ def export_saelens(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _reads_mlp_in(site: str) -> bool:
+    """Whether `site` (a name, or "" for an SAE that records none) is an `mlp_in` site."""
+    try:
+        return bool(site) and parse_site(site).kind == "mlp_in"
+    except ValueError:
+        return False
 
 
 def _check_target(path: Path, overwrite: bool) -> None:

@@ -167,7 +167,8 @@ SAMPLE = 8192  # activations kept for the geometric median (openai/sparse_autoen
 @torch.no_grad()
 def estimate_act_scales(lm, data, saes: dict, keep, batch_size: int, n_tokens: int = 2**16,
                         known: dict | None = None, special=None) -> dict:  # fmt: skip
-    """Set each normalising SAE's `act_scale` from the mean norm of its site's activations.
+    """Set each normalising SAE's `act_scale` from the mean norm of the activations it reads (its
+    input site: for a transcoder the MLP's input, not the site it writes).
 
     Reads the first ~`n_tokens` rows of `data` in stored order (the same on every rank), at the
     kept positions: E||x * act_scale|| = sqrt(d_in) (SAELens' "expected_average_only_in").

@@ -5,12 +5,17 @@ for a skip transcoder, `W_skip [d_in, d_in]`). sparsify trains TopK SAEs and tra
 `topk`, `transcoder` and `skip_transcoder` export; nothing else has an equivalent there.
 
 sparsify has no activation scale and subtracts `b_dec` from an SAE's input (not a transcoder's),
-so both are folded into raw-unit weights that give the same latents and outputs, with `s` the
-act_scale:
+so both are folded into raw-unit weights. As in the SAELens export, the scale `s` (act_scale)
+goes into the latents, which become `c / s` (the same ones selected, since s > 0), and the
+decoder rows are written as they are (unit for an SAE, which sparsify keeps unit too):
 
-    encoder.weight = (s W_enc)^T      encoder.bias = b_enc (+ b_dec W_enc, an SAE that does not
-    W_dec = W_dec / s                  subtract b_dec itself)
+    encoder.weight = W_enc^T          encoder.bias = (b_enc + b_dec W_enc) / s for an SAE that
+    W_dec = W_dec                       does not subtract b_dec itself, else b_enc / s
     b_dec = b_dec / s                 W_skip = W_skip (x s W_skip^T / s = x W_skip^T)
+
+For Gemma 2 and 3, saelab's `mlp_out` is the output of `post_feedforward_layernorm`, while a
+sparsify hookpoint `layers.L.mlp` is the MLP's own output, before that norm: a Gemma transcoder
+computes a different function in the other tool.
 
 `load_sae` reads a sparsify folder back (`load_sparsify`): a transcoder as `transcoder` or
 `skip_transcoder`, an SAE as `topk` with `pre_subtract_b_dec` (sparsify subtracts `b_dec`), no
@@ -73,12 +78,12 @@ def sparsify_form(sae: SAE) -> tuple[dict[str, torch.Tensor], dict]:
     W_enc, b_enc = sae.W_enc.detach().float().cpu(), sae.b_enc.detach().float().cpu()
     b_dec = sae.b_dec.detach().float().cpu()
     if not transcoder and not sae.cfg.pre_subtract_b_dec:
-        # sparsify computes (x - b_dec/s)(s W_enc) + e: e carries back the b_dec it subtracts
+        # sparsify computes (x - b_dec/s) W_enc + e: e carries back the b_dec it subtracts
         b_enc = b_enc + b_dec @ W_enc
     tensors = {
-        "encoder.weight": (s * W_enc).T.contiguous(),
-        "encoder.bias": b_enc.contiguous(),
-        "W_dec": (sae.W_dec.detach().float().cpu() / s).contiguous(),
+        "encoder.weight": W_enc.T.contiguous(),
+        "encoder.bias": (b_enc / s).contiguous(),
+        "W_dec": sae.W_dec.detach().float().cpu().contiguous(),
         "b_dec": (b_dec / s).contiguous(),
     }
     if hasattr(sae, "W_skip"):
@@ -86,7 +91,7 @@ def sparsify_form(sae: SAE) -> tuple[dict[str, torch.Tensor], dict]:
     cfg = {
         "activation": "topk",
         "expansion_factor": max(1, sae.cfg.d_sae // sae.cfg.d_in),
-        # the rows are written as trained: unit for an SAE, free for a transcoder
+        # the rows as trained: unit for an SAE (sparsify keeps them so), free for a transcoder
         "normalize_decoder": not transcoder,
         "num_latents": sae.cfg.d_sae,
         "k": sae.cfg.k,
@@ -134,6 +139,14 @@ def load_sparsify(path: str | os.PathLike) -> SAE:
     if got != shapes:
         raise ValueError(f"{where}: weights {got} do not match d_in={d_in}, num_latents={d_sae} "
                          f"(expected {shapes})")  # fmt: skip
+    norms = w["W_dec"].norm(dim=-1)
+    if not transcoder and not torch.allclose(norms, torch.ones_like(norms), atol=1e-4):
+        # saelab's TopK keeps unit rows after every step, and folding the norms into the encoder
+        # would change which latents TopK selects: a run from it could not be this SAE
+        lo, hi = float(norms.min()), float(norms.max())
+        raise ValueError(f"{where}: its decoder rows are not unit norm (from {lo:.4g} to "
+                         f"{hi:.4g}; normalize_decoder=false?), which saelab's topk cannot "
+                         "reproduce")  # fmt: skip
     arch = ("skip_transcoder" if skip else "transcoder") if transcoder else "topk"
     kw = {} if transcoder else {"pre_subtract_b_dec": True}
     sae_cfg = SAEConfig.create(architecture=arch, d_in=d_in, d_sae=d_sae, k=int(cfg["k"]),

@@ -72,7 +72,8 @@ def alive_directions(sae, acts_or_mask) -> Tensor:
     `acts_or_mask`: see `alive_mask` (a mask, frequencies, activations or `Activations`).
     """
     mask = alive_mask(acts_or_mask, sae.cfg.d_sae)
-    return sae.decoder_directions().detach().float().cpu()[mask]
+    # normalised here: a transcoder's rows carry the output's scale (the others are unit already)
+    return F.normalize(sae.decoder_directions().detach().float().cpu()[mask], dim=-1)
 
 
 def max_cos_sim(A: Tensor, B: Tensor | None = None, chunk: int = 4096) -> Tensor:
@@ -114,12 +115,16 @@ def init_directions(sae, seed: int) -> Tensor:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return SAE.from_config(sae.cfg).decoder_directions().detach().float()
+        rows = SAE.from_config(sae.cfg).decoder_directions().detach().float()
+    if not bool(rows.norm(dim=-1).gt(0).all()):
+        raise ValueError(f"architecture={sae.cfg.architecture!r} starts with a zero decoder: it "
+                         "has no initial directions to compare with")  # fmt: skip
+    return F.normalize(rows, dim=-1)
 
 
 def cos_to_init(sae, seed: int, acts_or_mask=None) -> Tensor:
     """Cosine similarity of each (alive) trained direction to its initial one, `[n_alive]`."""
-    now = sae.decoder_directions().detach().float().cpu()
+    now = F.normalize(sae.decoder_directions().detach().float().cpu(), dim=-1)
     cos = (now * init_directions(sae, seed)).sum(-1)
     return cos if acts_or_mask is None else cos[alive_mask(acts_or_mask, sae.cfg.d_sae)]
 

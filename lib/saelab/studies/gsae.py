@@ -51,7 +51,8 @@ def held_out_overlaps(lm, pairs: dict, data, n_tokens: int, batch_size: int,
     position left out, as in training). Each batch counts by its number of tokens. Not under
     `torch.no_grad()`: the clean pass backpropagates for dL/dx.
     """
-    sites = {parse_site(a.cfg.site) for a, _ in pairs.values()}
+    # what each SAE reads (a transcoder: the MLP's input, not the site it writes)
+    sites = {a.cfg.input_site(parse_site(a.cfg.site)) for a, _ in pairs.values()}
     if len(sites) != 1:
         raise ValueError(
             f"held_out_overlaps: the SAEs read different sites {sorted(map(str, sites))}"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from saelab.core.models import get_site, parse_site, set_site, skip_block
@@ -65,7 +66,9 @@ def latent_directions(lm, sae, data, n_latents: int, how: str = "random", seed: 
 
     freq = firing_frequency(lm, sae, data, n_tokens=n_tokens)
     picked = choose_latents(freq, n_latents, how, seed=seed)
-    return picked, sae.decoder_directions().detach()[picked], int((freq > 0).sum())
+    # unit rows: a transcoder's rows carry the output's scale (the others are unit already)
+    rows = F.normalize(sae.decoder_directions().detach()[picked], dim=-1)
+    return picked, rows, int((freq > 0).sum())
 
 
 def twins(decoders: dict[str, Tensor], pairs, threshold: float = 0.9) -> pd.DataFrame:

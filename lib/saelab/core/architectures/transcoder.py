@@ -69,6 +69,10 @@ class TranscoderSAE(TopKSAE):
         W_enc = F.normalize(torch.randn(d_sae, d_in), dim=-1).T.clone()
         return W_enc, torch.zeros(d_sae), torch.zeros(d_sae, d_in)
 
+    def decoder_directions(self) -> Tensor:
+        """`W_dec [d_sae, d_in]` as trained: rows of any norm, zero at init (not unit)."""
+        return self.W_dec
+
     def before_step_(self) -> None:
         """Nothing: the decoder's rows are free, so no gradient component is removed."""
 
