@@ -309,10 +309,10 @@ ways = {
 pd.DataFrame({name: top_next(f) for name, f in ways.items()}, index=[1, 2, 3, 4, 5])
 
 # %% [markdown]
-# With the reference paper sweep's SAEs at phi 1 (2M tokens, seed 0) both SAEs keep " his" on
-# top (0.91 local, 0.90 e2e, against 0.92 clean) and zero ablation loses it (" desk", 0.03): the
-# splice keeps this agreement whatever the SAE's explained variance. One prompt is an anecdote;
-# the held-out CE increase above is the measurement.
+# With the reference paper sweep's SAEs at phi 1 (`05_pareto/paper`, 2M tokens, seed 0) both SAEs
+# keep " his" on top (0.90 local, 0.94 e2e, against 0.92 clean) and zero ablation loses it
+# (" desk", 0.03): the splice keeps this agreement whatever the SAE's explained variance. One
+# prompt is an anecdote; the held-out CE increase above is the measurement.
 
 # %% [markdown]
 # ## 5. What this run can say, and what it cannot
@@ -352,8 +352,8 @@ pd.DataFrame({
 # - **Its reconstruction is short**: its output norm is under half its input's, the local
 #   SAE's about 0.8. The KL does not ask for the right length along directions the model is
 #   insensitive to, and the L1 penalty pulls every latent down. e2e+ds (notebook 03) is meant to
-#   restore it; at our budgets it hardly does (0.41, against e2e's 0.32 and local's 0.85, in the
-#   2M-token paper sweep: LOG.md, the matched-budget paper sweep).
+#   restore it; at our budgets it gets back about a quarter of the gap (0.45, against e2e's 0.33
+#   and local's 0.85, at CE +0.06 in the 2M-token paper sweep: `10_downstream/paper`).
 # - **At phi 1 the two L0s are close while e2e adds about half the CE**: at this phi e2e sits
 #   lower in CE, not further left in L0. The sweep turns that into the paper's number, L0 at a
 #   matched CE increase, read here from the reference sweep:

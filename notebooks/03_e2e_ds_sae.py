@@ -37,7 +37,7 @@
 # > of a few minutes, **not converged** (notebook 12). At one phi the three do not damage the
 # > output equally, so this run shows the mechanism, not the paper's comparison. That lives in
 # > notebook 10, at matched CE: in its `paper` run (2M tokens, 2 seeds, CE +0.06) the last
-# > layer's downstream error is 6.3 times local's for e2e and 2.4 times for e2e+ds (mean over
+# > layer's downstream error is 6.2 times local's for e2e and 2.1 times for e2e+ds (mean over
 # > seeds).
 #
 # **Sections.** 1 model and data · 2 one e2e+ds step by hand (exercise, 10 min) · 3 three SAEs

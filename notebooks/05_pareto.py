@@ -410,10 +410,11 @@ print(verdict)
 # depends on the run:
 #
 # - The `paper` run (2M tokens per SAE, 2 seeds, `outputs/reference/05_pareto/paper`) gives
-#   0.39 [0.24, 0.54] at CE +0.06, the paper's 0.40 almost exactly. Two things keep that from
-#   being the end of it: no sweep there brackets the target within 20% on both sides (the three
-#   readings agree within 0.01, so the interpolation is not what moves it), and no SAE there has
-#   converged. Notebook 12 asks whether the ratio moves when the budget doubles.
+#   0.39 [0.24, 0.54] at CE +0.06, the paper's 0.40 almost exactly. The interpolation is not what
+#   sets it: two of the four local and e2e sweeps there (local seed 0, e2e seed 1) bracket the
+#   target within 20% on both sides, and the three readings agree within 0.01. What keeps it
+#   from being the end of it is that no SAE there has converged. Notebook 12 asks whether the
+#   ratio moves when the budget doubles.
 # - The `default` preset behind `make run` (500k tokens, one seed) reads higher, about 0.5
 #   (0.51 in `outputs/reference/05_pareto/ref`). It is a preview: e2e gains on local as training
 #   goes on, so a short run understates the effect. Do not quote it as a reproduction.
@@ -473,12 +474,14 @@ else:
 # %% [markdown]
 # **How to read it.** Olmo et al. find the g-SAE lower on CE increase and dead latents at every
 # k. In the `paper` run (2M tokens, 2 seeds, k 8 / 16 / 32) no CE difference has an interval
-# that excludes 0, and its sign changes with the draw of batches; dead latents are fewer in the
-# mean, but with two seeds an interval can be zero wide by chance (at k 16 both seeds differ by
-# exactly 13 latents), which is not evidence. The reason the two are so close is in notebook
-# 11: trained, the g-SAE at beta 1 picks 97% of the latents TopK(z) would pick. A one-seed
-# preview (`default`) cannot say anything here; 11 tests the claims with three seeds and a
-# range of gradient strengths.
+# that excludes 0, and its sign changes with k (the g-SAE higher at k 8, lower at 16 and 32)
+# and from one sweep to the next. Dead latents are fewer in the mean at every k, and at k 8 the
+# interval excludes 0, -0.61% [-0.92%, -0.30%] of 2048 latents; but that is 13 fewer in one
+# seed and 12 in the other, and two seeds that happen to agree give a narrow t-interval (the
+# previous `paper` sweep had the same at k 16 instead: `papers/g-sae/README.md`). The reason
+# the two are so close is in notebook 11: trained, the g-SAE at beta 1 picks 97% of the latents
+# TopK(z) would pick. A one-seed preview (`default`) cannot say anything here; 11 tests the
+# claims with three seeds and a range of gradient strengths.
 
 # %%
 summary = dict(

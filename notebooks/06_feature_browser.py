@@ -156,16 +156,16 @@ for m, row in table.iterrows():
 
 # %% [markdown]
 # **How to read it.** In the `paper` run (2M tokens per SAE, 2 seeds, not converged) the three ReLU
-# SAEs picked sit at CE +0.056 to +0.060, a close match. TopK and g-SAE do not: even at the smallest
-# k of the sweep (8) they reach only +0.020 to +0.025, so their rows are better reconstructions, not
-# matched ones. Compare them with each other, not with the ReLU rows.
+# SAEs picked sit at CE +0.055 to +0.064, within 10% of the target. TopK and g-SAE do not: even at
+# the smallest k of the sweep (8) they reach only +0.022 to +0.024, so their rows are better
+# reconstructions, not matched ones. Compare them with each other, not with the ReLU rows.
 #
-# The e2e latents fire on about a third as many tokens as local's (median density 0.92% against
-# 3.0%). That is what L0 5.6 against 15.3 over the same ~500 latents means: e2e spends fewer, rarer
-# latents per token, not fewer latents. Not every latent fires on these 32,768 tokens (13 of local's
-# 512, 42 of e2e+ds's), while 05 counts all of them alive (e2e+ds all but one) over its
-# 500,000-token window: those are rare latents, not dead ones. The density figure says how many
-# never fired here.
+# The e2e latents fire on about a third as many tokens as local's (median density 0.99% against
+# 3.2%). That is what L0 5.8 against 15.2 over the same ~500 latents means: e2e spends fewer, rarer
+# latents per token, not fewer latents. Not every latent fires on these 32,768 tokens (7 of local's
+# 512, 13 of e2e's, 30 of e2e+ds's stay silent), while 05 counts every latent of all three alive
+# over its 500,000-token window: those are rare latents, not dead ones. The density figure says how
+# many never fired here.
 
 # %% [markdown]
 # ## 3. The browser
@@ -228,13 +228,13 @@ if best is not None:
           f"recall {rec:.2f}")  # fmt: skip
 
 # %% [markdown]
-# **How to read it.** In the `paper` run the e2e latent that fires most on the prompt (461)
+# **How to read it.** In the `paper` run the e2e latent that fires most on the prompt (441)
 # fires on the `L` of "Lily", the first token of a name. The label search shows the limit of
-# "one latent, one concept": the best e2e latent for `in_quote` has precision 0.68 but recall
-# 0.14. When it fires the token is usually inside a quote, but it fires on one quoted token in
-# seven. A quote is a span of tokens and nothing forces an e2e SAE to mark every token of it if
-# the output does not need it. Try another `concept` (the 103 names are in
-# `browser.report.concept_names`) or another `method` to see whether local does better.
+# "one latent, one concept": the best e2e latent for `in_quote` has precision 0.54 but recall
+# 0.19. When it fires the token is inside a quote a little over half the time, and it fires on
+# only one quoted token in five. A quote is a span of tokens and nothing forces an e2e SAE to
+# mark every token of it if the output does not need it. Try another `concept` (the 103 names
+# are in `browser.report.concept_names`) or another `method` to see whether local does better.
 
 # %% [markdown]
 # ## 4. How many latents match a ground-truth concept?
@@ -267,19 +267,19 @@ if labelled:
 
 # %% [markdown]
 # **How to read it.** In the `paper` run (2 seeds) local has the most concept detectors of the three
-# ReLU SAEs, 32.0 [19.3, 44.7] against e2e's 19.5 [0.4, 38.6] and e2e+ds's 26.5 [-5.3, 58.3]; the
+# ReLU SAEs, 32.0 [19.3, 44.7] against e2e's 17.0 [4.3, 29.7] and e2e+ds's 25.5 [-6.3, 57.3]; the
 # intervals overlap, so two seeds do not establish a difference. What is clearer is the typical
-# latent: its best F1 falls from 0.21 (local) to 0.09 (e2e), while all three cover the same 18-20 of
-# the 103 concepts. A latent that fires rarely has low recall on any concept that spans many tokens,
-# and e2e's latents fire a third as often (section 2).
+# latent: its best F1 falls from 0.20 (local) to 0.10 (e2e), while all three cover about as many of
+# the 103 concepts (16-21). A latent that fires rarely has low recall on any concept that spans
+# many tokens, and e2e's latents fire a third as often (section 2).
 #
 # Braun et al. found no significant loss of interpretability for e2e latents, measured by automated
 # interpretability. Storyworld's labels measure something narrower (does one latent track one
 # labelled variable?), so this is not a contradiction; it is the one measure here on which e2e looks
 # worse. (Notebook 09 averages over concepts, not latents, and there e2e is close to local: a
 # typical e2e latent matches no label well, but most labels still find one that does.) TopK and
-# g-SAE have four times as many latents and cover more concepts (24), but most of their latents are
-# rare, which is why their median best F1 is lowest (0.05).
+# g-SAE have four times as many latents and cover more concepts (25 / 23), but most of their latents
+# are rare, which is why their median best F1 is lowest (0.05 / 0.04).
 
 # %% [markdown]
 # ## 5. Dashboards to keep and share

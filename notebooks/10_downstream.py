@@ -210,12 +210,13 @@ print("output norm / input norm: " + ", ".join(
 # **How to read it.** Braun et al.'s Figure 2 has e2e's spliced stream far from the clean one
 # at every later layer and e2e+ds close to local's; their Table 5 has e2e shrinking its
 # reconstructions and e2e+ds restoring their length. In the `paper` run (2M tokens, 2 seeds, CE
-# +0.06) the first half holds and the second does not: e2e's error at the last layer is over
-# six times local's, e2e+ds's about two and a half times, closer but not near; e2e's output is
-# a third of its input's length (local's 0.85) and e2e+ds's hardly longer (0.40). A downstream
-# term that pulls the later layers this far back without restoring the norm suggests e2e+ds
-# fixes the *direction* of what it writes more than its size. Our mean over layers includes the
-# final residual; e2e_sae's leaves it out, and the two columns above say how much that changes.
+# +0.06) the first half holds for e2e and only in part for e2e+ds, and the second does not: e2e's
+# error at the last layer is over six times local's, e2e+ds's about twice, closer but not near;
+# e2e's output is a third of its input's length (local's 0.85) and e2e+ds's only somewhat longer
+# (0.45), a quarter of the way back to local's. A downstream term that pulls the later layers this
+# far back while restoring so little of the norm suggests e2e+ds fixes the *direction* of what it
+# writes more than its size. Our mean over layers includes the final residual; e2e_sae's leaves it
+# out, and the two columns above say how much that changes.
 
 # %%
 summary = dict(
