@@ -98,6 +98,22 @@ def test_an_edited_notebook_is_shown_as_changed_not_a_problem(tmp_path):
     assert "2 code cells ran, the source has 3" in line
 
 
+def test_edited_prose_is_listed_apart_and_fails_nothing(tmp_path):
+    """Markdown edited after the run (a "How to read it"): the code and numbers are the run's,
+    the executed copy shows older text; `check` says so, and no caption or failure follows."""
+    root = _root(tmp_path, source=NB.replace("# # 91 · a notebook", "# # 91 · a notebook, reread"))
+    report = freshness.check(root)
+    assert report.problems(root) == [] and report.changed(root) == []
+    (line,) = report.prose(root)
+    assert line.startswith("outputs/reference/91_nb/ref: markdown cell 1 differs")
+    assert freshness.check_run(root / "outputs/reference/91_nb/ref", root).note() is None
+    assert freshness.check(_root(tmp_path / "b")).prose(tmp_path / "b" / "repo") == []
+    # a code change is reported as that, not as prose too
+    code = NB.replace("print(n)   ", "print(n + 1)").replace("a notebook", "a notebook, reread")
+    report = freshness.check(_root(tmp_path / "c", source=code))
+    assert report.prose(tmp_path / "c" / "repo") == [] and report.changed(tmp_path / "c" / "repo")
+
+
 def test_a_dirty_or_unfinished_run_is_a_problem(tmp_path):
     [line], _ = _report(_root(tmp_path / "a", dirty=True))
     assert "dirty git tree" in line

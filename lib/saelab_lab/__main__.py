@@ -21,7 +21,9 @@ def check(strict: bool) -> int:
         ("problems (make test fails)", problems),
         ("tables that differ from their runs", differ),
         ("changed since their reference run (shown on the page)", changed),
-    )
+        ("prose changed since their reference run (the executed copy shows older text; "
+         "rerun to refresh it)", report.prose(root)),
+    )  # fmt: skip
     for title, lines in sections:
         if lines:
             print(f"{title}:\n  " + "\n  ".join(lines))

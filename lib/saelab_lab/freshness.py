@@ -6,7 +6,10 @@ completed `saelab.runs` run made from a clean git tree, or when it reads a run (
 `make test` fails. Its notebook has **changed** when the code cells of the executed
 `notebook.ipynb` differ from those of the current `notebooks/<nb>.py` (papermill's injected
 cell left out, trailing whitespace ignored): the numbers are still those of a real run, the page
-that shows them says the notebook changed since, and only `check --strict` fails.
+that shows them says the notebook changed since, and only `check --strict` fails. Its **prose**
+has changed when only the Markdown cells differ: the numbers and the code are the run's, but the
+executed copy shows older text (a "How to read it" written after the run); `check` lists these
+and nothing fails.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class Freshness:
     folder: Path
     problems: list[str] = field(default_factory=list)  # make test fails on these
     changed: str | None = None  # first difference between the code that ran and the source
+    prose: str | None = None  # with the code unchanged, the first difference in the Markdown
     sha: str | None = None  # the commit the run was made at
 
     @property
@@ -55,7 +59,13 @@ def code_cells(nb) -> list[str]:
     return out
 
 
-def diff_cells(ran: list[str], now: list[str]) -> str | None:
+def markdown_cells(nb) -> list[str]:
+    """The Markdown cells of a notebook, each with trailing whitespace removed (`code_cells`)."""
+    return ["\n".join(line.rstrip() for line in c.source.splitlines()).rstrip()
+            for c in nb.cells if c.cell_type == "markdown"]  # fmt: skip
+
+
+def diff_cells(ran: list[str], now: list[str], kind: str = "code") -> str | None:
     """None when equal, else a short account of the first difference."""
     if ran == now:
         return None
@@ -66,9 +76,9 @@ def diff_cells(ran: list[str], now: list[str]) -> str | None:
             line = a.count("\n", 0, k) + 1
             start = max(0, k - 25)
             was, has = a[start : k + 35], b[start : k + 35]
-            return (f"code cell {i + 1} differs from the source at its line {line}: ran "
+            return (f"{kind} cell {i + 1} differs from the source at its line {line}: ran "
                     f"{was!r}, the source has {has!r}")  # fmt: skip
-    return f"{len(ran)} code cells ran, the source has {len(now)}"
+    return f"{len(ran)} {kind} cells ran, the source has {len(now)}"
 
 
 def read_runs(params: dict) -> dict[str, str]:
@@ -127,8 +137,10 @@ def check_run(folder: Path, root: Path = runs.ROOT) -> Freshness:
     elif not executed.is_file():
         out.problems.append("no executed notebook.ipynb")
     else:
-        ran = code_cells(nbformat.read(executed, as_version=4))
-        out.changed = diff_cells(ran, code_cells(jupytext.read(source)))
+        ran, now = nbformat.read(executed, as_version=4), jupytext.read(source)
+        out.changed = diff_cells(code_cells(ran), code_cells(now))
+        if out.changed is None:
+            out.prose = diff_cells(markdown_cells(ran), markdown_cells(now), "markdown")
     return out
 
 
@@ -148,6 +160,9 @@ class Report:
                 for r in self.runs if r.changed] + [
                 f"notebooks/{nb}.py: no reference run under {REFERENCE / nb}"
                 for nb in self.missing]  # fmt: skip
+
+    def prose(self, root: Path) -> list[str]:
+        return [f"{r.folder.relative_to(root)}: {r.prose}" for r in self.runs if r.prose]
 
 
 def check(root: Path = runs.ROOT) -> Report:
