@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from saelab.core.locks import alive
+from saelab.core.locks import alive, swap_in
 
 # ENOSPC: disk full; EDQUOT: quota; EFBIG: a file-size limit (ulimit -f), which is how tests fill
 # a disk without one.
@@ -127,5 +127,42 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
         tmp.unlink(missing_ok=True)
         if isinstance(e, Exception) and not isinstance(e, DiskFullError) and is_no_space(e):
             raise disk_full(path, e) from e
+        raise
+    return path
+
+
+def export_folder(path: str | os.PathLike, overwrite: bool, label: str,
+                  is_export: Callable[[Path], bool], write: Callable[[Path], object],
+                  flag: str = "overwrite=True") -> Path:  # fmt: skip
+    """Write an export (a folder another library reads) to `path`, whole or not at all.
+
+    `path` must be new or empty, or (with `overwrite`) hold an earlier export of this kind
+    (`is_export(path)`, named `label` in errors, `flag` the option to pass); a folder holding
+    anything else (a saelab SAE, a run) is never written into. `write(tmp)` fills a temporary
+    folder beside `path`, renamed into place when complete; a killed export leaves no half
+    folder and the next one removes its temporary folder."""
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise FileExistsError(f"{path} is a file; export into a new or empty folder")
+        names = sorted(p.name for p in path.iterdir())
+        if names and is_export(path):
+            if not overwrite:
+                raise FileExistsError(f"{path} holds a {label} export; pass {flag} to replace "
+                                      "it, or choose another folder")  # fmt: skip
+        elif names:
+            what = "a saelab SAE" if "sae.safetensors" in names else "a run or other files"
+            raise FileExistsError(f"{path} holds {what} ({', '.join(names[:4])}); an export "
+                                  "never writes into it: choose a new or empty folder")  # fmt: skip
+    remove_leftovers(path, "export")  # a killed export's temporary folder
+    tmp = path.parent / f".{path.name}.export-{writer_id()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        with naming_full_disk(path, "the partial export"):
+            write(tmp)
+        swap_in(tmp, path)  # over an empty folder or an earlier export
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path

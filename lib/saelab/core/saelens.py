@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -43,8 +42,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from saelab.core.files import naming_full_disk, remove_leftovers, writer_id
-from saelab.core.locks import swap_in
+from saelab.core.files import export_folder
 from saelab.core.models import parse_site
 from saelab.core.sae import SAE, SAEConfig, architecture, architectures, library_version, load_sae
 
@@ -148,21 +146,13 @@ def export_saelens(
                device="cpu", apply_b_dec_to_input=cfg.pre_subtract_b_dec,
                normalize_activations="none", reshape_activations="none", metadata=meta,
                **form.cfg)  # fmt: skip
-    path = Path(path)
-    _check_target(path, overwrite)
-    remove_leftovers(path, "export")  # a killed export's temporary folder
-    tmp = path.parent / f".{path.name}.export-{writer_id()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        with naming_full_disk(path, "the partial export"):
-            save_file(form.weights, tmp / WEIGHTS)
-            (tmp / CFG).write_text(json.dumps(out, indent=2) + "\n")
-        swap_in(tmp, path)  # over an empty folder or an earlier export (`_check_target`)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+
+    def write(tmp: Path) -> None:
+        save_file(form.weights, tmp / WEIGHTS)
+        (tmp / CFG).write_text(json.dumps(out, indent=2) + "\n")
+
+    return export_folder(path, overwrite, "SAELens", _is_export, write,
+                         flag="overwrite=True (--overwrite)")  # fmt: skip
 
 
 def _reads_mlp_in(site: str) -> bool:
@@ -173,23 +163,9 @@ def _reads_mlp_in(site: str) -> bool:
         return False
 
 
-def _check_target(path: Path, overwrite: bool) -> None:
-    """Refuse an export target that holds something an export would destroy or mix into."""
-    if not path.exists():
-        return
-    if not path.is_dir():
-        raise FileExistsError(f"{path} is a file; export into a new or empty folder")
-    names = {p.name for p in path.iterdir()}
-    if not names:
-        return
-    if names <= {WEIGHTS, CFG} and is_saelens_folder(path):
-        if overwrite:
-            return
-        raise FileExistsError(f"{path} holds a SAELens export; pass overwrite=True (--overwrite) "
-                              "to replace it, or choose another folder")  # fmt: skip
-    what = "a saelab SAE" if "sae.safetensors" in names else "a run or other files"
-    raise FileExistsError(f"{path} holds {what} ({', '.join(sorted(names)[:4])}); an export never "
-                          "writes into it: choose a new or empty folder")  # fmt: skip
+def _is_export(path: Path) -> bool:
+    """A folder holding a SAELens export and nothing else."""
+    return {p.name for p in path.iterdir()} <= {WEIGHTS, CFG} and is_saelens_folder(path)
 
 
 def is_saelens_folder(path: Path) -> bool:

@@ -27,14 +27,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from saelab.core.files import naming_full_disk, remove_leftovers, writer_id
-from saelab.core.locks import swap_in
+from saelab.core.files import export_folder
 from saelab.core.sae import SAE, SAEConfig, _read_weights
 
 EXPORTS = ("topk", "transcoder", "skip_transcoder")  # the architectures sparsify has
@@ -54,21 +52,12 @@ def export_sparsify(sae_or_run, path: str | os.PathLike, overwrite: bool = False
         raise ValueError(f"architecture={arch!r} has no sparsify equivalent; sparsify trains "
                          f"TopK SAEs and transcoders: {', '.join(EXPORTS)}")  # fmt: skip
     tensors, cfg = sparsify_form(sae)
-    path = Path(path)
-    _check_target(path, overwrite)
-    remove_leftovers(path, "export")
-    tmp = path.parent / f".{path.name}.export-{writer_id()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        with naming_full_disk(path, "the partial export"):
-            save_file(tensors, tmp / "sae.safetensors")
-            (tmp / "cfg.json").write_text(json.dumps(cfg, indent=2) + "\n")
-        swap_in(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, tmp / "sae.safetensors")
+        (tmp / "cfg.json").write_text(json.dumps(cfg, indent=2) + "\n")
+
+    return export_folder(path, overwrite, "sparsify", _is_export, write)
 
 
 def sparsify_form(sae: SAE) -> tuple[dict[str, torch.Tensor], dict]:
@@ -162,21 +151,8 @@ def load_sparsify(path: str | os.PathLike) -> SAE:
     return sae.eval()
 
 
-def _check_target(path: Path, overwrite: bool) -> None:
-    """Refuse a target that holds anything but (with `overwrite`) an earlier sparsify export."""
-    if not path.exists():
-        return
-    if not path.is_dir():
-        raise FileExistsError(f"{path} is a file; export into a new or empty folder")
-    if not any(path.iterdir()):
-        return
+def _is_export(path: Path) -> bool:
+    """A folder holding a sparsify export and nothing else (saelab's SAE folders have the same
+    two file names, but an `architecture` in cfg.json)."""
     only_its_files = {p.name for p in path.iterdir()} == {"cfg.json", "sae.safetensors"}
-    if only_its_files and is_sparsify_folder(path):
-        if overwrite:
-            return
-        raise FileExistsError(f"{path} holds a sparsify export; pass overwrite=True to replace "
-                              "it, or choose another folder")  # fmt: skip
-    names = sorted(p.name for p in path.iterdir())[:4]
-    raise FileExistsError(f"{path} holds other files ({', '.join(names)}: a saelab SAE or a "
-                          "run?); an export never writes into it: choose a new or empty "
-                          "folder")  # fmt: skip
+    return only_its_files and is_sparsify_folder(path)
