@@ -62,16 +62,11 @@ class TranscoderSAE(TopKSAE):
     """`y_hat = TopK(x W_enc + b_enc) W_dec + b_dec`, with x the MLP's input, y its output."""
 
     cfg_class = TranscoderConfig
-    saelens_reads = ()
 
     def init_params(self, d_in: int, d_sae: int) -> tuple[Tensor, Tensor, Tensor]:
         """Random unit-norm encoder columns, a zero decoder (sparsify's transcoder init)."""
         W_enc = F.normalize(torch.randn(d_sae, d_in), dim=-1).T.clone()
         return W_enc, torch.zeros(d_sae), torch.zeros(d_sae, d_in)
-
-    def decoder_directions(self) -> Tensor:
-        """`W_dec [d_sae, d_in]` as trained: rows of any norm, zero at init (not unit)."""
-        return self.W_dec
 
     def before_step_(self) -> None:
         """Nothing: the decoder's rows are free, so no gradient component is removed."""
