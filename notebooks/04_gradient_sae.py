@@ -133,7 +133,7 @@ eval_data = sl.token_dataset(
     lm.tokenizer,
     n_ctx,
     split=eval_split,
-    n_tokens=max(eval_tokens, alive_tokens + alive_tokens // (n_ctx - 1) + n_ctx),
+    n_tokens=sl.held_out_tokens(n_ctx, eval_tokens, alive_tokens),
 )
 print(f"{model} at {site}; train {train_data.n_tokens:,} tokens, held out {eval_data.n_tokens:,}")
 
@@ -398,6 +398,12 @@ fig = plots.compare_bars(table, METRICS, path=out / "figures" / "compare.png")
 #
 # How often each latent fires on the held-out tokens (for the g-SAE, with its gradient-informed
 # selection). Both SAEs train with AuxK on the latents silent for `dead_tokens` tokens.
+#
+# The histogram counts firings on `eval_tokens` held-out tokens (16k in the `default` preset), so
+# a latent that fires once in 50k tokens shows as "never fired" in its legend. The dead-latent
+# counts of section 7 use the evaluation's alive window (`alive_tokens`, 500k positions), which
+# separates a rare latent from a dead one: expect the legend's counts to be several times the
+# table's.
 
 # %%
 freqs = {
@@ -421,7 +427,8 @@ sweep_runs = {b: runs["topk" if b == 0 else "g-sae" if b == beta else f"beta={b:
 sweep = pd.DataFrame([{"beta": b} | r.log[-1] for b, r in sweep_runs.items()]).sort_values("beta")
 sweep["nmse"] = 1 - sweep.explained_var
 fig = plots.metric_lines(sweep, "beta", METRICS, path=out / "figures" / "beta_sweep.png",
-                         title=f"Against beta, one run per beta (seed {seed})")  # fmt: skip
+                         title=f"Against beta: one run per beta (seed {seed}), not a curve",
+                         connect=False)  # fmt: skip
 sweep[["beta", *METRICS, "l0", "alive"]]
 
 # %% [markdown]
@@ -440,8 +447,10 @@ print(f"this run: seed {seed}, {n_tokens:,} training tokens per SAE, k {k}, beta
       f"({grad_norm} gradient, {value_mode} values); training took {train_s['topk']:.0f} s "
       f"(TopK) and {train_s['g-sae']:.0f} s (g-SAE, with the backward pass for g)")  # fmt: skip
 d_sae = runs["topk"].sae.cfg.d_sae
+window = reports["topk"].get("alive_window_tokens", reports["topk"]["n_tokens"])
 pd.DataFrame({"CE increase": [t.ce_increase, g.ce_increase], "NMSE": [t.nmse, g.nmse],
-              f"dead latents (of {d_sae})": [d_sae - t.alive, d_sae - g.alive]},
+              f"dead latents (of {d_sae}, silent on {window:,} positions)":
+              [d_sae - t.alive, d_sae - g.alive]},
              index=["TopK", "g-SAE"]).round(4)  # fmt: skip
 
 # %% [markdown]
@@ -453,8 +462,10 @@ pd.DataFrame({"CE increase": [t.ce_increase, g.ce_increase], "NMSE": [t.nmse, g.
 #   would pick, and with the raw gradient (`grad_norm="none"`, no normalisation) 99-100% at every
 #   beta up to 1024: the raw dL/dx at storyworld's scale is too small to move any selection, so
 #   that g-SAE *is* TopK. Differences in this table are then mostly the two runs' noise.
-# - **Dead latents are few for both** (AuxK revives them). With one seed a difference of a few
-#   latents says nothing; notebook 11 gives it an interval over seeds.
+# - **Dead latents are few for both**: about 1% of the dictionary or less over the alive window
+#   (AuxK revives them). The density legend of section 5 counts several times as many "never
+#   fired", because its sample is 30 times shorter: most of those are rare, not dead. With one
+#   seed a difference of a few latents says nothing; notebook 11 gives it an interval over seeds.
 # - **Only a large beta makes the g-SAE different**, and then it adds more CE, not less (the beta
 #   sweep above; notebook 11 has the same with seeds).
 #
@@ -476,6 +487,7 @@ else:
     print(f"{study_run} is not here; `make reference` makes it (about 2.5 hours)")
 
 # %%
+# Plumbing (no need to read): this run's numbers to summary.json, for other pages and tests.
 summary = {name: {k_: rep[k_] for k_ in keys} for name, rep in reports.items()}
 summary |= {"k": k, "beta": beta, "value_mode": value_mode, "grad_norm": grad_norm,
             "train_tokens": n_tokens, "train_s": train_s,

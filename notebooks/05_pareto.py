@@ -69,7 +69,7 @@ import json
 import time
 
 import pandas as pd
-from IPython.display import Markdown, display
+from IPython.display import display
 
 import saelab as sl
 from saelab.runs import notebook_out_dir, resolve_input
@@ -92,7 +92,7 @@ val = sl.token_dataset(
     lm.tokenizer,
     n_ctx,
     split="validation",
-    n_tokens=max(eval_tokens, alive_tokens + alive_tokens // (n_ctx - 1) + n_ctx),
+    n_tokens=sl.held_out_tokens(n_ctx, eval_tokens, alive_tokens),
 )
 
 
@@ -258,37 +258,20 @@ if "heldout_l0_change" in df:  # runs with the 80% evaluation
     convergence["heldout"] = heldout.to_dict("records")
     display(heldout.round(4))
 
-# %% tags=["hide-input"]
-if convergence["all"]:
-    verdict_conv = (
-        f"**Converged** by both criteria: every one of the {len(df)} runs' loss fell less than "
-        f"{plateau_tol:.0%} over its last 10% of steps (largest "
-        f"{convergence['max_loss_change']:.2%}), and NMSE falls with k in every TopK-family sweep."
-    )
-else:
-    bad = [r["run"] for r in convergence["not_converged"]]
-    nm = [f"{r['method']} seed {r['seed']}" for r in convergence["nmse_falls_with_k"]
-          if not r["falls"]]  # fmt: skip
-    untested = len(df) - convergence["n_tested"]
-    verdict_conv = (
-        "**Not converged** by the stated criteria: "
-        + "; ".join(x for x in [
-            f"{len(bad)} runs still falling ({', '.join(bad[:6])}{', ...' if len(bad) > 6 else ''})"
-            if bad else "",
-            f"{untested} runs too short to test" if untested else "",
-            f"NMSE does not fall with k for {', '.join(nm)}" if nm else "",
-        ] if x)
-        + ". Read the comparisons below with that in mind"
-        + (" (more tokens: the `paper` preset)." if max(n_tokens, e2e_n_tokens) < 2_000_000
-           else ".")
-    )  # fmt: skip
+# %%
+print(f"NMSE falls with k in {int(mono.falls.sum())} of {len(mono)} TopK-family sweeps; "
+      f"{len(df) - convergence['n_tested']} runs too short for the plateau test")  # fmt: skip
 for h in convergence.get("heldout", []):
-    verdict_conv += (
-        f" Held out, from 80% of the steps to the end, {h['method']} L0 moved "
-        f"{h['l0_change_mean']:+.1%} on average (lowest {h['l0_change_min']:+.1%}) and CE increase "
-        f"{h['ce_change_mean']:+.4f} (highest {h['ce_change_max']:+.4f})."
-    )
-display(Markdown(verdict_conv))
+    print(f"held out, from 80% of the steps to the end: {h['method']} L0 "
+          f"{h['l0_change_mean']:+.1%} on average (lowest {h['l0_change_min']:+.1%}), CE increase "
+          f"{h['ce_change_mean']:+.4f} (highest {h['ce_change_max']:+.4f})")  # fmt: skip
+
+# %% [markdown]
+# Whatever these counts say, they are necessary conditions, not a test of convergence: a run that
+# passes both can still move a lot with twice the tokens. On storyworld it does: the `paper`
+# sweep (2M tokens per SAE) passes the plateau test for most runs, yet doubling its budget still
+# cuts every method's L0 at matched CE by about a third (notebook 12). Read every comparison below
+# as one at this run's budget.
 
 # %% [markdown]
 # ## 3. Pareto frontiers (Braun et al. Figure 1)
@@ -300,10 +283,16 @@ display(Markdown(verdict_conv))
 
 # %%
 relu_methods = [m for m in ("local", "e2e", "e2e+ds") if m in set(df.method)]  # those swept
+both = {"local", "e2e"} <= set(relu_methods)  # Table 2 needs at least these two sweeps
+per_seed = df.assign(method=df.method + "@" + df.seed.astype(str))  # every (method, seed) sweep
+target = float("nan")  # the CE increase section 4 matches at
+if both:
+    target = target_ce if target_ce > 0 else compare.common_target(
+        per_seed, [f"{m}@{s}" for m in relu_methods for s in seeds])  # fmt: skip
 if relu_methods:
     fig = compare.pareto_plot(by_point[by_point.method.isin(relu_methods)],
                               seeds=df[df.method.isin(relu_methods)],
-                              target=target_ce if target_ce > 0 else None,
+                              target=target if target == target else None,
                               path=out / "figures" / "pareto.png")  # fmt: skip
 
 # %% [markdown]
@@ -335,12 +324,6 @@ if arch_methods:
 # an interpolation across a gap. The closest actual runs give a third, interpolation-free ratio.
 
 # %%
-both = {"local", "e2e"} <= set(relu_methods)  # Table 2 needs at least these two sweeps
-per_seed = df.assign(method=df.method + "@" + df.seed.astype(str))  # every (method, seed) sweep
-target = float("nan")
-if both:
-    target = target_ce if target_ce > 0 else compare.common_target(
-        per_seed, [f"{m}@{s}" for m in relu_methods for s in seeds])  # fmt: skip
 t2_rows, brackets, ratios = [], [], {"linear": [], "log_ce": [], "closest": []}
 for s in seeds if both and target == target else []:
     d = df[df.seed == s]
@@ -453,6 +436,7 @@ diffs
 # %%
 if ks:
     fig = plots.pair_by_k(by_point[by_point.method.isin(["topk", "gtopk"])],
+                          seeds=df[df.method.isin(["topk", "gtopk"])],
                           path=out / "figures" / "topk_vs_gsae.png",
                           title="TopK vs g-SAE at equal k (paper: g-SAE lower)")  # fmt: skip
 
@@ -487,7 +471,6 @@ else:
 summary = dict(
     seeds=seeds,
     convergence=convergence,
-    convergence_verdict=verdict_conv,
     target_ce_increase=target,
     l0_ratio_e2e_local=l0_ratio["linear"]["mean"] if both and target == target else float("nan"),
     l0_ratio=l0_ratio,

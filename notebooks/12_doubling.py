@@ -117,23 +117,31 @@ per_setting = pairs.groupby(["method", "point"], sort=False)[
 per_setting.round(4)
 
 # %%
-both = pd.concat([half, full])
-both = both[both.method.isin(relu)]
-both = both.groupby(["method", "budget", "point"], as_index=False, sort=False)[
+runs_both = pd.concat([half, full])
+runs_both = runs_both[runs_both.method.isin(relu)]
+both = runs_both.groupby(["method", "budget", "point"], as_index=False, sort=False)[
     ["l0", "ce_increase"]
-].mean()
-fig, ax = plt.subplots(figsize=(6.8, 4.4))
+].mean()  # each setting's mean over seeds: the lines
+n_seeds = runs_both.seed.nunique()
+fig, ax = plt.subplots(figsize=(6.8, 4.6))
 for m in relu:
     for b, ls, alpha in (("half", ":", 0.55), ("full", "-", 1.0)):
         d = both[(both.method == m) & (both.budget == b)].sort_values("l0")
         ax.plot(d.l0, d.ce_increase, **plots.line_kwargs(m) | dict(linestyle=ls, alpha=alpha),
                 label=f"{m}, {b} budget")  # fmt: skip
-ax.axhline(target, color="grey", lw=0.8)
-plots.log_if_spans(ax, "x", both.l0) or plots.tidy_ticks(ax, "x")
-plots.log_if_spans(ax, "y", both.ce_increase) or plots.tidy_ticks(ax, "y")
-ax.set(xlabel="L0 (active latents per token)",
-       ylabel="CE loss increase (nats)",
-       title="Frontiers at half (dotted) and full budget: lower left is better")  # fmt: skip
+        r = runs_both[(runs_both.method == m) & (runs_both.budget == b)]
+        if n_seeds > 1:  # every run, faint: the spread the mean hides
+            ax.scatter(r.l0, r.ce_increase, s=9, alpha=0.35 * alpha,
+                       color=plots.line_kwargs(m)["color"])  # fmt: skip
+ax.axhline(target, color="grey", lw=0.8, ls="--", label=f"matched at CE +{target:.3f}")
+plots.log_if_spans(ax, "x", runs_both.l0) or plots.tidy_ticks(ax, "x")
+plots.log_if_spans(ax, "y", runs_both.ce_increase) or plots.tidy_ticks(ax, "y")
+spread = f"\nlines: mean over {n_seeds} seeds; dots: each run" if n_seeds > 1 else ""
+ax.set(
+    xlabel="L0 (active latents per token)",
+    ylabel="CE loss increase (nats)",
+    title="Frontiers at half (dotted) and full budget: lower left is better" + spread,
+)
 ax.legend(fontsize=8)
 fig.tight_layout()
 fig.savefig(out / "figures" / "frontiers.png", dpi=120)

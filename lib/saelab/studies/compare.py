@@ -110,8 +110,9 @@ def pareto_plot(df: pd.DataFrame, y: str = "ce_increase", xs=("l0", "alive"), pa
     note = ""
     if len(xs) > 1 and "alive" in xs and len(df) and df["alive"].max() <= 1.01 * df["alive"].min():
         xs = tuple(x for x in xs if x != "alive")
-        note = (f"alive latents not plotted: every setting keeps {df['alive'].min():.0f}-"
-                f"{df['alive'].max():.0f} alive")  # fmt: skip
+        lo, hi = f"{df['alive'].min():.0f}", f"{df['alive'].max():.0f}"
+        kept = lo if lo == hi else f"{lo}-{hi}"
+        note = f"alive latents not plotted: every setting keeps {kept} alive"
     fig, axes = plt.subplots(1, len(xs), figsize=(max(5.2 * len(xs), 6.4), 4.2), squeeze=False)
     kw = plots.style_kwargs(df["method"])
     for ax, x in zip(axes[0], xs, strict=True):
@@ -135,8 +136,9 @@ def pareto_plot(df: pd.DataFrame, y: str = "ce_increase", xs=("l0", "alive"), pa
         )
         plots.log_if_spans(ax, "y", everything[y]) or plots.tidy_ticks(ax, "y")
         if ax is axes[0, 0]:
+            several = seeds is not None and "seed" in seeds and seeds["seed"].nunique() > 1
             ax.legend(title="method" + (" (mean over seeds; whiskers: their range)"
-                                        if seeds is not None and len(seeds) else ""))  # fmt: skip
+                                        if several else ""))  # fmt: skip
         plots.legend_labels(ax)
         if ax is not axes[0, 0] and ax.get_legend() is not None:
             ax.get_legend().remove()

@@ -395,15 +395,20 @@ def compare_bars(df: pd.DataFrame, metrics, hue: str = "run", x: str | None = No
 
 
 def metric_lines(df: pd.DataFrame, x: str, metrics, hue: str | None = None, path=None,
-                 title: str | None = None):  # fmt: skip
+                 title: str | None = None, connect: bool = True):  # fmt: skip
     """One line panel per metric against `x` (e.g. a hyperparameter sweep); `hue` lines take
     their method styles. A metric that moves by under 10% of its size is drawn on an axis at
-    least that tall, so that noise does not look like a trend."""
+    least that tall, so that noise does not look like a trend. `connect=False` draws points
+    only: single runs at a few x values are not a curve."""
     fig, axes = _panels(len(metrics), width=3.4, height=3.2)
     kw = dict(hue=hue, style=hue, **style_kwargs(df[hue])) if hue else dict(marker="o")
     for ax, m in zip(axes, metrics, strict=True):
         legend = "auto" if hue and ax is axes[0] else False
-        sns.lineplot(data=df, x=x, y=m, ax=ax, legend=legend, **kw)
+        if connect:
+            sns.lineplot(data=df, x=x, y=m, ax=ax, legend=legend, **kw)
+        else:
+            dots = dict(hue=hue, **style_kwargs(df[hue], lines=False)) if hue else {}
+            sns.scatterplot(data=df, x=x, y=m, ax=ax, legend=legend, s=50, **dots)
         ax.set(ylabel=LABELS.get(m, m), title=LABELS.get(m, m))
         if not log_if_spans(ax, "y", df[m]):
             lo, hi, mid = df[m].min(), df[m].max(), df[m].abs().mean()
@@ -418,22 +423,34 @@ def metric_lines(df: pd.DataFrame, x: str, metrics, hue: str | None = None, path
 
 
 def pair_by_k(df: pd.DataFrame, metrics=("ce_increase", "nmse", "dead_frac"), x: str = "k",
-              path=None, title: str = "TopK vs g-SAE at equal k"):  # fmt: skip
+              path=None, title: str = "TopK vs g-SAE at equal k",
+              seeds: pd.DataFrame | None = None):  # fmt: skip
     """One panel per metric against `x` (k), a line per method of `df` (e.g. TopK and g-SAE; a
-    `method` column): a log axis where a metric spans a decade, g-SAE dashed above TopK."""
+    `method` column): a log axis where a metric spans a decade, g-SAE dashed above TopK.
+    `seeds`: one row per run (a `seed` column); with several seeds `df` holds their means and
+    each run is drawn as a faint point beside its line (nudged apart in x per method)."""
     fig, axes = _panels(len(metrics), width=3.6, height=3.3)
     d = df.sort_values(x)
+    several = seeds is not None and "seed" in seeds and seeds["seed"].nunique() > 1
+    names = method_order(d["method"])
     for ax, m in zip(axes, metrics, strict=True):
-        for name in method_order(d["method"]):
+        for i, name in enumerate(names):
             g = d[d.method == name]
-            ax.plot(g[x], g[m], label=method_label(name), markersize=7, **line_kwargs(name))
+            label = method_label(name) + (" (mean over seeds)" if several else "")
+            ax.plot(g[x], g[m], label=label, markersize=7, **line_kwargs(name))
+            if several:
+                r = seeds[seeds.method == name]
+                nudge = 1 + 0.04 * (i - (len(names) - 1) / 2)  # x is k: a log axis or ticks at k
+                ax.scatter(r[x] * nudge, r[m], s=12, alpha=0.5, zorder=3,
+                           color=line_kwargs(name)["color"])  # fmt: skip
         ax.set(xlabel=x, ylabel=LABELS.get(m, m), title=LABELS.get(m, m))
         if d[x].nunique() > 1 and spans_decades(d[x], 0.5):
             ax.set_xscale("log", base=2)
         ax.xaxis.set_major_locator(ticker.FixedLocator(sorted(d[x].unique())))
         ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_locator(ticker.NullLocator())
-        log_if_spans(ax, "y", d[m]) or tidy_ticks(ax, "y")
+        everything = pd.concat([d, seeds]) if several else d
+        log_if_spans(ax, "y", everything[m]) or tidy_ticks(ax, "y")
     axes[0].legend()
-    titled(fig, title)
+    titled(fig, title + (f"\ndots: each of {seeds['seed'].nunique()} seeds" if several else ""))
     return _finish(fig, path)
