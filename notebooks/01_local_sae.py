@@ -114,7 +114,7 @@ eval_data = sl.token_dataset(
     lm.tokenizer,
     n_ctx,
     split=eval_split,
-    n_tokens=max(eval_tokens, density_tokens, alive_tokens + alive_tokens // (n_ctx - 1) + n_ctx),
+    n_tokens=max(density_tokens, sl.held_out_tokens(n_ctx, eval_tokens, alive_tokens)),
 )
 info = sl.model_info(lm)
 print(f"{model}: {info['n_layers']} layers, d_model {info['d_model']}; SAE at {site} with "
@@ -391,6 +391,7 @@ pd.Series({
 # sweeps phi to map the rest.
 
 # %%
+# Plumbing (no need to read): this run's numbers to summary.json, for other pages and tests.
 summary = {k: report[k] for k in keys} | {
     "d_sae": d_sae, "sparsity": sparsity, "train_tokens": n_tokens, "train_s": train_s,
     "n_never_fire": int((freq == 0).sum()), "density_tokens": density_tokens,

@@ -122,7 +122,7 @@ eval_data = sl.token_dataset(
     lm.tokenizer,
     n_ctx,
     split=eval_split,
-    n_tokens=max(eval_tokens, alive_tokens + alive_tokens // (n_ctx - 1) + n_ctx),
+    n_tokens=sl.held_out_tokens(n_ctx, eval_tokens, alive_tokens),
 )
 print(f"{model} at {site}; train {train_data.n_tokens:,} tokens, held out {eval_data.n_tokens:,}")
 
@@ -300,12 +300,17 @@ pd.DataFrame({"L0": table.l0, "CE increase": table.ce_increase,
 downstream_run = resolve("outputs/reference/10_downstream/paper")
 if (downstream_run / "summary.json").exists():
     ref = json.loads((downstream_run / "summary.json").read_text())
-    norms = {r["method"]: r["matched (interpolated)"] for r in ref["l2_ratio"]}
-    print(f"at CE +{ref['target_ce_increase']:.2f} (seeds {ref['seeds']}; "
-          f"{downstream_run.relative_to(resolve('.'))}): downstream MSE at the last layer, "
-          f"e2e {ref['ds_mse_ratio_e2e_local']:.1f}x local's, e2e+ds "
-          f"{ref['ds_mse_ratio_e2eds_local']:.1f}x; output norm / input norm "
-          + ", ".join(f"{m} {v:.2f}" for m, v in norms.items()))  # fmt: skip
+    over = {(r["key"], r["method"]): r for r in ref["over_seeds"]}  # mean, 95% interval
+
+    def said(key, method=None, unit=""):
+        r = over[(key, method)]
+        return f"{r['mean']:.2f}{unit} [{r['lo']:.2f}, {r['hi']:.2f}]"
+
+    print(f"at CE +{ref['target_ce_increase']:.2f} ({downstream_run.relative_to(resolve('.'))}; "
+          f"mean [95% t-interval] over seeds {ref['seeds']}): downstream MSE at the last layer, "
+          f"e2e {said('ds_mse_ratio_e2e_local', unit='x')} local's, e2e+ds "
+          f"{said('ds_mse_ratio_e2eds_local', unit='x')}; output norm / input norm "
+          + ", ".join(f"{m} {said('matched', m)}" for m in ("local", "e2e", "e2e+ds")))  # fmt: skip
 else:
     print(f"{downstream_run} is not here; `make reference` makes it")
 
@@ -315,6 +320,7 @@ else:
 # e2e shrinks, where Braun et al. (Table 5) report that it does.
 
 # %%
+# Plumbing (no need to read): this run's numbers to summary.json, for other pages and tests.
 summary = {name: {k: v for k, v in rep.items() if k not in ("kind", "step")}
            for name, rep in reports.items()}  # fmt: skip
 summary |= {"sparsity": sparsity, "kl_coeff": kl_coeff, "ds_coeff": ds_coeff,

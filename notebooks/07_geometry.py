@@ -77,7 +77,7 @@ val = sl.token_dataset(
     lm.tokenizer,
     n_ctx,
     split="validation",
-    n_tokens=max(eval_tokens, alive_tokens + alive_tokens // (n_ctx - 1) + n_ctx),
+    n_tokens=sl.held_out_tokens(n_ctx, eval_tokens, alive_tokens),
 )
 common = dict(
     sites=(site,),

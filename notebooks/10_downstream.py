@@ -133,6 +133,9 @@ fig.savefig(out / "figures" / "downstream_vs_ce.png", dpi=120)
 # EV) only over the positions the SAEs see, which leave out `exclude_positions`: by default the
 # BOS position 0 whenever the data prepends a BOS, as storyworld's does (ARCHITECTURE.md §6).
 # Each run's `data.json` records the positions it left out; the cell below checks them.
+#
+# The table is the first seed's, as are the figure above and the closest runs below; section 3
+# gives each number's mean and interval over seeds, which the README and LOG.md quote.
 
 # %%
 excluded = {r: json.loads((resolve(sae_run) / "runs" / r / "data.json").read_text())

@@ -113,7 +113,7 @@ val = sl.token_dataset(
     lm.tokenizer,
     n_ctx,
     split="validation",
-    n_tokens=max(eval_tokens, alive_tokens + alive_tokens // (n_ctx - 1) + n_ctx),
+    n_tokens=sl.held_out_tokens(n_ctx, eval_tokens, alive_tokens),
 )
 base = dict(sites=(site,), loss="local", lr=lr, warmup=warmup, batch_size=batch_size,
             n_tokens=n_tokens, eval_tokens=eval_tokens, alive_tokens=alive_tokens,

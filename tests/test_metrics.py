@@ -216,3 +216,12 @@ def test_alive_window_counts_the_positions_left_after_special_tokens(lm, data):
         rep = evaluate(lm, sae, data, n_tokens=8 * N_CTX, batch_size=8, alive_tokens=None)
     assert rep["n_tokens"] == 8 * 31 - specials  # the eval's positions, special tokens left out
     assert rep["alive_window_tokens"] == rep["n_tokens"]  # was 8 * 31: before the exclusion
+
+
+def test_held_out_tokens_load_enough_rows_for_the_whole_alive_window(storyworld_data):
+    n_ctx, alive = 32, 40 * 31 + 5  # not a whole number of rows
+    need = sl.held_out_tokens(n_ctx, eval_tokens=4 * n_ctx, alive_tokens=alive)
+    rows = storyworld_data(n_ctx, n_tokens=need, split="validation")
+    assert len(rows) * (n_ctx - 1) >= alive  # BOS left out of every row
+    assert sl.held_out_tokens(n_ctx, 10**6, alive) == 10**6  # the eval rows already hold it
+    assert sl.held_out_tokens(n_ctx, 4 * n_ctx, None) == 4 * n_ctx

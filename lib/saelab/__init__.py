@@ -19,7 +19,13 @@ from saelab.core.config import TrainConfig
 from saelab.core.convergence import loss_plateau
 from saelab.core.data import TokenDataset, token_dataset
 from saelab.core.hub import push_to_hub
-from saelab.core.metrics import evaluate, evaluate_many, selected_latents, selection_overlap
+from saelab.core.metrics import (
+    evaluate,
+    evaluate_many,
+    held_out_tokens,
+    selected_latents,
+    selection_overlap,
+)
 from saelab.core.models import Site, load_model, model_info, parse_site, valid_sites
 from saelab.core.objectives import OBJECTIVES, Objective, objective
 from saelab.core.sae import SAE, SAEConfig, architecture, architectures, load_sae, save_sae
@@ -46,6 +52,7 @@ __all__ = [
     "evaluate_many",
     "export_saelens",
     "export_sparsify",
+    "held_out_tokens",
     "load_cache",
     "load_model",
     "load_sae",

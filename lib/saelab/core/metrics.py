@@ -43,6 +43,16 @@ from saelab.core.sae import eval_mode, is_int
 ALIVE_TOKENS = 500_000
 
 
+def held_out_tokens(n_ctx: int, eval_tokens: int, alive_tokens: int | None = ALIVE_TOKENS) -> int:
+    """Held-out tokens to load (`token_dataset(..., n_tokens=...)`) for
+    `evaluate(n_tokens=eval_tokens, alive_tokens=alive_tokens)` to get its whole alive window:
+    each row of `n_ctx` tokens gives `n_ctx - 1` SAE positions (its BOS is left out), and one
+    more row covers the rounding. None: the eval tokens alone."""
+    if alive_tokens is None:
+        return eval_tokens
+    return max(eval_tokens, alive_tokens + alive_tokens // (n_ctx - 1) + n_ctx)
+
+
 def alive_rows(alive_tokens: int | None, per_row: int, n_rows_data: int, n_rows_eval: int) -> int:
     """Rows of the alive window: enough for `alive_tokens` SAE positions (`per_row` a row),
     capped at the `n_rows_data` rows there are (with a warning naming both numbers); None: the
