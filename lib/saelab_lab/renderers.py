@@ -328,8 +328,9 @@ def render_ground_truth(run: RunFolder) -> str:
                      p("frac_f1_gt_0.5"), p("explained_frac"),
                      p("explained_frac_rare")])  # fmt: skip
     n_out = len(run.get("excluded_concepts"))
+    alive = f"fired on the {run.get('eval_tokens'):,} tokens"  # not the 500k alive window
     return md_table([f"method ({seeds_note(run)})", "run (first seed)", "CE increase", "L0",
-                     "alive", f"mean best AUROC ({n_out} concepts over half the tokens left out)",
+                     alive, f"mean best AUROC ({n_out} concepts over half the tokens left out)",
                      "mean best F1", "concepts with F1 > 0.5", "explained (any)",
                      "explained (rare)"], rows)  # fmt: skip
 
