@@ -114,6 +114,63 @@ def test_edited_prose_is_listed_apart_and_fails_nothing(tmp_path):
     assert report.prose(tmp_path / "c" / "repo") == [] and report.changed(tmp_path / "c" / "repo")
 
 
+def _git(root: Path) -> None:
+    """Make `root` a git checkout with everything committed (refresh reads its state)."""
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=root, check=True, capture_output=True)
+
+    git("init", "-q")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
+
+
+def test_refresh_copies_edited_prose_into_the_run_and_keeps_the_old_text(tmp_path):
+    from saelab_lab import prose
+
+    root = _root(tmp_path, source=NB.replace("# # 91 · a notebook", "# # 91 · a notebook, reread"))
+    run = root / "outputs/reference/91_nb/ref"
+    executed = nbformat.read(run / "notebook.ipynb", as_version=4)
+    executed.cells[3].outputs = [nbformat.v4.new_output("stream", text="5\n")]  # as it ran
+    nbformat.write(executed, run / "notebook.ipynb")
+    _git(root)
+    done = prose.refresh(run, root)
+    assert done.cells == [0]
+    after = nbformat.read(run / "notebook.ipynb", as_version=4)
+    assert after.cells[0].source == "# 91 · a notebook, reread"
+    assert after.cells[3].outputs[0]["text"] == "5\n"  # outputs and code as they ran
+    assert [c.source for c in after.cells[1:]] == [c.source for c in executed.cells[1:]]
+    (entry,) = json.loads((run / "prose.json").read_text())
+    assert entry["replaced"] == [dict(cell=0, was="# 91 · a notebook")]
+    assert entry["run_sha"] == "abc" and entry["sha"] == done.sha
+    report = freshness.check(root)
+    assert report.prose(root) == [] and report.changed(root) == []
+    assert report.refreshed(root) == [f"outputs/reference/91_nb/ref: run at abc, its Markdown "
+                                      f"from {done.sha[:10]}"]  # fmt: skip
+    assert prose.refresh(run, root).cells == []  # nothing left to copy
+
+
+def test_refresh_refuses_changed_code_a_moved_cell_a_dirty_tree_or_a_failed_run(tmp_path):
+    from saelab_lab import prose
+
+    cases = {
+        "code": (NB.replace("print(n)   ", "print(n + 1)"), "completed", "code"),
+        "cells": (NB + "\n# %% [markdown]\n# more\n", "completed", "do not line up"),
+        "failed": (NB, "failed", "not a completed run"),
+    }
+    for name, (source, status, why) in cases.items():
+        root = _root(tmp_path / name, status=status, source=source)
+        _git(root)
+        before = (root / "outputs/reference/91_nb/ref/notebook.ipynb").read_bytes()
+        with pytest.raises(RuntimeError, match=why):
+            prose.refresh(root / "outputs/reference/91_nb/ref", root)
+        assert (root / "outputs/reference/91_nb/ref/notebook.ipynb").read_bytes() == before
+    root = _root(tmp_path / "dirty", source=NB.replace("a notebook", "a notebook, reread"))
+    with pytest.raises(RuntimeError, match="dirty"):  # not a git checkout at all
+        prose.refresh(root / "outputs/reference/91_nb/ref", root)
+
+
 def test_a_dirty_or_unfinished_run_is_a_problem(tmp_path):
     [line], _ = _report(_root(tmp_path / "a", dirty=True))
     assert "dirty git tree" in line

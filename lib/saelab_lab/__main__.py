@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from saelab import runs
-from saelab_lab import freshness, jobs, prune
+from saelab_lab import freshness, jobs, prose, prune
 from saelab_lab.tables import TableError, tables
 
 
@@ -22,7 +22,9 @@ def check(strict: bool) -> int:
         ("tables that differ from their runs", differ),
         ("changed since their reference run (shown on the page)", changed),
         ("prose changed since their reference run (the executed copy shows older text; "
-         "rerun to refresh it)", report.prose(root)),
+         "`refresh-prose` copies it in)", report.prose(root)),
+        ("prose refreshed after the run (prose.json keeps the older text)",
+         report.refreshed(root)),
     )  # fmt: skip
     for title, lines in sections:
         if lines:
@@ -34,6 +36,20 @@ def check(strict: bool) -> int:
             + ("; nothing changed since" if not changed else f"; {len(changed)} changed since")
         )
     return 1 if failed else 0
+
+
+def refresh_prose(folders: list[str]) -> int:
+    """Copy the notebooks' Markdown into the executed copies of `folders` (default: every run
+    `check` lists under prose changed); print what changed; exit code."""
+    root = runs.ROOT
+    targets = ([root / f for f in folders] if folders else
+               [r.folder for r in freshness.check(root).runs if r.prose])  # fmt: skip
+    for folder in targets:
+        done = prose.refresh(folder, root)
+        print(f"{folder.relative_to(root)}: {len(done.cells)} Markdown cells from {done.sha[:10]}")
+    if not targets:
+        print("no run's prose differs from its notebook")
+    return 0
 
 
 def report_prune(done: list[prune.Pruned], dry_run: bool) -> int:
@@ -61,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--check", action="store_true", help="write nothing; exit 1 listing diffs")
     g = sub.add_parser("regenerate", help="rerun the reference runs (make reference), then tables")
     g.add_argument("--run-id", action="append", help="only the jobs of this run id (repeatable)")
+    r = sub.add_parser("refresh-prose", help="copy a notebook's edited Markdown into its runs")
+    r.add_argument("folders", nargs="*", help="run folders (default: all whose prose changed)")
     p = sub.add_parser("prune", help="drop SAE weights no study reads, store the rest as float16")
     p.add_argument("--dry-run", action="store_true", help="say what would go; change nothing")
     a = ap.parse_args(argv)
@@ -71,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             lines = tables(write=not a.check)
             print("\n".join(lines) if lines else "every table is up to date")
             return 1 if (lines and a.check) else 0
+        if a.cmd == "refresh-prose":
+            return refresh_prose(a.folders)
         if a.cmd == "prune":
             return report_prune(prune.prune(dry_run=a.dry_run), a.dry_run)
         jobs.regenerate(run_ids=a.run_id)

@@ -9,7 +9,7 @@ cell left out, trailing whitespace ignored): the numbers are still those of a re
 that shows them says the notebook changed since, and only `check --strict` fails. Its **prose**
 has changed when only the Markdown cells differ: the numbers and the code are the run's, but the
 executed copy shows older text (a "How to read it" written after the run); `check` lists these
-and nothing fails.
+and nothing fails, and `saelab_lab.prose.refresh` can copy the new text in.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class Freshness:
     changed: str | None = None  # first difference between the code that ran and the source
     prose: str | None = None  # with the code unchanged, the first difference in the Markdown
     sha: str | None = None  # the commit the run was made at
+    prose_sha: str | None = None  # the commit of its Markdown, when refreshed after the run
 
     @property
     def notebook(self) -> str:
@@ -141,6 +142,8 @@ def check_run(folder: Path, root: Path = runs.ROOT) -> Freshness:
         out.changed = diff_cells(code_cells(ran), code_cells(now))
         if out.changed is None:
             out.prose = diff_cells(markdown_cells(ran), markdown_cells(now), "markdown")
+    if (folder / "prose.json").is_file():  # saelab_lab.prose.refresh
+        out.prose_sha = json.loads((folder / "prose.json").read_text())[-1]["sha"]
     return out
 
 
@@ -163,6 +166,10 @@ class Report:
 
     def prose(self, root: Path) -> list[str]:
         return [f"{r.folder.relative_to(root)}: {r.prose}" for r in self.runs if r.prose]
+
+    def refreshed(self, root: Path) -> list[str]:
+        return [f"{r.folder.relative_to(root)}: run at {str(r.sha)[:10]}, its Markdown from "
+                f"{r.prose_sha[:10]}" for r in self.runs if r.prose_sha]  # fmt: skip
 
 
 def check(root: Path = runs.ROOT) -> Report:
