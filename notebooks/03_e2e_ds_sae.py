@@ -300,17 +300,18 @@ pd.DataFrame({"L0": table.l0, "CE increase": table.ce_increase,
 downstream_run = resolve("outputs/reference/10_downstream/paper")
 if (downstream_run / "summary.json").exists():
     ref = json.loads((downstream_run / "summary.json").read_text())
-    over = {(r["key"], r["method"]): r for r in ref["over_seeds"]}  # mean, 95% interval
+    over = {(r["key"], r["method"], r["metric"]): r for r in ref["over_seeds"]}  # mean, interval
 
-    def said(key, method=None, unit=""):
-        r = over[(key, method)]
+    def said(key, method=None, metric=None, unit=""):
+        r = over[(key, method, metric or key)]
         return f"{r['mean']:.2f}{unit} [{r['lo']:.2f}, {r['hi']:.2f}]"
 
     print(f"at CE +{ref['target_ce_increase']:.2f} ({downstream_run.relative_to(resolve('.'))}; "
           f"mean [95% t-interval] over seeds {ref['seeds']}): downstream MSE at the last layer, "
           f"e2e {said('ds_mse_ratio_e2e_local', unit='x')} local's, e2e+ds "
           f"{said('ds_mse_ratio_e2eds_local', unit='x')}; output norm / input norm "
-          + ", ".join(f"{m} {said('matched', m)}" for m in ("local", "e2e", "e2e+ds")))  # fmt: skip
+          + ", ".join(f"{m} {said('matched', m, 'l2_ratio')}"
+                      for m in ("local", "e2e", "e2e+ds")))  # fmt: skip
 else:
     print(f"{downstream_run} is not here; `make reference` makes it")
 

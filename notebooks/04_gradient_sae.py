@@ -400,10 +400,10 @@ fig = plots.compare_bars(table, METRICS, path=out / "figures" / "compare.png")
 # selection). Both SAEs train with AuxK on the latents silent for `dead_tokens` tokens.
 #
 # The histogram counts firings on `eval_tokens` held-out tokens (16k in the `default` preset), so
-# a latent that fires once in 50k tokens shows as "never fired" in its legend. The dead-latent
-# counts of section 7 use the evaluation's alive window (`alive_tokens`, 500k positions), which
-# separates a rare latent from a dead one: expect the legend's counts to be several times the
-# table's.
+# a latent that fires once in 50k tokens is likely to show as "never fired" in its legend. The
+# dead-latent counts of section 7 use the evaluation's alive window (`alive_tokens`, 500k
+# positions), which separates a rare latent from a dead one: expect the legend's counts to be
+# several times the table's.
 
 # %%
 freqs = {

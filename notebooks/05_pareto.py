@@ -285,10 +285,9 @@ for h in convergence.get("heldout", []):
 relu_methods = [m for m in ("local", "e2e", "e2e+ds") if m in set(df.method)]  # those swept
 both = {"local", "e2e"} <= set(relu_methods)  # Table 2 needs at least these two sweeps
 per_seed = df.assign(method=df.method + "@" + df.seed.astype(str))  # every (method, seed) sweep
-target = float("nan")  # the CE increase section 4 matches at
-if both:
-    target = target_ce if target_ce > 0 else compare.common_target(
-        per_seed, [f"{m}@{s}" for m in relu_methods for s in seeds])  # fmt: skip
+target = target_ce if target_ce > 0 else float("nan")  # the CE increase section 4 matches at
+if both and target_ce <= 0:
+    target = compare.common_target(per_seed, [f"{m}@{s}" for m in relu_methods for s in seeds])
 if relu_methods:
     fig = compare.pareto_plot(by_point[by_point.method.isin(relu_methods)],
                               seeds=df[df.method.isin(relu_methods)],

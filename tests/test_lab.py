@@ -148,6 +148,7 @@ def test_refresh_copies_edited_prose_into_the_run_and_keeps_the_old_text(tmp_pat
     assert report.prose(root) == [] and report.changed(root) == []
     assert report.refreshed(root) == [f"outputs/reference/91_nb/ref: run at abc, its Markdown "
                                       f"from {done.sha[:10]}"]  # fmt: skip
+    assert after.metadata["saelab"]["prose"] == dict(sha=done.sha, run_sha="abc")
     assert prose.refresh(run, root).cells == []  # nothing left to copy
 
 
@@ -155,9 +156,9 @@ def test_refresh_refuses_changed_code_a_moved_cell_a_dirty_tree_or_a_failed_run(
     from saelab_lab import prose
 
     cases = {
-        "code": (NB.replace("print(n)   ", "print(n + 1)"), "completed", "code"),
+        "code": (NB.replace("print(n)   ", "print(n + 1)"), "completed", "code changed since"),
         "cells": (NB + "\n# %% [markdown]\n# more\n", "completed", "do not line up"),
-        "failed": (NB, "failed", "not a completed run"),
+        "failed": (NB, "failed", "status is 'failed'"),
     }
     for name, (source, status, why) in cases.items():
         root = _root(tmp_path / name, status=status, source=source)
@@ -169,6 +170,23 @@ def test_refresh_refuses_changed_code_a_moved_cell_a_dirty_tree_or_a_failed_run(
     root = _root(tmp_path / "dirty", source=NB.replace("a notebook", "a notebook, reread"))
     with pytest.raises(RuntimeError, match="dirty"):  # not a git checkout at all
         prose.refresh(root / "outputs/reference/91_nb/ref", root)
+    _git(root)
+    (root / "notebooks" / "91_nb.py").write_text(NB.replace("a notebook", "uncommitted text"))
+    with pytest.raises(RuntimeError, match="dirty"):  # the text is not a commit's
+        prose.refresh(root / "outputs/reference/91_nb/ref", root)
+    # a study whose input run was made again after it: new text must not sit beside old numbers
+    root = _root(tmp_path / "stale", source=NB.replace("a notebook", "a notebook, reread"))
+    run = root / "outputs/reference/91_nb/ref"
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["parameters"]["sae_run"] = "outputs/reference/90_sweep/ref"
+    (run / "config.json").write_text(json.dumps(cfg))
+    sweep = root / "outputs/reference/90_sweep/ref"
+    sweep.mkdir(parents=True)
+    later = dict(status="completed", started="2026-02-01T00:00:00")  # after the study's run
+    (sweep / "config.json").write_text(json.dumps(later))
+    _git(root)
+    with pytest.raises(RuntimeError, match="run again after it"):
+        prose.refresh(run, root)
 
 
 def test_a_dirty_or_unfinished_run_is_a_problem(tmp_path):

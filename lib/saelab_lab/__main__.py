@@ -44,12 +44,18 @@ def refresh_prose(folders: list[str]) -> int:
     root = runs.ROOT
     targets = ([root / f for f in folders] if folders else
                [r.folder for r in freshness.check(root).runs if r.prose])  # fmt: skip
-    for folder in targets:
-        done = prose.refresh(folder, root)
-        print(f"{folder.relative_to(root)}: {len(done.cells)} Markdown cells from {done.sha[:10]}")
+    failed = 0
+    for folder in targets:  # each run on its own: one refused leaves the others done
+        try:
+            done = prose.refresh(folder, root)
+        except (RuntimeError, OSError) as e:
+            print(f"refused: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{folder}: {len(done.cells)} Markdown cells from {done.sha[:10]}")
     if not targets:
         print("no run's prose differs from its notebook")
-    return 0
+    return 1 if failed else 0
 
 
 def report_prune(done: list[prune.Pruned], dry_run: bool) -> int:

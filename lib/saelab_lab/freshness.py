@@ -143,7 +143,10 @@ def check_run(folder: Path, root: Path = runs.ROOT) -> Freshness:
         if out.changed is None:
             out.prose = diff_cells(markdown_cells(ran), markdown_cells(now), "markdown")
     if (folder / "prose.json").is_file():  # saelab_lab.prose.refresh
-        out.prose_sha = json.loads((folder / "prose.json").read_text())[-1]["sha"]
+        try:
+            out.prose_sha = json.loads((folder / "prose.json").read_text())[-1]["sha"]
+        except (OSError, ValueError, LookupError, TypeError) as e:
+            out.problems.append(f"prose.json cannot be read ({e!r})")
     return out
 
 

@@ -438,7 +438,7 @@ def pair_by_k(df: pd.DataFrame, metrics=("ce_increase", "nmse", "dead_frac"), x:
             g = d[d.method == name]
             label = method_label(name) + (" (mean over seeds)" if several else "")
             ax.plot(g[x], g[m], label=label, markersize=7, **line_kwargs(name))
-            if several:
+            if several and m in seeds:
                 r = seeds[seeds.method == name]
                 nudge = 1 + 0.04 * (i - (len(names) - 1) / 2)  # x is k: a log axis or ticks at k
                 ax.scatter(r[x] * nudge, r[m], s=12, alpha=0.5, zorder=3,
@@ -449,7 +449,7 @@ def pair_by_k(df: pd.DataFrame, metrics=("ce_increase", "nmse", "dead_frac"), x:
         ax.xaxis.set_major_locator(ticker.FixedLocator(sorted(d[x].unique())))
         ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_locator(ticker.NullLocator())
-        everything = pd.concat([d, seeds]) if several else d
+        everything = pd.concat([d, seeds]) if several and m in seeds else d
         log_if_spans(ax, "y", everything[m]) or tidy_ticks(ax, "y")
     axes[0].legend()
     titled(fig, title + (f"\ndots: each of {seeds['seed'].nunique()} seeds" if several else ""))
