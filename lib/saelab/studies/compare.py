@@ -126,7 +126,7 @@ def pareto_plot(df: pd.DataFrame, y: str = "ce_increase", xs=("l0", "alive"), pa
                      sort=False, estimator=None, ax=ax, markersize=5, **kw)  # fmt: skip
         if target is not None and target == target:
             ax.axhline(target, color="0.35", linestyle=":", linewidth=1.2, zorder=0,
-                       label=f"matched at CE +{target:g}")  # fmt: skip
+                       label=f"matched at CE +{target:.3g}")  # fmt: skip
         xlabel = {"l0": "L0 (active latents per token)", "alive": "alive latents"}.get(x, x)
         ylabel = plots.LABELS.get(y, y)
         ax.set(xlabel=xlabel, ylabel=ylabel, title=f"{ylabel.split(' (')[0]} against {xlabel}")
