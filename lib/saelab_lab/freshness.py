@@ -49,6 +49,11 @@ class Freshness:
         return f"*Notebook changed since this run: `notebooks/{self.notebook}.py`{at}.*"
 
 
+def normal(source: str) -> str:
+    """A cell's source with trailing whitespace removed from every line and from its end."""
+    return "\n".join(line.rstrip() for line in source.splitlines()).rstrip()
+
+
 def code_cells(nb) -> list[str]:
     """The code cells of a notebook (nbformat / jupytext object), papermill's injected cell left
     out, each with trailing whitespace removed from every line and from its end."""
@@ -56,14 +61,13 @@ def code_cells(nb) -> list[str]:
     for c in nb.cells:
         if c.cell_type != "code" or "injected-parameters" in c.metadata.get("tags", []):
             continue
-        out.append("\n".join(line.rstrip() for line in c.source.splitlines()).rstrip())
+        out.append(normal(c.source))
     return out
 
 
 def markdown_cells(nb) -> list[str]:
     """The Markdown cells of a notebook, each with trailing whitespace removed (`code_cells`)."""
-    return ["\n".join(line.rstrip() for line in c.source.splitlines()).rstrip()
-            for c in nb.cells if c.cell_type == "markdown"]  # fmt: skip
+    return [normal(c.source) for c in nb.cells if c.cell_type == "markdown"]
 
 
 def diff_cells(ran: list[str], now: list[str], kind: str = "code") -> str | None:

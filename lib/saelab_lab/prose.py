@@ -26,7 +26,7 @@ import jupytext
 import nbformat
 
 from saelab import runs
-from saelab_lab.freshness import check_run, markdown_cells
+from saelab_lab.freshness import check_run, markdown_cells, normal
 
 
 @dataclass
@@ -36,10 +36,6 @@ class Refreshed:
     folder: Path
     cells: list[int]  # Markdown cells replaced (0-based, among the executed copy's cells)
     sha: str  # the commit the new text is from
-
-
-def _normal(source: str) -> str:
-    return "\n".join(line.rstrip() for line in source.splitlines()).rstrip()
 
 
 def refresh(folder: Path, root: Path = runs.ROOT) -> Refreshed:
@@ -73,7 +69,7 @@ def refresh(folder: Path, root: Path = runs.ROOT) -> Refreshed:
         )
     replaced = []
     for (i, cell), new in zip(kept, now.cells, strict=True):
-        if cell.cell_type == "markdown" and _normal(cell.source) != _normal(new.source):
+        if cell.cell_type == "markdown" and normal(cell.source) != normal(new.source):
             replaced.append(dict(cell=i, was=cell.source))
             cell.source = new.source
     if replaced:
