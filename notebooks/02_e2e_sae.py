@@ -61,6 +61,7 @@ eval_tokens: int = 16_384  # held-out tokens for the metrics
 alive_tokens: int = 500_000  # SAE positions over which a latent must fire once to be alive
 seed: int = 0  # SAE init and data order
 sae_options: dict = {}  # any other SAEConfig field, e.g. {"pre_subtract_b_dec": True}
+paper_run: str = "outputs/reference/05_pareto/paper"  # the 05_pareto run §5 quotes ("": none)
 log_to: list = []  # trackers that also get every record: "wandb", "tensorboard" (docs/interop.md)
 out_dir: str = "outputs/02_e2e_sae/interactive-{time}"  # run folder (saelab.runs sets it)
 
@@ -363,15 +364,17 @@ pd.DataFrame({
 #   matched CE increase, read here from the reference sweep:
 
 # %%
-paper_run = resolve("outputs/reference/05_pareto/paper")
-if (paper_run / "summary.json").exists():
-    ref = json.loads((paper_run / "summary.json").read_text())
+sweep_run = resolve(paper_run) if paper_run else None  # a parameter: the run records what it read
+if sweep_run is not None and (sweep_run / "summary.json").exists():
+    ref = json.loads((sweep_run / "summary.json").read_text())
     r, seeds_ref = ref["l0_ratio"]["linear"], ref["seeds"]
     print(f"L0(e2e) / L0(local) at CE +{ref['target_ce_increase']:.2f}: {r['mean']:.2f} "
           f"[{r['lo']:.2f}, {r['hi']:.2f}] (95% interval over seeds {seeds_ref}; "
-          f"{paper_run.relative_to(resolve('.'))}); Braun et al. Table 2: 0.40")  # fmt: skip
+          f"{paper_run}); Braun et al. Table 2: 0.40")  # fmt: skip
+elif sweep_run is None:
+    print("paper_run is empty: no reference sweep to quote")
 else:
-    print(f"{paper_run} is not here; `make reference` makes it (about an hour)")
+    print(f"{sweep_run} is not here; `make reference` makes it (about an hour)")
 
 # %% [markdown]
 # ## 6. Fine-tuning the local SAE end to end

@@ -65,6 +65,7 @@ eval_tokens: int = 16_384  # held-out tokens for the metrics
 alive_tokens: int = 500_000  # SAE positions over which a latent must fire once to be alive
 seed: int = 0  # SAE init and data order
 sae_options: dict = {}  # any other SAEConfig field, e.g. {"pre_subtract_b_dec": True}
+downstream_run: str = "outputs/reference/10_downstream/paper"  # 10_downstream run quoted ("": none)
 log_to: list = []  # trackers that also get every record: "wandb", "tensorboard" (docs/interop.md)
 out_dir: str = "outputs/03_e2e_ds_sae/interactive-{time}"  # run folder (saelab.runs sets it)
 
@@ -297,23 +298,25 @@ pd.DataFrame({"L0": table.l0, "CE increase": table.ce_increase,
 # closest to the clean stream, e2e+ds between, e2e far behind. From the reference sweep:
 
 # %%
-downstream_run = resolve("outputs/reference/10_downstream/paper")
-if (downstream_run / "summary.json").exists():
-    ref = json.loads((downstream_run / "summary.json").read_text())
+study = resolve(downstream_run) if downstream_run else None  # a parameter: the run records it
+if study is not None and (study / "summary.json").exists():
+    ref = json.loads((study / "summary.json").read_text())
     over = {(r["key"], r["method"], r["metric"]): r for r in ref["over_seeds"]}  # mean, interval
 
     def said(key, method=None, metric=None, unit=""):
         r = over[(key, method, metric or key)]
         return f"{r['mean']:.2f}{unit} [{r['lo']:.2f}, {r['hi']:.2f}]"
 
-    print(f"at CE +{ref['target_ce_increase']:.2f} ({downstream_run.relative_to(resolve('.'))}; "
+    print(f"at CE +{ref['target_ce_increase']:.2f} ({downstream_run}; "
           f"mean [95% t-interval] over seeds {ref['seeds']}): downstream MSE at the last layer, "
           f"e2e {said('ds_mse_ratio_e2e_local', unit='x')} local's, e2e+ds "
           f"{said('ds_mse_ratio_e2eds_local', unit='x')}; output norm / input norm "
           + ", ".join(f"{m} {said('matched', m, 'l2_ratio')}"
                       for m in ("local", "e2e", "e2e+ds")))  # fmt: skip
+elif study is None:
+    print("downstream_run is empty: no reference study to quote")
 else:
-    print(f"{downstream_run} is not here; `make reference` makes it")
+    print(f"{study} is not here; `make reference` makes it")
 
 # %% [markdown]
 # So the downstream term does pull the later layers back toward the clean model (e2e+ds closes

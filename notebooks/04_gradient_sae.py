@@ -74,6 +74,7 @@ eval_tokens: int = 16_384  # held-out tokens for the metrics and the density his
 alive_tokens: int = 500_000  # SAE positions over which a latent must fire once to be alive
 seed: int = 0  # SAE init and data order
 sae_options: dict = {}  # any other SAEConfig field, e.g. {"pre_subtract_b_dec": True}
+study_run: str = "outputs/reference/11_gsae_study/paper"  # 11_gsae_study run quoted ("": none)
 log_to: list = []  # trackers that also get every record: "wandb", "tensorboard" (docs/interop.md)
 out_dir: str = "outputs/04_gradient_sae/interactive-{time}"  # run folder (saelab.runs sets it)
 
@@ -473,18 +474,20 @@ pd.DataFrame({"CE increase": [t.ce_increase, g.ce_increase], "NMSE": [t.nmse, g.
 # setting (the mean over its seeds):
 
 # %%
-study_run = resolve("outputs/reference/11_gsae_study/paper")
-if (study_run / "summary.json").exists():
-    ref = json.loads((study_run / "summary.json").read_text())
+study = resolve(study_run) if study_run else None  # a parameter: the run records what it read
+if study is not None and (study / "summary.json").exists():
+    ref = json.loads((study / "summary.json").read_text())
     rows = [r for r in ref["settings"]
             if r["setting"] == "TopK" or re.search(r" b=(1|1024)$", r["setting"])]  # fmt: skip
-    print(f"{study_run.relative_to(resolve('.'))}: k {ref['k']}, {ref['n_tokens']:,} tokens, "
+    print(f"{study_run}: k {ref['k']}, {ref['n_tokens']:,} tokens, "
           f"seeds {ref['seeds']}")  # fmt: skip
     display(pd.DataFrame(rows).set_index("setting")[["overlap", "ce_increase", "dead_frac"]]
             .rename(columns={"overlap": "overlap with TopK(z)", "ce_increase": "CE increase",
                              "dead_frac": "dead fraction"}).round(4))  # fmt: skip
+elif study is None:
+    print("study_run is empty: no reference study to quote")
 else:
-    print(f"{study_run} is not here; `make reference` makes it (about 2.5 hours)")
+    print(f"{study} is not here; `make reference` makes it (about half an hour)")
 
 # %%
 # Plumbing (no need to read): this run's numbers to summary.json, for other pages and tests.

@@ -457,8 +457,7 @@ ax.set_xticks(xs, ticks, rotation=60, ha="right")
 ax.set(ylabel="ratio of probability added", yscale="log",
        title="Steering ratio g-SAE / TopK, seeds pooled (95% bootstrap CI)",
        xlabel=f"setting (* overlap <= {max_overlap:g})")  # fmt: skip
-ax.yaxis.set_major_formatter(plots.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
-ax.yaxis.set_minor_formatter(plots.ticker.NullFormatter())
+plots.log_ticks(ax.yaxis)  # 0.2, 0.5, 1, 2, 5: the ratios and the paper's 5x read off the axis
 ax.legend(fontsize=8)
 fig.tight_layout()
 fig.savefig(out / "figures" / "steering_ratio.png", dpi=120)

@@ -238,7 +238,16 @@ def test_the_jobs_read_the_runs_their_presets_name():
         "sae_run": paper, "half_run": "outputs/reference/05_pareto/paper-half"}  # fmt: skip
     assert jobs._job_params("10_downstream", "paper", "paper") == {"sae_run": paper}
     assert jobs._job_params("05_pareto", "paper_half", "paper-half") == {}
+    assert jobs._job_params("04_gradient_sae", "default", "ref") == {
+        "study_run": "outputs/reference/11_gsae_study/paper"}  # fmt: skip
+    assert jobs._job_params("02_e2e_sae", "gpt2", "ref") == {}  # "": storyworld's sweep not quoted
     order = list(jobs.JOBS)
+    # every job runs after the jobs whose runs it reads: a run made before what it read is stale
+    made = {}
+    for i, (nb, preset, rid) in enumerate(order):
+        for read in jobs._job_params(nb, preset, rid).values():
+            assert made.get(read, len(order)) < i, (nb, rid, read)
+        made[f"outputs/reference/{nb}/{rid}"] = i
     # the doubling test runs after both sweeps it reads
     assert order.index(("12_doubling", "paper", "paper")) > max(
         order.index(("05_pareto", "paper", "paper")),

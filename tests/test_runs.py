@@ -55,6 +55,7 @@ def test_cli_run(nbdir, capsys, monkeypatch):
 def test_parse_value_reads_exponent_floats():
     assert runs.parse_value("5e-4") == 0.0005 and runs.parse_value("3") == 3
     assert runs.parse_value("[1, 2]") == [1, 2] and runs.parse_value("gpt2") == "gpt2"
+    assert runs.parse_value("") == ""  # "name no run" (pareto_run: ""), not None
 
 
 def test_a_study_runs_at_the_main_jobs_preset_where_it_has_one(nbdir, monkeypatch):

@@ -125,6 +125,8 @@ def versions() -> dict:
 def parse_value(text: str):
     """A parameter value from YAML text; `5e-4` is a float (YAML 1.1 would keep a string)."""
 
+    if not text.strip():
+        return text  # an empty string stays one (YAML would read it as null)
     value = yaml.safe_load(text)
     if isinstance(value, str):
         try:

@@ -23,9 +23,6 @@ ALIVE_ID = "alive32"  # local / e2e / e2e+ds at dict ratio 32: alive latents whe
 JOBS = (
     ("00_storyworld", "report", REF_ID),
     ("01_local_sae", "default", REF_ID),
-    ("02_e2e_sae", "default", REF_ID),
-    ("03_e2e_ds_sae", "default", REF_ID),
-    ("04_gradient_sae", "default", REF_ID),
     ("05_pareto", "default", REF_ID),
     *((study, "default", REF_ID) for study in runs.STUDIES),
     ("11_gsae_study", "default", REF_ID),  # trains its own TopK / g-SAE grid (reads no 05 run)
@@ -35,8 +32,13 @@ JOBS = (
     # the paper sweep's twin at half its budget, for the doubling test (12_doubling)
     ("05_pareto", "paper_half", HALF_ID),
     ("12_doubling", "paper", PAPER_ID),  # reads both: the doubling test (seconds)
-    ("13_beyond_the_papers", "paper", PAPER_ID),  # trains its own (reads no 05 run yet)
-    ("11_gsae_study", "paper", PAPER_ID),  # 141 min on 2 CPU cores (3 seeds, 19 SAEs each)
+    ("13_beyond_the_papers", "paper", PAPER_ID),  # trains its own; its last figure reads paper-half
+    ("11_gsae_study", "paper", PAPER_ID),  # 32 min on 2 CPU cores (3 seeds, 19 SAEs each)
+    # the method notebooks quote the paper-level runs (paper_run, downstream_run, study_run), so
+    # they come after them: a minute or two each
+    ("02_e2e_sae", "default", REF_ID),
+    ("03_e2e_ds_sae", "default", REF_ID),
+    ("04_gradient_sae", "default", REF_ID),
     # the doubling test on three seeds, grids cut to the settings near the target CE (issue 30)
     ("05_pareto", "doubling_half", DOUBLING_HALF_ID),
     ("05_pareto", "doubling", DOUBLING_ID),

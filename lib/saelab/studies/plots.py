@@ -133,17 +133,18 @@ def log_if_spans(ax, axis: str, values, decades: float = 1.0) -> bool:
     ok = spans_decades(values, decades) and (np.asarray(pd.Series(values).dropna()) > 0).all()
     if ok:
         (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
-        fmt = ticker.FuncFormatter(lambda v, _: f"{v:g}")
-        a = ax.xaxis if axis == "x" else ax.yaxis
-        # labels at 1, 2 and 5 x 10^n over a span of a few decades: a log axis with one
-        # labelled tick cannot be read; over many decades the powers of ten alone
         v = np.asarray(pd.Series(values).dropna(), dtype=float)
-        span = np.log10(v.max() / v.min()) if len(v) else 0.0
-        a.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0) if span < 3 else
-                                              (1.0,)))  # fmt: skip
-        a.set_major_formatter(fmt)
-        a.set_minor_formatter(ticker.NullFormatter())  # no "4x10^-1" labels crowding the axis
+        log_ticks(ax.xaxis if axis == "x" else ax.yaxis, np.log10(v.max() / v.min()))
     return ok
+
+
+def log_ticks(axis, span: float = 1.0) -> None:
+    """Plain labels on a log `axis` (`ax.xaxis` / `ax.yaxis`) spanning `span` decades: at 1, 2
+    and 5 x 10^n over a few decades (a log axis with one labelled tick cannot be read), at the
+    powers of ten alone over three or more."""
+    axis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0) if span < 3 else (1.0,)))
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(ticker.NullFormatter())  # no "4x10^-1" labels crowding the axis
 
 
 def tidy_ticks(ax, axis: str = "both", integer: bool = False, nbins: int = 5) -> None:
