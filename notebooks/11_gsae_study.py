@@ -591,27 +591,32 @@ print("\n".join(lines))
 # selects what TopK selects, overlap 0.99 to 1.00 at every beta. None of the 18 grid settings gets
 # down to the 0.7 bar. The one run below it is degenerate: value mode "score" at unit b=1024
 # (overlap 0.07) multiplies each selected latent's value by up to 1025, and the SAE reconstructs
-# nothing (NMSE 1.00, CE +8.74 against TopK's +0.017, 39% of its latents dead, steering 0.23x
+# nothing (NMSE 1.00, CE +8.60 against TopK's +0.019, 41% of its latents dead, steering 0.22x
 # TopK's). Its row in the §6 table describes a broken SAE, not the gradient term.
 #
 # Olmo et al. expect, at equal k, lower NMSE and less CE added than TopK, fewer dead latents, and
 # steering over 5x TopK's. At the overlaps above the bar, where §6 makes no verdict, the grid still
 # shows trends. With the label in hand the CE increase grows with beta, the opposite of the first
-# claim: unit b=1024 adds +0.110 [0.107, 0.114], 6.5x TopK's +0.017 [0.014, 0.020]. The same weights
-# read out without the label stay near TopK (+0.021 [0.016, 0.027]). Dead latents cannot be tested:
-# TopK has almost none to lose (one of 512 in one of three seeds). Steering grows with beta, to 1.75
-# [1.46, 2.09] at alpha 1 for unit b=1024 and 1.98 [1.69, 2.34] for rms b=1024, above what a second
-# TopK seed gives (0.75 to 1.33), but far below 5x, and from SAEs that reconstruct worse.
+# claim: unit b=1024 adds +0.108 [0.102, 0.114], 5.8x TopK's +0.019 [0.015, 0.022]. The same weights
+# read out without the label stay near TopK (+0.022 [0.017, 0.028]). Dead latents point the paper's
+# way but cannot carry it: TopK leaves 2, 4 and 1 of 512 dead in its three seeds, the g-SAEs with a
+# normalised gradient none from beta 16 on (at most one below that; the raw-gradient ones, which
+# select as TopK does, 0 to 3), and a difference of a few latents is within what one seed does to
+# another. Steering grows with beta, to 1.82 [1.55, 2.16] at alpha 1 for unit b=1024 and 1.77
+# [1.50, 2.08] for rms b=1024, above what a second TopK seed gives (0.82 to 1.22), but far below
+# 5x, and from SAEs that reconstruct worse.
 #
 # Two things are surprising. Longer training seems to pull the g-SAE back towards TopK: in the
 # 500k-token preview (`11_gsae_study/ref`, 2 seeds, lr 0.004 against this run's 0.012, so the budget
 # is not the only difference) unit and rms reached overlap 0.59 at beta 64, here 0.77 and 0.75. And
 # at moderate beta the weights read out without the label add less CE than TopK: unit b=16 (overlap
-# 0.85) adds +0.0136 [0.0115, 0.0156] against TopK's +0.0170 [0.0139, 0.0201], lower in every
-# same-seed pair (by 0.0023 to 0.0043) and cross-seed pair (0.0020 to 0.0058), where two TopK seeds
-# differ by up to 0.0023. The two intervals overlap and three seeds are few, so this is a lead, not
-# a result: training with the gradient may give a better encoder even where selecting with it is
-# worse.
+# 0.85) adds +0.0142 [0.0109, 0.0175] against TopK's +0.0187 [0.0154, 0.0221], lower in every
+# same-seed pair (by 0.0022 to 0.0074) and cross-seed pair (0.0026 to 0.0060), where two TopK seeds
+# differ by up to 0.0025. It is also below all six raw-gradient g-SAEs, which select as TopK does
+# and add +0.0175 to +0.0188 on the same seeds: a second view of how far training noise alone
+# moves this number.
+# The intervals overlap and three seeds are few, so this is a lead, not a result: training with the
+# gradient may give a better encoder even where selecting with it is worse.
 #
 # What the run cannot carry: three seeds; SAEs at 2M tokens that no doubling test has checked
 # (`12_doubling` covers only the ReLU SAEs); one k, one site, a 64-dimensional model; steering
