@@ -38,6 +38,10 @@ def test_pareto_promises_whiskers_only_over_several_seeds():
         "every setting keeps 512 alive"
         in compare.pareto_plot(means, seeds=seeds)._suptitle.get_text()
     )
+    fig = compare.pareto_plot(means, seeds=seeds, target=0.05)
+    fig.canvas.draw()  # the legend sits right of the panel, covering none of its points
+    box = fig.axes[0].get_legend().get_window_extent()
+    assert box.x0 > fig.axes[0].get_window_extent().x1
     one = seeds[seeds.seed == 0]
     title = compare.pareto_plot(means, seeds=one).axes[0].get_legend().get_title().get_text()
     assert title == "method"

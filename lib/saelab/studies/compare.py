@@ -113,7 +113,10 @@ def pareto_plot(df: pd.DataFrame, y: str = "ce_increase", xs=("l0", "alive"), pa
         lo, hi = f"{df['alive'].min():.0f}", f"{df['alive'].max():.0f}"
         kept = lo if lo == hi else f"{lo}-{hi}"
         note = f"alive latents not plotted: every setting keeps {kept} alive"
-    fig, axes = plt.subplots(1, len(xs), figsize=(max(5.2 * len(xs), 6.4), 4.2), squeeze=False)
+    # 2.6 inches more for the legend, which sits right of the last panel: inside, with a title
+    # this long, it covered a frontier's points (05_pareto/doubling, 2026-12-05)
+    fig, axes = plt.subplots(1, len(xs), figsize=(max(5.2 * len(xs), 6.4) + 2.6, 4.2),
+                             squeeze=False)  # fmt: skip
     kw = plots.style_kwargs(df["method"])
     for ax, x in zip(axes[0], xs, strict=True):
         if seeds is not None and len(seeds):  # each setting's range over its seeds, both ways
@@ -135,13 +138,15 @@ def pareto_plot(df: pd.DataFrame, y: str = "ce_increase", xs=("l0", "alive"), pa
             ax, "x", integer=x == "alive"
         )
         plots.log_if_spans(ax, "y", everything[y]) or plots.tidy_ticks(ax, "y")
-        if ax is axes[0, 0]:
-            several = seeds is not None and "seed" in seeds and seeds["seed"].nunique() > 1
-            ax.legend(title="method" + (" (mean over seeds; whiskers: their range)"
-                                        if several else ""))  # fmt: skip
-        plots.legend_labels(ax)
-        if ax is not axes[0, 0] and ax.get_legend() is not None:
+        if ax.get_legend() is not None:
             ax.get_legend().remove()
+    several = seeds is not None and "seed" in seeds and seeds["seed"].nunique() > 1
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    axes[0, -1].legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                       borderaxespad=0.0, fontsize=9,
+                       title="method" + ("\n(mean over seeds;\nwhiskers: their range)"
+                                         if several else ""))  # fmt: skip
+    plots.legend_labels(axes[0, -1])
     default = "Pareto frontiers: CE increase against sparsity (lower left is better)"
     plots.titled(fig, (title or default) + (f"\n{note}" if note else ""))
     fig.tight_layout()
