@@ -400,7 +400,12 @@ print(
 # Plumbing (no need to read): this run's numbers to summary.json, for other pages and tests.
 reports["local_to_e2e"] = ft
 summary = {name: {k: rep[k] for k in keys} for name, rep in reports.items()}
-summary |= {"sparsity": sparsity, "train_tokens": n_tokens, "train_s": train_s}
+summary |= {
+    "loaded_runs": [],  # the quoted run's summary only: prune keeps no SAE of it
+    "sparsity": sparsity,
+    "train_tokens": n_tokens,
+    "train_s": train_s,
+}
 (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 print(f"done in {time.time() - t_start:.0f} s; outputs in {out}")
 

@@ -327,7 +327,8 @@ else:
 # Plumbing (no need to read): this run's numbers to summary.json, for other pages and tests.
 summary = {name: {k: v for k, v in rep.items() if k not in ("kind", "step")}
            for name, rep in reports.items()}  # fmt: skip
-summary |= {"sparsity": sparsity, "kl_coeff": kl_coeff, "ds_coeff": ds_coeff,
+summary |= {"loaded_runs": [],  # the quoted run's summary only: prune keeps no SAE of it
+            "sparsity": sparsity, "kl_coeff": kl_coeff, "ds_coeff": ds_coeff,
             "train_tokens": n_tokens, "train_s": train_s}  # fmt: skip
 (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 print(f"done in {time.time() - t_start:.0f} s; outputs in {out}")

@@ -492,7 +492,8 @@ else:
 # %%
 # Plumbing (no need to read): this run's numbers to summary.json, for other pages and tests.
 summary = {name: {k_: rep[k_] for k_ in keys} for name, rep in reports.items()}
-summary |= {"k": k, "beta": beta, "value_mode": value_mode, "grad_norm": grad_norm,
+summary |= {"loaded_runs": [],  # the quoted run's summary only: prune keeps no SAE of it
+            "k": k, "beta": beta, "value_mode": value_mode, "grad_norm": grad_norm,
             "train_tokens": n_tokens, "train_s": train_s,
             "beta_sweep": sweep[["beta", *METRICS, "l0", "alive"]].to_dict("records")}  # fmt: skip
 (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -591,7 +591,7 @@ print("\n".join(lines))
 # selects what TopK selects, overlap 0.99 to 1.00 at every beta. None of the 18 grid settings gets
 # down to the 0.7 bar. The one run below it is degenerate: value mode "score" at unit b=1024
 # (overlap 0.07) multiplies each selected latent's value by up to 1025, and the SAE reconstructs
-# nothing (NMSE 1.00, CE +8.60 against TopK's +0.019, 41% of its latents dead, steering 0.22x
+# nothing (NMSE 1.00, CE +8.60 against TopK's +0.019, 41% of its latents dead, steering 0.25x
 # TopK's). Its row in the §6 table describes a broken SAE, not the gradient term.
 #
 # Olmo et al. expect, at equal k, lower NMSE and less CE added than TopK, fewer dead latents, and
