@@ -85,7 +85,7 @@ from saelab.core.models import get_site, set_site
 from saelab.core.passes import sae_positions
 from saelab.core.setup import estimate_act_scales
 from saelab.core.training import compute_loss
-from saelab.runs import notebook_out_dir, resolve, resolve_input
+from saelab.runs import notebook_out_dir, quoted_summary, resolve_input
 from saelab.studies import browser, plots
 
 out = notebook_out_dir(out_dir)  # from the repo root; {time}: a fresh folder
@@ -364,17 +364,12 @@ pd.DataFrame({
 #   matched CE increase, read here from the reference sweep:
 
 # %%
-sweep_run = resolve(paper_run) if paper_run else None  # a parameter: the run records what it read
-if sweep_run is not None and (sweep_run / "summary.json").exists():
-    ref = json.loads((sweep_run / "summary.json").read_text())
+ref = quoted_summary(paper_run, "paper_run", takes="about an hour")
+if ref is not None:
     r, seeds_ref = ref["l0_ratio"]["linear"], ref["seeds"]
     print(f"L0(e2e) / L0(local) at CE +{ref['target_ce_increase']:.2f}: {r['mean']:.2f} "
           f"[{r['lo']:.2f}, {r['hi']:.2f}] (95% interval over seeds {seeds_ref}; "
           f"{paper_run}); Braun et al. Table 2: 0.40")  # fmt: skip
-elif sweep_run is None:
-    print("paper_run is empty: no reference sweep to quote")
-else:
-    print(f"{sweep_run} is not here; `make reference` makes it (about an hour)")
 
 # %% [markdown]
 # ## 6. Fine-tuning the local SAE end to end

@@ -87,7 +87,7 @@ from saelab.core.models import get_site, set_site
 from saelab.core.passes import sae_positions
 from saelab.core.setup import estimate_act_scales
 from saelab.core.training import compute_loss
-from saelab.runs import notebook_out_dir, resolve, resolve_input
+from saelab.runs import notebook_out_dir, quoted_summary, resolve_input
 from saelab.studies import browser, plots
 
 out = notebook_out_dir(out_dir)  # from the repo root; {time}: a fresh folder
@@ -298,9 +298,8 @@ pd.DataFrame({"L0": table.l0, "CE increase": table.ce_increase,
 # closest to the clean stream, e2e+ds between, e2e far behind. From the reference sweep:
 
 # %%
-study = resolve(downstream_run) if downstream_run else None  # a parameter: the run records it
-if study is not None and (study / "summary.json").exists():
-    ref = json.loads((study / "summary.json").read_text())
+ref = quoted_summary(downstream_run, "downstream_run")
+if ref is not None:
     over = {(r["key"], r["method"], r["metric"]): r for r in ref["over_seeds"]}  # mean, interval
 
     def said(key, method=None, metric=None, unit=""):
@@ -313,10 +312,6 @@ if study is not None and (study / "summary.json").exists():
           f"{said('ds_mse_ratio_e2eds_local', unit='x')}; output norm / input norm "
           + ", ".join(f"{m} {said('matched', m, 'l2_ratio')}"
                       for m in ("local", "e2e", "e2e+ds")))  # fmt: skip
-elif study is None:
-    print("downstream_run is empty: no reference study to quote")
-else:
-    print(f"{study} is not here; `make reference` makes it")
 
 # %% [markdown]
 # So the downstream term does pull the later layers back toward the clean model (e2e+ds closes

@@ -98,7 +98,7 @@ from saelab.core.models import get_site
 from saelab.core.passes import sae_positions
 from saelab.core.setup import estimate_act_scales, excluded_tokens, init_b_dec
 from saelab.core.training import compute_loss
-from saelab.runs import notebook_out_dir, resolve, resolve_input
+from saelab.runs import notebook_out_dir, quoted_summary, resolve_input
 from saelab.studies import browser, plots
 
 out = notebook_out_dir(out_dir)  # from the repo root; {time}: a fresh folder
@@ -474,9 +474,8 @@ pd.DataFrame({"CE increase": [t.ce_increase, g.ce_increase], "NMSE": [t.nmse, g.
 # setting (the mean over its seeds):
 
 # %%
-study = resolve(study_run) if study_run else None  # a parameter: the run records what it read
-if study is not None and (study / "summary.json").exists():
-    ref = json.loads((study / "summary.json").read_text())
+ref = quoted_summary(study_run, "study_run", takes="about half an hour")
+if ref is not None:
     rows = [r for r in ref["settings"]
             if r["setting"] == "TopK" or re.search(r" b=(1|1024)$", r["setting"])]  # fmt: skip
     print(f"{study_run}: k {ref['k']}, {ref['n_tokens']:,} tokens, "
@@ -484,10 +483,6 @@ if study is not None and (study / "summary.json").exists():
     display(pd.DataFrame(rows).set_index("setting")[["overlap", "ce_increase", "dead_frac"]]
             .rename(columns={"overlap": "overlap with TopK(z)", "ce_increase": "CE increase",
                              "dead_frac": "dead fraction"}).round(4))  # fmt: skip
-elif study is None:
-    print("study_run is empty: no reference study to quote")
-else:
-    print(f"{study} is not here; `make reference` makes it (about half an hour)")
 
 # %%
 # Plumbing (no need to read): this run's numbers to summary.json, for other pages and tests.

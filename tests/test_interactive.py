@@ -37,6 +37,17 @@ def test_resolve_paths_against_the_root(tmp_path):
     assert runs.resolve_input("notebooks") == str(runs.ROOT / "notebooks")
 
 
+def test_quoted_summary_reads_the_run_or_says_why_not(tmp_path, capsys):
+    assert runs.quoted_summary("", "paper_run") is None  # the gpt2 / gemma2 presets quote none
+    assert "paper_run is empty" in capsys.readouterr().out
+    assert runs.quoted_summary(str(tmp_path / "absent"), "paper_run", takes="an hour") is None
+    said = capsys.readouterr().out
+    assert "absent is not here" in said and "make reference" in said and "(an hour)" in said
+    (tmp_path / "summary.json").write_text(json.dumps({"l0_ratio": 0.4}))
+    assert runs.quoted_summary(str(tmp_path), "paper_run") == {"l0_ratio": 0.4}
+    assert capsys.readouterr().out == ""
+
+
 def test_notebook_out_dir_is_fresh_and_never_a_completed_run(tmp_path):
     out = runs.notebook_out_dir(tmp_path / "nb" / "interactive-{time}")
     assert out.is_dir() and out.name.startswith("interactive-") and "{" not in out.name

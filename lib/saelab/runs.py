@@ -68,6 +68,26 @@ def resolve_input(name: str) -> str:
     return str(p) if p.exists() else name
 
 
+def quoted_summary(run: str, parameter: str, takes: str = "") -> dict | None:
+    """The summary.json of the reference run a notebook quotes, or None after printing why not.
+
+    run: the notebook parameter's value, a root-relative run folder such as
+        "outputs/reference/05_pareto/paper", or "" for none (the gpt2 / gemma2 presets, which
+        have no reference sweep); parameter: that parameter's name, for the message; takes: how
+        long `make reference` needs to make it, for the message. A notebook passes the run as a
+        parameter so its config.json records what it read (docs/reference_runs.md).
+    """
+    if not run:
+        print(f"{parameter} is empty: no reference run to quote")
+        return None
+    path = resolve(run) / "summary.json"
+    if not path.exists():
+        print(f"{path.parent} is not here; `make reference` makes it"
+              + (f" ({takes})" if takes else ""))  # fmt: skip
+        return None
+    return json.loads(path.read_text())
+
+
 def notebook_out_dir(out_dir: str | Path) -> Path:
     """The folder a notebook writes to, from its `out_dir` parameter, created.
 
