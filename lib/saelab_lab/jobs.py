@@ -27,7 +27,7 @@ JOBS = (
     *((study, "default", REF_ID) for study in runs.STUDIES),
     ("11_gsae_study", "default", REF_ID),  # trains its own TopK / g-SAE grid (reads no 05 run)
     ("13_beyond_the_papers", "default", REF_ID),  # fine-tune and Matryoshka (reads no 05 run)
-    ("05_pareto", "paper", PAPER_ID),  # long (not converged), 2 seeds: 52 min on 2 CPU cores
+    ("05_pareto", "paper", PAPER_ID),  # long (not converged), 2 seeds: 37 min on 2 CPU cores
     *((study, runs.study_preset(study, "paper"), PAPER_ID) for study in runs.STUDIES),
     # the paper sweep's twin at half its budget, for the doubling test (12_doubling)
     ("05_pareto", "paper_half", HALF_ID),
